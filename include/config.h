@@ -1,0 +1,80 @@
+/*
+ * The configuration file (INI) and its defaults, as documented in the
+ * manual: a default section whose options every [local]/[remote] section
+ * inherits, then the two server sections.
+ *
+ * config_load() fills a struct config the caller releases with
+ * config_fini(). Every string is owned by the struct. Errors are one line
+ * naming the file, the line number and what is wrong.
+ */
+#ifndef INTERIMAP_CONFIG_H
+#define INTERIMAP_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum server_type { SERVER_IMAP, SERVER_IMAPS, SERVER_TUNNEL };
+
+/* A byte string that may contain NUL (list-mailbox patterns use NUL for
+ * the hierarchy delimiter). data is also NUL-terminated. */
+struct bytes {
+    char *data;
+    size_t len;
+};
+
+struct server_config {
+    const char *name; /* "local" or "remote" (static) */
+    enum server_type type;
+    char *host;    /* default "localhost"; may be "[addr]" */
+    char *port;    /* default "143" / "993"; NULL for tunnel */
+    char *proxy;   /* socks5://... or NULL */
+    char *command; /* tunnel only */
+    bool starttls; /* default true; only meaningful for SERVER_IMAP */
+    char *auth;    /* default "PLAIN LOGIN" */
+    char *username;
+    char *password;
+    bool compress; /* default false for local, true for remote */
+    bool null_stderr;
+    char *list_reference; /* default "" */
+
+    /* TLS */
+    bool ssl_verify; /* default true */
+    char *ssl_cafile, *ssl_capath;
+    char *ssl_fingerprint;
+    char *ssl_protocols, *ssl_protocol_min, *ssl_protocol_max;
+    char *ssl_cipherlist, *ssl_ciphersuites;
+    char *ssl_hostname;    /* NULL: derived from host (none for IP literal) */
+    bool ssl_hostname_set; /* explicitly set (possibly to "": no SNI) */
+};
+
+struct config {
+    char *path;     /* the file that was read */
+    char *database; /* absolute path after XDG resolution */
+    char *logfile;  /* NULL: standard error */
+    char *log_prefix;
+    struct bytes *list_mailbox; /* decoded patterns; NULL/0: "*" */
+    size_t list_mailbox_count;
+    char *list_select_opts; /* NULL if unset */
+    char *ignore_mailbox;   /* PCRE2 pattern or NULL */
+    struct server_config local, remote;
+};
+
+/*
+ * Resolves the configuration path: NULL means "config"; a relative path
+ * starts from $XDG_CONFIG_HOME/interimap (or ~/.config/interimap).
+ * Returns a malloc'd path or NULL with err set.
+ */
+char *config_resolve_path(const char *arg, char *err, size_t errlen);
+
+/* Reads and validates the file. 0 or ERR_CONFIG with err set. */
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+void config_fini(struct config *cfg);
+
+/*
+ * Splits a list-mailbox value into patterns: bare words, or double-quoted
+ * names with C escapes (\t \n \\ \" \0 \xHH ...). Exposed for tests.
+ */
+int config_parse_mailbox_list(const char *value, struct bytes **out, size_t *count, char *err,
+                              size_t errlen);
+
+#endif

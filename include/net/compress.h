@@ -1,0 +1,17 @@
+/*
+ * COMPRESS=DEFLATE (RFC 4978) as a stream layer: raw DEFLATE both ways, each
+ * write flushed with Z_SYNC_FLUSH so the server sees whole commands.
+ * On success *out owns `lower`; on failure `lower` is untouched.
+ * Decompression output is bounded per read, so a small compressed input
+ * cannot force a large allocation.
+ */
+#ifndef INTERIMAP_NET_COMPRESS_H
+#define INTERIMAP_NET_COMPRESS_H
+
+#include <stddef.h>
+
+struct stream;
+
+int compress_stream_new(struct stream *lower, struct stream **out, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * SOCKS5 client handshake (RFC 1928, username/password from RFC 1929) over
+ * an already connected stream to the proxy. After success the stream carries
+ * the tunnelled connection to host:port. May yield.
+ */
+#ifndef INTERIMAP_NET_SOCKS5_H
+#define INTERIMAP_NET_SOCKS5_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct stream;
+
+struct socks5_proxy {
+    bool remote_dns; /* socks5h: the proxy resolves host */
+    char *host;      /* proxy host (may be "[addr]") */
+    char *port;      /* "1080" by default */
+    char *username;  /* NULL: no authentication offered */
+    char *password;
+};
+
+/* Parses "socks5://[user:pass@]host[:port]" or "socks5h://...". Returns 0 or
+ * ERR_CONFIG with a message in err. Free with socks5_proxy_fini. */
+int socks5_proxy_parse(const char *url, struct socks5_proxy *out, char *err, size_t errlen);
+void socks5_proxy_fini(struct socks5_proxy *p);
+
+/*
+ * Asks the proxy behind `s` to connect to host:port. With remote_dns the
+ * name is sent as is; otherwise the caller resolves it first and passes an
+ * IP address string (or an "[addr]" literal). Returns 0, or ERR_SOCKS /
+ * a stream error with s->error set.
+ */
+int socks5_connect(struct stream *s, const struct socks5_proxy *proxy, const char *host,
+                   uint16_t port);
+
+#endif

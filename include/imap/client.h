@@ -1,0 +1,130 @@
+/*
+ * IMAP client connection: one per server.
+ *
+ * imap_client_connect() runs the whole opening sequence in the calling
+ * coroutine (transport, SOCKS5, TLS or STARTTLS, greeting, capabilities,
+ * authentication, COMPRESS, ENABLE QRESYNC), then starts a reader coroutine
+ * that parses every response the server sends and routes it:
+ *   - tagged responses complete their command (imap_cmd_wait wakes up);
+ *   - continuation requests release the writer waiting for one;
+ *   - untagged responses go to the handler installed by the caller
+ *     (imap_client_set_handler), after the client has noted what it tracks
+ *     itself (capabilities, the selected mailbox's UIDVALIDITY, UIDNEXT,
+ *     HIGHESTMODSEQ, EXISTS, NOMODSEQ);
+ *   - literals announced inside untagged responses may be streamed by the
+ *     handler's literal callback instead of being kept in memory.
+ *
+ * Commands are pipelined: imap_client_send() queues a command and returns
+ * at once (it may yield only to write), and any number can be in flight.
+ * Writes are serialized by a lock so a command's bytes are never mixed
+ * with another's; a caller that streams a long command (APPEND) holds the
+ * lock through imap_client_lock_write() for the duration.
+ *
+ * Every call here may yield unless stated otherwise. Errors leave a
+ * one-line explanation in imap_client_error(). After a connection-level
+ * failure (BYE, EOF, protocol error) every pending and later command fails.
+ */
+#ifndef INTERIMAP_IMAP_CLIENT_H
+#define INTERIMAP_IMAP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "imap/parser.h"
+
+struct coro_sched;
+struct logger;
+struct server_config;
+struct imap_client;
+struct imap_cmd;
+
+/* What the client knows about the selected mailbox (reset by SELECT). */
+struct imap_mailbox_state {
+    uint32_t uidvalidity;
+    uint32_t uidnext;
+    uint64_t highestmodseq;
+    uint32_t exists;
+    bool nomodseq; /* the server said NOMODSEQ */
+};
+
+/* Streams a literal's bytes: each call returns > 0 bytes, 0 at its end,
+ * < 0 on error. The client discards whatever the callback leaves unread. */
+struct imap_literal;
+ssize_t imap_literal_read(struct imap_literal *lit, void *buf, size_t cap);
+uint64_t imap_literal_remaining(const struct imap_literal *lit);
+
+struct imap_handler {
+    /* An untagged response other than those consumed by the client. The
+     * response is valid only during the call. Must not yield for long: it
+     * runs in the reader coroutine (it may write to another connection). */
+    void (*untagged)(void *ctx, const struct imap_response *resp);
+    /* A literal of `size` bytes inside an untagged response (`partial`
+     * holds what was parsed before it). Return true after consuming it (in
+     * whole or part) through `lit`; false to have it kept inline. */
+    bool (*literal)(void *ctx, const struct imap_response *partial, uint64_t size,
+                    struct imap_literal *lit);
+};
+
+struct imap_client *imap_client_new(struct coro_sched *sched, const struct server_config *cfg,
+                                    struct logger *log, bool keepalive);
+/* Closes the connection without LOGOUT if still open. Accepts NULL. */
+void imap_client_free(struct imap_client **c);
+
+int imap_client_connect(struct imap_client *c);
+/* Sends LOGOUT, waits for the reply (bounded) and closes. */
+int imap_client_logout(struct imap_client *c);
+
+const char *imap_client_name(const struct imap_client *c); /* "local" / "remote" */
+const char *imap_client_error(const struct imap_client *c);
+bool imap_client_has_cap(const struct imap_client *c, const char *cap);
+bool imap_client_is_broken(const struct imap_client *c);
+struct imap_mailbox_state *imap_client_mailbox(struct imap_client *c);
+
+/* Installs the untagged-response handler (NULL to drop them). */
+void imap_client_set_handler(struct imap_client *c, const struct imap_handler *h, void *ctx);
+
+/*
+ * Queues a command built from a template. Directives: %a atom or raw text
+ * (inserted as is), %s astring (atom, quoted string, or literal when it
+ * cannot be quoted), %m mailbox name (like %s, INBOX kept as is),
+ * %u unsigned (uint32_t), %U uint64_t, %% a percent sign. The tag and CRLF
+ * are added. Returns NULL only if the connection is unusable.
+ */
+struct imap_cmd *imap_client_send(struct imap_client *c, const char *fmt, ...);
+
+/* Waits for the tagged response: 0 for OK, ERR_NO, ERR_BAD, or a
+ * connection error. Frees nothing. */
+int imap_cmd_wait(struct imap_cmd *cmd);
+/* After completion: the response code and its arguments as raw text
+ * ("APPENDUID", "38505 3955:3960"), the human text. Valid until free. */
+const char *imap_cmd_code(const struct imap_cmd *cmd);
+const char *imap_cmd_code_args(const struct imap_cmd *cmd);
+const char *imap_cmd_text(const struct imap_cmd *cmd);
+void imap_cmd_free(struct imap_cmd **cmd);
+/* Send + wait + free, for commands whose result is just OK or not. */
+int imap_client_run(struct imap_client *c, const char *fmt, ...);
+
+/*
+ * Long commands (APPEND with streamed literals). Between lock and unlock no
+ * other command is written. imap_client_begin starts a command whose text
+ * the caller continues with imap_client_write_*; imap_client_literal_begin
+ * writes "{n+}" (LITERAL+) or "{n}" and waits for the continuation; the
+ * caller then writes exactly n bytes with imap_client_write_raw.
+ * imap_client_end writes CRLF and returns the command handle.
+ */
+int imap_client_lock_write(struct imap_client *c);
+void imap_client_unlock_write(struct imap_client *c);
+struct imap_cmd *imap_client_begin(struct imap_client *c, const char *fmt, ...);
+int imap_client_write_fmt(struct imap_client *c, const char *fmt, ...);
+int imap_client_literal_begin(struct imap_client *c, uint64_t size);
+int imap_client_write_raw(struct imap_client *c, const void *buf, size_t len);
+struct imap_cmd *imap_client_end(struct imap_client *c, struct imap_cmd *cmd);
+int imap_client_flush(struct imap_client *c);
+
+/* Waits for the next response from the server (used by IDLE / NOTIFY
+ * loops): returns 0 when anything arrived, -ETIMEDOUT after timeout_ms. */
+int imap_client_wait_activity(struct imap_client *c, uint64_t timeout_ms);
+
+#endif

@@ -1,0 +1,44 @@
+/*
+ * UID sets: a growable array of UIDs, parsed from and written to the IMAP
+ * sequence-set syntax ("1:4,7,9:12"). Memory belongs to the set;
+ * uidset_fini releases it.
+ */
+#ifndef INTERIMAP_IMAP_UIDSET_H
+#define INTERIMAP_IMAP_UIDSET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct uidset {
+    uint32_t *uids;
+    size_t count, cap;
+};
+
+void uidset_init(struct uidset *s);
+void uidset_fini(struct uidset *s);
+void uidset_clear(struct uidset *s);
+int uidset_add(struct uidset *s, uint32_t uid);
+int uidset_add_range(struct uidset *s, uint32_t lo, uint32_t hi);
+/* Sorts and removes duplicates. */
+void uidset_normalize(struct uidset *s);
+/* Binary search; the set must be normalized. */
+bool uidset_contains(const struct uidset *s, uint32_t uid);
+
+/*
+ * Parses a sequence-set of explicit UIDs ("*" is rejected), appending in
+ * the order written (APPENDUID and COPYUID rely on that order). Ranges
+ * larger than max_range UIDs are rejected so a hostile server cannot make
+ * us allocate without bound. 0 or -EINVAL.
+ */
+int uidset_parse(struct uidset *s, const char *text, size_t len, size_t max_range);
+
+/*
+ * Writes the UIDs of a normalized set from index *pos on, compacted into
+ * ranges, stopping before the text exceeds max_len bytes (so long sets can
+ * be split over several commands). Returns a malloc'd string and advances
+ * *pos, or NULL when nothing is left or on allocation failure.
+ */
+char *uidset_format(const struct uidset *s, size_t *pos, size_t max_len);
+
+#endif

@@ -1,0 +1,1374 @@
+/*
+ * IMAP client connection: opening sequence, pipelined commands, reader
+ * coroutine. See include/imap/client.h for the contract.
+ */
+#include "imap/client.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "coro/await.h"
+#include "coro/coro.h"
+#include "errors.h"
+#include "log.h"
+#include "net/compress.h"
+#include "net/socks5.h"
+#include "net/stream.h"
+#include "net/tls.h"
+#include "net/transport.h"
+
+enum {
+    CONNECT_TIMEOUT_MS = 30 * 1000,
+    REPLY_TIMEOUT_MS = 5 * 60 * 1000,
+    WRITE_TIMEOUT_MS = 5 * 60 * 1000,
+    LOGOUT_TIMEOUT_MS = 5 * 1000,
+    READ_CHUNK = 64 * 1024,
+    MAX_WAITERS = 64,
+};
+
+struct imap_cmd {
+    struct imap_client *client;
+    char tag[16];
+    bool done;
+    bool orphan; /* the caller freed it before completion */
+    int result;
+    struct coro *waiter;
+    char *code, *code_args, *text;
+    struct imap_cmd *next;
+};
+
+struct imap_literal {
+    struct imap_client *client;
+    uint64_t remaining;
+};
+
+struct imap_client {
+    struct coro_sched *sched;
+    const struct server_config *cfg;
+    struct logger *log;
+    bool keepalive;
+
+    struct stream *stream;
+    struct imap_parser *parser;
+    char *rbuf;
+    size_t roff, rlen, rcap;
+
+    char **caps;
+    size_t ncaps;
+
+    unsigned next_tag;
+    struct imap_cmd *inflight, *inflight_tail;
+    struct coro *reader;
+    bool reader_running;
+
+    /* write lock: owner plus a FIFO of waiting coroutines */
+    struct coro *write_owner;
+    struct coro *write_waiters[MAX_WAITERS];
+    size_t write_waiters_head, write_waiters_count;
+
+    bool cont_pending;
+    struct coro *cont_waiter;
+    struct coro *activity_waiter;
+    bool activity;
+
+    const struct imap_handler *handler;
+    void *handler_ctx;
+
+    struct imap_mailbox_state mbox;
+
+    bool broken;
+    bool logging_out; /* a BYE is expected */
+    int broken_code;
+    char error[512];
+
+    /* debug capture of the current server line (literals left out) */
+    char dbg[1024];
+    size_t dbg_len;
+    uint64_t dbg_skip;
+};
+
+/* ------------------------------------------------------------------ */
+/* small helpers */
+
+static void client_set_error(struct imap_client *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void client_set_error(struct imap_client *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->error, sizeof c->error, fmt, ap);
+    va_end(ap);
+}
+
+static char *xstrdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static void wake_activity(struct imap_client *c)
+{
+    c->activity = true;
+    if (c->activity_waiter) {
+        struct coro *w = c->activity_waiter;
+        c->activity_waiter = NULL;
+        coro_wake(w);
+    }
+}
+
+static void cmd_complete(struct imap_cmd *cmd, int result)
+{
+    cmd->done = true;
+    cmd->result = result;
+    if (cmd->orphan) {
+        free(cmd->code);
+        free(cmd->code_args);
+        free(cmd->text);
+        free(cmd);
+        return;
+    }
+    if (cmd->waiter) {
+        struct coro *w = cmd->waiter;
+        cmd->waiter = NULL;
+        coro_wake(w);
+    }
+}
+
+/* Marks the connection unusable and fails every command in flight. */
+static void client_break(struct imap_client *c, int code)
+{
+    if (!c->broken) {
+        c->broken = true;
+        c->broken_code = code;
+    }
+    struct imap_cmd *cmd = c->inflight;
+    c->inflight = c->inflight_tail = NULL;
+    while (cmd) {
+        struct imap_cmd *next = cmd->next;
+        cmd->next = NULL;
+        if (!cmd->text)
+            cmd->text = strdup(c->error);
+        cmd_complete(cmd, c->broken_code);
+        cmd = next;
+    }
+    if (c->cont_waiter) {
+        struct coro *w = c->cont_waiter;
+        c->cont_waiter = NULL;
+        coro_wake(w);
+    }
+    wake_activity(c);
+}
+
+/* ------------------------------------------------------------------ */
+/* capabilities */
+
+static void caps_clear(struct imap_client *c)
+{
+    for (size_t i = 0; i < c->ncaps; i++)
+        free(c->caps[i]);
+    free(c->caps);
+    c->caps = NULL;
+    c->ncaps = 0;
+}
+
+static void caps_set(struct imap_client *c, const struct imap_value *v, size_t n)
+{
+    caps_clear(c);
+    c->caps = calloc(n ? n : 1, sizeof *c->caps);
+    if (!c->caps)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        const char *s;
+        size_t len;
+        if (!imap_value_string(&v[i], &s, &len))
+            continue;
+        char *cap = strndup(s, len);
+        if (!cap)
+            continue;
+        for (char *p = cap; *p; p++)
+            *p = (char)toupper((unsigned char)*p);
+        c->caps[c->ncaps++] = cap;
+    }
+}
+
+bool imap_client_has_cap(const struct imap_client *c, const char *cap)
+{
+    for (size_t i = 0; i < c->ncaps; i++)
+        if (strcasecmp(c->caps[i], cap) == 0)
+            return true;
+    return false;
+}
+
+/* ------------------------------------------------------------------ */
+/* debug traffic log */
+
+static void dbg_flush(struct imap_client *c)
+{
+    if (c->dbg_len == 0)
+        return;
+    while (c->dbg_len && (c->dbg[c->dbg_len - 1] == '\n' || c->dbg[c->dbg_len - 1] == '\r'))
+        c->dbg_len--;
+    c->dbg[c->dbg_len] = '\0';
+    log_debug(c->log, c->cfg->name, NULL, "S: %s", c->dbg);
+    c->dbg_len = 0;
+}
+
+static void dbg_capture(struct imap_client *c, const char *buf, size_t len)
+{
+    if (logger_debug_level(c->log) < 1)
+        return;
+    for (size_t i = 0; i < len; i++) {
+        if (c->dbg_skip) {
+            uint64_t take = c->dbg_skip < len - i ? c->dbg_skip : len - i;
+            c->dbg_skip -= take;
+            i += take - 1;
+            continue;
+        }
+        if (c->dbg_len < sizeof c->dbg - 4)
+            c->dbg[c->dbg_len++] = buf[i];
+        if (buf[i] == '\n')
+            dbg_flush(c);
+    }
+}
+
+static void dbg_client_line(struct imap_client *c, const char *line, size_t len)
+{
+    if (logger_debug_level(c->log) < 1)
+        return;
+    while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+        len--;
+    char tmp[1024];
+    if (len >= sizeof tmp)
+        len = sizeof tmp - 1;
+    memcpy(tmp, line, len);
+    tmp[len] = '\0';
+    if (logger_debug_level(c->log) < 2)
+        log_redact_imap_line(tmp);
+    log_debug(c->log, c->cfg->name, NULL, "C: %s", tmp);
+}
+
+/* ------------------------------------------------------------------ */
+/* writing */
+
+static int client_write(struct imap_client *c, const void *buf, size_t len)
+{
+    if (c->broken)
+        return c->broken_code;
+    int r = stream_write(c->stream, buf, len);
+    if (r < 0) {
+        client_set_error(c, "%s: write failed: %s", c->cfg->name,
+                         c->stream->error[0] ? c->stream->error : err_str(r));
+        client_break(c, r);
+    }
+    return r;
+}
+
+int imap_client_lock_write(struct imap_client *c)
+{
+    struct coro *self = coro_current(c->sched);
+    while (c->write_owner && c->write_owner != self) {
+        if (c->write_waiters_count == MAX_WAITERS)
+            return -EAGAIN;
+        size_t slot = (c->write_waiters_head + c->write_waiters_count) % MAX_WAITERS;
+        c->write_waiters[slot] = self;
+        c->write_waiters_count++;
+        int r = coro_suspend(self);
+        if (r < 0)
+            return r;
+    }
+    c->write_owner = self;
+    return c->broken ? c->broken_code : 0;
+}
+
+void imap_client_unlock_write(struct imap_client *c)
+{
+    c->write_owner = NULL;
+    if (c->write_waiters_count) {
+        struct coro *next = c->write_waiters[c->write_waiters_head];
+        c->write_waiters_head = (c->write_waiters_head + 1) % MAX_WAITERS;
+        c->write_waiters_count--;
+        coro_wake(next);
+    }
+}
+
+/* A growable text buffer for building command lines. */
+struct linebuf {
+    char *data;
+    size_t len, cap;
+    bool oom;
+};
+
+static void lb_put(struct linebuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d) {
+            b->oom = true;
+            return;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+static void lb_puts(struct linebuf *b, const char *s)
+{
+    lb_put(b, s, strlen(s));
+}
+
+static bool is_atom_char(unsigned char ch)
+{
+    /* ATOM-CHAR: any CHAR except atom-specials ( ) { SP CTL % * " \ ] */
+    if (ch <= 0x20 || ch >= 0x7f)
+        return false;
+    return !strchr("(){%*\"\\]", ch);
+}
+
+/* Appends an astring: atom when possible, quoted otherwise. Returns false
+ * for bytes a quoted string cannot carry (CR, LF, NUL, 8-bit): the caller
+ * then needs a literal. */
+static bool lb_astring(struct linebuf *b, const char *s, size_t n, bool allow_wildcards)
+{
+    bool atom = n > 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == 0 || ch == '\r' || ch == '\n' || ch >= 0x80)
+            return false;
+        if (!is_atom_char(ch) && !(allow_wildcards && (ch == '%' || ch == '*')))
+            atom = false;
+    }
+    if (atom && !(n == 3 && strncasecmp(s, "NIL", 3) == 0)) {
+        lb_put(b, s, n);
+        return true;
+    }
+    lb_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            lb_put(b, "\\", 1);
+        lb_put(b, &s[i], 1);
+    }
+    lb_put(b, "\"", 1);
+    return true;
+}
+
+/* Expands a command template (see imap_client_send). Literal segments are
+ * not supported here: strings that need one make the build fail. */
+static int lb_vformat(struct linebuf *b, const char *fmt, va_list ap)
+{
+    for (const char *p = fmt; *p; p++) {
+        if (*p != '%') {
+            lb_put(b, p, 1);
+            continue;
+        }
+        char tmp[32];
+        switch (*++p) {
+        case 'a':
+            lb_puts(b, va_arg(ap, const char *));
+            break;
+        case 's':
+        case 'm': {
+            const char *s = va_arg(ap, const char *);
+            if (!lb_astring(b, s, strlen(s), *p == 'm'))
+                return -EINVAL;
+            break;
+        }
+        case 'u':
+            snprintf(tmp, sizeof tmp, "%" PRIu32, va_arg(ap, uint32_t));
+            lb_puts(b, tmp);
+            break;
+        case 'U':
+            snprintf(tmp, sizeof tmp, "%" PRIu64, va_arg(ap, uint64_t));
+            lb_puts(b, tmp);
+            break;
+        case '%':
+            lb_put(b, "%", 1);
+            break;
+        default:
+            return -EINVAL;
+        }
+    }
+    return b->oom ? -ENOMEM : 0;
+}
+
+static struct imap_cmd *cmd_new(struct imap_client *c)
+{
+    struct imap_cmd *cmd = calloc(1, sizeof *cmd);
+    if (!cmd)
+        return NULL;
+    cmd->client = c;
+    snprintf(cmd->tag, sizeof cmd->tag, "%u", ++c->next_tag);
+    cmd->result = 1;
+    /* in flight from now on: the reply may arrive as soon as bytes leave */
+    if (c->inflight_tail)
+        c->inflight_tail->next = cmd;
+    else
+        c->inflight = cmd;
+    c->inflight_tail = cmd;
+    return cmd;
+}
+
+static struct imap_cmd *cmd_failed(struct imap_client *c, int code)
+{
+    struct imap_cmd *cmd = calloc(1, sizeof *cmd);
+    if (!cmd)
+        return NULL;
+    cmd->client = c;
+    cmd->done = true;
+    cmd->result = code;
+    cmd->text = strdup(c->error);
+    return cmd;
+}
+
+static struct imap_cmd *client_vsend(struct imap_client *c, const char *fmt, va_list ap)
+{
+    if (c->broken)
+        return cmd_failed(c, c->broken_code);
+    struct linebuf b = {0};
+    int r = lb_vformat(&b, fmt, ap);
+    if (r < 0) {
+        free(b.data);
+        client_set_error(c, "%s: cannot encode command arguments", c->cfg->name);
+        return cmd_failed(c, r);
+    }
+    r = imap_client_lock_write(c);
+    if (r < 0) {
+        free(b.data);
+        return cmd_failed(c, r);
+    }
+    struct imap_cmd *cmd = cmd_new(c);
+    if (!cmd) {
+        imap_client_unlock_write(c);
+        free(b.data);
+        return NULL;
+    }
+    struct linebuf line = {0};
+    lb_puts(&line, cmd->tag);
+    lb_put(&line, " ", 1);
+    lb_put(&line, b.data ? b.data : "", b.len);
+    lb_put(&line, "\r\n", 2);
+    free(b.data);
+    if (line.oom) {
+        free(line.data);
+        imap_client_unlock_write(c);
+        client_set_error(c, "%s: out of memory", c->cfg->name);
+        client_break(c, -ENOMEM);
+        return cmd;
+    }
+    dbg_client_line(c, line.data, line.len);
+    client_write(c, line.data, line.len);
+    free(line.data);
+    imap_client_unlock_write(c);
+    return cmd;
+}
+
+struct imap_cmd *imap_client_send(struct imap_client *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    struct imap_cmd *cmd = client_vsend(c, fmt, ap);
+    va_end(ap);
+    return cmd;
+}
+
+struct imap_cmd *imap_client_begin(struct imap_client *c, const char *fmt, ...)
+{
+    if (c->broken)
+        return cmd_failed(c, c->broken_code);
+    struct linebuf b = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    int r = lb_vformat(&b, fmt, ap);
+    va_end(ap);
+    if (r < 0) {
+        free(b.data);
+        client_set_error(c, "%s: cannot encode command arguments", c->cfg->name);
+        return cmd_failed(c, r);
+    }
+    struct imap_cmd *cmd = cmd_new(c);
+    if (!cmd) {
+        free(b.data);
+        return NULL;
+    }
+    struct linebuf line = {0};
+    lb_puts(&line, cmd->tag);
+    lb_put(&line, " ", 1);
+    lb_put(&line, b.data ? b.data : "", b.len);
+    free(b.data);
+    dbg_client_line(c, line.data ? line.data : "", line.len);
+    if (!line.oom)
+        client_write(c, line.data, line.len);
+    free(line.data);
+    return cmd;
+}
+
+int imap_client_write_fmt(struct imap_client *c, const char *fmt, ...)
+{
+    struct linebuf b = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    int r = lb_vformat(&b, fmt, ap);
+    va_end(ap);
+    if (r == 0 && b.len) {
+        dbg_client_line(c, b.data, b.len);
+        r = client_write(c, b.data, b.len);
+    }
+    free(b.data);
+    return r;
+}
+
+int imap_client_write_raw(struct imap_client *c, const void *buf, size_t len)
+{
+    return client_write(c, buf, len);
+}
+
+static int wait_continuation(struct imap_client *c)
+{
+    struct coro *self = coro_current(c->sched);
+    while (!c->cont_pending) {
+        if (c->broken)
+            return c->broken_code;
+        if (!c->reader_running) {
+            client_set_error(c, "%s: no reader for continuation", c->cfg->name);
+            return ERR_PROTOCOL;
+        }
+        c->cont_waiter = self;
+        int r = coro_suspend(self);
+        c->cont_waiter = NULL;
+        if (r < 0)
+            return r;
+    }
+    c->cont_pending = false;
+    return c->broken ? c->broken_code : 0;
+}
+
+int imap_client_literal_begin(struct imap_client *c, uint64_t size)
+{
+    bool nonsync =
+        imap_client_has_cap(c, "LITERAL+") || (imap_client_has_cap(c, "LITERAL-") && size <= 4096);
+    char hdr[40];
+    int n = snprintf(hdr, sizeof hdr, "{%" PRIu64 "%s}\r\n", size, nonsync ? "+" : "");
+    dbg_client_line(c, hdr, (size_t)n);
+    int r = client_write(c, hdr, (size_t)n);
+    if (r < 0 || nonsync)
+        return r;
+    return wait_continuation(c);
+}
+
+struct imap_cmd *imap_client_end(struct imap_client *c, struct imap_cmd *cmd)
+{
+    client_write(c, "\r\n", 2);
+    return cmd;
+}
+
+int imap_client_flush(struct imap_client *c)
+{
+    return c->broken ? c->broken_code : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* reading */
+
+ssize_t imap_literal_read(struct imap_literal *lit, void *buf, size_t cap)
+{
+    struct imap_client *c = lit->client;
+    if (lit->remaining == 0)
+        return 0;
+    if (cap > lit->remaining)
+        cap = (size_t)lit->remaining;
+    if (c->roff < c->rlen) {
+        size_t n = c->rlen - c->roff;
+        if (n > cap)
+            n = cap;
+        memcpy(buf, c->rbuf + c->roff, n);
+        c->roff += n;
+        lit->remaining -= n;
+        return (ssize_t)n;
+    }
+    ssize_t n = stream_read(c->stream, buf, cap);
+    if (n == 0) {
+        client_set_error(c, "%s: connection closed in the middle of a literal", c->cfg->name);
+        return ERR_EOF;
+    }
+    if (n < 0) {
+        client_set_error(c, "%s: read failed: %s", c->cfg->name,
+                         c->stream->error[0] ? c->stream->error : err_str((int)n));
+        return (int)n;
+    }
+    lit->remaining -= (uint64_t)n;
+    return n;
+}
+
+uint64_t imap_literal_remaining(const struct imap_literal *lit)
+{
+    return lit->remaining;
+}
+
+static int client_fill(struct imap_client *c)
+{
+    if (c->roff == c->rlen)
+        c->roff = c->rlen = 0;
+    if (c->rcap - c->rlen < READ_CHUNK / 4) {
+        if (c->roff) {
+            memmove(c->rbuf, c->rbuf + c->roff, c->rlen - c->roff);
+            c->rlen -= c->roff;
+            c->roff = 0;
+        }
+    }
+    if (c->rlen == c->rcap) {
+        client_set_error(c, "%s: read buffer full", c->cfg->name);
+        return ERR_TOO_BIG;
+    }
+    uint64_t timeout = c->inflight || !c->reader_running ? REPLY_TIMEOUT_MS : 0;
+    stream_set_timeouts(c->stream, timeout, WRITE_TIMEOUT_MS);
+    ssize_t n = stream_read(c->stream, c->rbuf + c->rlen, c->rcap - c->rlen);
+    if (n == 0) {
+        client_set_error(c, "%s: connection closed by the server", c->cfg->name);
+        return ERR_EOF;
+    }
+    if (n < 0) {
+        if (n == -ETIMEDOUT)
+            client_set_error(c, "%s: timed out waiting for the server", c->cfg->name);
+        else
+            client_set_error(c, "%s: read failed: %s", c->cfg->name,
+                             c->stream->error[0] ? c->stream->error : err_str((int)n));
+        return (int)n;
+    }
+    c->rlen += (size_t)n;
+    return 0;
+}
+
+/* Reads one whole response; literals inside untagged responses are offered
+ * to the handler first. */
+static int client_read_response(struct imap_client *c, const struct imap_response **out)
+{
+    for (;;) {
+        if (c->roff == c->rlen) {
+            int r = client_fill(c);
+            if (r < 0)
+                return r;
+        }
+        size_t used = 0;
+        enum imap_parse_result pr =
+            imap_parser_feed(c->parser, c->rbuf + c->roff, c->rlen - c->roff, &used);
+        dbg_capture(c, c->rbuf + c->roff, used);
+        c->roff += used;
+        switch (pr) {
+        case IMAP_PARSE_NEED_MORE:
+            continue;
+        case IMAP_PARSE_DONE:
+            *out = imap_parser_response(c->parser);
+            return 0;
+        case IMAP_PARSE_LITERAL: {
+            uint64_t size = imap_parser_literal_size(c->parser);
+            const struct imap_response *partial = imap_parser_partial(c->parser);
+            if (c->handler && c->handler->literal && partial->kind == IMAP_RESP_UNTAGGED) {
+                struct imap_literal lit = {c, size};
+                if (c->handler->literal(c->handler_ctx, partial, size, &lit)) {
+                    char sink[8192];
+                    while (lit.remaining) {
+                        ssize_t n = imap_literal_read(&lit, sink, sizeof sink);
+                        if (n < 0)
+                            return (int)n;
+                    }
+                    imap_parser_literal_streamed(c->parser);
+                    continue;
+                }
+            }
+            c->dbg_skip = size;
+            if (imap_parser_literal_inline(c->parser) == IMAP_PARSE_ERROR) {
+                client_set_error(c, "%s: %s", c->cfg->name, imap_parser_error(c->parser));
+                return ERR_TOO_BIG;
+            }
+            continue;
+        }
+        case IMAP_PARSE_ERROR:
+        default:
+            client_set_error(c, "%s: malformed response from the server: %s", c->cfg->name,
+                             imap_parser_error(c->parser));
+            return ERR_PROTOCOL;
+        }
+    }
+}
+
+/* Renders response-code arguments back to text ("38505 3955:3960"). */
+static void render_values(struct linebuf *b, const struct imap_value *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            lb_put(b, " ", 1);
+        switch (v[i].type) {
+        case IMAP_NIL:
+            lb_puts(b, "NIL");
+            break;
+        case IMAP_LIST:
+            lb_put(b, "(", 1);
+            render_values(b, v[i].items, v[i].count);
+            lb_put(b, ")", 1);
+            break;
+        default:
+            if (v[i].str)
+                lb_put(b, v[i].str, v[i].len);
+            break;
+        }
+    }
+}
+
+static void note_status_code(struct imap_client *c, const struct imap_response *r)
+{
+    if (!r->code)
+        return;
+    struct imap_mailbox_state *m = &c->mbox;
+    const struct imap_value *a = r->code_args;
+    if (strcasecmp(r->code, "CAPABILITY") == 0)
+        caps_set(c, a, r->code_nargs);
+    else if (strcasecmp(r->code, "UIDVALIDITY") == 0 && r->code_nargs >= 1)
+        imap_value_u32(&a[0], &m->uidvalidity);
+    else if (strcasecmp(r->code, "UIDNEXT") == 0 && r->code_nargs >= 1)
+        imap_value_u32(&a[0], &m->uidnext);
+    else if (strcasecmp(r->code, "HIGHESTMODSEQ") == 0 && r->code_nargs >= 1)
+        imap_value_u64(&a[0], &m->highestmodseq);
+    else if (strcasecmp(r->code, "NOMODSEQ") == 0)
+        m->nomodseq = true;
+}
+
+static int client_dispatch(struct imap_client *c, const struct imap_response *r)
+{
+    switch (r->kind) {
+    case IMAP_RESP_CONTINUATION:
+        c->cont_pending = true;
+        if (c->cont_waiter) {
+            struct coro *w = c->cont_waiter;
+            c->cont_waiter = NULL;
+            coro_wake(w);
+        }
+        break;
+    case IMAP_RESP_TAGGED: {
+        struct imap_cmd *prev = NULL, *cmd = c->inflight;
+        while (cmd && strcmp(cmd->tag, r->tag) != 0) {
+            prev = cmd;
+            cmd = cmd->next;
+        }
+        if (!cmd) {
+            client_set_error(c, "%s: server answered unknown tag '%s'", c->cfg->name, r->tag);
+            return ERR_PROTOCOL;
+        }
+        if (prev)
+            prev->next = cmd->next;
+        else
+            c->inflight = cmd->next;
+        if (c->inflight_tail == cmd)
+            c->inflight_tail = prev;
+        cmd->next = NULL;
+        note_status_code(c, r);
+        if (r->code) {
+            cmd->code = xstrdup(r->code);
+            struct linebuf b = {0};
+            render_values(&b, r->code_args, r->code_nargs);
+            cmd->code_args = b.data ? b.data : strdup("");
+        }
+        cmd->text = xstrdup(r->text ? r->text : "");
+        cmd_complete(cmd, r->status == IMAP_STATUS_OK   ? 0
+                          : r->status == IMAP_STATUS_NO ? ERR_NO
+                                                        : ERR_BAD);
+        break;
+    }
+    case IMAP_RESP_UNTAGGED:
+        if (r->status == IMAP_STATUS_BYE) {
+            client_set_error(c, "%s: server closed the session: %s", c->cfg->name,
+                             r->text ? r->text : "");
+            /* a BYE in answer to LOGOUT is expected: the tagged OK follows */
+            if (!c->logging_out)
+                return ERR_BYE;
+            break;
+        }
+        if (r->status != IMAP_STATUS_NONE) {
+            note_status_code(c, r);
+        } else if (r->nargs >= 1 && imap_value_is_atom(&r->args[0], "CAPABILITY")) {
+            caps_set(c, r->args + 1, r->nargs - 1);
+            break;
+        } else if (r->nargs >= 2 && imap_value_is_atom(&r->args[1], "EXISTS")) {
+            imap_value_u32(&r->args[0], &c->mbox.exists);
+        } else if (r->nargs >= 1 && imap_value_is_atom(&r->args[0], "ENABLED")) {
+            break;
+        }
+        if (c->handler && c->handler->untagged)
+            c->handler->untagged(c->handler_ctx, r);
+        break;
+    }
+    wake_activity(c);
+    return 0;
+}
+
+static void reader_main(struct coro *self, void *arg)
+{
+    struct imap_client *c = arg;
+    (void)self;
+    while (!c->broken) {
+        const struct imap_response *r;
+        int rc = client_read_response(c, &r);
+        if (rc == 0)
+            rc = client_dispatch(c, r);
+        if (rc < 0) {
+            if (rc == -ECANCELED && !c->broken)
+                client_set_error(c, "%s: connection closed", c->cfg->name);
+            client_break(c, rc);
+            break;
+        }
+    }
+    c->reader_running = false;
+}
+
+/* ------------------------------------------------------------------ */
+/* waiting for commands */
+
+int imap_cmd_wait(struct imap_cmd *cmd)
+{
+    struct imap_client *c = cmd->client;
+    if (!cmd->done && !c->reader_running) {
+        /* opening sequence: read synchronously in the caller */
+        while (!cmd->done && !c->broken) {
+            const struct imap_response *r;
+            int rc = client_read_response(c, &r);
+            if (rc == 0)
+                rc = client_dispatch(c, r);
+            if (rc < 0)
+                client_break(c, rc);
+        }
+    }
+    while (!cmd->done) {
+        cmd->waiter = coro_current(c->sched);
+        int r = coro_suspend(cmd->waiter);
+        cmd->waiter = NULL;
+        if (r < 0 && !cmd->done)
+            return r;
+    }
+    if (cmd->result == ERR_NO || cmd->result == ERR_BAD)
+        client_set_error(c, "%s: %s", c->cfg->name, cmd->text ? cmd->text : "command failed");
+    return cmd->result;
+}
+
+const char *imap_cmd_code(const struct imap_cmd *cmd)
+{
+    return cmd->code;
+}
+
+const char *imap_cmd_code_args(const struct imap_cmd *cmd)
+{
+    return cmd->code_args ? cmd->code_args : "";
+}
+
+const char *imap_cmd_text(const struct imap_cmd *cmd)
+{
+    return cmd->text ? cmd->text : "";
+}
+
+void imap_cmd_free(struct imap_cmd **pcmd)
+{
+    if (!pcmd || !*pcmd)
+        return;
+    struct imap_cmd *cmd = *pcmd;
+    *pcmd = NULL;
+    if (!cmd->done) {
+        cmd->orphan = true;
+        cmd->waiter = NULL;
+        return;
+    }
+    free(cmd->code);
+    free(cmd->code_args);
+    free(cmd->text);
+    free(cmd);
+}
+
+int imap_client_run(struct imap_client *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    struct imap_cmd *cmd = client_vsend(c, fmt, ap);
+    va_end(ap);
+    if (!cmd)
+        return -ENOMEM;
+    int r = imap_cmd_wait(cmd);
+    imap_cmd_free(&cmd);
+    return r;
+}
+
+int imap_client_wait_activity(struct imap_client *c, uint64_t timeout_ms)
+{
+    if (c->broken)
+        return c->broken_code;
+    if (c->activity) {
+        c->activity = false;
+        return 0;
+    }
+    struct coro *self = coro_current(c->sched);
+    c->activity_waiter = self;
+    int r;
+    if (timeout_ms) {
+        /* a sleep that the reader interrupts by waking us */
+        r = await_sleep(c->sched, timeout_ms);
+        if (r == 0 && !c->activity)
+            r = -ETIMEDOUT;
+        else
+            r = 0;
+    } else {
+        r = coro_suspend(self);
+    }
+    c->activity_waiter = NULL;
+    c->activity = false;
+    if (c->broken)
+        return c->broken_code;
+    return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* opening sequence */
+
+static int client_open_transport(struct imap_client *c)
+{
+    const struct server_config *cfg = c->cfg;
+    char err[256];
+    int r;
+    if (cfg->type == SERVER_TUNNEL) {
+        r = transport_tunnel_spawn(c->sched, cfg->command, cfg->null_stderr, &c->stream, err,
+                                   sizeof err);
+        if (r < 0)
+            client_set_error(c, "%s: %s", cfg->name, err);
+        return r;
+    }
+    if (cfg->proxy) {
+        struct socks5_proxy proxy;
+        r = socks5_proxy_parse(cfg->proxy, &proxy, err, sizeof err);
+        if (r < 0) {
+            client_set_error(c, "%s: %s", cfg->name, err);
+            return r;
+        }
+        r = transport_tcp_connect(c->sched, proxy.host, proxy.port, c->keepalive,
+                                  CONNECT_TIMEOUT_MS, &c->stream, err, sizeof err);
+        if (r < 0) {
+            client_set_error(c, "%s: SOCKS5 proxy: %s", cfg->name, err);
+            socks5_proxy_fini(&proxy);
+            return r;
+        }
+        stream_set_timeouts(c->stream, CONNECT_TIMEOUT_MS, CONNECT_TIMEOUT_MS);
+        char hostbuf[256];
+        const char *target = cfg->host;
+        char addr[INET6_ADDRSTRLEN + 2];
+        if (transport_host_is_literal(cfg->host, hostbuf, sizeof hostbuf)) {
+            target = hostbuf;
+        } else if (!proxy.remote_dns) {
+            struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+            r = await_getaddrinfo(c->sched, cfg->host, NULL, &hints, &res, CONNECT_TIMEOUT_MS);
+            if (r < 0 || !res) {
+                client_set_error(c, "%s: cannot resolve host %s: %s", cfg->name, cfg->host,
+                                 err_str(r));
+                socks5_proxy_fini(&proxy);
+                return r < 0 ? r : -ENOENT;
+            }
+            if (res->ai_family == AF_INET6)
+                uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, addr, sizeof addr);
+            else
+                uv_ip4_name((struct sockaddr_in *)res->ai_addr, addr, sizeof addr);
+            uv_freeaddrinfo(res);
+            target = addr;
+        }
+        unsigned long port = strtoul(cfg->port, NULL, 10);
+        r = socks5_connect(c->stream, &proxy, target, (uint16_t)port);
+        socks5_proxy_fini(&proxy);
+        if (r < 0)
+            client_set_error(c, "%s: %s", cfg->name, c->stream->error);
+        return r;
+    }
+    r = transport_tcp_connect(c->sched, cfg->host, cfg->port, c->keepalive, CONNECT_TIMEOUT_MS,
+                              &c->stream, err, sizeof err);
+    if (r < 0)
+        client_set_error(c, "%s: %s", cfg->name, err);
+    return r;
+}
+
+static int client_start_tls(struct imap_client *c)
+{
+    const struct server_config *cfg = c->cfg;
+    char host[256];
+    bool literal = transport_host_is_literal(cfg->host, host, sizeof host);
+    if (!literal)
+        snprintf(host, sizeof host, "%s", cfg->host);
+    const char *sni = cfg->ssl_hostname_set ? cfg->ssl_hostname : (literal ? NULL : host);
+    struct tls_options opts = {
+        .verify = cfg->ssl_verify,
+        .host = host,
+        .sni = sni,
+        .cafile = cfg->ssl_cafile,
+        .capath = cfg->ssl_capath,
+        .fingerprints = cfg->ssl_fingerprint,
+        .protocol_min = cfg->ssl_protocol_min,
+        .protocol_max = cfg->ssl_protocol_max,
+        .protocols = cfg->ssl_protocols,
+        .cipherlist = cfg->ssl_cipherlist,
+        .ciphersuites = cfg->ssl_ciphersuites,
+    };
+    char err[256];
+    struct stream *tls = NULL;
+    int r = tls_stream_new(c->stream, &opts, &tls, err, sizeof err);
+    if (r < 0) {
+        client_set_error(c, "%s: TLS handshake with %s failed: %s", cfg->name, cfg->host, err);
+        return r;
+    }
+    c->stream = tls;
+    if (logger_debug_level(c->log) >= 1) {
+        char desc[128];
+        log_debug(c->log, cfg->name, NULL, "TLS established: %s",
+                  tls_stream_describe(tls, desc, sizeof desc));
+    }
+    return 0;
+}
+
+static int client_capability(struct imap_client *c)
+{
+    return imap_client_run(c, "CAPABILITY");
+}
+
+static const char base64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *base64_encode(const unsigned char *in, size_t len)
+{
+    char *out = malloc((len + 2) / 3 * 4 + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < len)
+            v |= in[i + 2];
+        out[o++] = base64_alphabet[(v >> 18) & 63];
+        out[o++] = base64_alphabet[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? base64_alphabet[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? base64_alphabet[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* Picks the first configured mechanism the server offers: LOGIN is the
+ * plain LOGIN command (always offered unless LOGINDISABLED), PLAIN needs
+ * AUTH=PLAIN. */
+static int client_authenticate(struct imap_client *c)
+{
+    const struct server_config *cfg = c->cfg;
+    char *list = strdup(cfg->auth ? cfg->auth : "PLAIN LOGIN");
+    if (!list)
+        return -ENOMEM;
+    const char *mech = NULL;
+    char *save = NULL;
+    for (char *m = strtok_r(list, " \t", &save); m; m = strtok_r(NULL, " \t", &save)) {
+        if (strcasecmp(m, "LOGIN") == 0) {
+            mech = "LOGIN";
+            break;
+        }
+        if (strcasecmp(m, "PLAIN") == 0 && imap_client_has_cap(c, "AUTH=PLAIN")) {
+            mech = "PLAIN";
+            break;
+        }
+    }
+    free(list);
+    if (!mech) {
+        client_set_error(c,
+                         "%s: no configured authentication mechanism (auth = %s) is offered "
+                         "by the server",
+                         cfg->name, cfg->auth ? cfg->auth : "PLAIN LOGIN");
+        return ERR_AUTH;
+    }
+    if (imap_client_has_cap(c, "LOGINDISABLED")) {
+        client_set_error(c, "%s: the server disables logins (LOGINDISABLED)", cfg->name);
+        return ERR_AUTH;
+    }
+    if (!cfg->username || !cfg->password) {
+        client_set_error(c, "%s: missing option %s", cfg->name,
+                         !cfg->username ? "username" : "password");
+        return ERR_CONFIG;
+    }
+
+    struct imap_cmd *cmd;
+    char *b64 = NULL;
+    if (strcmp(mech, "LOGIN") == 0) {
+        /* LOGIN takes astrings; 8-bit passwords would need a literal */
+        cmd = imap_client_send(c, "LOGIN %s %s", cfg->username, cfg->password);
+    } else {
+        size_t ul = strlen(cfg->username), pl = strlen(cfg->password);
+        unsigned char *raw = malloc(ul + pl + 2);
+        if (!raw)
+            return -ENOMEM;
+        raw[0] = '\0';
+        memcpy(raw + 1, cfg->username, ul);
+        raw[1 + ul] = '\0';
+        memcpy(raw + 2 + ul, cfg->password, pl);
+        b64 = base64_encode(raw, ul + pl + 2);
+        explicit_bzero(raw, ul + pl + 2);
+        free(raw);
+        if (!b64)
+            return -ENOMEM;
+        if (imap_client_has_cap(c, "SASL-IR")) {
+            cmd = imap_client_send(c, "AUTHENTICATE PLAIN %a", b64);
+        } else {
+            cmd = imap_client_send(c, "AUTHENTICATE PLAIN");
+            /* wait for "+ " then send the credentials on their own line */
+            while (cmd && !cmd->done && !c->cont_pending && !c->broken) {
+                const struct imap_response *r;
+                int rc = client_read_response(c, &r);
+                if (rc == 0)
+                    rc = client_dispatch(c, r);
+                if (rc < 0)
+                    client_break(c, rc);
+            }
+            if (cmd && c->cont_pending) {
+                c->cont_pending = false;
+                if (logger_debug_level(c->log) >= 2)
+                    log_debug(c->log, cfg->name, NULL, "C: %s", b64);
+                else
+                    log_debug(c->log, cfg->name, NULL, "C: [REDACTED]");
+                client_write(c, b64, strlen(b64));
+                client_write(c, "\r\n", 2);
+            }
+        }
+        explicit_bzero(b64, strlen(b64));
+        free(b64);
+    }
+    if (!cmd)
+        return -ENOMEM;
+    int r = imap_cmd_wait(cmd);
+    bool caps_in_reply = cmd->code && strcasecmp(cmd->code, "CAPABILITY") == 0;
+    if (r == ERR_NO || r == ERR_BAD) {
+        client_set_error(c, "%s: authentication failed: %s", cfg->name, imap_cmd_text(cmd));
+        r = ERR_AUTH;
+    }
+    imap_cmd_free(&cmd);
+    if (r < 0)
+        return r;
+    if (!caps_in_reply)
+        r = client_capability(c);
+    return r;
+}
+
+static int client_enable_compress(struct imap_client *c)
+{
+    if (!c->cfg->compress || !imap_client_has_cap(c, "COMPRESS=DEFLATE"))
+        return 0;
+    struct imap_cmd *cmd = imap_client_send(c, "COMPRESS DEFLATE");
+    if (!cmd)
+        return -ENOMEM;
+    int r = imap_cmd_wait(cmd);
+    bool active = r == ERR_NO && cmd->code && strcasecmp(cmd->code, "COMPRESSIONACTIVE") == 0;
+    imap_cmd_free(&cmd);
+    if (active)
+        return 0;
+    if (r < 0)
+        return r;
+    if (c->roff != c->rlen) {
+        client_set_error(c, "%s: server sent data after the COMPRESS reply", c->cfg->name);
+        return ERR_PROTOCOL;
+    }
+    char err[256];
+    struct stream *z = NULL;
+    r = compress_stream_new(c->stream, &z, err, sizeof err);
+    if (r < 0) {
+        client_set_error(c, "%s: COMPRESS: %s", c->cfg->name, err);
+        return r;
+    }
+    c->stream = z;
+    log_debug(c->log, c->cfg->name, NULL, "COMPRESS=DEFLATE active");
+    return 0;
+}
+
+int imap_client_connect(struct imap_client *c)
+{
+    const struct server_config *cfg = c->cfg;
+    int r = client_open_transport(c);
+    if (r < 0)
+        return r;
+    stream_set_timeouts(c->stream, CONNECT_TIMEOUT_MS, WRITE_TIMEOUT_MS);
+    if (cfg->type == SERVER_IMAPS) {
+        r = client_start_tls(c);
+        if (r < 0)
+            return r;
+    }
+
+    /* greeting */
+    const struct imap_response *g;
+    r = client_read_response(c, &g);
+    if (r < 0)
+        return r;
+    if (g->kind != IMAP_RESP_UNTAGGED ||
+        (g->status != IMAP_STATUS_OK && g->status != IMAP_STATUS_PREAUTH)) {
+        if (g->status == IMAP_STATUS_BYE)
+            client_set_error(c, "%s: server refused the connection: %s", cfg->name, g->text);
+        else
+            client_set_error(c, "%s: unexpected greeting from the server", cfg->name);
+        return ERR_PROTOCOL;
+    }
+    bool preauth = g->status == IMAP_STATUS_PREAUTH;
+    bool want_starttls = cfg->type == SERVER_IMAP && cfg->starttls;
+    note_status_code(c, g);
+
+    if (preauth && want_starttls) {
+        client_set_error(c,
+                         "%s: PREAUTH greeting on a plaintext connection where STARTTLS is "
+                         "required; refusing to continue (set STARTTLS = NO to allow it)",
+                         cfg->name);
+        return ERR_PROTOCOL;
+    }
+    if (!preauth) {
+        if (c->ncaps == 0 && (r = client_capability(c)) < 0)
+            return r;
+        if (want_starttls) {
+            if (!imap_client_has_cap(c, "STARTTLS")) {
+                client_set_error(c,
+                                 "%s: server does not offer STARTTLS; refusing to send "
+                                 "credentials in clear (set STARTTLS = NO to allow it)",
+                                 cfg->name);
+                return ERR_UNSUPPORTED;
+            }
+            r = imap_client_run(c, "STARTTLS");
+            if (r < 0)
+                return r;
+            /* Anything the server sent after its OK arrived before the
+             * handshake: it is unauthenticated and must not be trusted. */
+            if (c->roff != c->rlen) {
+                client_set_error(c,
+                                 "%s: server sent unexpected data after the STARTTLS reply "
+                                 "(possible response injection); aborting",
+                                 cfg->name);
+                return ERR_PROTOCOL;
+            }
+            r = client_start_tls(c);
+            if (r < 0)
+                return r;
+            caps_clear(c);
+            if ((r = client_capability(c)) < 0)
+                return r;
+        }
+        r = client_authenticate(c);
+        if (r < 0)
+            return r;
+    } else if (c->ncaps == 0 && (r = client_capability(c)) < 0) {
+        return r;
+    }
+
+    r = client_enable_compress(c);
+    if (r < 0)
+        return r;
+
+    if (!imap_client_has_cap(c, "QRESYNC")) {
+        client_set_error(c, "%s: server lacks the QRESYNC extension (RFC 7162)", cfg->name);
+        return ERR_UNSUPPORTED;
+    }
+    r = imap_client_run(c, "ENABLE QRESYNC");
+    if (r < 0)
+        return r;
+
+    /* From now on responses are read by a coroutine of their own. */
+    c->reader = coro_spawn(c->sched, reader_main, c, 0);
+    if (!c->reader)
+        return -ENOMEM;
+    c->reader_running = true;
+    return 0;
+}
+
+int imap_client_logout(struct imap_client *c)
+{
+    if (!c->stream || c->broken)
+        return c->broken ? c->broken_code : 0;
+    c->logging_out = true;
+    struct imap_cmd *cmd = imap_client_send(c, "LOGOUT");
+    if (!cmd)
+        return -ENOMEM;
+    stream_set_timeouts(c->stream, LOGOUT_TIMEOUT_MS, LOGOUT_TIMEOUT_MS);
+    int r = imap_cmd_wait(cmd);
+    imap_cmd_free(&cmd);
+    return r;
+}
+
+/* ------------------------------------------------------------------ */
+
+struct imap_client *imap_client_new(struct coro_sched *sched, const struct server_config *cfg,
+                                    struct logger *log, bool keepalive)
+{
+    struct imap_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->sched = sched;
+    c->cfg = cfg;
+    c->log = log;
+    c->keepalive = keepalive;
+    c->rcap = 2 * READ_CHUNK;
+    c->rbuf = malloc(c->rcap);
+    c->parser = imap_parser_new(NULL);
+    if (!c->rbuf || !c->parser) {
+        imap_client_free(&c);
+        return NULL;
+    }
+    return c;
+}
+
+void imap_client_free(struct imap_client **pc)
+{
+    if (!pc || !*pc)
+        return;
+    struct imap_client *c = *pc;
+    *pc = NULL;
+    if (c->reader) {
+        if (c->reader_running)
+            coro_cancel(c->reader);
+        struct coro *self = coro_current(c->sched);
+        if (self)
+            coro_join(self, c->reader);
+        else
+            coro_detach(c->reader);
+    }
+    client_break(c, -ECANCELED);
+    stream_free(&c->stream);
+    imap_parser_free(&c->parser);
+    caps_clear(c);
+    free(c->rbuf);
+    free(c);
+}
+
+const char *imap_client_name(const struct imap_client *c)
+{
+    return c->cfg->name;
+}
+
+const char *imap_client_error(const struct imap_client *c)
+{
+    return c->error[0] ? c->error : "unknown error";
+}
+
+bool imap_client_is_broken(const struct imap_client *c)
+{
+    return c->broken;
+}
+
+struct imap_mailbox_state *imap_client_mailbox(struct imap_client *c)
+{
+    return &c->mbox;
+}
+
+void imap_client_set_handler(struct imap_client *c, const struct imap_handler *h, void *ctx)
+{
+    c->handler = h;
+    c->handler_ctx = ctx;
+}

@@ -1,0 +1,1752 @@
+/*
+ * The synchronization engine. The algorithm is the one of the reference
+ * manual (RFC 4549 with the RFC 7162 amendments); what differs is the
+ * shape: both servers are driven at the same time, commands that do not
+ * depend on each other are pipelined, and message bodies flow from one
+ * server's FETCH literal into the other's APPEND literal in chunks.
+ *
+ * Everything here is symmetric: per-side data lives in arrays indexed by
+ * enum side, and the other side of s is OTHER(s).
+ */
+#include "sync/sync.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "config.h"
+#include "coro/coro.h"
+#include "db/state.h"
+#include "errors.h"
+#include "imap/client.h"
+#include "imap/uidset.h"
+#include "log.h"
+#include "sync/flags.h"
+
+#define OTHER(s) ((enum side)(1 - (s)))
+
+static const char *const side_name[2] = {"local", "remote"};
+
+enum {
+    APPEND_BATCH_MESSAGES = 1000,
+    APPEND_BATCH_BYTES = 64 << 20,
+    UIDSET_TEXT_MAX = 4096, /* keep command lines well below server limits */
+    COPY_CHUNK = 64 * 1024,
+};
+
+/* ------------------------------------------------------------------ */
+/* mailbox listing */
+
+struct listed {
+    char *server_name; /* as the server spells it (mUTF-7, with reference) */
+    char *key;         /* internal name: reference stripped, delimiter -> NUL */
+    size_t keylen;
+    bool selectable;
+    bool subscribed;
+    bool has_status;
+    uint32_t uidvalidity, uidnext;
+    uint64_t highestmodseq;
+};
+
+struct listing {
+    struct listed *items;
+    size_t count, cap;
+    char delimiter; /* '\0' for a flat namespace (NIL) */
+    bool delimiter_known;
+    bool failed;
+};
+
+/* A change reported for a known message. */
+struct change {
+    uint32_t uid;
+    uint64_t modseq;
+    char *flags;
+};
+
+/* What one side reported while a mailbox is selected. */
+struct side_state {
+    struct sync_engine *e;
+    enum side side;
+    struct imap_client *c;
+    char *mailbox; /* server name */
+    struct uidset vanished;
+    struct change *changes;
+    size_t nchanges, capchanges;
+    uint64_t max_modseq;
+    uint32_t max_uid_seen;   /* highest UID seen in new-message FETCHes */
+    struct uidset fetched;   /* UIDs of new messages seen in the current FETCH */
+    struct listing *listing; /* while listing */
+    struct new_copy *copy;   /* while copying new messages from this side */
+};
+
+struct pending_batch {
+    struct imap_cmd *cmd;
+    struct uidset src_uids;
+    struct pending_batch *next;
+};
+
+/* Streaming of new messages from side `src` into side OTHER(src). */
+struct new_copy {
+    struct sync_engine *e;
+    enum side src;
+    struct side_state *target;
+    bool append_open;
+    struct imap_cmd *open_cmd;
+    struct uidset open_uids;
+    size_t open_count;
+    uint64_t open_bytes;
+    struct pending_batch *batches, **batches_tail;
+    int error;
+    unsigned copied;
+};
+
+struct sync_engine {
+    struct coro_sched *sched;
+    const struct config *cfg;
+    struct logger *log;
+    struct sync_options opts;
+    struct state_db *db;
+    struct imap_client *client[2];
+    struct listing listing[2];
+    pcre2_code *ignore_re;
+    int failed_mailboxes;
+    char errbuf[512];
+};
+
+/* ------------------------------------------------------------------ */
+/* helpers */
+
+static void listing_fini(struct listing *l)
+{
+    for (size_t i = 0; i < l->count; i++) {
+        free(l->items[i].server_name);
+        free(l->items[i].key);
+    }
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+static struct listed *listing_find(struct listing *l, const char *key, size_t keylen)
+{
+    for (size_t i = 0; i < l->count; i++)
+        if (l->items[i].keylen == keylen && memcmp(l->items[i].key, key, keylen) == 0)
+            return &l->items[i];
+    return NULL;
+}
+
+/* Internal name -> server name: NUL -> delimiter, reference prefixed. */
+static char *server_name(struct sync_engine *e, enum side s, const char *key, size_t keylen)
+{
+    const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+    const char *ref = sc->list_reference ? sc->list_reference : "";
+    size_t rl = strlen(ref);
+    char *out = malloc(rl + keylen + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, ref, rl);
+    for (size_t i = 0; i < keylen; i++)
+        out[rl + i] = key[i] == '\0' ? e->listing[s].delimiter : key[i];
+    out[rl + keylen] = '\0';
+    return out;
+}
+
+/* A printable internal name (NUL shown as the local delimiter, or '/'). */
+static char *pretty_name(struct sync_engine *e, const char *key, size_t keylen)
+{
+    char d = e->listing[SIDE_LOCAL].delimiter ? e->listing[SIDE_LOCAL].delimiter : '/';
+    char *out = malloc(keylen + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < keylen; i++)
+        out[i] = key[i] == '\0' ? d : key[i];
+    out[keylen] = '\0';
+    return out;
+}
+
+static void side_state_reset(struct side_state *st)
+{
+    uidset_clear(&st->vanished);
+    for (size_t i = 0; i < st->nchanges; i++)
+        free(st->changes[i].flags);
+    st->nchanges = 0;
+}
+
+static void side_state_fini(struct side_state *st)
+{
+    side_state_reset(st);
+    uidset_fini(&st->vanished);
+    uidset_fini(&st->fetched);
+    free(st->changes);
+    free(st->mailbox);
+    st->changes = NULL;
+    st->mailbox = NULL;
+}
+
+static int change_add(struct side_state *st, uint32_t uid, uint64_t modseq, char *flags)
+{
+    if (st->nchanges == st->capchanges) {
+        size_t cap = st->capchanges ? st->capchanges * 2 : 64;
+        struct change *c = realloc(st->changes, cap * sizeof *c);
+        if (!c) {
+            free(flags);
+            return -ENOMEM;
+        }
+        st->changes = c;
+        st->capchanges = cap;
+    }
+    st->changes[st->nchanges++] = (struct change){uid, modseq, flags};
+    return 0;
+}
+
+/* Finds an item by name in a FETCH attribute list. */
+static const struct imap_value *fetch_item(const struct imap_value *list, const char *name)
+{
+    if (!list || list->type != IMAP_LIST)
+        return NULL;
+    for (size_t i = 0; i + 1 < list->count; i += 2)
+        if (imap_value_is_atom(&list->items[i], name))
+            return &list->items[i + 1];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* untagged responses while a mailbox is selected */
+
+static void on_fetch(struct side_state *st, const struct imap_response *r)
+{
+    const struct imap_value *list = &r->args[2];
+    const struct imap_value *uidv = fetch_item(list, "UID");
+    uint32_t uid;
+    if (!uidv || !imap_value_u32(uidv, &uid))
+        return;
+    const struct imap_value *body = fetch_item(list, "BODY[]");
+    const struct imap_value *modv = fetch_item(list, "MODSEQ");
+    uint64_t modseq = 0;
+    if (modv && modv->type == IMAP_LIST && modv->count == 1)
+        imap_value_u64(&modv->items[0], &modseq);
+    if (modseq > st->max_modseq)
+        st->max_modseq = modseq;
+    if (body || (st->copy && fetch_item(list, "INTERNALDATE"))) {
+        /* a new message: handled by the copy (streamed or inline below) */
+        if (uid > st->max_uid_seen)
+            st->max_uid_seen = uid;
+        uidset_add(&st->fetched, uid);
+        return;
+    }
+    const struct imap_value *flagsv = fetch_item(list, "FLAGS");
+    if (!flagsv || flagsv->type != IMAP_LIST)
+        return;
+    char *flags = flags_normalize(flagsv);
+    if (flags)
+        change_add(st, uid, modseq, flags);
+}
+
+static int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_value *list,
+                               uint64_t size, struct imap_literal *lit, const char *inline_body);
+
+static void selected_untagged(void *ctx, const struct imap_response *r)
+{
+    struct side_state *st = ctx;
+    if (r->status != IMAP_STATUS_NONE) {
+        if (r->code && strcasecmp(r->code, "HIGHESTMODSEQ") == 0 && r->code_nargs == 1) {
+            uint64_t m;
+            if (imap_value_u64(&r->code_args[0], &m) && m > st->max_modseq)
+                st->max_modseq = m;
+        }
+        return;
+    }
+    if (r->nargs >= 3 && imap_value_is_atom(&r->args[1], "FETCH") && r->args[2].type == IMAP_LIST) {
+        const struct imap_value *body = fetch_item(&r->args[2], "BODY[]");
+        if (st->copy && body && !body->streamed) {
+            /* the body came before FLAGS/INTERNALDATE or was small: it is
+             * inline, append it from memory */
+            const struct imap_value *uidv = fetch_item(&r->args[2], "UID");
+            uint32_t uid;
+            const char *data;
+            size_t len;
+            if (uidv && imap_value_u32(uidv, &uid) && imap_value_string(body, &data, &len))
+                copy_append_message(st->copy, uid, &r->args[2], len, NULL, data);
+        }
+        on_fetch(st, r);
+        return;
+    }
+    if (r->nargs >= 2 && imap_value_is_atom(&r->args[0], "VANISHED")) {
+        const struct imap_value *set = &r->args[r->nargs - 1];
+        const char *s;
+        size_t len;
+        if (imap_value_string(set, &s, &len))
+            uidset_parse(&st->vanished, s, len, 10u * 1000 * 1000);
+        return;
+    }
+}
+
+static bool selected_literal(void *ctx, const struct imap_response *partial, uint64_t size,
+                             struct imap_literal *lit)
+{
+    struct side_state *st = ctx;
+    if (!st->copy || partial->nargs < 3 || !imap_value_is_atom(&partial->args[1], "FETCH"))
+        return false;
+    const struct imap_value *list = &partial->args[2];
+    if (list->type != IMAP_LIST || list->count == 0)
+        return false;
+    /* the literal belongs to the last item name of the list so far */
+    const struct imap_value *last = &list->items[list->count - 1];
+    if (!imap_value_is_atom(last, "BODY[]"))
+        return false;
+    const struct imap_value *uidv = fetch_item(list, "UID");
+    uint32_t uid;
+    if (!uidv || !imap_value_u32(uidv, &uid) || !fetch_item(list, "FLAGS") ||
+        !fetch_item(list, "INTERNALDATE"))
+        return false; /* keep it inline; appended when the response is complete */
+    if (uid > st->max_uid_seen)
+        st->max_uid_seen = uid;
+    copy_append_message(st->copy, uid, list, size, lit, NULL);
+    return true;
+}
+
+static const struct imap_handler selected_handler = {selected_untagged, selected_literal};
+
+/* ------------------------------------------------------------------ */
+/* connections */
+
+struct connect_job {
+    struct sync_engine *e;
+    enum side side;
+    int result;
+};
+
+static void connect_main(struct coro *self, void *arg)
+{
+    struct connect_job *job = arg;
+    (void)self;
+    job->result = imap_client_connect(job->e->client[job->side]);
+}
+
+/* Connects both servers at once. */
+static int engine_connect(struct sync_engine *e)
+{
+    struct connect_job jobs[2];
+    struct coro *co[2];
+    struct coro *self = coro_current(e->sched);
+    for (int s = 0; s < 2; s++) {
+        const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+        bool keepalive = e->opts.watch_seconds >= 0 && sc->type != SERVER_TUNNEL;
+        e->client[s] = imap_client_new(e->sched, sc, e->log, keepalive);
+        if (!e->client[s])
+            return -ENOMEM;
+        jobs[s] = (struct connect_job){e, (enum side)s, 0};
+        co[s] = coro_spawn(e->sched, connect_main, &jobs[s], 0);
+        if (!co[s])
+            return -ENOMEM;
+    }
+    for (int s = 0; s < 2; s++)
+        coro_join(self, co[s]);
+    int rc = 0;
+    for (int s = 0; s < 2; s++) {
+        if (jobs[s].result < 0) {
+            log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
+            rc = jobs[s].result;
+        }
+    }
+    if (rc < 0)
+        return rc;
+    for (int s = 0; s < 2; s++) {
+        static const char *const required[] = {"LIST-EXTENDED", "UIDPLUS"};
+        for (size_t i = 0; i < 2; i++) {
+            if (!imap_client_has_cap(e->client[s], required[i])) {
+                log_error(e->log, side_name[s], NULL,
+                          "server lacks the %s extension, which interimap requires", required[i]);
+                return ERR_UNSUPPORTED;
+            }
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* LIST */
+
+static void list_untagged(void *ctx, const struct imap_response *r)
+{
+    struct side_state *st = ctx;
+    struct listing *l = st->listing;
+    struct sync_engine *e = st->e;
+    if (r->status != IMAP_STATUS_NONE || r->nargs < 1)
+        return;
+    if (imap_value_is_atom(&r->args[0], "LIST") && r->nargs >= 4) {
+        const struct imap_value *attrs = &r->args[1], *delim = &r->args[2], *name = &r->args[3];
+        const char *n;
+        size_t nlen;
+        if (attrs->type != IMAP_LIST || !imap_value_string(name, &n, &nlen))
+            return;
+        char d = '\0';
+        if (delim->type != IMAP_NIL) {
+            const char *ds;
+            size_t dl;
+            if (imap_value_string(delim, &ds, &dl) && dl == 1)
+                d = ds[0];
+        }
+        if (nlen == 0) {
+            /* answer to LIST "" "": the hierarchy delimiter */
+            l->delimiter = d;
+            l->delimiter_known = true;
+            return;
+        }
+        bool is_inbox = nlen == 5 && strncasecmp(n, "INBOX", 5) == 0;
+        if (!l->delimiter_known && !is_inbox) {
+            l->delimiter = d;
+            l->delimiter_known = true;
+        }
+        bool selectable = true, subscribed = false;
+        for (size_t i = 0; i < attrs->count; i++) {
+            if (imap_value_is_atom(&attrs->items[i], "\\NoSelect") ||
+                imap_value_is_atom(&attrs->items[i], "\\NonExistent"))
+                selectable = false;
+            if (imap_value_is_atom(&attrs->items[i], "\\Subscribed"))
+                subscribed = true;
+        }
+        const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+        const char *ref = sc->list_reference ? sc->list_reference : "";
+        size_t rl = strlen(ref);
+        if (nlen < rl || memcmp(n, ref, rl) != 0)
+            return; /* outside the reference: not ours */
+        if (l->count == l->cap) {
+            size_t cap = l->cap ? l->cap * 2 : 32;
+            struct listed *it = realloc(l->items, cap * sizeof *it);
+            if (!it) {
+                l->failed = true;
+                return;
+            }
+            l->items = it;
+            l->cap = cap;
+        }
+        struct listed *it = &l->items[l->count];
+        memset(it, 0, sizeof *it);
+        it->server_name = strndup(n, nlen);
+        it->keylen = is_inbox && rl == 0 ? 5 : nlen - rl;
+        it->key = malloc(it->keylen + 1);
+        if (!it->server_name || !it->key) {
+            free(it->server_name);
+            free(it->key);
+            l->failed = true;
+            return;
+        }
+        if (is_inbox && rl == 0)
+            memcpy(it->key, "INBOX", 5);
+        else
+            memcpy(it->key, n + rl, it->keylen);
+        it->key[it->keylen] = '\0';
+        if (d)
+            for (size_t i = 0; i < it->keylen; i++)
+                if (it->key[i] == d)
+                    it->key[i] = '\0';
+        it->selectable = selectable;
+        it->subscribed = subscribed;
+        l->count++;
+        return;
+    }
+    if (imap_value_is_atom(&r->args[0], "STATUS") && r->nargs >= 3 &&
+        r->args[2].type == IMAP_LIST) {
+        const char *n;
+        size_t nlen;
+        if (!imap_value_string(&r->args[1], &n, &nlen))
+            return;
+        for (size_t i = 0; i < l->count; i++) {
+            struct listed *it = &l->items[i];
+            if (strlen(it->server_name) != nlen || memcmp(it->server_name, n, nlen) != 0)
+                continue;
+            const struct imap_value *v = &r->args[2];
+            for (size_t k = 0; k + 1 < v->count; k += 2) {
+                if (imap_value_is_atom(&v->items[k], "UIDVALIDITY"))
+                    imap_value_u32(&v->items[k + 1], &it->uidvalidity);
+                else if (imap_value_is_atom(&v->items[k], "UIDNEXT"))
+                    imap_value_u32(&v->items[k + 1], &it->uidnext);
+                else if (imap_value_is_atom(&v->items[k], "HIGHESTMODSEQ"))
+                    imap_value_u64(&v->items[k + 1], &it->highestmodseq);
+            }
+            it->has_status = true;
+            break;
+        }
+    }
+}
+
+static const struct imap_handler list_handler = {list_untagged, NULL};
+
+/* Builds "pattern" or ("p1" "p2") with NUL replaced by the delimiter. */
+static int append_pattern(char **out, size_t *len, const char *p, size_t plen, char delim,
+                          bool quote_sep)
+{
+    size_t need = *len + plen * 2 + 4;
+    char *o = realloc(*out, need + 1);
+    if (!o)
+        return -ENOMEM;
+    *out = o;
+    if (quote_sep)
+        o[(*len)++] = ' ';
+    o[(*len)++] = '"';
+    for (size_t i = 0; i < plen; i++) {
+        char ch = p[i] == '\0' ? delim : p[i];
+        if (ch == '"' || ch == '\\')
+            o[(*len)++] = '\\';
+        o[(*len)++] = ch;
+    }
+    o[(*len)++] = '"';
+    o[*len] = '\0';
+    return 0;
+}
+
+/* Sends the LIST commands of one side; the caller waits. */
+static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st)
+{
+    struct imap_client *c = st->c;
+    const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+    const char *ref = sc->list_reference ? sc->list_reference : "";
+    char delim = st->listing->delimiter;
+
+    char *patterns = NULL;
+    size_t plen = 0;
+    size_t n = 0;
+    if (e->opts.nmailboxes) {
+        for (size_t i = 0; i < e->opts.nmailboxes; i++, n++) {
+            const char *m = e->opts.mailboxes[i];
+            /* command-line names use the local delimiter: make it NUL, then the
+             * side's own */
+            char *tmp = strdup(m);
+            if (!tmp)
+                return NULL;
+            size_t tl = strlen(tmp);
+            char ld = e->listing[SIDE_LOCAL].delimiter;
+            if (ld)
+                for (size_t k = 0; k < tl; k++)
+                    if (tmp[k] == ld)
+                        tmp[k] = '\0';
+            int r = append_pattern(&patterns, &plen, tmp, tl, delim, n > 0);
+            free(tmp);
+            if (r < 0)
+                return NULL;
+        }
+    } else if (e->cfg->list_mailbox_count) {
+        for (size_t i = 0; i < e->cfg->list_mailbox_count; i++, n++)
+            if (append_pattern(&patterns, &plen, e->cfg->list_mailbox[i].data,
+                               e->cfg->list_mailbox[i].len, delim, n > 0) < 0)
+                return NULL;
+    } else {
+        patterns = strdup("\"*\"");
+        n = 1;
+    }
+    if (!patterns)
+        return NULL;
+
+    char opts[512] = "";
+    if (e->cfg->list_select_opts && *e->cfg->list_select_opts)
+        snprintf(opts, sizeof opts, "(%s) ", e->cfg->list_select_opts);
+    const char *ret = imap_client_has_cap(c, "LIST-STATUS")
+                          ? " RETURN (SUBSCRIBED STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))"
+                          : " RETURN (SUBSCRIBED)";
+    struct imap_cmd *cmd = imap_client_send(c, n > 1 ? "LIST %a%s (%a)%a" : "LIST %a%s %a%a", opts,
+                                            ref, patterns, ret);
+    free(patterns);
+    return cmd;
+}
+
+static int engine_list(struct sync_engine *e, struct side_state st[2])
+{
+    struct imap_cmd *dcmd[2], *lcmd[2];
+    for (int s = 0; s < 2; s++) {
+        listing_fini(&e->listing[s]);
+        st[s].listing = &e->listing[s];
+        imap_client_set_handler(e->client[s], &list_handler, &st[s]);
+        const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+        dcmd[s] = imap_client_send(e->client[s], "LIST %s \"\"",
+                                   sc->list_reference ? sc->list_reference : "");
+    }
+    int rc = 0;
+    for (int s = 0; s < 2; s++) {
+        int r = imap_cmd_wait(dcmd[s]);
+        imap_cmd_free(&dcmd[s]);
+        if (r < 0) {
+            log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
+            rc = r;
+        }
+    }
+    if (rc < 0)
+        return rc;
+    /* the delimiter query tells the delimiter; the real listing follows */
+    for (int s = 0; s < 2; s++)
+        lcmd[s] = list_send(e, &st[s]);
+    for (int s = 0; s < 2; s++) {
+        if (!lcmd[s])
+            return -ENOMEM;
+        int r = imap_cmd_wait(lcmd[s]);
+        imap_cmd_free(&lcmd[s]);
+        if (r < 0) {
+            log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
+            rc = r;
+        }
+        if (e->listing[s].failed)
+            rc = -ENOMEM;
+        imap_client_set_handler(e->client[s], NULL, NULL);
+    }
+    if (rc < 0)
+        return rc;
+    if ((e->listing[0].delimiter == '\0') != (e->listing[1].delimiter == '\0')) {
+        log_error(e->log, NULL, NULL,
+                  "local and remote namespaces are not both flat or both hierarchical");
+        return ERR_CONFIG;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the mailbox list: creation and subscriptions */
+
+struct mbox_work {
+    char *key;
+    size_t keylen;
+    int64_t idx;
+    bool skip; /* unchanged since the last run (LIST-STATUS) */
+};
+
+static bool ignored(struct sync_engine *e, const char *key, size_t keylen)
+{
+    if (!e->ignore_re || e->opts.nmailboxes)
+        return false;
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(e->ignore_re, NULL);
+    if (!md)
+        return false;
+    int r = pcre2_match(e->ignore_re, (PCRE2_SPTR)key, keylen, 0, 0, md, NULL);
+    pcre2_match_data_free(md);
+    return r >= 0;
+}
+
+static int create_mailbox(struct sync_engine *e, enum side s, const char *key, size_t keylen,
+                          bool subscribe)
+{
+    char *name = server_name(e, s, key, keylen);
+    if (!name)
+        return -ENOMEM;
+    /* CREATE makes missing parents on servers that need them (RFC 3501
+     * 6.3.3 lets a server create them implicitly; Dovecot does) */
+    int r = imap_client_run(e->client[s], "CREATE %m", name);
+    if (r < 0) {
+        log_error(e->log, side_name[s], name, "cannot create mailbox: %s",
+                  imap_client_error(e->client[s]));
+    } else {
+        log_info(e->log, side_name[s], name, "Created mailbox");
+        if (subscribe) {
+            r = imap_client_run(e->client[s], "SUBSCRIBE %m", name);
+            if (r < 0)
+                log_error(e->log, side_name[s], name, "cannot subscribe: %s",
+                          imap_client_error(e->client[s]));
+        }
+    }
+    free(name);
+    return r;
+}
+
+static int set_subscription(struct sync_engine *e, enum side s, const char *key, size_t keylen,
+                            bool subscribe)
+{
+    char *name = server_name(e, s, key, keylen);
+    if (!name)
+        return -ENOMEM;
+    int r = imap_client_run(e->client[s], subscribe ? "SUBSCRIBE %m" : "UNSUBSCRIBE %m", name);
+    if (r < 0)
+        log_error(e->log, side_name[s], name, "cannot %s: %s",
+                  subscribe ? "subscribe" : "unsubscribe", imap_client_error(e->client[s]));
+    free(name);
+    return r;
+}
+
+/* Merges both listings into the work list, creating and subscribing as
+ * needed, and recording mailboxes in the database. */
+static int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size_t *nout)
+{
+    size_t cap = e->listing[0].count + e->listing[1].count + 1, n = 0;
+    struct mbox_work *work = calloc(cap, sizeof *work);
+    if (!work)
+        return -ENOMEM;
+    int rc = 0;
+    for (int s = 0; s < 2 && rc == 0; s++) {
+        for (size_t i = 0; i < e->listing[s].count; i++) {
+            struct listed *it = &e->listing[s].items[i];
+            bool seen = false;
+            for (size_t k = 0; k < n; k++)
+                if (work[k].keylen == it->keylen && memcmp(work[k].key, it->key, it->keylen) == 0)
+                    seen = true;
+            if (seen || ignored(e, it->key, it->keylen))
+                continue;
+            struct listed *l = listing_find(&e->listing[SIDE_LOCAL], it->key, it->keylen);
+            struct listed *r = listing_find(&e->listing[SIDE_REMOTE], it->key, it->keylen);
+            bool lex = l && l->selectable, rex = r && r->selectable;
+            if (!lex && !rex)
+                continue;
+            char *pretty = pretty_name(e, it->key, it->keylen);
+            int64_t idx = 0;
+            bool dbsub = false;
+            int found = state_db_mailbox_find(e->db, it->key, it->keylen, &idx, &dbsub);
+            if (found < 0) {
+                log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+                free(pretty);
+                rc = ERR_DB;
+                break;
+            }
+            if (lex && rex) {
+                bool ls = l->subscribed, rs = r->subscribed;
+                if (found) {
+                    if (ls != rs) {
+                        /* one side changed: follow it */
+                        bool want = !dbsub;
+                        enum side fix = (ls == want) ? SIDE_REMOTE : SIDE_LOCAL;
+                        if (set_subscription(e, fix, it->key, it->keylen, want) == 0)
+                            state_db_mailbox_set_subscribed(e->db, idx, want);
+                    } else if (ls != dbsub) {
+                        state_db_mailbox_set_subscribed(e->db, idx, ls);
+                    }
+                } else {
+                    bool sub = ls || rs;
+                    if (state_db_mailbox_insert(e->db, it->key, it->keylen, sub, &idx) < 0) {
+                        log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+                        free(pretty);
+                        rc = ERR_DB;
+                        break;
+                    }
+                    log_info(e->log, "database", NULL, "Created mailbox %s", pretty);
+                    if (sub && !ls)
+                        set_subscription(e, SIDE_LOCAL, it->key, it->keylen, true);
+                    if (sub && !rs)
+                        set_subscription(e, SIDE_REMOTE, it->key, it->keylen, true);
+                }
+            } else {
+                enum side have = lex ? SIDE_LOCAL : SIDE_REMOTE;
+                if (found) {
+                    log_error(e->log, "database", NULL,
+                              "Mailbox %s exists on the %s server only (was it deleted or "
+                              "renamed on the other?). Run `interimap --target=database "
+                              "--delete %s` to forget it, or --rename/--delete to act on both",
+                              pretty, side_name[have], pretty);
+                    free(pretty);
+                    e->failed_mailboxes++;
+                    continue;
+                }
+                bool sub = (lex ? l : r)->subscribed;
+                if (create_mailbox(e, OTHER(have), it->key, it->keylen, sub) < 0) {
+                    free(pretty);
+                    e->failed_mailboxes++;
+                    continue;
+                }
+                if (state_db_mailbox_insert(e->db, it->key, it->keylen, sub, &idx) < 0) {
+                    log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+                    free(pretty);
+                    rc = ERR_DB;
+                    break;
+                }
+                log_info(e->log, "database", NULL, "Created mailbox %s", pretty);
+            }
+            free(pretty);
+            if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0) {
+                log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+                rc = ERR_DB;
+                break;
+            }
+            work[n].key = malloc(it->keylen + 1);
+            if (!work[n].key) {
+                rc = -ENOMEM;
+                break;
+            }
+            memcpy(work[n].key, it->key, it->keylen + 1);
+            work[n].keylen = it->keylen;
+            work[n].idx = idx;
+            n++;
+        }
+    }
+    if (rc < 0) {
+        for (size_t k = 0; k < n; k++)
+            free(work[k].key);
+        free(work);
+        return rc;
+    }
+    *out = work;
+    *nout = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* messages: removal and flag propagation */
+
+/* UID STORE +FLAGS.SILENT (\Deleted) then UID EXPUNGE, pipelined, in
+ * chunks of bounded command length. */
+static int remove_messages(struct side_state *st, struct uidset *uids)
+{
+    uidset_normalize(uids);
+    size_t pos = 0;
+    struct imap_cmd *cmds[2 * 64];
+    size_t ncmds = 0;
+    int rc = 0;
+    char *set;
+    while ((set = uidset_format(uids, &pos, UIDSET_TEXT_MAX))) {
+        cmds[ncmds++] = imap_client_send(st->c, "UID STORE %a +FLAGS.SILENT (\\Deleted)", set);
+        cmds[ncmds++] = imap_client_send(st->c, "UID EXPUNGE %a", set);
+        free(set);
+        if (ncmds == sizeof cmds / sizeof *cmds || pos >= uids->count) {
+            for (size_t i = 0; i < ncmds; i++) {
+                int r = cmds[i] ? imap_cmd_wait(cmds[i]) : -ENOMEM;
+                if (r < 0 && rc == 0)
+                    rc = r;
+                imap_cmd_free(&cmds[i]);
+            }
+            ncmds = 0;
+        }
+    }
+    return rc;
+}
+
+struct flag_group {
+    char *flags;
+    struct uidset uids;
+};
+
+struct flag_plan {
+    struct flag_group *groups;
+    size_t count, cap;
+};
+
+static int plan_add(struct flag_plan *p, const char *flags, uint32_t uid)
+{
+    for (size_t i = 0; i < p->count; i++)
+        if (flags_equal(p->groups[i].flags, flags))
+            return uidset_add(&p->groups[i].uids, uid);
+    if (p->count == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 8;
+        struct flag_group *g = realloc(p->groups, cap * sizeof *g);
+        if (!g)
+            return -ENOMEM;
+        p->groups = g;
+        p->cap = cap;
+    }
+    struct flag_group *g = &p->groups[p->count];
+    g->flags = strdup(flags);
+    if (!g->flags)
+        return -ENOMEM;
+    uidset_init(&g->uids);
+    p->count++;
+    return uidset_add(&g->uids, uid);
+}
+
+static void plan_fini(struct flag_plan *p)
+{
+    for (size_t i = 0; i < p->count; i++) {
+        free(p->groups[i].flags);
+        uidset_fini(&p->groups[i].uids);
+    }
+    free(p->groups);
+    memset(p, 0, sizeof *p);
+}
+
+/* Sends every group's UID STORE at once (one command per distinct flag
+ * list, split only when the UID set is very long) and waits for them. UIDs
+ * that the server reports as MODIFIED since `unchangedsince` come back in
+ * `modified` for another round. */
+static int push_flags(struct side_state *st, struct flag_plan *p, uint64_t unchangedsince,
+                      struct uidset *modified)
+{
+    int rc = 0;
+    size_t cap = 16, n = 0;
+    struct imap_cmd **cmds = malloc(cap * sizeof *cmds);
+    if (!cmds)
+        return -ENOMEM;
+    for (size_t i = 0; i < p->count; i++) {
+        struct flag_group *g = &p->groups[i];
+        uidset_normalize(&g->uids);
+        size_t pos = 0;
+        char *set;
+        while ((set = uidset_format(&g->uids, &pos, UIDSET_TEXT_MAX))) {
+            if (n == cap) {
+                cap *= 2;
+                struct imap_cmd **nc = realloc(cmds, cap * sizeof *nc);
+                if (!nc) {
+                    free(set);
+                    rc = -ENOMEM;
+                    break;
+                }
+                cmds = nc;
+            }
+            if (unchangedsince)
+                cmds[n++] =
+                    imap_client_send(st->c, "UID STORE %a (UNCHANGEDSINCE %U) FLAGS.SILENT (%a)",
+                                     set, unchangedsince, g->flags);
+            else
+                cmds[n++] =
+                    imap_client_send(st->c, "UID STORE %a FLAGS.SILENT (%a)", set, g->flags);
+            free(set);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        int r = cmds[i] ? imap_cmd_wait(cmds[i]) : -ENOMEM;
+        if (r == 0 && imap_cmd_code(cmds[i]) &&
+            strcasecmp(imap_cmd_code(cmds[i]), "MODIFIED") == 0) {
+            const char *a = imap_cmd_code_args(cmds[i]);
+            uidset_parse(modified, a, strlen(a), 10u * 1000 * 1000);
+        }
+        if (r < 0 && rc == 0)
+            rc = r;
+        imap_cmd_free(&cmds[i]);
+    }
+    free(cmds);
+    return rc;
+}
+
+/* Keeps, for each UID, the last change reported; sorted by UID. */
+static int cmp_change(const void *a, const void *b)
+{
+    const struct change *x = a, *y = b;
+    if (x->uid != y->uid)
+        return x->uid < y->uid ? -1 : 1;
+    return x->modseq < y->modseq ? -1 : x->modseq > y->modseq;
+}
+
+static void changes_compact(struct side_state *st)
+{
+    if (st->nchanges < 2)
+        return;
+    qsort(st->changes, st->nchanges, sizeof *st->changes, cmp_change);
+    size_t o = 0;
+    for (size_t i = 0; i < st->nchanges; i++) {
+        if (o && st->changes[o - 1].uid == st->changes[i].uid) {
+            free(st->changes[o - 1].flags);
+            st->changes[o - 1] = st->changes[i];
+        } else {
+            st->changes[o++] = st->changes[i];
+        }
+    }
+    st->nchanges = o;
+}
+
+static const struct change *change_find(const struct side_state *st, uint32_t uid)
+{
+    size_t lo = 0, hi = st->nchanges;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (st->changes[mid].uid == uid)
+            return &st->changes[mid];
+        if (st->changes[mid].uid < uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+struct mbox_ctx {
+    struct sync_engine *e;
+    int64_t idx;
+    char *pretty;
+    struct side_state st[2];
+    struct state_side db[2]; /* UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ */
+    uint32_t uidnext[2];     /* messages below are replicated */
+    unsigned added[2], removed[2], updated[2], conflicts;
+};
+
+/*
+ * Propagates what both sides reported (vanished messages and flag changes
+ * for known UIDs) until neither reports anything new. Returns whether
+ * anything was processed.
+ */
+static int sync_known(struct mbox_ctx *m, bool *changed)
+{
+    struct sync_engine *e = m->e;
+    *changed = false;
+    for (int round = 0; round < 100; round++) {
+        /* take a snapshot of what was reported so far; responses to our own
+         * commands accumulate for the next round */
+        struct uidset vanished[2];
+        struct side_state snap[2];
+        bool any = false;
+        for (int s = 0; s < 2; s++) {
+            struct side_state *st = &m->st[s];
+            vanished[s] = st->vanished;
+            uidset_init(&st->vanished);
+            snap[s] = *st;
+            st->changes = NULL;
+            st->nchanges = st->capchanges = 0;
+            uidset_normalize(&vanished[s]);
+            changes_compact(&snap[s]);
+            /* only UIDs below the replicated UIDNEXT are known messages */
+            size_t o = 0;
+            for (size_t i = 0; i < vanished[s].count; i++)
+                if (vanished[s].uids[i] < m->uidnext[s])
+                    vanished[s].uids[o++] = vanished[s].uids[i];
+            vanished[s].count = o;
+            if (vanished[s].count || snap[s].nchanges)
+                any = true;
+        }
+        if (!any) {
+            for (int s = 0; s < 2; s++) {
+                uidset_fini(&vanished[s]);
+                free(snap[s].changes);
+            }
+            return 0;
+        }
+        *changed = true;
+
+        /* vanished on one side: remove the counterpart on the other */
+        struct uidset remove[2];
+        uidset_init(&remove[0]);
+        uidset_init(&remove[1]);
+        int rc = 0;
+        for (int s = 0; s < 2 && rc == 0; s++) {
+            for (size_t i = 0; i < vanished[s].count; i++) {
+                uint32_t other;
+                int f = state_db_mapping_lookup(e->db, m->idx, (enum side)s, vanished[s].uids[i],
+                                                &other);
+                if (f < 0) {
+                    rc = ERR_DB;
+                    break;
+                }
+                if (f == 0)
+                    continue; /* not ours (or already forgotten) */
+                if (!uidset_contains(&vanished[OTHER(s)], other))
+                    uidset_add(&remove[OTHER(s)], other);
+                state_db_mapping_delete(e->db, m->idx, (enum side)s, vanished[s].uids[i]);
+            }
+        }
+        if (rc == 0) {
+            for (int s = 0; s < 2; s++) {
+                if (remove[s].count) {
+                    int r = remove_messages(&m->st[s], &remove[s]);
+                    if (r < 0) {
+                        log_error(e->log, side_name[s], m->st[s].mailbox,
+                                  "cannot expunge messages: %s", imap_client_error(m->st[s].c));
+                        rc = r;
+                    }
+                    m->removed[s] += (unsigned)remove[s].count;
+                }
+            }
+        }
+
+        /* flag changes: propagate, or set both to the union on conflict */
+        struct flag_plan plan[2] = {{0}, {0}};
+        for (int s = 0; s < 2 && rc == 0; s++) {
+            for (size_t i = 0; i < snap[s].nchanges; i++) {
+                const struct change *ch = &snap[s].changes[i];
+                if (ch->uid >= m->uidnext[s] || uidset_contains(&vanished[s], ch->uid))
+                    continue;
+                uint32_t other;
+                int f = state_db_mapping_lookup(e->db, m->idx, (enum side)s, ch->uid, &other);
+                if (f < 0) {
+                    rc = ERR_DB;
+                    break;
+                }
+                if (f == 0) {
+                    log_warn(e->log, side_name[OTHER(s)], m->st[OTHER(s)].mailbox,
+                             "WARNING: No match for modified %s UID %" PRIu32 ". Try '--repair'.",
+                             side_name[s], ch->uid);
+                    continue;
+                }
+                if (uidset_contains(&vanished[OTHER(s)], other) ||
+                    uidset_contains(&remove[OTHER(s)], other))
+                    continue;
+                const struct change *och = change_find(&snap[OTHER(s)], other);
+                if (och) {
+                    if (s == SIDE_REMOTE)
+                        continue; /* the pair was handled from the local side */
+                    if (flags_equal(ch->flags, och->flags))
+                        continue;
+                    char *u = flags_union(ch->flags, och->flags);
+                    if (!u) {
+                        rc = -ENOMEM;
+                        break;
+                    }
+                    log_warn(e->log, NULL, NULL,
+                             "WARNING: Conflicting flag update in %s for local UID %" PRIu32
+                             " (%s) and remote UID %" PRIu32 " (%s). Setting both to the union "
+                             "(%s).",
+                             m->pretty, ch->uid, ch->flags, other, och->flags, u);
+                    m->conflicts++;
+                    plan_add(&plan[s], u, ch->uid);
+                    plan_add(&plan[OTHER(s)], u, other);
+                    free(u);
+                } else {
+                    plan_add(&plan[OTHER(s)], ch->flags, other);
+                }
+            }
+        }
+        /* both servers store at once; UNCHANGEDSINCE protects a change made
+         * by someone else after what we have seen (it comes back MODIFIED) */
+        struct uidset modified[2];
+        for (int s = 0; s < 2; s++) {
+            uidset_init(&modified[s]);
+            for (size_t g = 0; g < plan[s].count; g++)
+                m->updated[s] += (unsigned)plan[s].groups[g].uids.count;
+        }
+        uint64_t seen[2] = {m->st[0].max_modseq, m->st[1].max_modseq};
+        if (rc == 0) {
+            for (int s = 0; s < 2; s++) {
+                if (!plan[s].count)
+                    continue;
+                int r = push_flags(&m->st[s], &plan[s], seen[s], &modified[s]);
+                if (r < 0) {
+                    log_error(e->log, side_name[s], m->st[s].mailbox, "cannot store flags: %s",
+                              imap_client_error(m->st[s].c));
+                    rc = r;
+                }
+            }
+        }
+        /* Our own stores may come back as FETCH responses carrying the
+         * flags we set: they need no propagation. Messages changed behind
+         * our back (MODIFIED) are fetched again for the next round. */
+        for (int s = 0; s < 2 && rc == 0; s++) {
+            struct side_state *st = &m->st[s];
+            size_t o = 0;
+            for (size_t i = 0; i < st->nchanges; i++) {
+                const struct change *ch = &st->changes[i];
+                bool echo = false;
+                for (size_t g = 0; g < plan[s].count && !echo; g++)
+                    echo = flags_equal(plan[s].groups[g].flags, ch->flags) &&
+                           uidset_contains(&plan[s].groups[g].uids, ch->uid);
+                if (echo) {
+                    free(st->changes[i].flags);
+                    continue;
+                }
+                st->changes[o++] = st->changes[i];
+            }
+            st->nchanges = o;
+            if (modified[s].count) {
+                uidset_normalize(&modified[s]);
+                size_t pos = 0;
+                char *set;
+                while ((set = uidset_format(&modified[s], &pos, UIDSET_TEXT_MAX))) {
+                    int r = imap_client_run(st->c, "UID FETCH %a (UID MODSEQ FLAGS)", set);
+                    free(set);
+                    if (r < 0) {
+                        rc = r;
+                        break;
+                    }
+                }
+            }
+        }
+        for (int s = 0; s < 2; s++) {
+            plan_fini(&plan[s]);
+            uidset_fini(&modified[s]);
+            uidset_fini(&remove[s]);
+            uidset_fini(&vanished[s]);
+            for (size_t i = 0; i < snap[s].nchanges; i++)
+                free(snap[s].changes[i].flags);
+            free(snap[s].changes);
+        }
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* new messages */
+
+static int copy_close_batch(struct new_copy *cp)
+{
+    if (!cp->append_open)
+        return 0;
+    struct imap_client *t = cp->target->c;
+    struct imap_cmd *cmd = imap_client_end(t, cp->open_cmd);
+    imap_client_unlock_write(t);
+    cp->append_open = false;
+    struct pending_batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        imap_cmd_free(&cmd);
+        uidset_fini(&cp->open_uids);
+        return -ENOMEM;
+    }
+    b->cmd = cmd;
+    b->src_uids = cp->open_uids;
+    uidset_init(&cp->open_uids);
+    *cp->batches_tail = b;
+    cp->batches_tail = &b->next;
+    cp->open_count = 0;
+    cp->open_bytes = 0;
+    return 0;
+}
+
+static int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_value *list,
+                               uint64_t size, struct imap_literal *lit, const char *inline_body)
+{
+    struct sync_engine *e = cp->e;
+    struct imap_client *t = cp->target->c;
+    if (cp->error)
+        return cp->error;
+    if (size == 0) {
+        log_warn(e->log, side_name[cp->src], NULL,
+                 "WARNING: Ignoring new 0-length message (UID %" PRIu32 ")", uid);
+        return 0;
+    }
+    const struct imap_value *flagsv = fetch_item(list, "FLAGS");
+    const struct imap_value *datev = fetch_item(list, "INTERNALDATE");
+    char *flags = flagsv && flagsv->type == IMAP_LIST ? flags_normalize(flagsv) : strdup("");
+    const char *date;
+    size_t datelen;
+    if (!flags || !datev || !imap_value_string(datev, &date, &datelen) || datelen > 64) {
+        free(flags);
+        cp->error = ERR_PROTOCOL;
+        return cp->error;
+    }
+    char datebuf[72];
+    memcpy(datebuf, date, datelen);
+    datebuf[datelen] = '\0';
+
+    bool multi = imap_client_has_cap(t, "MULTIAPPEND");
+    if (cp->append_open && (!multi || cp->open_count >= APPEND_BATCH_MESSAGES ||
+                            cp->open_bytes + size > APPEND_BATCH_BYTES))
+        copy_close_batch(cp);
+    int r = 0;
+    if (!cp->append_open) {
+        r = imap_client_lock_write(t);
+        if (r < 0)
+            goto fail;
+        cp->open_cmd = imap_client_begin(t, "APPEND %m", cp->target->mailbox);
+        cp->append_open = true;
+        uidset_init(&cp->open_uids);
+    }
+    r = imap_client_write_fmt(t, " (%a) \"%a\" ", flags, datebuf);
+    if (r == 0)
+        r = imap_client_literal_begin(t, size);
+    if (r < 0)
+        goto fail;
+    if (inline_body) {
+        r = imap_client_write_raw(t, inline_body, (size_t)size);
+    } else {
+        char *buf = malloc(COPY_CHUNK);
+        if (!buf) {
+            r = -ENOMEM;
+            goto fail;
+        }
+        uint64_t left = size;
+        while (left && r == 0) {
+            ssize_t n = imap_literal_read(lit, buf, COPY_CHUNK);
+            if (n <= 0) {
+                r = n < 0 ? (int)n : ERR_EOF;
+                break;
+            }
+            r = imap_client_write_raw(t, buf, (size_t)n);
+            left -= (uint64_t)n;
+        }
+        free(buf);
+    }
+    if (r < 0)
+        goto fail;
+    uidset_add(&cp->open_uids, uid);
+    cp->open_count++;
+    cp->open_bytes += size;
+    cp->copied++;
+    free(flags);
+    return 0;
+fail:
+    free(flags);
+    cp->error = r;
+    return r;
+}
+
+/* Waits for the APPENDs and records the new pairs. Returns the number of
+ * messages mapped or a negative error. */
+static int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended)
+{
+    struct sync_engine *e = m->e;
+    int rc = copy_close_batch(cp);
+    enum side src = cp->src, dst = OTHER(cp->src);
+    for (struct pending_batch *b = cp->batches, *next; b; b = next) {
+        next = b->next;
+        int r = imap_cmd_wait(b->cmd);
+        if (r < 0) {
+            log_error(e->log, side_name[dst], m->st[dst].mailbox, "APPEND failed: %s",
+                      imap_client_error(m->st[dst].c));
+            if (rc == 0)
+                rc = r;
+        } else {
+            const char *code = imap_cmd_code(b->cmd);
+            struct uidset tuids;
+            uidset_init(&tuids);
+            const char *args = imap_cmd_code_args(b->cmd);
+            const char *sp = strchr(args, ' ');
+            uint32_t uidvalidity = (uint32_t)strtoul(args, NULL, 10);
+            if (!code || strcasecmp(code, "APPENDUID") != 0 || !sp ||
+                uidset_parse(&tuids, sp + 1, strlen(sp + 1), 1u << 24) < 0 ||
+                tuids.count != b->src_uids.count) {
+                log_error(e->log, side_name[dst], m->st[dst].mailbox,
+                          "the server did not report the UIDs of appended messages (APPENDUID)");
+                if (rc == 0)
+                    rc = ERR_PROTOCOL;
+            } else if (uidvalidity != m->db[dst].uidvalidity) {
+                log_error(e->log, side_name[dst], m->st[dst].mailbox,
+                          "UIDVALIDITY changed during the APPEND");
+                if (rc == 0)
+                    rc = ERR_STATE;
+            } else {
+                for (size_t i = 0; i < tuids.count; i++) {
+                    uint32_t su = b->src_uids.uids[i], tu = tuids.uids[i];
+                    uint32_t lu = src == SIDE_LOCAL ? su : tu, ru = src == SIDE_LOCAL ? tu : su;
+                    if (state_db_mapping_insert(e->db, m->idx, lu, ru) < 0 && rc == 0)
+                        rc = ERR_DB;
+                    uidset_add(appended, tu);
+                }
+                m->added[dst] += (unsigned)tuids.count;
+            }
+            uidset_fini(&tuids);
+        }
+        imap_cmd_free(&b->cmd);
+        uidset_fini(&b->src_uids);
+        free(b);
+    }
+    cp->batches = NULL;
+    cp->batches_tail = &cp->batches;
+    if (rc == 0 && state_db_commit(e->db) < 0)
+        rc = ERR_DB;
+    if (state_db_begin(e->db) < 0 && rc == 0)
+        rc = ERR_DB;
+    return rc;
+}
+
+/* "since:4294967295" minus the UIDs to skip, as a sequence set. */
+static char *new_range(uint32_t since, const struct uidset *skip)
+{
+    size_t cap = 64 + skip->count * 24, len = 0;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    uint32_t from = since ? since : 1;
+    for (size_t i = 0; i < skip->count; i++) {
+        uint32_t u = skip->uids[i];
+        if (u < from)
+            continue;
+        if (u > from)
+            len += (size_t)snprintf(out + len, cap - len, "%s%" PRIu32 ":%" PRIu32, len ? "," : "",
+                                    from, u - 1);
+        from = u + 1;
+        if (from == 0)
+            return out; /* wrapped: nothing above */
+    }
+    snprintf(out + len, cap - len, "%s%" PRIu32 ":4294967295", len ? "," : "", from);
+    return out;
+}
+
+/*
+ * Copies new messages both ways until neither side has any that we did not
+ * put there ourselves. The remote side is pulled first, like the reference
+ * tool, so a slow remote is waited for once.
+ */
+static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
+{
+    struct sync_engine *e = m->e;
+    for (int round = 0; round < 100; round++) {
+        struct new_copy cp[2];
+        struct imap_cmd *fetch[2] = {NULL, NULL};
+        for (int s = 0; s < 2; s++) {
+            memset(&cp[s], 0, sizeof cp[s]);
+            cp[s].e = e;
+            cp[s].src = (enum side)s;
+            cp[s].target = &m->st[OTHER(s)];
+            cp[s].batches_tail = &cp[s].batches;
+            uidset_normalize(&skip[s]);
+            uidset_clear(&m->st[s].fetched);
+        }
+        /* both FETCHes go out at once; each streams into the other server */
+        for (int k = 0; k < 2; k++) {
+            enum side s = k == 0 ? SIDE_REMOTE : SIDE_LOCAL;
+            char *range = new_range(m->uidnext[s], &skip[s]);
+            if (!range)
+                return -ENOMEM;
+            m->st[s].copy = &cp[s];
+            fetch[s] = imap_client_send(
+                m->st[s].c, "UID FETCH %a (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", range);
+            free(range);
+        }
+        int rc = 0;
+        for (int s = 0; s < 2; s++) {
+            int r = fetch[s] ? imap_cmd_wait(fetch[s]) : -ENOMEM;
+            if (r < 0) {
+                log_error(e->log, side_name[s], m->st[s].mailbox, "FETCH failed: %s",
+                          imap_client_error(m->st[s].c));
+                rc = r;
+            }
+            imap_cmd_free(&fetch[s]);
+            m->st[s].copy = NULL;
+            if (cp[s].error && rc == 0) {
+                log_error(e->log, side_name[OTHER(s)], m->st[OTHER(s)].mailbox,
+                          "copying new messages failed: %s", imap_client_error(m->st[OTHER(s)].c));
+                rc = cp[s].error;
+            }
+        }
+        bool any = false;
+        for (int s = 0; s < 2; s++) {
+            struct uidset appended;
+            uidset_init(&appended);
+            int r = copy_finish(m, &cp[s], &appended);
+            if (r < 0 && rc == 0)
+                rc = r;
+            for (size_t i = 0; i < appended.count; i++)
+                uidset_add(&skip[OTHER(s)], appended.uids[i]);
+            uidset_fini(&appended);
+            /* every UID fetched from s is now either replicated or skipped */
+            struct uidset *f = &m->st[s].fetched;
+            for (size_t i = 0; i < f->count; i++) {
+                if (!uidset_contains(&skip[s], f->uids[i]))
+                    any = true;
+                uidset_add(&skip[s], f->uids[i]);
+            }
+        }
+        if (rc < 0)
+            return rc;
+        if (!any)
+            return 0;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* one mailbox */
+
+/* Up to 1024 of the highest known UIDs with their sequence numbers, for
+ * the QRESYNC known-UIDs parameter (RFC 7162 3.2.5.2), so the server can
+ * tell which messages vanished without remembering every expunge. */
+static int qresync_sample(struct sync_engine *e, int64_t idx, enum side s, char **seqs, char **uids)
+{
+    *seqs = *uids = NULL;
+    int64_t count = 0;
+    if (state_db_mapping_count(e->db, idx, &count) < 0)
+        return ERR_DB;
+    if (count == 0)
+        return 0;
+    struct uidset set;
+    uidset_init(&set);
+    if (state_db_mapping_highest(e->db, idx, s, 1024, &set) < 0) {
+        uidset_fini(&set);
+        return ERR_DB;
+    }
+    uidset_normalize(&set);
+    size_t pos = 0;
+    *uids = uidset_format(&set, &pos, 1u << 20);
+    char buf[64];
+    snprintf(buf, sizeof buf, "%" PRId64 ":%" PRId64, count - (int64_t)set.count + 1, count);
+    *seqs = strdup(buf);
+    uidset_fini(&set);
+    return 0;
+}
+
+static int select_both(struct mbox_ctx *m, bool known)
+{
+    struct sync_engine *e = m->e;
+    struct imap_cmd *cmd[2];
+    for (int s = 0; s < 2; s++) {
+        struct side_state *st = &m->st[s];
+        memset(imap_client_mailbox(st->c), 0, sizeof(struct imap_mailbox_state));
+        imap_client_set_handler(st->c, &selected_handler, st);
+        if (known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
+            char *seqs = NULL, *uids = NULL;
+            qresync_sample(e, m->idx, (enum side)s, &seqs, &uids);
+            if (seqs && uids)
+                cmd[s] = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u (%a %a)))",
+                                          st->mailbox, m->db[s].uidvalidity, m->db[s].highestmodseq,
+                                          m->db[s].uidnext - 1, seqs, uids);
+            else
+                cmd[s] = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u))", st->mailbox,
+                                          m->db[s].uidvalidity, m->db[s].highestmodseq,
+                                          m->db[s].uidnext - 1);
+            free(seqs);
+            free(uids);
+        } else {
+            cmd[s] = imap_client_send(st->c, "SELECT %m (CONDSTORE)", st->mailbox);
+        }
+    }
+    int rc = 0;
+    for (int s = 0; s < 2; s++) {
+        int r = cmd[s] ? imap_cmd_wait(cmd[s]) : -ENOMEM;
+        imap_cmd_free(&cmd[s]);
+        if (r < 0) {
+            log_error(e->log, side_name[s], m->st[s].mailbox, "cannot select: %s",
+                      imap_client_error(m->st[s].c));
+            rc = r;
+        }
+    }
+    if (rc < 0)
+        return rc;
+    for (int s = 0; s < 2; s++) {
+        struct imap_mailbox_state *ms = imap_client_mailbox(m->st[s].c);
+        if (ms->nomodseq || ms->highestmodseq == 0) {
+            log_error(e->log, side_name[s], m->st[s].mailbox,
+                      "the mailbox does not support persistent mod-sequences (NOMODSEQ); it "
+                      "cannot be synchronized");
+            return ERR_UNSUPPORTED;
+        }
+        if (ms->uidvalidity == 0) {
+            log_error(e->log, side_name[s], m->st[s].mailbox, "the server sent no UIDVALIDITY");
+            return ERR_PROTOCOL;
+        }
+        if (known && ms->uidvalidity != m->db[s].uidvalidity) {
+            log_error(e->log, side_name[s], m->st[s].mailbox,
+                      "UIDVALIDITY changed from %" PRIu32 " to %" PRIu32
+                      "; refusing to synchronize this mailbox (nothing was copied). Check the "
+                      "server, then remove the mailbox from the database with --target=database "
+                      "--delete to start it over",
+                      m->db[s].uidvalidity, ms->uidvalidity);
+            return ERR_STATE;
+        }
+        if (m->st[s].max_modseq < ms->highestmodseq)
+            m->st[s].max_modseq = ms->highestmodseq;
+    }
+    return 0;
+}
+
+static void log_summary(struct mbox_ctx *m)
+{
+    struct sync_engine *e = m->e;
+    for (int s = 0; s < 2; s++) {
+        if (!m->added[s] && !m->removed[s] && !m->updated[s])
+            continue;
+        log_info(e->log, side_name[s], m->st[s].mailbox,
+                 "%u message(s) added, %u expunged, %u flag update(s)", m->added[s], m->removed[s],
+                 m->updated[s]);
+    }
+}
+
+/* Pairs left by an interrupted run: mapped UIDs at or above the stored
+ * UIDNEXT. They are not fetched again; their flags are checked below. */
+static int interrupted_pairs(struct mbox_ctx *m, struct uidset skip[2])
+{
+    return state_db_mapping_above(m->e->db, m->idx, m->db[SIDE_LOCAL].uidnext,
+                                  m->db[SIDE_REMOTE].uidnext, &skip[SIDE_LOCAL],
+                                  &skip[SIDE_REMOTE]);
+}
+
+static int sync_one(struct sync_engine *e, struct mbox_work *w)
+{
+    struct mbox_ctx m = {.e = e, .idx = w->idx};
+    int rc = 0;
+    struct uidset skip[2];
+    uidset_init(&skip[0]);
+    uidset_init(&skip[1]);
+    m.pretty = pretty_name(e, w->key, w->keylen);
+    for (int s = 0; s < 2; s++) {
+        m.st[s].e = e;
+        m.st[s].side = (enum side)s;
+        m.st[s].c = e->client[s];
+        m.st[s].mailbox = server_name(e, (enum side)s, w->key, w->keylen);
+        uidset_init(&m.st[s].vanished);
+        uidset_init(&m.st[s].fetched);
+        if (!m.st[s].mailbox)
+            rc = -ENOMEM;
+    }
+    if (rc < 0 || !m.pretty)
+        goto out;
+
+    bool known = true;
+    for (int s = 0; s < 2; s++) {
+        int f = state_db_side_get(e->db, w->idx, (enum side)s, &m.db[s]);
+        if (f < 0) {
+            rc = ERR_DB;
+            goto out;
+        }
+        if (f == 0)
+            known = false;
+    }
+    rc = select_both(&m, known);
+    if (rc < 0)
+        goto out;
+    if (!known) {
+        for (int s = 0; s < 2; s++) {
+            struct imap_mailbox_state *ms = imap_client_mailbox(m.st[s].c);
+            m.db[s] = (struct state_side){ms->uidvalidity, 0, 0};
+            if (state_db_side_insert(e->db, w->idx, (enum side)s, ms->uidvalidity) < 0) {
+                rc = ERR_DB;
+                goto out;
+            }
+        }
+    }
+    for (int s = 0; s < 2; s++)
+        m.uidnext[s] = m.db[s].uidnext ? m.db[s].uidnext : 1;
+
+    if (known && interrupted_pairs(&m, skip) < 0) {
+        rc = ERR_DB;
+        goto out;
+    }
+
+    bool changed;
+    rc = sync_known(&m, &changed);
+    if (rc < 0)
+        goto out;
+    rc = sync_new(&m, skip);
+    if (rc < 0)
+        goto out;
+    /* the copies may have raced with flag changes: settle them */
+    for (int s = 0; s < 2; s++) {
+        uint32_t top = m.st[s].max_uid_seen + 1;
+        for (size_t i = 0; i < skip[s].count; i++)
+            if (skip[s].uids[i] + 1 > top)
+                top = skip[s].uids[i] + 1;
+        struct imap_mailbox_state *ms = imap_client_mailbox(m.st[s].c);
+        if (ms->uidnext > top)
+            top = ms->uidnext;
+        m.uidnext[s] = top > m.uidnext[s] ? top : m.uidnext[s];
+    }
+    rc = sync_known(&m, &changed);
+    if (rc < 0)
+        goto out;
+    for (int s = 0; s < 2; s++) {
+        struct imap_mailbox_state *ms = imap_client_mailbox(m.st[s].c);
+        uint64_t hms =
+            m.st[s].max_modseq > ms->highestmodseq ? m.st[s].max_modseq : ms->highestmodseq;
+        if (state_db_side_update(e->db, w->idx, (enum side)s, m.uidnext[s], hms) < 0) {
+            rc = ERR_DB;
+            goto out;
+        }
+    }
+    if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
+        rc = ERR_DB;
+    log_summary(&m);
+out:
+    if (rc == ERR_DB)
+        log_error(e->log, "database", m.pretty, "%s", state_db_error(e->db));
+    if (rc < 0) {
+        state_db_rollback(e->db);
+        state_db_begin(e->db);
+    }
+    for (int s = 0; s < 2; s++) {
+        imap_client_set_handler(e->client[s], NULL, NULL);
+        side_state_fini(&m.st[s]);
+        uidset_fini(&skip[s]);
+    }
+    free(m.pretty);
+    return rc;
+}
+
+/* Whether LIST-STATUS says nothing moved on either side since last time. */
+static bool unchanged(struct sync_engine *e, struct mbox_work *w)
+{
+    for (int s = 0; s < 2; s++) {
+        struct listed *it = listing_find(&e->listing[s], w->key, w->keylen);
+        struct state_side db;
+        if (!it || !it->has_status)
+            return false;
+        if (state_db_side_get(e->db, w->idx, (enum side)s, &db) != 1)
+            return false;
+        if (db.uidvalidity != it->uidvalidity || db.uidnext != it->uidnext ||
+            db.highestmodseq != it->highestmodseq)
+            return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+
+struct sync_engine *sync_engine_new(struct coro_sched *sched, const struct config *cfg,
+                                    struct logger *log, const struct sync_options *opts)
+{
+    struct sync_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->sched = sched;
+    e->cfg = cfg;
+    e->log = log;
+    e->opts = *opts;
+    return e;
+}
+
+void sync_engine_free(struct sync_engine **pe)
+{
+    if (!pe || !*pe)
+        return;
+    struct sync_engine *e = *pe;
+    *pe = NULL;
+    for (int s = 0; s < 2; s++) {
+        imap_client_free(&e->client[s]);
+        listing_fini(&e->listing[s]);
+    }
+    if (e->ignore_re)
+        pcre2_code_free(e->ignore_re);
+    state_db_close(&e->db);
+    free(e);
+}
+
+static int compile_ignore(struct sync_engine *e)
+{
+    if (!e->cfg->ignore_mailbox)
+        return 0;
+    int errcode;
+    PCRE2_SIZE off;
+    e->ignore_re = pcre2_compile((PCRE2_SPTR)e->cfg->ignore_mailbox, PCRE2_ZERO_TERMINATED, 0,
+                                 &errcode, &off, NULL);
+    if (!e->ignore_re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(errcode, msg, sizeof msg);
+        log_error(e->log, NULL, NULL, "ignore-mailbox: %s at offset %zu", (char *)msg, (size_t)off);
+        return ERR_CONFIG;
+    }
+    return 0;
+}
+
+int sync_engine_run(struct sync_engine *e)
+{
+    char err[512];
+    if (compile_ignore(e) < 0)
+        return EXIT_USAGE;
+    if (state_db_open(e->cfg->database, &e->db, err, sizeof err) < 0) {
+        log_error(e->log, "database", NULL, "%s", err);
+        return EXIT_FAILURE_GENERIC;
+    }
+    if (engine_connect(e) < 0)
+        return EXIT_CONNECTION;
+
+    struct side_state lst[2];
+    memset(lst, 0, sizeof lst);
+    for (int s = 0; s < 2; s++) {
+        lst[s].e = e;
+        lst[s].side = (enum side)s;
+        lst[s].c = e->client[s];
+    }
+    if (engine_list(e, lst) < 0)
+        return EXIT_FAILURE_GENERIC;
+    if (state_db_prepare(e->db, e->listing[SIDE_LOCAL].delimiter, e->listing[SIDE_REMOTE].delimiter,
+                         err, sizeof err) < 0) {
+        log_error(e->log, "database", NULL, "%s", err);
+        return EXIT_FAILURE_GENERIC;
+    }
+    if (state_db_begin(e->db) < 0) {
+        log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+        return EXIT_FAILURE_GENERIC;
+    }
+
+    struct mbox_work *work = NULL;
+    size_t nwork = 0;
+    int status = EXIT_IN_STEP;
+    if (sync_mailbox_list(e, &work, &nwork) < 0) {
+        status = EXIT_FAILURE_GENERIC;
+        goto done;
+    }
+    for (size_t i = 0; i < nwork; i++) {
+        if (unchanged(e, &work[i]))
+            continue;
+        int r = sync_one(e, &work[i]);
+        if (r < 0) {
+            e->failed_mailboxes++;
+            if (imap_client_is_broken(e->client[0]) || imap_client_is_broken(e->client[1])) {
+                status = EXIT_CONNECTION;
+                break;
+            }
+        }
+    }
+    if (status == EXIT_IN_STEP && e->failed_mailboxes)
+        status = EXIT_PARTIAL;
+done:
+    for (size_t i = 0; i < nwork; i++)
+        free(work[i].key);
+    free(work);
+    state_db_commit(e->db);
+    for (int s = 0; s < 2; s++)
+        if (!imap_client_is_broken(e->client[s]))
+            imap_client_logout(e->client[s]);
+    return status;
+}

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Connections over every transport against real Dovecot servers, and the
+refusals: each bad case must end with one clear error line, a non-zero
+exit, and no credential sent."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pair import Pair  # noqa: E402
+from imapfixture import (FakeImapServer, Socks5Proxy, StartTLS, check, check_eq,  # noqa: E402
+                         command, greeting, main, mail, reply, Send, Close)
+from imapfixture.mail import MessageGenerator  # noqa: E402
+
+
+def seed(p):
+    mail.fill(p.local, {"INBOX": MessageGenerator(1).mailbox(3), "Sub/Box": MessageGenerator(2).mailbox(2)})
+
+
+def sync_ok(p, *args):
+    r = p.run("--debug", *args)
+    p.assert_in_step()
+    check("ENABLE QRESYNC" in r.err, "QRESYNC enabled")
+    check("LIST" in r.err, "mailboxes listed")
+    return r
+
+
+def error_lines(r):
+    return [l for l in r.err.splitlines() if l.strip()]
+
+
+def check_refused(r, *needles):
+    check(r.code != 0, "non-zero exit: %r" % r)
+    lines = error_lines(r)
+    check(len(lines) >= 1, "an error line")
+    text = r.err.lower()
+    for n in needles:
+        check(n.lower() in text, "error mentions %r: %r" % (n, r.err))
+    check("password" not in r.err or "missing" in r.err, "no password echoed")
+
+
+def test_imap_starttls_and_imaps():
+    # [local] is imap+STARTTLS, [remote] is imaps
+    with Pair() as p:
+        seed(p)
+        r = sync_ok(p)
+        check("STARTTLS" in r.err, "STARTTLS used on local")
+        check("[REDACTED]" in r.err, "credentials redacted in debug output")
+        check(p.local.password not in r.err.replace("password =", ""), "password not logged")
+
+
+def test_plain_imap_without_tls():
+    with Pair(local_section="STARTTLS = NO") as p:
+        seed(p)
+        r = sync_ok(p)
+        check("C: 2 STARTTLS" not in r.err and " STARTTLS\n" not in r.err.split("local: C:")[-1],
+              "no STARTTLS when disabled")
+
+
+def test_compress_on_and_off():
+    with Pair(local_section="compress = YES", remote_section="compress = NO") as p:
+        seed(p)
+        r = sync_ok(p)
+        local_lines = "\n".join(l for l in r.err.splitlines() if l.startswith("local"))
+        remote_lines = "\n".join(l for l in r.err.splitlines() if l.startswith("remote"))
+        check("COMPRESS DEFLATE" in local_lines, "local compresses")
+        check("COMPRESS DEFLATE" not in remote_lines, "remote does not")
+
+
+def test_tunnel():
+    with Pair(remote_type="tunnel") as p:
+        seed(p)
+        sync_ok(p)
+
+
+def test_socks5_without_and_with_auth():
+    for user, pw in ((None, None), ("proxyuser", "proxypass")):
+        proxy = Socks5Proxy(user, pw).start()
+        try:
+            for scheme in ("socks5", "socks5h"):
+                with Pair(remote_section="proxy = %s" % proxy.url(scheme)) as p:
+                    seed(p)
+                    sync_ok(p)
+        finally:
+            proxy.stop()
+
+
+def test_socks5_bad_password():
+    proxy = Socks5Proxy("proxyuser", "proxypass").start()
+    try:
+        with Pair() as p:
+            p.write_config(remote_section="proxy = socks5://proxyuser:wrong@%s:%d"
+                           % (proxy.host, proxy.port))
+            r = p.run(expect=None)
+            check_refused(r, "socks")
+    finally:
+        proxy.stop()
+
+
+def test_untrusted_certificate():
+    with Pair(remote={"ssl": "self-signed"}) as p:
+        r = p.run(expect=None)
+        check_refused(r, "remote", "certificate")
+
+
+def test_wrong_host_name():
+    with Pair(remote={"ssl": "wrong-name"}) as p:
+        r = p.run(expect=None)
+        check_refused(r, "remote")
+        check("host" in r.err.lower() or "name" in r.err.lower(), "names the mismatch: %r" % r.err)
+
+
+def test_fingerprint_match_and_mismatch():
+    with Pair(remote={"ssl": "self-signed"}) as p:
+        seed(p)
+        # pinning the key accepts a certificate whose chain is not trusted
+        p.write_config(remote_section="SSL_fingerprint = sha256$%s\nSSL_verify = NO"
+                       % p.remote.spki_sha256)
+        p.run()
+        p.write_config(remote_section="SSL_fingerprint = sha256$%s" % ("00" * 32))
+        r = p.run(expect=None)
+        check_refused(r, "fingerprint")
+
+
+def test_server_without_starttls():
+    with Pair(local={"ssl": None}) as p:
+        r = p.run(expect=None)
+        check_refused(r, "local", "STARTTLS")
+        log = p.local.log()
+        check("user=<user>" not in log or "Login" not in log, "no login reached the server")
+
+
+def test_wrong_password():
+    with Pair() as p:
+        p.write_config(local_section="password = nope")
+        # the section's later password line overrides the first
+        text = open(p.config_path).read()
+        check("password = nope" in text, "config written")
+        r = p.run(expect=None)
+        check_refused(r, "local", "authentication")
+
+
+def test_unreachable_port():
+    with Pair() as p:
+        text = open(p.config_path).read()
+        text = text.replace("port = %d" % p.remote.imaps_port, "port = 1")
+        with open(p.config_path, "w") as f:
+            f.write(text)
+        r = p.run(expect=None)
+        check_refused(r, "remote")
+        check("refused" in r.err.lower() or "connect" in r.err.lower(), "says why: %r" % r.err)
+
+
+def fake_pair(fake, p, starttls="YES"):
+    """Point [local] at a fake server."""
+    text = open(p.config_path).read()
+    head, rest = text.split("[local]", 1)
+    local, remote = rest.split("[remote]", 1)
+    local = ("\ntype = imap\nhost = %s\nport = %d\nusername = user\npassword = secret\n"
+             "SSL_CAfile = %s\nSTARTTLS = %s\n\n" % (fake.host, fake.port, fake.ca_file, starttls))
+    with open(p.config_path, "w") as f:
+        f.write(head + "[local]" + local + "[remote]" + remote)
+
+
+def test_preauth_on_plaintext_refused():
+    script = [greeting(preauth=True), Close()]
+    with FakeImapServer(script) as fake, Pair() as p:
+        fake_pair(fake, p)
+        r = p.run(expect=None)
+        check_refused(r, "PREAUTH")
+        fake.wait()
+        fake.assert_never(rb"LOGIN|AUTHENTICATE|secret")
+
+
+def test_starttls_response_injection():
+    script = [
+        greeting(),
+        command(rb"STARTTLS"),
+        Send(b"{tag} OK begin TLS now\r\n* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] injected\r\n"),
+        StartTLS(),
+        Close(),
+    ]
+    with FakeImapServer(script) as fake, Pair() as p:
+        fake_pair(fake, p)
+        r = p.run(expect=None)
+        check_refused(r, "STARTTLS")
+        fake.wait()
+        fake.assert_never(rb"LOGIN|AUTHENTICATE|secret")
+
+
+def test_bye_mid_command():
+    script = [
+        greeting(caps=b"IMAP4rev1 LITERAL+ SASL-IR ENABLE UIDPLUS CONDSTORE QRESYNC "
+                 b"LIST-EXTENDED LIST-STATUS AUTH=PLAIN"),
+        command(rb"AUTHENTICATE"),
+        reply(text=b"logged in"),
+        command(rb"CAPABILITY"),
+        reply(untagged=b"* CAPABILITY IMAP4rev1 LITERAL+ ENABLE UIDPLUS CONDSTORE QRESYNC "
+              b"LIST-EXTENDED LIST-STATUS\r\n"),
+        command(rb"ENABLE"),
+        Send(b"* BYE server shutting down for maintenance\r\n"),
+        Close(),
+    ]
+    with FakeImapServer(script) as fake, Pair() as p:
+        fake_pair(fake, p, starttls="NO")
+        r = p.run(expect=None)
+        check_refused(r, "maintenance")
+
+
+if __name__ == "__main__":
+    main(globals())

@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Synchronization against two real Dovecot servers: each test asserts the
+final contents of both servers (bodies and flags per mailbox) and the
+database."""
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pair import Pair, binary  # noqa: E402
+from imapfixture import check, check_eq, main, mail  # noqa: E402
+from imapfixture.mail import MessageGenerator  # noqa: E402
+
+
+def fill(server, spec, seed=1):
+    """spec: {mailbox: count}."""
+    gen = MessageGenerator(seed)
+    mail.fill(server, {name: gen.mailbox(n) for name, n in spec.items()})
+
+
+def append(pair, side, mailbox, n, seed=7, flags=()):
+    gen = MessageGenerator(seed)
+    conn = pair.login(side)
+    try:
+        uids = [mail.append(conn, mailbox, gen.message(), flags=flags) for _ in range(n)]
+    finally:
+        conn.logout()
+    return uids
+
+
+def test_initial_local_to_empty_remote():
+    with Pair() as p:
+        fill(p.local, {"INBOX": 20, "Archive": 15, "Archive/2024": 5})
+        r = p.run()
+        a, b = p.assert_in_step()
+        check_eq(b.total(), 40, "messages on remote")
+        check("Archive/2024" in b.names(), "nested mailbox created on remote")
+        check("added" in r.err, "a summary line is printed: %r" % r.err)
+        # a second run has nothing to do and changes nothing
+        r2 = p.run()
+        check("added" not in r2.err, "second run reports nothing: %r" % r2.err)
+        a2, b2 = p.assert_in_step()
+        check_eq(b2.total(), 40, "messages on remote after second run")
+
+
+def test_initial_remote_to_empty_local():
+    with Pair() as p:
+        fill(p.remote, {"INBOX": 10, "Lists/dev": 12})
+        p.run()
+        a, b = p.assert_in_step()
+        check_eq(a.total(), 22, "messages on local")
+
+
+def test_both_populated_different_mailboxes():
+    with Pair() as p:
+        fill(p.local, {"INBOX": 5, "OnlyLocal": 7}, seed=1)
+        fill(p.remote, {"INBOX": 6, "OnlyRemote": 3}, seed=2)
+        p.run()
+        a, b = p.assert_in_step()
+        check_eq(a.total(), 21, "total messages")
+        check_eq(len(a.mailboxes["INBOX"].messages), 11, "INBOX merged")
+
+
+def test_changes_between_runs():
+    with Pair() as p:
+        fill(p.local, {"INBOX": 10, "Work": 10})
+        p.run()
+        # new messages on both sides
+        append(p, "local", "INBOX", 3, seed=11)
+        append(p, "remote", "Work", 4, seed=12)
+        # flag changes on both sides
+        lc = p.login("local")
+        rc = p.login("remote")
+        try:
+            luids = mail.uids(lc, "INBOX")
+            ruids = mail.uids(rc, "Work")
+            mail.set_flags(lc, "INBOX", luids[:3], ["\\Flagged"])
+            mail.set_flags(rc, "Work", ruids[2:5], ["\\Answered", "$Label1"])
+            # expunges on both sides
+            mail.expunge(lc, "Work", mail.uids(lc, "Work")[-2:])
+            mail.expunge(rc, "INBOX", ruids[:0] or mail.uids(rc, "INBOX")[5:7])
+        finally:
+            lc.logout()
+            rc.logout()
+        p.run()
+        a, b = p.assert_in_step()
+        check_eq(len(a.mailboxes["INBOX"].messages), 11, "INBOX count (10+3-2)")
+        check_eq(len(a.mailboxes["Work"].messages), 12, "Work count (10+4-2)")
+        flagged = [m for m in b.mailboxes["INBOX"].messages if "\\Flagged" in m.flags]
+        check(len(flagged) >= 3, "flag change propagated to remote")
+        labelled = [m for m in a.mailboxes["Work"].messages if "$Label1" in m.flags]
+        check(len(labelled) >= 3, "keyword propagated to local")
+
+
+def test_conflicting_flags_union():
+    with Pair() as p:
+        fill(p.local, {"INBOX": 3})
+        p.run()
+        lc, rc = p.login("local"), p.login("remote")
+        try:
+            lu, ru = mail.uids(lc, "INBOX"), mail.uids(rc, "INBOX")
+            mail.set_flags(lc, "INBOX", [lu[0]], ["\\Seen", "\\Flagged"], mode="")
+            mail.set_flags(rc, "INBOX", [ru[0]], ["\\Answered"], mode="")
+        finally:
+            lc.logout()
+            rc.logout()
+        r = p.run()
+        check("Conflicting flag update" in r.err, "conflict warning: %r" % r.err)
+        a, b = p.assert_in_step()
+        want = ("\\Answered", "\\Flagged", "\\Seen")
+        got = [m.flags for m in a.mailboxes["INBOX"].messages if "\\Answered" in m.flags]
+        check_eq(got, [want], "union of flags")
+
+
+def test_expunge_one_side_flag_other():
+    with Pair() as p:
+        fill(p.local, {"INBOX": 4})
+        p.run()
+        lc, rc = p.login("local"), p.login("remote")
+        try:
+            lu, ru = mail.uids(lc, "INBOX"), mail.uids(rc, "INBOX")
+            mail.expunge(lc, "INBOX", [lu[1]])
+            mail.set_flags(rc, "INBOX", [ru[1]], ["\\Flagged"])
+        finally:
+            lc.logout()
+            rc.logout()
+        p.run()
+        a, b = p.assert_in_step()
+        check_eq(len(b.mailboxes["INBOX"].messages), 3, "expunge wins on remote")
+
+
+def test_mailbox_created_either_side_nested_non_ascii():
+    with Pair() as p:
+        fill(p.local, {"INBOX": 1})
+        p.run()
+        lc, rc = p.login("local"), p.login("remote")
+        try:
+            mail.create(lc, "Projets/Été 2026")
+            mail.append(lc, "Projets/Été 2026", MessageGenerator(3).message())
+            mail.create(rc, "日本語/受信")
+            mail.append(rc, "日本語/受信", MessageGenerator(4).message())
+        finally:
+            lc.logout()
+            rc.logout()
+        p.run()
+        a, b = p.assert_in_step()
+        check("Projets/Été 2026" in b.names(), "non-ASCII mailbox created on remote")
+        check("日本語/受信" in a.names(), "non-ASCII mailbox created on local")
+
+
+def test_different_delimiters():
+    with Pair(local_sep="/", remote_sep=".") as p:
+        fill(p.local, {"INBOX": 2, "a/b/c": 3})
+        fill(p.remote, {"x.y": 2}, seed=5)
+        p.run()
+        a, b = p.snaps()
+        check_eq(a.diff(b, sep="/"), "", "contents with delimiters translated")
+        check("a.b.c" in b.mailboxes, "remote uses its own delimiter: %r" % list(b.mailboxes))
+        check("x/y" in a.mailboxes, "local uses its own delimiter: %r" % list(a.mailboxes))
+        names = {r[0] for r in p.db_rows("SELECT mailbox FROM mailboxes")}
+        check(b"a\0b\0c" in names or "a\0b\0c" in names, "database stores NUL: %r" % names)
+
+
+def test_list_mailbox_and_ignore():
+    with Pair(config='list-mailbox = INBOX "Keep*"\nignore-mailbox = ^Keep\\x00Skip') as p:
+        fill(p.local, {"INBOX": 2, "Keep": 1, "Keep/Sub": 1, "Keep/Skip": 1, "Other": 1})
+        p.run()
+        b = mail.snapshot(p.remote)
+        names = set(b.names())
+        check({"INBOX", "Keep", "Keep/Sub"} <= names, "listed mailboxes copied: %r" % names)
+        check("Other" not in names, "unlisted mailbox not copied")
+        check("Keep/Skip" not in names, "ignored mailbox not copied")
+
+
+def test_list_select_opts_subscribed():
+    with Pair(config="list-select-opts = SUBSCRIBED") as p:
+        fill(p.local, {"INBOX": 1, "Sub": 1, "Unsub": 1})
+        lc = p.login("local")
+        try:
+            mail.subscribe(lc, "INBOX")
+            mail.subscribe(lc, "Sub")
+            mail.subscribe(lc, "Unsub", on=False)
+        finally:
+            lc.logout()
+        p.run()
+        b = mail.snapshot(p.remote)
+        check("Sub" in b.names(), "subscribed mailbox copied")
+        check("Unsub" not in b.names(), "unsubscribed mailbox left alone")
+        check("Sub" in b.subscribed(), "subscription copied")
+
+
+def test_list_reference():
+    with Pair(local_section="list-reference = perso/") as p:
+        fill(p.local, {"INBOX": 1, "perso/Mail": 2, "other": 1})
+        fill(p.remote, {"FromRemote": 2}, seed=9)
+        p.run()
+        a, b = p.snaps()
+        check("Mail" in b.names(), "perso/Mail maps to Mail on remote: %r" % b.names())
+        check("other" not in b.names(), "outside the reference is ignored")
+        check("perso/FromRemote" in a.names(), "remote mailbox lands under perso/")
+
+
+def test_command_line_mailboxes():
+    with Pair() as p:
+        fill(p.local, {"INBOX": 1, "A": 2, "B": 3})
+        p.run("A")
+        b = mail.snapshot(p.remote)
+        check("A" in b.names() and "B" not in b.names(), "only A: %r" % b.names())
+
+
+def test_uidvalidity_change_reported():
+    with Pair() as p:
+        fill(p.local, {"INBOX": 2, "Box": 3})
+        p.run()
+        # recreate Box on remote: new UIDVALIDITY, same content copied by hand
+        rc = p.login("remote")
+        try:
+            mail.delete(rc, "Box")
+            mail.create(rc, "Box")
+            mail.append(rc, "Box", MessageGenerator(21).message())
+        finally:
+            rc.logout()
+        r = p.run(expect=None)
+        check(r.code != 0, "non-zero exit on UIDVALIDITY change: %r" % r)
+        check("UIDVALIDITY" in r.err, "error names UIDVALIDITY: %r" % r.err)
+        a, b = p.snaps()
+        check_eq(len(a.mailboxes["Box"].messages), 3, "nothing copied into local Box")
+        check_eq(len(b.mailboxes["Box"].messages), 1, "nothing copied into remote Box")
+        check_eq(a.duplicates(), {}, "no duplicates")
+
+
+def test_second_instance_refused():
+    with Pair() as p:
+        fill(p.local, {"INBOX": 1})
+        p.run()
+        # hold the database lock with a watching instance
+        proc = subprocess.Popen([binary(), "--config", p.config_path, "--watch=1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(2)
+            r = p.run(expect=None)
+            check(r.code != 0, "second instance fails: %r" % r)
+            check("lock" in r.err.lower(), "message mentions the lock: %r" % r.err)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_large_message_bounded_memory():
+    with Pair() as p:
+        body = b"Subject: big\r\nFrom: a@example.org\r\nTo: b@example.org\r\n\r\n"
+        line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n"
+        body += line * (20 * 1024 * 1024 // len(line))
+        lc = p.login("local")
+        try:
+            mail.append(lc, "INBOX", body)
+        finally:
+            lc.logout()
+        # ru_maxrss of waited-for children: our binary is by far the largest
+        proc = subprocess.run([binary(), "--config", p.config_path], capture_output=True,
+                              text=True, timeout=300)
+        rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        check_eq(proc.returncode, 0, "exit status (stderr: %s)" % proc.stderr)
+        p.assert_in_step()
+        print("peak RSS for a 20 MiB message: %d KiB" % rss_kb)
+        check(rss_kb < 64 * 1024, "peak RSS %d KiB under 64 MiB" % rss_kb)
+
+if __name__ == "__main__":
+    main(globals())

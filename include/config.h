@@ -48,14 +48,14 @@ struct server_config {
 };
 
 struct config {
-    char *path;     /* the file that was read */
+    char *path;     /* the file that was read (as given to config_load) */
     char *database; /* absolute path after XDG resolution */
     char *logfile;  /* NULL: standard error */
     char *log_prefix;
     struct bytes *list_mailbox; /* decoded patterns; NULL/0: "*" */
     size_t list_mailbox_count;
-    char *list_select_opts; /* NULL if unset */
-    char *ignore_mailbox;   /* PCRE2 pattern or NULL */
+    char *list_select_opts; /* upper-cased; NULL if unset or empty */
+    char *ignore_mailbox;   /* PCRE2 pattern (no flags) or NULL */
     struct server_config local, remote;
 };
 
@@ -66,15 +66,39 @@ struct config {
  */
 char *config_resolve_path(const char *arg, char *err, size_t errlen);
 
-/* Reads and validates the file. 0 or ERR_CONFIG with err set. */
+/*
+ * The XDG base directory rule shared by the configuration file and the
+ * database: an absolute path is returned as is; a relative one is placed
+ * under $<xdg_var>/interimap, or $HOME/<home_default>/interimap when the
+ * variable is unset. The base directory must exist and be absolute; its
+ * "interimap" subdirectory is created (mode 0700) when missing, as the
+ * reference implementation does. "./x" is not special (relative). The path
+ * must be non-empty and printable. Returns a malloc'd path or NULL with err
+ * set (no file or line in the message: the caller adds context).
+ */
+char *config_xdg_path(const char *xdg_var, const char *home_default, const char *path, char *err,
+                      size_t errlen);
+
+/*
+ * Reads and validates the file. 0 or ERR_CONFIG with err set to one line
+ * "FILE:LINE: what is wrong" (or "FILE: what is wrong" when no line is to
+ * blame); the caller prefixes the program name. cfg is overwritten and is
+ * left zeroed on failure, so config_fini() is always safe.
+ */
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
 void config_fini(struct config *cfg);
 
 /*
- * Splits a list-mailbox value into patterns: bare words, or double-quoted
- * names with C escapes (\t \n \\ \" \0 \xHH ...). Exposed for tests.
+ * Splits a list-mailbox value into patterns separated by whitespace: bare
+ * words, or non-empty double-quoted names with the escapes \" \\ \0 \a \b
+ * \t \n \f \r \xHH (and \v, which stands for a plain "v", as it does in the
+ * reference implementation). On success *out is a malloc'd array of
+ * *count entries (free each data, then the array); on failure returns
+ * ERR_CONFIG with err set and *out NULL.
  */
 int config_parse_mailbox_list(const char *value, struct bytes **out, size_t *count, char *err,
                               size_t errlen);
+/* Frees an array from config_parse_mailbox_list and clears *list. */
+void config_mailbox_list_free(struct bytes **list, size_t count);
 
 #endif

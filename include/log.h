@@ -4,7 +4,18 @@
  * (%n component, %m mailbox, %?X?then&else? conditionals); debug lines
  * (IMAP traffic) only with --debug.
  *
+ * Where lines go, as in the reference implementation:
+ *   - info, warnings and errors: standard error, and also the logfile
+ *     (with a timestamp) when one is configured;
+ *   - debug lines: the logfile when configured, otherwise standard error.
+ * Logfile lines start with "Mon dd HH:MM:SS.uuuuuu " (local time, C
+ * locale month names, microseconds zero-padded to six digits). Each line
+ * is written with one write(2), so concurrent appenders do not interleave.
+ *
  * A struct logger is owned by main() and passed down; there is no global.
+ * Every log function accepts lg == NULL and then behaves as a logger with
+ * the default prefix writing to standard error (useful before the
+ * configuration is read). Logging never yields.
  */
 #ifndef INTERIMAP_LOG_H
 #define INTERIMAP_LOG_H
@@ -16,10 +27,14 @@
 struct logger;
 
 /* prefix NULL means the default "%?n?%?m?%n(%m)&%n?: ?". Returns NULL with
- * err set if the template is malformed or the logfile cannot be opened. */
+ * err set if the template is malformed or the logfile cannot be opened.
+ * The logfile is opened for appending (created with mode 0600 when
+ * missing) and closed on exec. */
 struct logger *logger_new(const char *logfile, const char *prefix, char *err, size_t errlen);
 void logger_free(struct logger **lg);
 
+/* Quiet (-q) drops informational messages only: warnings and errors are
+ * still printed, as the reference implementation does. */
 void logger_set_quiet(struct logger *lg, bool quiet);
 /* 0: off, 1: traffic with credentials redacted, 2+: everything. */
 void logger_set_debug(struct logger *lg, int level);
@@ -30,15 +45,56 @@ void log_info(struct logger *lg, const char *component, const char *mailbox, con
     __attribute__((format(printf, 4, 5)));
 void log_warn(struct logger *lg, const char *component, const char *mailbox, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Errors are printed even with -q. */
-void log_error(struct logger *lg, const char *component, const char *mailbox, const char *fmt,
-               ...) __attribute__((format(printf, 4, 5)));
-void log_debug(struct logger *lg, const char *component, const char *mailbox, const char *fmt,
-               ...) __attribute__((format(printf, 4, 5)));
+/* log_warn prefixes the message with "WARNING: ", log_error with
+ * "ERROR: " (after the log-prefix). Errors are printed even with -q. */
+void log_error(struct logger *lg, const char *component, const char *mailbox, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void log_debug(struct logger *lg, const char *component, const char *mailbox, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Expands a log-prefix template (exposed for tests). Returns the number of
- * bytes written (truncated to buflen-1), or -1 if the template is invalid. */
+ * bytes written (truncated to buflen-1), or -1 if the template is invalid.
+ * An empty component or mailbox counts as absent in conditionals. */
 int log_prefix_expand(const char *tmpl, const char *component, const char *mailbox, char *buf,
                       size_t buflen);
+
+/*
+ * 0 if tmpl is a valid log-prefix, -1 if not. The expansion follows the
+ * reference implementation exactly (conditionals rewritten until none is
+ * left, then \&, \? and \\ unescaped, then %%, %n and %m replaced); a
+ * template is invalid when, for some combination of component and mailbox
+ * being present or absent, a '%' would be printed as is (an unknown
+ * specifier such as %x, a lone '%', an unterminated or malformed
+ * conditional), or when it contains control characters.
+ */
+int log_prefix_check(const char *tmpl);
+
+/*
+ * Writes into buf (NUL-terminated, truncated like snprintf) the form of a
+ * line the client sent that is safe to log below debug level 2, and returns
+ * the length the full result needs:
+ *   - "TAG LOGIN ..." becomes "TAG LOGIN [REDACTED]";
+ *   - "TAG AUTHENTICATE MECH INITIAL-RESPONSE" becomes
+ *     "TAG AUTHENTICATE MECH [REDACTED]";
+ *   - a line the caller flags as sensitive (a SASL response sent after a
+ *     "+" continuation, or a line that continues a LOGIN after a literal)
+ *     becomes "[REDACTED]";
+ *   - anything else is copied unchanged.
+ * Command names are matched without regard to case.
+ */
+size_t log_redact_imap_line(const char *line, size_t len, bool sensitive, char *buf, size_t buflen);
+
+/*
+ * Logs one line of IMAP traffic (without its CRLF) at debug level 1 or
+ * more, as "C: line" (sent by us) or "S: line" (from the server). Below
+ * level 2, lines we sent are passed through log_redact_imap_line, and a
+ * server line flagged sensitive is replaced by "[REDACTED]".
+ */
+void log_imap_traffic(struct logger *lg, const char *component, bool from_server, const char *line,
+                      size_t len, bool sensitive);
+
+/* Formats a logfile timestamp for the time tv_sec/tv_nsec (exposed for
+ * tests). Returns the length written, or -1 if buflen is too small. */
+int log_timestamp_format(long long tv_sec, long tv_nsec, char *buf, size_t buflen);
 
 #endif

@@ -85,6 +85,9 @@ static void sb_addz(struct strbuf *b, const char *s)
 }
 
 static void sb_vprintf(struct strbuf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
+static void sb_vprintf(struct strbuf *b, const char *fmt, va_list ap)
 {
     va_list ap2;
     char small[256];
@@ -467,6 +470,10 @@ static void log_emit(struct logger *lg, enum log_dest dest, const char *componen
 out:
     sb_free(&line);
 }
+
+static void log_vemit(struct logger *lg, enum log_dest dest, const char *component,
+                      const char *mailbox, const char *tag, const char *fmt, va_list ap)
+    __attribute__((format(printf, 6, 0)));
 
 static void log_vemit(struct logger *lg, enum log_dest dest, const char *component,
                       const char *mailbox, const char *tag, const char *fmt, va_list ap)

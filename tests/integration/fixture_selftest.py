@@ -122,6 +122,7 @@ def test_tunnel_through_socketpair():
             a.close()
         rc = p.wait(10)
         err = p.stderr.read().decode(errors="replace")
+        p.stderr.close()
         check_eq(rc, 0, "tunnel exit code")
         check("Error" not in err, "tunnel stderr: %s" % err)
 
@@ -261,7 +262,7 @@ def test_stop_leaves_no_process():
     try:
         c.logout()
     except Exception:
-        pass
+        c.sock.close()
 
 
 def test_fake_server_starttls_injection():

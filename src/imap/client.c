@@ -214,7 +214,7 @@ static void dbg_flush(struct imap_client *c)
     while (c->dbg_len && (c->dbg[c->dbg_len - 1] == '\n' || c->dbg[c->dbg_len - 1] == '\r'))
         c->dbg_len--;
     c->dbg[c->dbg_len] = '\0';
-    log_debug(c->log, c->cfg->name, NULL, "S: %s", c->dbg);
+    log_imap_traffic(c->log, c->cfg->name, true, c->dbg, c->dbg_len, false);
     c->dbg_len = 0;
 }
 
@@ -242,14 +242,7 @@ static void dbg_client_line(struct imap_client *c, const char *line, size_t len)
         return;
     while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
         len--;
-    char tmp[1024];
-    if (len >= sizeof tmp)
-        len = sizeof tmp - 1;
-    memcpy(tmp, line, len);
-    tmp[len] = '\0';
-    if (logger_debug_level(c->log) < 2)
-        log_redact_imap_line(tmp);
-    log_debug(c->log, c->cfg->name, NULL, "C: %s", tmp);
+    log_imap_traffic(c->log, c->cfg->name, false, line, len, false);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1137,10 +1130,7 @@ static int client_authenticate(struct imap_client *c)
             }
             if (cmd && c->cont_pending) {
                 c->cont_pending = false;
-                if (logger_debug_level(c->log) >= 2)
-                    log_debug(c->log, cfg->name, NULL, "C: %s", b64);
-                else
-                    log_debug(c->log, cfg->name, NULL, "C: [REDACTED]");
+                log_imap_traffic(c->log, cfg->name, false, b64, strlen(b64), true);
                 client_write(c, b64, strlen(b64));
                 client_write(c, "\r\n", 2);
             }

@@ -1522,6 +1522,182 @@ static int interrupted_pairs(struct mbox_ctx *m, struct uidset skip[2])
                                   &skip[SIDE_REMOTE]);
 }
 
+/* ------------------------------------------------------------------ */
+/* append intents: one row per mailbox and direction, keyed by source UID 0,
+ * whose target_uidnext is the lowest UID the copies can get */
+
+static int intent_set(struct state_db *db, int64_t idx, enum side target, uint32_t bound)
+{
+    struct state_intent in = {.idx = idx,
+                              .source = OTHER(target),
+                              .source_uid = 0,
+                              .target_uidnext = bound,
+                              .internaldate = (char *)""};
+    return state_db_intent_add(db, &in);
+}
+
+static int intent_get(struct state_db *db, int64_t idx, enum side target, uint32_t *bound)
+{
+    struct state_intent *list = NULL;
+    size_t n = 0;
+    int r = state_db_intent_list(db, idx, &list, &n);
+    if (r < 0)
+        return r;
+    int found = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (list[i].source == OTHER(target)) {
+            if (!found || list[i].target_uidnext < *bound)
+                *bound = list[i].target_uidnext;
+            found = 1;
+        }
+    }
+    state_db_intent_list_free(&list, n);
+    return found;
+}
+
+static int intent_clear(struct state_db *db, int64_t idx)
+{
+    struct state_intent *list = NULL;
+    size_t n = 0;
+    int r = state_db_intent_list(db, idx, &list, &n);
+    for (size_t i = 0; r >= 0 && i < n; i++)
+        r = state_db_intent_delete(db, idx, list[i].source, list[i].source_uid);
+    state_db_intent_list_free(&list, n);
+    return r < 0 ? r : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* recovery of copies interrupted between APPEND and the database commit */
+
+struct fingerprint {
+    uint32_t uid;
+    uint64_t size;
+    char *date;
+    char *msgid;
+    bool used;
+};
+
+struct fp_list {
+    struct sync_engine *e;
+    struct side_state *st;
+    struct fingerprint *items;
+    size_t count, cap;
+};
+
+static void fp_untagged(void *ctx, const struct imap_response *r)
+{
+    struct fp_list *fl = ctx;
+    if (r->status != IMAP_STATUS_NONE || r->nargs < 3 || !imap_value_is_atom(&r->args[1], "FETCH") ||
+        r->args[2].type != IMAP_LIST) {
+        selected_untagged(fl->st, r);
+        return;
+    }
+    const struct imap_value *list = &r->args[2];
+    const struct imap_value *uidv = fetch_item(list, "UID");
+    const struct imap_value *sizev = fetch_item(list, "RFC822.SIZE");
+    const struct imap_value *datev = fetch_item(list, "INTERNALDATE");
+    const struct imap_value *hdrv = NULL;
+    for (size_t i = 0; i + 1 < list->count; i += 2) {
+        const char *n;
+        size_t nl;
+        if (imap_value_string(&list->items[i], &n, &nl) && nl > 7 &&
+            strncasecmp(n, "BODY[HEADER", 11) == 0)
+            hdrv = &list->items[i + 1];
+    }
+    uint32_t uid;
+    uint64_t size;
+    const char *date, *hdr = "";
+    size_t datelen, hdrlen = 0;
+    if (!uidv || !imap_value_u32(uidv, &uid) || !sizev || !imap_value_u64(sizev, &size) || !datev ||
+        !imap_value_string(datev, &date, &datelen)) {
+        selected_untagged(fl->st, r);
+        return;
+    }
+    if (hdrv)
+        imap_value_string(hdrv, &hdr, &hdrlen);
+    if (fl->count == fl->cap) {
+        size_t cap = fl->cap ? fl->cap * 2 : 32;
+        struct fingerprint *it = realloc(fl->items, cap * sizeof *it);
+        if (!it)
+            return;
+        fl->items = it;
+        fl->cap = cap;
+    }
+    fl->items[fl->count++] = (struct fingerprint){uid, size, strndup(date, datelen),
+                                                  strndup(hdr, hdrlen), false};
+}
+
+static const struct imap_handler fp_handler = {fp_untagged, NULL};
+
+static void fp_list_fini(struct fp_list *fl)
+{
+    for (size_t i = 0; i < fl->count; i++) {
+        free(fl->items[i].date);
+        free(fl->items[i].msgid);
+    }
+    free(fl->items);
+}
+
+/*
+ * A previous run appended messages to side `dst` (UIDs from `bound` on) and
+ * died before recording them. Pair every unmapped message there with an
+ * unmapped new message of the other side that has the same size,
+ * INTERNALDATE and Message-ID, so nothing is copied twice.
+ */
+static int recover_appends(struct mbox_ctx *m, enum side dst, uint32_t bound)
+{
+    struct sync_engine *e = m->e;
+    enum side src = OTHER(dst);
+    struct fp_list fl[2] = {{e, &m->st[0], NULL, 0, 0}, {e, &m->st[1], NULL, 0, 0}};
+    uint32_t from[2];
+    from[dst] = bound ? bound : 1;
+    from[src] = m->uidnext[src];
+    struct imap_cmd *cmd[2];
+    for (int s = 0; s < 2; s++) {
+        imap_client_set_handler(m->st[s].c, &fp_handler, &fl[s]);
+        cmd[s] = imap_client_send(m->st[s].c,
+                                  "UID FETCH %u:4294967295 (UID RFC822.SIZE INTERNALDATE "
+                                  "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])",
+                                  from[s]);
+    }
+    int rc = 0;
+    for (int s = 0; s < 2; s++) {
+        int r = cmd[s] ? imap_cmd_wait(cmd[s]) : -ENOMEM;
+        imap_cmd_free(&cmd[s]);
+        imap_client_set_handler(m->st[s].c, &selected_handler, &m->st[s]);
+        if (r < 0)
+            rc = r;
+    }
+    unsigned paired = 0;
+    for (size_t i = 0; rc == 0 && i < fl[dst].count; i++) {
+        struct fingerprint *d = &fl[dst].items[i];
+        uint32_t other;
+        if (d->uid < from[dst] || state_db_mapping_lookup(e->db, m->idx, dst, d->uid, &other) != 0)
+            continue;
+        for (size_t k = 0; k < fl[src].count; k++) {
+            struct fingerprint *sfp = &fl[src].items[k];
+            if (sfp->used || sfp->uid < from[src] || sfp->size != d->size ||
+                strcmp(sfp->date, d->date) != 0 || strcmp(sfp->msgid, d->msgid) != 0)
+                continue;
+            if (state_db_mapping_lookup(e->db, m->idx, src, sfp->uid, &other) != 0)
+                continue;
+            sfp->used = true;
+            uint32_t lu = dst == SIDE_LOCAL ? d->uid : sfp->uid;
+            uint32_t ru = dst == SIDE_LOCAL ? sfp->uid : d->uid;
+            if (state_db_mapping_insert(e->db, m->idx, lu, ru) < 0)
+                rc = ERR_DB;
+            paired++;
+            break;
+        }
+    }
+    if (paired)
+        log_info(e->log, side_name[dst], m->st[dst].mailbox,
+                 "Recovered %u message(s) copied by an interrupted run", paired);
+    fp_list_fini(&fl[0]);
+    fp_list_fini(&fl[1]);
+    return rc;
+}
+
 static int sync_one(struct sync_engine *e, struct mbox_work *w)
 {
     struct mbox_ctx m = {.e = e, .idx = w->idx};
@@ -1569,7 +1745,37 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w)
     for (int s = 0; s < 2; s++)
         m.uidnext[s] = m.db[s].uidnext ? m.db[s].uidnext : 1;
 
+    /* copies a previous run made but did not record */
+    for (int s = 0; known && s < 2; s++) {
+        uint32_t bound;
+        int f = intent_get(e->db, w->idx, (enum side)s, &bound);
+        if (f < 0) {
+            rc = ERR_DB;
+            goto out;
+        }
+        if (f == 1 && (rc = recover_appends(&m, (enum side)s, bound)) < 0)
+            goto out;
+    }
     if (known && interrupted_pairs(&m, skip) < 0) {
+        rc = ERR_DB;
+        goto out;
+    }
+    /* Before any APPEND, remember where the copies will land: should we
+     * die before recording them, the next run pairs them up instead of
+     * copying them again. */
+    bool intent = false;
+    for (int s = 0; s < 2; s++) {
+        struct imap_mailbox_state *ms = imap_client_mailbox(m.st[s].c);
+        if (ms->uidnext > m.uidnext[s]) {
+            struct imap_mailbox_state *target = imap_client_mailbox(m.st[OTHER(s)].c);
+            if (intent_set(e->db, w->idx, OTHER(s), target->uidnext) < 0) {
+                rc = ERR_DB;
+                goto out;
+            }
+            intent = true;
+        }
+    }
+    if (intent && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)) {
         rc = ERR_DB;
         goto out;
     }
@@ -1603,6 +1809,10 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w)
             rc = ERR_DB;
             goto out;
         }
+    }
+    if (intent_clear(e->db, w->idx) < 0) {
+        rc = ERR_DB;
+        goto out;
     }
     if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
         rc = ERR_DB;
@@ -1638,6 +1848,146 @@ static bool unchanged(struct sync_engine *e, struct mbox_work *w)
             return false;
     }
     return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* --delete and --rename */
+
+/* Command-line name (local delimiter) -> internal name (NUL delimiter). */
+static char *key_from_arg(struct sync_engine *e, const char *arg, size_t *keylen)
+{
+    char *k = strdup(arg);
+    if (!k)
+        return NULL;
+    *keylen = strlen(k);
+    char d = e->listing[SIDE_LOCAL].delimiter;
+    if (d)
+        for (size_t i = 0; i < *keylen; i++)
+            if (k[i] == d)
+                k[i] = '\0';
+    return k;
+}
+
+static int command_delete(struct sync_engine *e)
+{
+    unsigned t = e->opts.targets;
+    int status = EXIT_IN_STEP;
+    for (size_t i = 0; i < e->opts.nmailboxes; i++) {
+        const char *arg = e->opts.mailboxes[i];
+        if (strcasecmp(arg, "INBOX") == 0) {
+            log_error(e->log, NULL, NULL, "INBOX cannot be deleted");
+            return EXIT_USAGE;
+        }
+        size_t keylen;
+        char *key = key_from_arg(e, arg, &keylen);
+        if (!key)
+            return EXIT_FAILURE_GENERIC;
+        for (int s = 0; s < 2; s++) {
+            if (!(t & (s == SIDE_LOCAL ? SYNC_TARGET_LOCAL : SYNC_TARGET_REMOTE)))
+                continue;
+            struct listed *it = listing_find(&e->listing[s], key, keylen);
+            if (!it || !it->selectable)
+                continue;
+            if (imap_client_run(e->client[s], "DELETE %m", it->server_name) < 0) {
+                log_error(e->log, side_name[s], it->server_name, "cannot delete mailbox: %s",
+                          imap_client_error(e->client[s]));
+                status = EXIT_PARTIAL;
+                continue;
+            }
+            log_info(e->log, side_name[s], it->server_name, "Deleted mailbox");
+        }
+        if (t & SYNC_TARGET_DATABASE) {
+            int64_t idx;
+            bool sub;
+            int f = state_db_mailbox_find(e->db, key, keylen, &idx, &sub);
+            if (f == 1) {
+                if (state_db_mailbox_delete(e->db, idx) < 0 || state_db_commit(e->db) < 0 ||
+                    state_db_begin(e->db) < 0) {
+                    log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+                    free(key);
+                    return EXIT_FAILURE_GENERIC;
+                }
+                log_info(e->log, "database", NULL, "Removed mailbox %s", arg);
+            } else if (f < 0) {
+                log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+                free(key);
+                return EXIT_FAILURE_GENERIC;
+            }
+        }
+        free(key);
+    }
+    return status;
+}
+
+static int command_rename(struct sync_engine *e)
+{
+    unsigned t = e->opts.targets;
+    const char *from = e->opts.mailboxes[0], *to = e->opts.mailboxes[1];
+    size_t flen, tlen;
+    char *fkey = key_from_arg(e, from, &flen);
+    char *tkey = key_from_arg(e, to, &tlen);
+    int status = EXIT_IN_STEP;
+    if (!fkey || !tkey) {
+        status = EXIT_FAILURE_GENERIC;
+        goto out;
+    }
+    /* refuse before touching anything if DEST exists on a target */
+    for (int s = 0; s < 2; s++) {
+        if (!(t & (s == SIDE_LOCAL ? SYNC_TARGET_LOCAL : SYNC_TARGET_REMOTE)))
+            continue;
+        struct listed *it = listing_find(&e->listing[s], tkey, tlen);
+        if (it && it->selectable) {
+            log_error(e->log, side_name[s], NULL,
+                      "Mailbox %s exists. Run `interimap --target=%s --delete %s` to delete.",
+                      it->server_name, side_name[s], to);
+            status = EXIT_FAILURE_GENERIC;
+            goto out;
+        }
+    }
+    int64_t idx;
+    bool sub;
+    if ((t & SYNC_TARGET_DATABASE) && state_db_mailbox_find(e->db, tkey, tlen, &idx, &sub) == 1) {
+        log_error(e->log, "database", NULL,
+                  "Mailbox %s exists. Run `interimap --target=database --delete %s` to delete.", to,
+                  to);
+        status = EXIT_FAILURE_GENERIC;
+        goto out;
+    }
+    for (int s = 0; s < 2; s++) {
+        if (!(t & (s == SIDE_LOCAL ? SYNC_TARGET_LOCAL : SYNC_TARGET_REMOTE)))
+            continue;
+        /* \NonExistent parents can be renamed too (their children move) */
+        struct listed *it = listing_find(&e->listing[s], fkey, flen);
+        if (!it)
+            continue;
+        char *dest = server_name(e, (enum side)s, tkey, tlen);
+        if (!dest) {
+            status = EXIT_FAILURE_GENERIC;
+            goto out;
+        }
+        if (imap_client_run(e->client[s], "RENAME %m %m", it->server_name, dest) < 0) {
+            log_error(e->log, side_name[s], it->server_name, "cannot rename to %s: %s", dest,
+                      imap_client_error(e->client[s]));
+            status = EXIT_PARTIAL;
+        } else {
+            log_info(e->log, side_name[s], it->server_name, "Renamed to %s", dest);
+        }
+        free(dest);
+    }
+    if (t & SYNC_TARGET_DATABASE) {
+        int n = state_db_mailbox_rename(e->db, fkey, flen, tkey, tlen);
+        if (n < 0 || state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0) {
+            log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+            status = EXIT_FAILURE_GENERIC;
+            goto out;
+        }
+        if (n > 0)
+            log_info(e->log, "database", NULL, "Renamed mailbox %s to %s", from, to);
+    }
+out:
+    free(fkey);
+    free(tkey);
+    return status;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1722,6 +2072,14 @@ int sync_engine_run(struct sync_engine *e)
     struct mbox_work *work = NULL;
     size_t nwork = 0;
     int status = EXIT_IN_STEP;
+    if (e->opts.command == SYNC_DELETE) {
+        status = command_delete(e);
+        goto done;
+    }
+    if (e->opts.command == SYNC_RENAME) {
+        status = command_rename(e);
+        goto done;
+    }
     if (sync_mailbox_list(e, &work, &nwork) < 0) {
         status = EXIT_FAILURE_GENERIC;
         goto done;

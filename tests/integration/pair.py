@@ -16,18 +16,15 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fixtures"))
 
-from imapfixture import Dovecot, mail  # noqa: E402
+from imapfixture import Dovecot, mail, util  # noqa: E402
 from imapfixture.certs import TestCA  # noqa: E402
 
 PERL_INTERIMAP = "/usr/bin/interimap"
 
 
 def binary():
-    """Our interimap, as meson passes it (INTERIMAP) or from build/."""
-    exe = os.environ.get("INTERIMAP")
-    if exe:
-        return exe
-    return os.path.join(HERE, "..", "..", "build", "src", "interimap")
+    """Our interimap binary (see imapfixture.util.interimap_binary)."""
+    return util.interimap_binary()
 
 
 class Result:

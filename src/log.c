@@ -501,6 +501,9 @@ void log_warn(struct logger *lg, const char *component, const char *mailbox, con
 {
     va_list ap;
 
+    /* -q keeps errors only */
+    if (lg != NULL && lg->quiet)
+        return;
     va_start(ap, fmt);
     log_vemit(lg, DEST_BOTH, component, mailbox, "WARNING: ", fmt, ap);
     va_end(ap);

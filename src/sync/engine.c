@@ -1045,7 +1045,7 @@ static int sync_known(struct mbox_ctx *m, bool *changed)
                 }
                 if (f == 0) {
                     log_warn(e->log, side_name[OTHER(s)], m->st[OTHER(s)].mailbox,
-                             "WARNING: No match for modified %s UID %" PRIu32 ". Try '--repair'.",
+                             "No match for modified %s UID %" PRIu32 ". Try '--repair'.",
                              side_name[s], ch->uid);
                     continue;
                 }
@@ -1064,7 +1064,7 @@ static int sync_known(struct mbox_ctx *m, bool *changed)
                         break;
                     }
                     log_warn(e->log, NULL, NULL,
-                             "WARNING: Conflicting flag update in %s for local UID %" PRIu32
+                             "Conflicting flag update in %s for local UID %" PRIu32
                              " (%s) and remote UID %" PRIu32 " (%s). Setting both to the union "
                              "(%s).",
                              m->pretty, ch->uid, ch->flags, other, och->flags, u);
@@ -1182,7 +1182,7 @@ static int copy_append_message(struct new_copy *cp, uint32_t uid, const struct i
         return cp->error;
     if (size == 0) {
         log_warn(e->log, side_name[cp->src], NULL,
-                 "WARNING: Ignoring new 0-length message (UID %" PRIu32 ")", uid);
+                 "Ignoring new 0-length message (UID %" PRIu32 ")", uid);
         return 0;
     }
     const struct imap_value *flagsv = fetch_item(list, "FLAGS");

@@ -33,8 +33,9 @@ struct logger;
 struct logger *logger_new(const char *logfile, const char *prefix, char *err, size_t errlen);
 void logger_free(struct logger **lg);
 
-/* Quiet (-q) drops informational messages only: warnings and errors are
- * still printed, as the reference implementation does. */
+/* Quiet (-q) drops informational messages and warnings: only errors are
+ * printed (the reference tool keeps warnings; our manual promises errors
+ * only, which is what scripts running it from cron want). */
 void logger_set_quiet(struct logger *lg, bool quiet);
 /* 0: off, 1: traffic with credentials redacted, 2+: everything. */
 void logger_set_debug(struct logger *lg, int level);

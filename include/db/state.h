@@ -1,0 +1,218 @@
+/*
+ * The state database: a SQLite file that records which mailboxes are
+ * replicated, the last UIDVALIDITY/UIDNEXT/HIGHESTMODSEQ seen on each side,
+ * and the (local UID, remote UID) pairs of replicated messages.
+ *
+ * The file format is the one of the Perl interimap 0.5.x (schema version 1,
+ * same CREATE TABLE text), so both tools can use the same file one after
+ * the other. One extra table, `pending`, journals appends in flight; the
+ * Perl tool never looks at it. See doc/internals/state.md.
+ *
+ * Mailbox names are byte strings (pointer + length) in the internal form:
+ * no list reference, and the hierarchy delimiter replaced by NUL.
+ *
+ * Ownership: every pointer passed in is borrowed for the duration of the
+ * call. Lists returned through an out parameter are owned by the caller
+ * and released with the matching *_free function. No call yields; every
+ * call is synchronous (SQLite on a local file).
+ *
+ * Errors: 0 (or a documented non-negative count / found flag) on success;
+ * ERR_DB when SQLite fails, -ENOMEM, -EINVAL for bad arguments, -EBUSY when
+ * another process holds the database. After a failure on an open database,
+ * state_db_error() gives a one-line description (with SQLite's message).
+ * A failed call leaves any open transaction open: the caller decides to
+ * roll back.
+ *
+ * Transactions: after state_db_prepare() the database is in autocommit
+ * mode, each call being its own transaction; state_db_begin() ..
+ * state_db_commit() groups calls. Calls that run several statements
+ * (delete, rename, intent resolution) are atomic on their own either way.
+ */
+#ifndef INTERIMAP_DB_STATE_H
+#define INTERIMAP_DB_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct uidset;
+
+#ifndef INTERIMAP_ENUM_SIDE
+#define INTERIMAP_ENUM_SIDE
+/* The two servers. Stored as 0/1 in the `pending` table: keep the values. */
+enum side { SIDE_LOCAL = 0, SIDE_REMOTE = 1 };
+#endif
+
+struct state_db;
+
+/* One side's row of the `local` or `remote` table. */
+struct state_side {
+    uint32_t uidvalidity;
+    uint32_t uidnext;       /* 0 until the first full sync of the mailbox */
+    uint64_t highestmodseq; /* stored as a signed 64-bit integer, like Perl */
+};
+
+/* Options of state_db_open_flags(). */
+enum {
+    /* Fail if the file does not exist (the Perl tool never creates the
+     * database in --watch mode). */
+    STATE_DB_NO_CREATE = 1,
+};
+
+/* What state_db_prepare() did to the schema. */
+enum state_db_schema_action {
+    STATE_DB_SCHEMA_CURRENT,  /* already at version 1 */
+    STATE_DB_SCHEMA_CREATED,  /* empty file: the tables were created */
+    STATE_DB_SCHEMA_UPGRADED, /* migrated from an older version */
+};
+
+/*
+ * Opens (creating it if missing, with any missing parent directories)
+ * and locks the database. Directories created get mode 0700, a created
+ * file 0600, whatever the umask; existing ones are not changed. The lock
+ * is SQLite's exclusive locking mode, taken at once and held until
+ * state_db_close(): a second instance (this tool or the Perl one) fails
+ * within a quarter of a second with -EBUSY and the message "database PATH
+ * is locked by another interimap instance". The schema is not touched
+ * here (see state_db_prepare). On failure *out is NULL and err holds a
+ * one-line message.
+ */
+int state_db_open(const char *path, struct state_db **out, char *err, size_t errlen);
+int state_db_open_flags(const char *path, unsigned flags, struct state_db **out, char *err,
+                        size_t errlen);
+
+/*
+ * Creates the schema in a new database, or upgrades an older one, then
+ * enables foreign keys; call it once after state_db_open(), when both
+ * hierarchy delimiters are known ('\0' for a flat namespace), as the
+ * version 0 to 1 migration needs them (it fails if both are set and
+ * differ). Refuses schema versions newer than 1. Also creates the
+ * `pending` table if missing. Must be called outside a transaction.
+ */
+int state_db_prepare(struct state_db *db, char ldelim, char rdelim, char *err, size_t errlen);
+/* What the last state_db_prepare() did; *from_version (may be NULL) gets
+ * the version found in the file. */
+enum state_db_schema_action state_db_schema_action(const struct state_db *db, int *from_version);
+
+/* Rolls back any open transaction, closes, releases the lock. NULL-safe. */
+void state_db_close(struct state_db **db);
+
+/* Last error, one line, never NULL; valid until the next call on db. */
+const char *state_db_error(const struct state_db *db);
+const char *state_db_path(const struct state_db *db);
+
+/* BEGIN IMMEDIATE / COMMIT / ROLLBACK. Beginning twice is an error;
+ * committing or rolling back with no transaction open does nothing. */
+int state_db_begin(struct state_db *db);
+int state_db_commit(struct state_db *db);
+int state_db_rollback(struct state_db *db);
+bool state_db_in_transaction(const struct state_db *db);
+
+/* ---- mailboxes ---- */
+
+struct state_mailbox {
+    int64_t idx;
+    char *name; /* internal form, NUL-delimited; also NUL-terminated */
+    size_t namelen;
+    bool subscribed;
+    bool known; /* both `local` and `remote` rows exist; side[] is valid */
+    struct state_side side[2];
+};
+
+/* 1 and *idx (and *subscribed if not NULL) when found, 0 when not. */
+int state_db_mailbox_find(struct state_db *db, const char *name, size_t len, int64_t *idx,
+                          bool *subscribed);
+/* Inserts a mailbox, *idx (may be NULL) gets its new index. Indexes are
+ * never reused (AUTOINCREMENT). Fails on a duplicate name. */
+int state_db_mailbox_insert(struct state_db *db, const char *name, size_t len, bool subscribed,
+                            int64_t *idx);
+int state_db_mailbox_set_subscribed(struct state_db *db, int64_t idx, bool subscribed);
+/* Every mailbox, ordered by idx, with its local/remote rows if any. */
+int state_db_mailbox_list(struct state_db *db, struct state_mailbox **out, size_t *n);
+void state_db_mailbox_list_free(struct state_mailbox **list, size_t n);
+/* Forgets a mailbox with its local, remote, mapping and pending rows.
+ * Returns 1 if it existed, 0 if not. */
+int state_db_mailbox_delete(struct state_db *db, int64_t idx);
+/* Renames `from` and every mailbox below it (names starting with from
+ * followed by NUL) to `to`, as the --rename command does. Returns the
+ * number of rows renamed (0 if none). -EINVAL if `to` is `from` or lies
+ * below it; ERR_DB if a new name already exists (UNIQUE). */
+int state_db_mailbox_rename(struct state_db *db, const char *from, size_t flen, const char *to,
+                            size_t tlen);
+/* Indexes of mailboxes whose sync was interrupted: mapping rows at or
+ * above the stored UIDNEXT of either side. Caller frees *out. */
+int state_db_interrupted_list(struct state_db *db, int64_t **out, size_t *n);
+
+/* ---- local / remote rows ---- */
+
+/* 1 and *out when the row exists, 0 when not. */
+int state_db_side_get(struct state_db *db, int64_t idx, enum side s, struct state_side *out);
+/* New row with UIDNEXT and HIGHESTMODSEQ 0, as Perl does for a new mailbox. */
+int state_db_side_insert(struct state_db *db, int64_t idx, enum side s, uint32_t uidvalidity);
+int state_db_side_update(struct state_db *db, int64_t idx, enum side s, uint32_t uidnext,
+                         uint64_t highestmodseq);
+int state_db_side_set_highestmodseq(struct state_db *db, int64_t idx, enum side s,
+                                    uint64_t highestmodseq);
+
+/* ---- mapping ---- */
+
+struct state_pair {
+    uint32_t luid, ruid;
+};
+
+int state_db_mapping_insert(struct state_db *db, int64_t idx, uint32_t luid, uint32_t ruid);
+/* Deletes the pair whose UID on side s is uid. Returns the number of rows
+ * deleted (0 or 1). */
+int state_db_mapping_delete(struct state_db *db, int64_t idx, enum side s, uint32_t uid);
+/* Same for n UIDs, atomically. Returns the number of rows deleted. */
+int state_db_mapping_delete_many(struct state_db *db, int64_t idx, enum side s,
+                                 const uint32_t *uids, size_t n);
+/* 1 and *other (the UID on the other side) when mapped, 0 when not. */
+int state_db_mapping_lookup(struct state_db *db, int64_t idx, enum side s, uint32_t uid,
+                            uint32_t *other);
+int state_db_mapping_count(struct state_db *db, int64_t idx, int64_t *count);
+/* Appends to out the `limit` highest UIDs of side s, highest first. */
+int state_db_mapping_highest(struct state_db *db, int64_t idx, enum side s, size_t limit,
+                             struct uidset *out);
+/* Pairs left by an interrupted sync (lUID >= luidnext or rUID >= ruidnext):
+ * appends their local UIDs to l and remote UIDs to r, pair by pair. */
+int state_db_mapping_above(struct state_db *db, int64_t idx, uint32_t luidnext, uint32_t ruidnext,
+                           struct uidset *l, struct uidset *r);
+/* Every pair of a mailbox ordered by local UID; caller frees *out. */
+int state_db_mapping_all(struct state_db *db, int64_t idx, struct state_pair **out, size_t *n);
+
+/* ---- append journal (`pending` table; beyond the Perl tool) ---- */
+
+/*
+ * An intent to copy message source_uid of side `source` into mailbox idx
+ * on the other side, recorded and committed before the APPEND so a crash
+ * between the server's APPENDUID and our mapping insert can be recovered
+ * (the copy is found among the unmapped messages of the target by its
+ * fingerprint instead of being copied a second time).
+ */
+struct state_intent {
+    int64_t idx;
+    enum side source;
+    uint32_t source_uid;
+    uint32_t target_uidnext; /* target's UIDNEXT before the APPEND, 0 if unknown:
+                                the copy's UID is not below it */
+    uint64_t size;           /* RFC822.SIZE */
+    char *internaldate;      /* INTERNALDATE text, NUL-terminated */
+    unsigned char *hash;     /* engine-chosen digest of the message */
+    size_t hashlen;
+};
+
+/* Records an intent (replacing one with the same idx, source, UID). */
+int state_db_intent_add(struct state_db *db, const struct state_intent *in);
+/* Intents of mailbox idx (every mailbox if idx < 0), ordered by idx,
+ * source, UID. Strings and hashes are owned by the list. */
+int state_db_intent_list(struct state_db *db, int64_t idx, struct state_intent **out, size_t *n);
+void state_db_intent_list_free(struct state_intent **list, size_t n);
+/* Returns the number of rows deleted (0 or 1). */
+int state_db_intent_delete(struct state_db *db, int64_t idx, enum side source, uint32_t source_uid);
+/* The APPEND succeeded with target_uid: inserts the mapping and drops the
+ * intent, atomically (inside or outside a transaction). */
+int state_db_intent_resolve(struct state_db *db, int64_t idx, enum side source, uint32_t source_uid,
+                            uint32_t target_uid);
+
+#endif

@@ -1,0 +1,1244 @@
+/*
+ * The state database, file-compatible with the Perl interimap 0.5.x.
+ * doc/internals/state.md explains the choices (locking, journal mode,
+ * schema text, the `pending` table).
+ */
+#include "db/state.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "errors.h"
+#include "imap/uidset.h"
+
+enum {
+    SCHEMA_VERSION = 1,
+    BUSY_TIMEOUT_MS = 250, /* same as the Perl tool: a second instance fails fast */
+};
+
+/*
+ * The schema, statement for statement what the Perl tool executes: SQLite
+ * stores the CREATE TABLE text verbatim in sqlite_master, so any change in
+ * spacing would make `.schema` differ between files made by either tool.
+ * (The Perl tool builds each one as "CREATE TABLE name (" + the column
+ * definitions joined with ", " + ")".)
+ */
+#define MAILBOXES_COLUMNS                                                                          \
+    "idx        INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, "                                      \
+    "mailbox    BLOB COLLATE BINARY NOT NULL CHECK (mailbox != '') UNIQUE, "                       \
+    "subscribed BOOLEAN NOT NULL"
+#define SIDE_COLUMNS                                                                               \
+    "idx           INTEGER         NOT NULL PRIMARY KEY REFERENCES mailboxes(idx), "               \
+    "UIDVALIDITY   UNSIGNED INT    NOT NULL CHECK (UIDVALIDITY > 0), "                             \
+    "UIDNEXT       UNSIGNED INT    NOT NULL, "                                                     \
+    "HIGHESTMODSEQ UNSIGNED BIGINT NOT NULL"
+
+static const char *const schema_v1[] = {
+    "CREATE TABLE mailboxes (" MAILBOXES_COLUMNS ")",
+    "CREATE TABLE local (" SIDE_COLUMNS ")",
+    "CREATE TABLE remote (" SIDE_COLUMNS ")",
+    "CREATE TABLE mapping (idx  INTEGER      NOT NULL REFERENCES mailboxes(idx), "
+    "lUID UNSIGNED INT NOT NULL CHECK (lUID > 0), "
+    "rUID UNSIGNED INT NOT NULL CHECK (rUID > 0), "
+    "PRIMARY KEY (idx,lUID), "
+    "UNIQUE      (idx,rUID))",
+};
+
+/* Our own table: no foreign keys, so the Perl tool (which deletes
+ * mailboxes with foreign_keys=ON) never trips on it. */
+static const char pending_schema[] = "CREATE TABLE IF NOT EXISTS pending ("
+                                     "idx INTEGER NOT NULL, "
+                                     "source INTEGER NOT NULL CHECK (source IN (0,1)), "
+                                     "sUID UNSIGNED INT NOT NULL CHECK (sUID > 0), "
+                                     "tUIDNEXT UNSIGNED INT NOT NULL, "
+                                     "size UNSIGNED BIGINT NOT NULL, "
+                                     "internaldate TEXT NOT NULL, "
+                                     "hash BLOB NOT NULL, "
+                                     "PRIMARY KEY (idx,source,sUID))";
+
+/* Cached statements; the SQL of the mailbox, side and mapping queries
+ * follows the Perl tool's where it has one. */
+enum stmt_id {
+    ST_MBX_FIND,
+    ST_MBX_INSERT,
+    ST_MBX_SUBSCRIBE,
+    ST_MBX_LIST,
+    ST_MBX_RENAME_ONE,
+    ST_MBX_RENAME_CHILDREN,
+    ST_DEL_MAPPING,
+    ST_DEL_LOCAL,
+    ST_DEL_REMOTE,
+    ST_DEL_PENDING,
+    ST_DEL_MAILBOX,
+    ST_INTERRUPTED,
+    ST_SIDE_GET_L,
+    ST_SIDE_GET_R,
+    ST_SIDE_INSERT_L,
+    ST_SIDE_INSERT_R,
+    ST_SIDE_UPDATE_L,
+    ST_SIDE_UPDATE_R,
+    ST_SIDE_HMS_L,
+    ST_SIDE_HMS_R,
+    ST_MAP_INSERT,
+    ST_MAP_DELETE_L,
+    ST_MAP_DELETE_R,
+    ST_MAP_GET_R, /* by lUID */
+    ST_MAP_GET_L, /* by rUID */
+    ST_MAP_COUNT,
+    ST_MAP_HIGHEST_L,
+    ST_MAP_HIGHEST_R,
+    ST_MAP_ABOVE,
+    ST_MAP_ALL,
+    ST_INT_ADD,
+    ST_INT_LIST_ONE,
+    ST_INT_LIST_ALL,
+    ST_INT_DELETE,
+    ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_MBX_FIND] = "SELECT idx,subscribed FROM mailboxes WHERE mailbox = ?",
+    [ST_MBX_INSERT] = "INSERT INTO mailboxes (mailbox,subscribed) VALUES (?,?)",
+    [ST_MBX_SUBSCRIBE] = "UPDATE mailboxes SET subscribed = ? WHERE idx = ?",
+    [ST_MBX_LIST] = "SELECT m.idx, m.mailbox, m.subscribed,"
+                    " l.UIDVALIDITY, l.UIDNEXT, l.HIGHESTMODSEQ,"
+                    " r.UIDVALIDITY, r.UIDNEXT, r.HIGHESTMODSEQ"
+                    " FROM mailboxes m LEFT JOIN local l ON m.idx = l.idx"
+                    " LEFT JOIN remote r ON m.idx = r.idx ORDER BY m.idx",
+    [ST_MBX_RENAME_ONE] = "UPDATE mailboxes SET mailbox = ? WHERE idx = ?",
+    /* byte positions: SUBSTR counts bytes on a BLOB; the concatenation
+     * keeps NUL bytes and the CAST stores the result as a BLOB again */
+    [ST_MBX_RENAME_CHILDREN] = "UPDATE mailboxes SET mailbox = CAST(? || SUBSTR(mailbox,?) AS BLOB)"
+                               " WHERE SUBSTR(mailbox,1,?) = ?",
+    /* children before parents, for foreign keys */
+    [ST_DEL_MAPPING] = "DELETE FROM mapping WHERE idx = ?",
+    [ST_DEL_LOCAL] = "DELETE FROM local WHERE idx = ?",
+    [ST_DEL_REMOTE] = "DELETE FROM remote WHERE idx = ?",
+    [ST_DEL_PENDING] = "DELETE FROM pending WHERE idx = ?",
+    [ST_DEL_MAILBOX] = "DELETE FROM mailboxes WHERE idx = ?",
+    [ST_INTERRUPTED] = "SELECT mbx.idx FROM mailboxes mbx"
+                       " JOIN local l ON mbx.idx = l.idx JOIN remote r ON mbx.idx = r.idx"
+                       " JOIN mapping ON mbx.idx = mapping.idx"
+                       " WHERE (lUID >= l.UIDNEXT OR rUID >= r.UIDNEXT)"
+                       " GROUP BY mbx.idx ORDER BY mbx.idx",
+    [ST_SIDE_GET_L] = "SELECT UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ FROM local WHERE idx = ?",
+    [ST_SIDE_GET_R] = "SELECT UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ FROM remote WHERE idx = ?",
+    [ST_SIDE_INSERT_L] =
+        "INSERT INTO local (idx,UIDVALIDITY,UIDNEXT,HIGHESTMODSEQ) VALUES (?,?,0,0)",
+    [ST_SIDE_INSERT_R] =
+        "INSERT INTO remote (idx,UIDVALIDITY,UIDNEXT,HIGHESTMODSEQ) VALUES (?,?,0,0)",
+    [ST_SIDE_UPDATE_L] = "UPDATE local SET UIDNEXT = ?, HIGHESTMODSEQ = ? WHERE idx = ?",
+    [ST_SIDE_UPDATE_R] = "UPDATE remote SET UIDNEXT = ?, HIGHESTMODSEQ = ? WHERE idx = ?",
+    [ST_SIDE_HMS_L] = "UPDATE local SET HIGHESTMODSEQ = ? WHERE idx = ?",
+    [ST_SIDE_HMS_R] = "UPDATE remote SET HIGHESTMODSEQ = ? WHERE idx = ?",
+    [ST_MAP_INSERT] = "INSERT INTO mapping (idx,lUID,rUID) VALUES (?,?,?)",
+    [ST_MAP_DELETE_L] = "DELETE FROM mapping WHERE idx = ? and lUID = ?",
+    [ST_MAP_DELETE_R] = "DELETE FROM mapping WHERE idx = ? and rUID = ?",
+    [ST_MAP_GET_R] = "SELECT rUID FROM mapping WHERE idx = ? and lUID = ?",
+    [ST_MAP_GET_L] = "SELECT lUID FROM mapping WHERE idx = ? and rUID = ?",
+    [ST_MAP_COUNT] = "SELECT COUNT(*) FROM mapping WHERE idx = ?",
+    [ST_MAP_HIGHEST_L] = "SELECT lUID FROM mapping WHERE idx = ? ORDER BY lUID DESC LIMIT ?",
+    [ST_MAP_HIGHEST_R] = "SELECT rUID FROM mapping WHERE idx = ? ORDER BY rUID DESC LIMIT ?",
+    [ST_MAP_ABOVE] = "SELECT lUID, rUID FROM mapping WHERE idx = ? AND (lUID >= ? OR rUID >= ?)"
+                     " ORDER BY lUID",
+    [ST_MAP_ALL] = "SELECT lUID, rUID FROM mapping WHERE idx = ? ORDER BY lUID",
+    [ST_INT_ADD] = "INSERT OR REPLACE INTO pending"
+                   " (idx,source,sUID,tUIDNEXT,size,internaldate,hash) VALUES (?,?,?,?,?,?,?)",
+    [ST_INT_LIST_ONE] = "SELECT idx,source,sUID,tUIDNEXT,size,internaldate,hash FROM pending"
+                        " WHERE idx = ? ORDER BY idx,source,sUID",
+    [ST_INT_LIST_ALL] = "SELECT idx,source,sUID,tUIDNEXT,size,internaldate,hash FROM pending"
+                        " ORDER BY idx,source,sUID",
+    [ST_INT_DELETE] = "DELETE FROM pending WHERE idx = ? AND source = ? AND sUID = ?",
+};
+
+struct state_db {
+    sqlite3 *h;
+    char *path;
+    sqlite3_stmt *stmt[ST_COUNT];
+    enum state_db_schema_action action;
+    int from_version;
+    char err[512];
+};
+
+/* ------------------------------------------------------------------ */
+/* errors */
+
+/* Messages end up on one log line: fold any line break. */
+static void one_line(char *s)
+{
+    for (; *s; s++)
+        if (*s == '\n' || *s == '\r')
+            *s = ' ';
+}
+
+__attribute__((format(printf, 3, 4))) static void set_msg(char *buf, size_t len, const char *fmt,
+                                                          ...)
+{
+    if (!buf || len == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    one_line(buf);
+}
+
+/* Records "what: sqlite message" and returns ERR_DB. */
+static int db_fail(struct state_db *db, const char *what)
+{
+    set_msg(db->err, sizeof db->err, "%s: %s", what, sqlite3_errmsg(db->h));
+    return ERR_DB;
+}
+
+const char *state_db_error(const struct state_db *db)
+{
+    return db ? db->err : "no database";
+}
+
+const char *state_db_path(const struct state_db *db)
+{
+    return db->path;
+}
+
+/* ------------------------------------------------------------------ */
+/* statements */
+
+static sqlite3_stmt *stmt_get(struct state_db *db, enum stmt_id id)
+{
+    if (!db->stmt[id]) {
+        int rc = sqlite3_prepare_v3(db->h, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                    &db->stmt[id], NULL);
+        if (rc != SQLITE_OK) {
+            db_fail(db, "cannot prepare statement");
+            db->stmt[id] = NULL;
+            return NULL;
+        }
+    }
+    return db->stmt[id];
+}
+
+static void stmt_done(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+/* A zero-length blob bound with a NULL pointer would become SQL NULL. */
+static int bind_name(sqlite3_stmt *st, int i, const char *name, size_t len)
+{
+    return sqlite3_bind_blob64(st, i, name ? name : "", len, SQLITE_STATIC);
+}
+
+/* Runs a statement that returns no rows; returns the number of changed rows. */
+static int stmt_exec(struct state_db *db, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    int ret = rc == SQLITE_DONE ? sqlite3_changes(db->h) : db_fail(db, what);
+    stmt_done(st);
+    return ret;
+}
+
+static int exec_sql(struct state_db *db, const char *sql, const char *what)
+{
+    if (sqlite3_exec(db->h, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return db_fail(db, what);
+    return 0;
+}
+
+/*
+ * Multi-statement calls run inside a savepoint: it nests in the caller's
+ * transaction and starts one when there is none, so the call is atomic
+ * either way.
+ */
+static int sp_begin(struct state_db *db)
+{
+    return exec_sql(db, "SAVEPOINT state_db_op", "cannot open savepoint");
+}
+
+static int sp_end(struct state_db *db, int rc)
+{
+    if (rc >= 0) {
+        if (exec_sql(db, "RELEASE state_db_op", "cannot release savepoint") < 0)
+            rc = ERR_DB;
+        else
+            return rc;
+    }
+    /* keep the first error message: the rollback is cleanup */
+    sqlite3_exec(db->h, "ROLLBACK TO state_db_op; RELEASE state_db_op", NULL, NULL, NULL);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* open / close */
+
+/* Creates the missing directories above path, each 0700. */
+static int make_parents(const char *path, char *err, size_t errlen)
+{
+    char *dir = strdup(path);
+    if (!dir) {
+        set_msg(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = 0;
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        goto out;
+    *slash = '\0';
+    /* walk down from the top, creating what is missing */
+    for (char *p = dir + 1;; p++) {
+        bool end = *p == '\0';
+        if (*p != '/' && !end)
+            continue;
+        *p = '\0';
+        if (mkdir(dir, 0700) == 0) {
+            /* the umask may have removed bits: set exactly 0700 */
+            if (chmod(dir, 0700) < 0) {
+                rc = -errno;
+                set_msg(err, errlen, "cannot set mode of %s: %s", dir, strerror(errno));
+                goto out;
+            }
+        } else if (errno != EEXIST) {
+            rc = -errno;
+            set_msg(err, errlen, "cannot create directory %s: %s", dir, strerror(errno));
+            goto out;
+        }
+        if (end)
+            break;
+        *p = '/';
+    }
+out:
+    free(dir);
+    return rc;
+}
+
+/* Creates an empty file with mode exactly 0600 unless it exists. */
+static int create_file(const char *path, char *err, size_t errlen)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        if (errno == EEXIST)
+            return 0;
+        int e = errno;
+        set_msg(err, errlen, "cannot create %s: %s", path, strerror(e));
+        return -e;
+    }
+    int rc = 0;
+    if (fchmod(fd, 0600) < 0) {
+        rc = -errno;
+        set_msg(err, errlen, "cannot set mode of %s: %s", path, strerror(errno));
+    }
+    close(fd);
+    return rc;
+}
+
+int state_db_open(const char *path, struct state_db **out, char *err, size_t errlen)
+{
+    return state_db_open_flags(path, 0, out, err, errlen);
+}
+
+int state_db_open_flags(const char *path, unsigned flags, struct state_db **out, char *err,
+                        size_t errlen)
+{
+    *out = NULL;
+    if (!path || !*path) {
+        set_msg(err, errlen, "missing database path");
+        return -EINVAL;
+    }
+    int rc;
+    struct stat sb;
+    if (stat(path, &sb) < 0) {
+        if (errno != ENOENT || (flags & STATE_DB_NO_CREATE)) {
+            rc = -errno;
+            set_msg(err, errlen, "cannot open database %s: %s", path, strerror(errno));
+            return rc;
+        }
+        rc = make_parents(path, err, errlen);
+        if (rc < 0)
+            return rc;
+        rc = create_file(path, err, errlen);
+        if (rc < 0)
+            return rc;
+    }
+
+    struct state_db *db = calloc(1, sizeof *db);
+    if (!db || !(db->path = strdup(path))) {
+        free(db);
+        set_msg(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    /* read-write only: the file exists by now, and SQLite would create a
+     * missing one with the umask's mode */
+    if (sqlite3_open_v2(path, &db->h, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        set_msg(err, errlen, "cannot open database %s: %s", path,
+                db->h ? sqlite3_errmsg(db->h) : "out of memory");
+        rc = ERR_DB;
+        goto fail;
+    }
+    sqlite3_busy_timeout(db->h, BUSY_TIMEOUT_MS);
+    /*
+     * Exclusive locking mode keeps every lock taken until the connection
+     * closes; an empty exclusive transaction takes the strongest lock now,
+     * before any network traffic, so a second instance fails at once.
+     */
+    if (sqlite3_exec(db->h, "PRAGMA locking_mode = EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK) {
+        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
+        rc = ERR_DB;
+        goto fail;
+    }
+    int r = sqlite3_exec(db->h, "BEGIN EXCLUSIVE", NULL, NULL, NULL);
+    if (r == SQLITE_BUSY || r == SQLITE_LOCKED) {
+        set_msg(err, errlen, "database %s is locked by another interimap instance", path);
+        rc = -EBUSY;
+        goto fail;
+    }
+    if (r != SQLITE_OK || sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
+        rc = ERR_DB;
+        goto fail;
+    }
+    /* a v0 -> v1 migration drops and recreates the referenced table;
+     * state_db_prepare() turns foreign keys on afterwards */
+    if (sqlite3_exec(db->h, "PRAGMA foreign_keys = OFF", NULL, NULL, NULL) != SQLITE_OK) {
+        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
+        rc = ERR_DB;
+        goto fail;
+    }
+    db->from_version = -1;
+    *out = db;
+    return 0;
+fail:
+    sqlite3_close_v2(db->h);
+    free(db->path);
+    free(db);
+    return rc;
+}
+
+void state_db_close(struct state_db **pdb)
+{
+    if (!pdb || !*pdb)
+        return;
+    struct state_db *db = *pdb;
+    *pdb = NULL;
+    if (!sqlite3_get_autocommit(db->h))
+        sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(db->stmt[i]);
+    sqlite3_close_v2(db->h);
+    free(db->path);
+    free(db);
+}
+
+/* ------------------------------------------------------------------ */
+/* schema */
+
+static int pragma_int(struct state_db *db, const char *sql, int *val)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db->h, sql, -1, &st, NULL) != SQLITE_OK)
+        return db_fail(db, "cannot read schema");
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *val = sqlite3_column_int(st, 0);
+    else if (rc == SQLITE_DONE)
+        *val = 0;
+    else
+        rc = db_fail(db, "cannot read schema");
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : ERR_DB;
+}
+
+static void print_delim(char *buf, size_t len, char d)
+{
+    if (!d)
+        snprintf(buf, len, "NIL");
+    else if (d == '\\' || d == '"')
+        snprintf(buf, len, "\"\\%c\"", d);
+    else
+        snprintf(buf, len, "\"%c\"", d);
+}
+
+/*
+ * Version 0 stored names as TEXT with the server's delimiter; version 1
+ * stores BLOBs with NUL instead. Same steps as the Perl tool (SQLite's
+ * table rebuild procedure), so the resulting sqlite_master text matches:
+ * after ALTER TABLE .. RENAME the stored text reads CREATE TABLE "mailboxes".
+ */
+static int migrate_v0(struct state_db *db, char ldelim, char rdelim)
+{
+    if (ldelim && rdelim && ldelim != rdelim) {
+        char l[8], r[8];
+        print_delim(l, sizeof l, ldelim);
+        print_delim(r, sizeof r, rdelim);
+        set_msg(db->err, sizeof db->err,
+                "Local and remote hierarchy delimiters differ (local %s, remote %s), refusing "
+                "to update table `mailboxes`.",
+                l, r);
+        return ERR_STATE;
+    }
+    int rc =
+        exec_sql(db, "CREATE TABLE _tmp1_mailboxes (" MAILBOXES_COLUMNS ")", "cannot create table");
+    if (rc < 0)
+        return rc;
+    if (ldelim) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(db->h,
+                               "INSERT INTO _tmp1_mailboxes SELECT idx, CAST(REPLACE(mailbox, ?, "
+                               "x'00') AS BLOB), subscribed FROM mailboxes",
+                               -1, &st, NULL) != SQLITE_OK)
+            return db_fail(db, "cannot migrate mailboxes");
+        sqlite3_bind_text(st, 1, &ldelim, 1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(db, "cannot migrate mailboxes");
+        sqlite3_finalize(st);
+    } else {
+        /* flat namespace: names have no delimiter to replace */
+        rc = exec_sql(db, "INSERT INTO _tmp1_mailboxes SELECT * FROM mailboxes",
+                      "cannot migrate mailboxes");
+    }
+    if (rc < 0)
+        return rc;
+    rc = exec_sql(db, "DROP TABLE mailboxes", "cannot migrate mailboxes");
+    if (rc < 0)
+        return rc;
+    return exec_sql(db, "ALTER TABLE _tmp1_mailboxes RENAME TO mailboxes",
+                    "cannot migrate mailboxes");
+}
+
+static int has_tables(struct state_db *db, bool *yes)
+{
+    int n = 0;
+    int rc = pragma_int(db,
+                        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
+                        " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+                        &n);
+    *yes = n > 0;
+    return rc;
+}
+
+static int fk_check(struct state_db *db)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db->h, "PRAGMA foreign_key_check", -1, &st, NULL) != SQLITE_OK)
+        return db_fail(db, "cannot check foreign keys");
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r == SQLITE_ROW) {
+        set_msg(db->err, sizeof db->err,
+                "Broken referential integrity! Refusing to commit changes.");
+        return ERR_STATE;
+    }
+    return r == SQLITE_DONE ? 0 : db_fail(db, "cannot check foreign keys");
+}
+
+int state_db_prepare(struct state_db *db, char ldelim, char rdelim, char *err, size_t errlen)
+{
+    int version = 0;
+    int rc = pragma_int(db, "PRAGMA user_version", &version);
+    if (rc < 0)
+        goto out;
+    db->from_version = version;
+    db->action = STATE_DB_SCHEMA_CURRENT;
+    if (version > SCHEMA_VERSION) {
+        set_msg(db->err, sizeof db->err,
+                "database %s has schema version %d, newer than the supported %d", db->path, version,
+                SCHEMA_VERSION);
+        rc = ERR_STATE;
+        goto out;
+    }
+    rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot begin transaction");
+    if (rc < 0)
+        goto out;
+    if (version < SCHEMA_VERSION) {
+        bool tables = false;
+        if (version == 0 && (rc = has_tables(db, &tables)) < 0)
+            goto rollback;
+        if (version == 0 && !tables) {
+            for (size_t i = 0; i < sizeof schema_v1 / sizeof *schema_v1; i++) {
+                rc = exec_sql(db, schema_v1[i], "cannot create schema");
+                if (rc < 0)
+                    goto rollback;
+            }
+            db->action = STATE_DB_SCHEMA_CREATED;
+        } else {
+            rc = migrate_v0(db, ldelim, rdelim);
+            if (rc < 0)
+                goto rollback;
+            rc = fk_check(db);
+            if (rc < 0)
+                goto rollback;
+            db->action = STATE_DB_SCHEMA_UPGRADED;
+        }
+        rc = exec_sql(db, "PRAGMA user_version = 1", "cannot set schema version");
+        if (rc < 0)
+            goto rollback;
+    }
+    rc = exec_sql(db, pending_schema, "cannot create table pending");
+    if (rc < 0)
+        goto rollback;
+    rc = exec_sql(db, "COMMIT", "cannot commit schema");
+    if (rc < 0)
+        goto rollback;
+    /* a no-op inside a transaction: hence here, after the commit */
+    rc = exec_sql(db, "PRAGMA foreign_keys = ON", "cannot enable foreign keys");
+    goto out;
+rollback:
+    sqlite3_exec(db->h, "ROLLBACK", NULL, NULL, NULL);
+out:
+    if (rc < 0)
+        set_msg(err, errlen, "%s", db->err);
+    return rc;
+}
+
+enum state_db_schema_action state_db_schema_action(const struct state_db *db, int *from_version)
+{
+    if (from_version)
+        *from_version = db->from_version;
+    return db->action;
+}
+
+/* ------------------------------------------------------------------ */
+/* transactions */
+
+bool state_db_in_transaction(const struct state_db *db)
+{
+    return !sqlite3_get_autocommit(db->h);
+}
+
+int state_db_begin(struct state_db *db)
+{
+    if (state_db_in_transaction(db)) {
+        set_msg(db->err, sizeof db->err, "cannot begin transaction: one is already open");
+        return ERR_DB;
+    }
+    return exec_sql(db, "BEGIN IMMEDIATE", "cannot begin transaction");
+}
+
+int state_db_commit(struct state_db *db)
+{
+    if (!state_db_in_transaction(db))
+        return 0;
+    return exec_sql(db, "COMMIT", "cannot commit");
+}
+
+int state_db_rollback(struct state_db *db)
+{
+    if (!state_db_in_transaction(db))
+        return 0;
+    return exec_sql(db, "ROLLBACK", "cannot roll back");
+}
+
+/* ------------------------------------------------------------------ */
+/* mailboxes */
+
+int state_db_mailbox_find(struct state_db *db, const char *name, size_t len, int64_t *idx,
+                          bool *subscribed)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_MBX_FIND);
+    if (!st)
+        return ERR_DB;
+    bind_name(st, 1, name, len);
+    int rc = sqlite3_step(st);
+    int ret;
+    if (rc == SQLITE_ROW) {
+        *idx = sqlite3_column_int64(st, 0);
+        if (subscribed)
+            *subscribed = sqlite3_column_int(st, 1) != 0;
+        ret = 1;
+    } else if (rc == SQLITE_DONE) {
+        ret = 0;
+    } else {
+        ret = db_fail(db, "cannot look up mailbox");
+    }
+    stmt_done(st);
+    return ret;
+}
+
+int state_db_mailbox_insert(struct state_db *db, const char *name, size_t len, bool subscribed,
+                            int64_t *idx)
+{
+    /* the table's CHECK compares with the text '', which an empty BLOB
+     * never equals: refuse empty names here */
+    if (len == 0) {
+        set_msg(db->err, sizeof db->err, "cannot insert mailbox: empty name");
+        return -EINVAL;
+    }
+    sqlite3_stmt *st = stmt_get(db, ST_MBX_INSERT);
+    if (!st)
+        return ERR_DB;
+    bind_name(st, 1, name, len);
+    sqlite3_bind_int(st, 2, subscribed ? 1 : 0);
+    int rc = stmt_exec(db, st, "cannot insert mailbox");
+    if (rc < 0)
+        return rc;
+    if (idx)
+        *idx = sqlite3_last_insert_rowid(db->h);
+    return 0;
+}
+
+int state_db_mailbox_set_subscribed(struct state_db *db, int64_t idx, bool subscribed)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_MBX_SUBSCRIBE);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int(st, 1, subscribed ? 1 : 0);
+    sqlite3_bind_int64(st, 2, idx);
+    int rc = stmt_exec(db, st, "cannot update subscription");
+    return rc < 0 ? rc : 0;
+}
+
+static void side_from_columns(sqlite3_stmt *st, int col, struct state_side *out)
+{
+    out->uidvalidity = (uint32_t)sqlite3_column_int64(st, col);
+    out->uidnext = (uint32_t)sqlite3_column_int64(st, col + 1);
+    /* stored signed, like Perl's sprintf("%lld"): convert back */
+    out->highestmodseq = (uint64_t)sqlite3_column_int64(st, col + 2);
+}
+
+void state_db_mailbox_list_free(struct state_mailbox **list, size_t n)
+{
+    if (!list || !*list)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free((*list)[i].name);
+    free(*list);
+    *list = NULL;
+}
+
+int state_db_mailbox_list(struct state_db *db, struct state_mailbox **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    sqlite3_stmt *st = stmt_get(db, ST_MBX_LIST);
+    if (!st)
+        return ERR_DB;
+    struct state_mailbox *v = NULL;
+    size_t count = 0, cap = 0;
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            struct state_mailbox *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                ret = -ENOMEM;
+                goto fail;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        struct state_mailbox *m = &v[count];
+        memset(m, 0, sizeof *m);
+        m->idx = sqlite3_column_int64(st, 0);
+        const void *blob = sqlite3_column_blob(st, 1);
+        m->namelen = (size_t)sqlite3_column_bytes(st, 1);
+        m->name = malloc(m->namelen + 1);
+        if (!m->name) {
+            ret = -ENOMEM;
+            goto fail;
+        }
+        if (m->namelen)
+            memcpy(m->name, blob, m->namelen);
+        m->name[m->namelen] = '\0';
+        count++;
+        m->subscribed = sqlite3_column_int(st, 2) != 0;
+        m->known =
+            sqlite3_column_type(st, 3) != SQLITE_NULL && sqlite3_column_type(st, 6) != SQLITE_NULL;
+        if (m->known) {
+            side_from_columns(st, 3, &m->side[SIDE_LOCAL]);
+            side_from_columns(st, 6, &m->side[SIDE_REMOTE]);
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        ret = db_fail(db, "cannot list mailboxes");
+        goto fail;
+    }
+    stmt_done(st);
+    *out = v;
+    *n = count;
+    return 0;
+fail:
+    if (ret == -ENOMEM)
+        set_msg(db->err, sizeof db->err, "cannot list mailboxes: out of memory");
+    stmt_done(st);
+    state_db_mailbox_list_free(&v, count);
+    return ret;
+}
+
+static int exec_by_idx(struct state_db *db, enum stmt_id id, int64_t idx, const char *what)
+{
+    sqlite3_stmt *st = stmt_get(db, id);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    return stmt_exec(db, st, what);
+}
+
+int state_db_mailbox_delete(struct state_db *db, int64_t idx)
+{
+    static const enum stmt_id order[] = {ST_DEL_MAPPING, ST_DEL_LOCAL, ST_DEL_REMOTE,
+                                         ST_DEL_PENDING, ST_DEL_MAILBOX};
+    int rc = sp_begin(db);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < sizeof order / sizeof *order && rc >= 0; i++)
+        rc = exec_by_idx(db, order[i], idx, "cannot delete mailbox");
+    /* rc is now the row count of the mailboxes delete */
+    return sp_end(db, rc);
+}
+
+int state_db_mailbox_rename(struct state_db *db, const char *from, size_t flen, const char *to,
+                            size_t tlen)
+{
+    if (flen == 0 || tlen == 0 || flen > INT32_MAX - 1 ||
+        (tlen >= flen && memcmp(from, to, flen) == 0 && (tlen == flen || to[flen] == '\0'))) {
+        set_msg(db->err, sizeof db->err, "cannot rename a mailbox to itself or below itself");
+        return -EINVAL;
+    }
+    char *prefix = malloc(flen + 1);
+    if (!prefix) {
+        set_msg(db->err, sizeof db->err, "cannot rename mailbox: out of memory");
+        return -ENOMEM;
+    }
+    memcpy(prefix, from, flen);
+    prefix[flen] = '\0'; /* the children start with from + delimiter */
+
+    int total = 0;
+    int64_t idx;
+    int rc = sp_begin(db);
+    if (rc < 0)
+        goto out;
+    rc = state_db_mailbox_find(db, from, flen, &idx, NULL);
+    if (rc == 1) {
+        sqlite3_stmt *st = stmt_get(db, ST_MBX_RENAME_ONE);
+        rc = st ? 0 : ERR_DB;
+        if (st) {
+            bind_name(st, 1, to, tlen);
+            sqlite3_bind_int64(st, 2, idx);
+            rc = stmt_exec(db, st, "cannot rename mailbox");
+            total += rc > 0 ? rc : 0;
+        }
+    }
+    if (rc >= 0) {
+        sqlite3_stmt *st = stmt_get(db, ST_MBX_RENAME_CHILDREN);
+        rc = st ? 0 : ERR_DB;
+        if (st) {
+            /* SUBSTR is 1-based: from position flen+1 keeps the NUL that
+             * ends the prefix, so `to` is followed by a delimiter */
+            bind_name(st, 1, to, tlen);
+            sqlite3_bind_int64(st, 2, (int64_t)flen + 1);
+            sqlite3_bind_int64(st, 3, (int64_t)flen + 1);
+            bind_name(st, 4, prefix, flen + 1);
+            rc = stmt_exec(db, st, "cannot rename children");
+            total += rc > 0 ? rc : 0;
+        }
+    }
+    rc = sp_end(db, rc < 0 ? rc : total);
+out:
+    free(prefix);
+    return rc;
+}
+
+/* Reads one integer column of every row into a growing int64 array. */
+int state_db_interrupted_list(struct state_db *db, int64_t **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    sqlite3_stmt *st = stmt_get(db, ST_INTERRUPTED);
+    if (!st)
+        return ERR_DB;
+    int64_t *v = NULL;
+    size_t count = 0, cap = 0;
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            int64_t *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                set_msg(db->err, sizeof db->err, "out of memory");
+                ret = -ENOMEM;
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        v[count++] = sqlite3_column_int64(st, 0);
+    }
+    if (ret == 0 && rc != SQLITE_DONE)
+        ret = db_fail(db, "cannot list interrupted mailboxes");
+    stmt_done(st);
+    if (ret < 0) {
+        free(v);
+        return ret;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* local / remote */
+
+static bool side_ok(struct state_db *db, enum side s)
+{
+    if (s == SIDE_LOCAL || s == SIDE_REMOTE)
+        return true;
+    set_msg(db->err, sizeof db->err, "invalid side %d", (int)s);
+    return false;
+}
+
+int state_db_side_get(struct state_db *db, int64_t idx, enum side s, struct state_side *out)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, s == SIDE_LOCAL ? ST_SIDE_GET_L : ST_SIDE_GET_R);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    int rc = sqlite3_step(st), ret;
+    if (rc == SQLITE_ROW) {
+        side_from_columns(st, 0, out);
+        ret = 1;
+    } else {
+        ret = rc == SQLITE_DONE ? 0 : db_fail(db, "cannot read mailbox state");
+    }
+    stmt_done(st);
+    return ret;
+}
+
+int state_db_side_insert(struct state_db *db, int64_t idx, enum side s, uint32_t uidvalidity)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, s == SIDE_LOCAL ? ST_SIDE_INSERT_L : ST_SIDE_INSERT_R);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int64(st, 2, uidvalidity);
+    int rc = stmt_exec(db, st, "cannot insert mailbox state");
+    return rc < 0 ? rc : 0;
+}
+
+int state_db_side_update(struct state_db *db, int64_t idx, enum side s, uint32_t uidnext,
+                         uint64_t highestmodseq)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, s == SIDE_LOCAL ? ST_SIDE_UPDATE_L : ST_SIDE_UPDATE_R);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, uidnext);
+    sqlite3_bind_int64(st, 2, (int64_t)highestmodseq);
+    sqlite3_bind_int64(st, 3, idx);
+    int rc = stmt_exec(db, st, "cannot update mailbox state");
+    return rc < 0 ? rc : 0;
+}
+
+int state_db_side_set_highestmodseq(struct state_db *db, int64_t idx, enum side s,
+                                    uint64_t highestmodseq)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, s == SIDE_LOCAL ? ST_SIDE_HMS_L : ST_SIDE_HMS_R);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, (int64_t)highestmodseq);
+    sqlite3_bind_int64(st, 2, idx);
+    int rc = stmt_exec(db, st, "cannot update HIGHESTMODSEQ");
+    return rc < 0 ? rc : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* mapping */
+
+int state_db_mapping_insert(struct state_db *db, int64_t idx, uint32_t luid, uint32_t ruid)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_MAP_INSERT);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int64(st, 2, luid);
+    sqlite3_bind_int64(st, 3, ruid);
+    int rc = stmt_exec(db, st, "cannot insert mapping");
+    return rc < 0 ? rc : 0;
+}
+
+int state_db_mapping_delete(struct state_db *db, int64_t idx, enum side s, uint32_t uid)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, s == SIDE_LOCAL ? ST_MAP_DELETE_L : ST_MAP_DELETE_R);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int64(st, 2, uid);
+    return stmt_exec(db, st, "cannot delete mapping");
+}
+
+int state_db_mapping_delete_many(struct state_db *db, int64_t idx, enum side s,
+                                 const uint32_t *uids, size_t n)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    if (n == 0)
+        return 0;
+    int rc = sp_begin(db);
+    if (rc < 0)
+        return rc;
+    int total = 0;
+    for (size_t i = 0; i < n; i++) {
+        rc = state_db_mapping_delete(db, idx, s, uids[i]);
+        if (rc < 0)
+            break;
+        total += rc;
+    }
+    return sp_end(db, rc < 0 ? rc : total);
+}
+
+int state_db_mapping_lookup(struct state_db *db, int64_t idx, enum side s, uint32_t uid,
+                            uint32_t *other)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, s == SIDE_LOCAL ? ST_MAP_GET_R : ST_MAP_GET_L);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int64(st, 2, uid);
+    int rc = sqlite3_step(st), ret;
+    if (rc == SQLITE_ROW) {
+        *other = (uint32_t)sqlite3_column_int64(st, 0);
+        ret = 1;
+    } else {
+        ret = rc == SQLITE_DONE ? 0 : db_fail(db, "cannot look up mapping");
+    }
+    stmt_done(st);
+    return ret;
+}
+
+int state_db_mapping_count(struct state_db *db, int64_t idx, int64_t *count)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_MAP_COUNT);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW)
+        *count = sqlite3_column_int64(st, 0);
+    else
+        ret = db_fail(db, "cannot count mappings");
+    stmt_done(st);
+    return ret;
+}
+
+int state_db_mapping_highest(struct state_db *db, int64_t idx, enum side s, size_t limit,
+                             struct uidset *out)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, s == SIDE_LOCAL ? ST_MAP_HIGHEST_L : ST_MAP_HIGHEST_R);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int64(st, 2, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (uidset_add(out, (uint32_t)sqlite3_column_int64(st, 0)) < 0) {
+            set_msg(db->err, sizeof db->err, "out of memory");
+            ret = -ENOMEM;
+            break;
+        }
+    }
+    if (ret == 0 && rc != SQLITE_DONE)
+        ret = db_fail(db, "cannot read mappings");
+    stmt_done(st);
+    return ret;
+}
+
+int state_db_mapping_above(struct state_db *db, int64_t idx, uint32_t luidnext, uint32_t ruidnext,
+                           struct uidset *l, struct uidset *r)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_MAP_ABOVE);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int64(st, 2, luidnext);
+    sqlite3_bind_int64(st, 3, ruidnext);
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (uidset_add(l, (uint32_t)sqlite3_column_int64(st, 0)) < 0 ||
+            uidset_add(r, (uint32_t)sqlite3_column_int64(st, 1)) < 0) {
+            set_msg(db->err, sizeof db->err, "out of memory");
+            ret = -ENOMEM;
+            break;
+        }
+    }
+    if (ret == 0 && rc != SQLITE_DONE)
+        ret = db_fail(db, "cannot read mappings");
+    stmt_done(st);
+    return ret;
+}
+
+int state_db_mapping_all(struct state_db *db, int64_t idx, struct state_pair **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    sqlite3_stmt *st = stmt_get(db, ST_MAP_ALL);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    struct state_pair *v = NULL;
+    size_t count = 0, cap = 0;
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 256;
+            struct state_pair *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                set_msg(db->err, sizeof db->err, "out of memory");
+                ret = -ENOMEM;
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        v[count].luid = (uint32_t)sqlite3_column_int64(st, 0);
+        v[count].ruid = (uint32_t)sqlite3_column_int64(st, 1);
+        count++;
+    }
+    if (ret == 0 && rc != SQLITE_DONE)
+        ret = db_fail(db, "cannot read mappings");
+    stmt_done(st);
+    if (ret < 0) {
+        free(v);
+        return ret;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* append journal */
+
+int state_db_intent_add(struct state_db *db, const struct state_intent *in)
+{
+    if (!side_ok(db, in->source))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, ST_INT_ADD);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, in->idx);
+    sqlite3_bind_int(st, 2, (int)in->source);
+    sqlite3_bind_int64(st, 3, in->source_uid);
+    sqlite3_bind_int64(st, 4, in->target_uidnext);
+    sqlite3_bind_int64(st, 5, (int64_t)in->size);
+    sqlite3_bind_text(st, 6, in->internaldate ? in->internaldate : "", -1, SQLITE_STATIC);
+    /* NOT NULL: an empty hash is stored as an empty blob, not NULL */
+    sqlite3_bind_blob64(st, 7, in->hash ? (const void *)in->hash : "", in->hash ? in->hashlen : 0,
+                        SQLITE_STATIC);
+    int rc = stmt_exec(db, st, "cannot record append intent");
+    return rc < 0 ? rc : 0;
+}
+
+void state_db_intent_list_free(struct state_intent **list, size_t n)
+{
+    if (!list || !*list)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free((*list)[i].internaldate);
+        free((*list)[i].hash);
+    }
+    free(*list);
+    *list = NULL;
+}
+
+int state_db_intent_list(struct state_db *db, int64_t idx, struct state_intent **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    sqlite3_stmt *st = stmt_get(db, idx < 0 ? ST_INT_LIST_ALL : ST_INT_LIST_ONE);
+    if (!st)
+        return ERR_DB;
+    if (idx >= 0)
+        sqlite3_bind_int64(st, 1, idx);
+    struct state_intent *v = NULL;
+    size_t count = 0, cap = 0;
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            struct state_intent *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                ret = -ENOMEM;
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        struct state_intent *it = &v[count++];
+        memset(it, 0, sizeof *it);
+        it->idx = sqlite3_column_int64(st, 0);
+        it->source = sqlite3_column_int(st, 1) == 1 ? SIDE_REMOTE : SIDE_LOCAL;
+        it->source_uid = (uint32_t)sqlite3_column_int64(st, 2);
+        it->target_uidnext = (uint32_t)sqlite3_column_int64(st, 3);
+        it->size = (uint64_t)sqlite3_column_int64(st, 4);
+        const unsigned char *date = sqlite3_column_text(st, 5);
+        it->internaldate = strdup(date ? (const char *)date : "");
+        const void *hash = sqlite3_column_blob(st, 6);
+        it->hashlen = (size_t)sqlite3_column_bytes(st, 6);
+        it->hash = malloc(it->hashlen ? it->hashlen : 1);
+        if (!it->internaldate || !it->hash) {
+            ret = -ENOMEM;
+            break;
+        }
+        if (it->hashlen)
+            memcpy(it->hash, hash, it->hashlen);
+    }
+    if (ret == -ENOMEM)
+        set_msg(db->err, sizeof db->err, "cannot list append intents: out of memory");
+    else if (rc != SQLITE_DONE)
+        ret = db_fail(db, "cannot list append intents");
+    stmt_done(st);
+    if (ret < 0) {
+        state_db_intent_list_free(&v, count);
+        return ret;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+int state_db_intent_delete(struct state_db *db, int64_t idx, enum side source, uint32_t source_uid)
+{
+    if (!side_ok(db, source))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, ST_INT_DELETE);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int(st, 2, (int)source);
+    sqlite3_bind_int64(st, 3, source_uid);
+    return stmt_exec(db, st, "cannot delete append intent");
+}
+
+int state_db_intent_resolve(struct state_db *db, int64_t idx, enum side source, uint32_t source_uid,
+                            uint32_t target_uid)
+{
+    if (!side_ok(db, source))
+        return -EINVAL;
+    int rc = sp_begin(db);
+    if (rc < 0)
+        return rc;
+    uint32_t luid = source == SIDE_LOCAL ? source_uid : target_uid;
+    uint32_t ruid = source == SIDE_LOCAL ? target_uid : source_uid;
+    rc = state_db_mapping_insert(db, idx, luid, ruid);
+    if (rc >= 0)
+        rc = state_db_intent_delete(db, idx, source, source_uid);
+    return sp_end(db, rc < 0 ? rc : 0);
+}

@@ -42,8 +42,9 @@ void stream_take_error(struct stream *s, const char *what)
 {
     if (!s->lower)
         return;
-    char tmp[sizeof s->error];
-    snprintf(tmp, sizeof tmp, "%s", s->lower->error);
+    /* leaves room for the prefix: a long explanation loses its end */
+    char tmp[sizeof s->error - 8];
+    snprintf(tmp, sizeof tmp, "%.*s", (int)sizeof tmp - 1, s->lower->error);
     if (what && *what)
         snprintf(s->error, sizeof s->error, "%s: %s", what, tmp);
     else

@@ -1,0 +1,163 @@
+/*
+ * COMPRESS=DEFLATE (RFC 4978): raw DEFLATE streams (no zlib header, 32 KiB
+ * window) in both directions over the stream below.
+ *
+ * Reading inflates straight into the caller's buffer, so however well the
+ * peer's data compresses, one read produces at most `cap` bytes and the
+ * layer allocates nothing per read. Writing deflates in chunks and ends
+ * every write with Z_SYNC_FLUSH, so the server can act on a command without
+ * waiting for more input. The two directions use separate z_streams and may
+ * run in different coroutines at the same time.
+ */
+#include "net/compress.h"
+
+#include "errors.h"
+#include "net/stream.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#define COMPRESS_CHUNK (64 * 1024)
+
+struct compress_stream {
+    struct stream base;
+    z_stream in;  /* inflate: lower -> caller */
+    z_stream out; /* deflate: caller -> lower */
+    bool in_end;  /* the peer finished its DEFLATE stream */
+    int in_err;
+    int out_err;
+    unsigned char inbuf[COMPRESS_CHUNK];
+    unsigned char outbuf[COMPRESS_CHUNK];
+};
+
+static ssize_t compress_read(struct stream *s, void *buf, size_t cap)
+{
+    struct compress_stream *cs = (struct compress_stream *)s;
+    if (cs->in_err)
+        return cs->in_err;
+    if (cap > COMPRESS_CHUNK * 16)
+        cap = COMPRESS_CHUNK * 16; /* avail_out is a uInt */
+    for (;;) {
+        if (cs->in_end)
+            return 0;
+        if (cs->in.avail_in > 0) {
+            cs->in.next_out = buf;
+            cs->in.avail_out = (uInt)cap;
+            int z = inflate(&cs->in, Z_SYNC_FLUSH);
+            size_t produced = cap - cs->in.avail_out;
+            if (z == Z_STREAM_END)
+                cs->in_end = true;
+            else if (z != Z_OK && z != Z_BUF_ERROR) {
+                stream_set_error(s, "COMPRESS: invalid compressed data from the server: %s",
+                                 cs->in.msg ? cs->in.msg : zError(z));
+                return cs->in_err = ERR_PROTOCOL;
+            }
+            if (produced > 0)
+                return (ssize_t)produced;
+            if (cs->in_end)
+                return 0;
+            /* room was left in buf, so inflate must have taken all input */
+            if (cs->in.avail_in > 0) {
+                stream_set_error(s, "COMPRESS: inflate made no progress");
+                return cs->in_err = ERR_PROTOCOL;
+            }
+        }
+        ssize_t n = stream_read(s->lower, cs->inbuf, sizeof cs->inbuf);
+        if (n < 0) {
+            stream_take_error(s, "COMPRESS");
+            return cs->in_err = (int)n;
+        }
+        if (n == 0)
+            return 0;
+        cs->in.next_in = cs->inbuf;
+        cs->in.avail_in = (uInt)n;
+    }
+}
+
+static int compress_write(struct stream *s, const void *buf, size_t len)
+{
+    struct compress_stream *cs = (struct compress_stream *)s;
+    const unsigned char *p = buf;
+    if (cs->out_err)
+        return cs->out_err;
+    if (len == 0)
+        return 0;
+    do {
+        size_t chunk = len > COMPRESS_CHUNK ? COMPRESS_CHUNK : len;
+        int flush = chunk == len ? Z_SYNC_FLUSH : Z_NO_FLUSH;
+        cs->out.next_in = (unsigned char *)p;
+        cs->out.avail_in = (uInt)chunk;
+        /* a full output buffer means deflate may have more to give */
+        do {
+            cs->out.next_out = cs->outbuf;
+            cs->out.avail_out = sizeof cs->outbuf;
+            int z = deflate(&cs->out, flush);
+            if (z != Z_OK && z != Z_BUF_ERROR) {
+                stream_set_error(s, "COMPRESS: deflate failed: %s",
+                                 cs->out.msg ? cs->out.msg : zError(z));
+                return cs->out_err = ERR_PROTOCOL;
+            }
+            size_t have = sizeof cs->outbuf - cs->out.avail_out;
+            if (have > 0) {
+                int rc = stream_write(s->lower, cs->outbuf, have);
+                if (rc < 0) {
+                    stream_take_error(s, "COMPRESS");
+                    return cs->out_err = rc;
+                }
+            }
+        } while (cs->out.avail_out == 0);
+        p += chunk;
+        len -= chunk;
+    } while (len > 0);
+    return 0;
+}
+
+static void compress_destroy(struct compress_stream *cs)
+{
+    inflateEnd(&cs->in);
+    deflateEnd(&cs->out);
+    free(cs);
+}
+
+static void compress_free(struct stream *s)
+{
+    struct compress_stream *cs = (struct compress_stream *)s;
+    stream_free(&cs->base.lower);
+    compress_destroy(cs);
+}
+
+static const struct stream_ops compress_ops = {
+    .read = compress_read,
+    .write = compress_write,
+    .free = compress_free,
+};
+
+int compress_stream_new(struct stream *lower, struct stream **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct compress_stream *cs = calloc(1, sizeof *cs);
+    if (!cs) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    /* negative window bits: raw DEFLATE, as RFC 4978 requires */
+    if (inflateInit2(&cs->in, -15) != Z_OK) {
+        free(cs);
+        snprintf(err, errlen, "COMPRESS: cannot initialise inflate");
+        return -ENOMEM;
+    }
+    if (deflateInit2(&cs->out, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) !=
+        Z_OK) {
+        inflateEnd(&cs->in);
+        free(cs);
+        snprintf(err, errlen, "COMPRESS: cannot initialise deflate");
+        return -ENOMEM;
+    }
+    stream_init(&cs->base, &compress_ops, lower, lower->sched);
+    *out = &cs->base;
+    return 0;
+}

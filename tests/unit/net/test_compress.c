@@ -1,0 +1,280 @@
+/*
+ * COMPRESS layer against a zlib peer in a thread: raw DEFLATE both ways,
+ * tiny and large writes, corrupt input, and a decompression bomb whose
+ * output must come out in bounded pieces without memory growth.
+ */
+#include "errors.h"
+#include "net/compress.h"
+#include "testutil.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zlib.h>
+
+enum peer_mode {
+    PEER_ECHO,    /* inflate what comes, deflate it back, until EOF */
+    PEER_BOMB,    /* send `bomb` zero bytes, compressed */
+    PEER_GARBAGE, /* send bytes that are not DEFLATE */
+};
+
+struct peer {
+    int fd;
+    enum peer_mode mode;
+    size_t bomb;
+    pthread_t thread;
+    size_t received; /* plaintext bytes inflated */
+    size_t wire_in;  /* compressed bytes received */
+    bool ok;
+};
+
+static bool peer_send(int fd, z_stream *z, const unsigned char *p, size_t n, int flush)
+{
+    unsigned char out[65536];
+    z->next_in = (unsigned char *)p;
+    z->avail_in = (uInt)n;
+    do {
+        z->next_out = out;
+        z->avail_out = sizeof out;
+        if (deflate(z, flush) == Z_STREAM_ERROR)
+            return false;
+        if (test_write_all(fd, out, sizeof out - z->avail_out) < 0)
+            return false;
+    } while (z->avail_out == 0);
+    return true;
+}
+
+static void *peer_main(void *arg)
+{
+    struct peer *pe = arg;
+    z_stream in = {0}, out = {0};
+    inflateInit2(&in, -15);
+    deflateInit2(&out, 9, Z_DEFLATED, -15, 9, Z_DEFAULT_STRATEGY);
+    pe->ok = true;
+    if (pe->mode == PEER_BOMB) {
+        static unsigned char zeros[1 << 20];
+        for (size_t off = 0; off < pe->bomb && pe->ok; off += sizeof zeros)
+            pe->ok = peer_send(pe->fd, &out, zeros, sizeof zeros, Z_NO_FLUSH);
+        pe->ok = pe->ok && peer_send(pe->fd, &out, NULL, 0, Z_SYNC_FLUSH);
+    } else if (pe->mode == PEER_GARBAGE) {
+        /* a block header with the reserved type 11 */
+        static const unsigned char bad[] = {0x07, 0xff, 0xff, 0xff};
+        test_write_all(pe->fd, bad, sizeof bad);
+    } else {
+        static unsigned char wire[65536], plain[65536];
+        for (;;) {
+            ssize_t n = read(pe->fd, wire, sizeof wire);
+            if (n <= 0)
+                break;
+            pe->wire_in += (size_t)n;
+            in.next_in = wire;
+            in.avail_in = (uInt)n;
+            do {
+                in.next_out = plain;
+                in.avail_out = sizeof plain;
+                int z = inflate(&in, Z_SYNC_FLUSH);
+                if (z != Z_OK && z != Z_BUF_ERROR) {
+                    pe->ok = false;
+                    goto done;
+                }
+                size_t have = sizeof plain - in.avail_out;
+                pe->received += have;
+                /* echo each piece back, flushed */
+                if (have && !peer_send(pe->fd, &out, plain, have, Z_SYNC_FLUSH)) {
+                    pe->ok = false;
+                    goto done;
+                }
+            } while (in.avail_out == 0);
+        }
+    }
+done:
+    inflateEnd(&in);
+    deflateEnd(&out);
+    shutdown(pe->fd, SHUT_WR);
+    if (pe->mode != PEER_ECHO) {
+        char sink[4096];
+        while (read(pe->fd, sink, sizeof sink) > 0)
+            ;
+    }
+    close(pe->fd);
+    return NULL;
+}
+
+static struct stream *start(struct test_counts *tc, struct peer *pe)
+{
+    int fds[2];
+    test_socketpair(fds);
+    pe->fd = fds[1];
+    if (pthread_create(&pe->thread, NULL, peer_main, pe) != 0)
+        abort();
+    struct stream *low = fd_stream_new(fds[0]), *s = NULL;
+    char err[128];
+    CHECK(tc, compress_stream_new(low, &s, err, sizeof err) == 0);
+    if (!s)
+        abort();
+    return s;
+}
+
+/* Reads exactly len bytes through s. */
+static size_t read_exact(struct stream *s, unsigned char *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = stream_read(s, buf + got, len - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    return got;
+}
+
+static void test_small(struct test_counts *tc)
+{
+    struct peer pe = {.mode = PEER_ECHO};
+    struct stream *s = start(tc, &pe);
+    /* each command goes out whole, flushed, so the peer answers at once */
+    for (int i = 0; i < 200; i++) {
+        char cmd[64], back[64];
+        int n = snprintf(cmd, sizeof cmd, "a%03d NOOP\r\n", i);
+        CHECK(tc, stream_write(s, cmd, (size_t)n) == 0);
+        CHECK(tc, read_exact(s, (unsigned char *)back, (size_t)n) == (size_t)n);
+        CHECK(tc, memcmp(cmd, back, (size_t)n) == 0);
+    }
+    /* one-byte writes and a zero-length write */
+    CHECK(tc, stream_write(s, "", 0) == 0);
+    for (int i = 0; i < 10; i++) {
+        char c = (char)('0' + i), back = 0;
+        CHECK(tc, stream_write(s, &c, 1) == 0);
+        CHECK(tc, stream_read(s, &back, 1) == 1 && back == c);
+    }
+    stream_free(&s);
+    pthread_join(pe.thread, NULL);
+    CHECK(tc, pe.ok);
+    CHECK(tc, pe.received == 200 * 11 + 10);
+}
+
+static void test_large(struct test_counts *tc)
+{
+    /* half compressible text, half noise; several MB in odd-sized writes */
+    const size_t total = 9 * 1024 * 1024 + 77;
+    static unsigned char buf[1 << 20], want[1 << 20];
+    struct peer pe = {.mode = PEER_ECHO};
+    struct stream *s = start(tc, &pe);
+    /* write and read in turns, since the peer echoes as it inflates */
+    size_t off = 0, got = 0, step = 1000;
+    bool same = true;
+    while (off < total) {
+        size_t n = total - off < step ? total - off : step;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = ((off + i) / 4096) % 2 ? (unsigned char)('a' + (off + i) % 26) : 0;
+        test_pattern(3, off, want, n);
+        for (size_t i = 0; i < n; i++)
+            if (buf[i] == 0)
+                buf[i] = want[i];
+        if (stream_write(s, buf, n) != 0)
+            break;
+        size_t r = read_exact(s, want, n);
+        if (r != n || memcmp(want, buf, n) != 0)
+            same = false;
+        got += r;
+        off += n;
+        /* the echo must fit in the socket buffers while we still write:
+         * steps stay below ~100 KB, though above the layer's 64 KiB chunk */
+        step = step * 2 + 1;
+        if (step > 100000)
+            step = 333;
+    }
+    CHECK(tc, off == total && got == total && same);
+    stream_free(&s);
+    pthread_join(pe.thread, NULL);
+    CHECK(tc, pe.ok && pe.received == total);
+    /* the compressible half did shrink on the wire */
+    CHECK(tc, pe.wire_in < total * 3 / 4);
+}
+
+static long max_rss_kib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+static void test_bomb(struct test_counts *tc)
+{
+    const size_t bomb = (size_t)512 << 20; /* 512 MiB of zeros, ~0.5 MiB compressed */
+    struct peer pe = {.mode = PEER_BOMB, .bomb = bomb};
+    long rss_before = max_rss_kib();
+    struct stream *s = start(tc, &pe);
+    static unsigned char buf[8192];
+    size_t total = 0, largest = 0;
+    bool zeros = true;
+    for (;;) {
+        ssize_t n = stream_read(s, buf, sizeof buf);
+        if (n <= 0) {
+            CHECK(tc, n == 0);
+            break;
+        }
+        if ((size_t)n > largest)
+            largest = (size_t)n;
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i])
+                zeros = false;
+        total += (size_t)n;
+    }
+    stream_free(&s);
+    pthread_join(pe.thread, NULL);
+    CHECK(tc, total == bomb && zeros);
+    CHECK(tc, largest <= sizeof buf);
+    /* a few MiB at most for stacks, zlib and buffers, not hundreds */
+    long grown = max_rss_kib() - rss_before;
+    CHECK(tc, grown < 32 * 1024);
+    if (grown >= 32 * 1024)
+        fprintf(stderr, "  peak RSS grew by %ld KiB\n", grown);
+}
+
+static void test_garbage(struct test_counts *tc)
+{
+    struct peer pe = {.mode = PEER_GARBAGE};
+    struct stream *s = start(tc, &pe);
+    char buf[64];
+    ssize_t n = stream_read(s, buf, sizeof buf);
+    CHECK(tc, n == ERR_PROTOCOL);
+    CHECK(tc, strncmp(s->error, "COMPRESS: invalid compressed data", 33) == 0);
+    /* the failure sticks */
+    CHECK(tc, stream_read(s, buf, sizeof buf) == ERR_PROTOCOL);
+    stream_free(&s);
+    pthread_join(pe.thread, NULL);
+}
+
+static void test_eof_and_lower_error(struct test_counts *tc)
+{
+    int fds[2];
+    test_socketpair(fds);
+    struct stream *low = fd_stream_new(fds[0]), *s = NULL;
+    char err[128];
+    CHECK(tc, compress_stream_new(low, &s, err, sizeof err) == 0);
+    close(fds[1]);
+    char buf[16];
+    CHECK(tc, stream_read(s, buf, sizeof buf) == 0);
+    int rc = stream_write(s, "x", 1);
+    CHECK(tc, rc == -EPIPE);
+    CHECK(tc, strncmp(s->error, "COMPRESS: write: ", 17) == 0);
+    stream_free(&s);
+    CHECK(tc, s == NULL);
+}
+
+int main(void)
+{
+    struct test_counts tc = {0};
+    test_small(&tc);
+    test_large(&tc);
+    test_bomb(&tc);
+    test_garbage(&tc);
+    test_eof_and_lower_error(&tc);
+    printf("compress: %d checks, %d failures\n", tc.checks, tc.failures);
+    return tc.failures ? 1 : 0;
+}

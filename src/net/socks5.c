@@ -35,6 +35,7 @@ void socks5_proxy_fini(struct socks5_proxy *p)
     if (!p)
         return;
     free(p->host);
+    free(p->port);
     if (p->password)
         memset(p->password, 0, strlen(p->password));
     free(p->username);

@@ -34,6 +34,8 @@
 
 #include "imap/parser.h"
 
+struct coro;
+
 struct coro_sched;
 struct logger;
 struct server_config;
@@ -123,8 +125,14 @@ int imap_client_write_raw(struct imap_client *c, const void *buf, size_t len);
 struct imap_cmd *imap_client_end(struct imap_client *c, struct imap_cmd *cmd);
 int imap_client_flush(struct imap_client *c);
 
-/* Waits for the next response from the server (used by IDLE / NOTIFY
- * loops): returns 0 when anything arrived, -ETIMEDOUT after timeout_ms. */
-int imap_client_wait_activity(struct imap_client *c, uint64_t timeout_ms);
+/* Arranges for `waiter` to be woken whenever a response arrives or the
+ * connection breaks (NULL: nobody). Returns whether anything arrived since
+ * the previous call. Does not yield. */
+bool imap_client_watch(struct imap_client *c, struct coro *waiter);
+
+/* IDLE (RFC 2177): begin returns once the server accepted it (or refused:
+ * the command is then complete); end sends DONE and waits for the reply. */
+struct imap_cmd *imap_client_idle_begin(struct imap_client *c);
+int imap_client_idle_end(struct imap_client *c, struct imap_cmd *cmd);
 
 #endif

@@ -74,6 +74,7 @@ struct imap_client {
 
     bool cont_pending;
     struct coro *cont_waiter;
+    struct imap_cmd *writing; /* the command whose text is being written */
     struct coro *activity_waiter;
     bool activity;
 
@@ -504,6 +505,7 @@ struct imap_cmd *imap_client_begin(struct imap_client *c, const char *fmt, ...)
     if (!line.oom)
         client_write(c, line.data, line.len);
     free(line.data);
+    c->writing = cmd;
     return cmd;
 }
 
@@ -533,6 +535,10 @@ static int wait_continuation(struct imap_client *c)
     while (!c->cont_pending) {
         if (c->broken)
             return c->broken_code;
+        if (c->writing && c->writing->done) {
+            client_set_error(c, "%s: %s", c->cfg->name, imap_cmd_text(c->writing));
+            return c->writing->result < 0 ? c->writing->result : ERR_NO;
+        }
         if (!c->reader_running) {
             client_set_error(c, "%s: no reader for continuation", c->cfg->name);
             return ERR_PROTOCOL;
@@ -563,6 +569,7 @@ int imap_client_literal_begin(struct imap_client *c, uint64_t size)
 struct imap_cmd *imap_client_end(struct imap_client *c, struct imap_cmd *cmd)
 {
     client_write(c, "\r\n", 2);
+    c->writing = NULL;
     return cmd;
 }
 
@@ -773,6 +780,12 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
             cmd->code_args = b.data ? b.data : strdup("");
         }
         cmd->text = xstrdup(r->text ? r->text : "");
+        if (c->cont_waiter) {
+            /* a command refused before its continuation: let the writer see it */
+            struct coro *w = c->cont_waiter;
+            c->cont_waiter = NULL;
+            coro_wake(w);
+        }
         cmd_complete(cmd, r->status == IMAP_STATUS_OK   ? 0
                           : r->status == IMAP_STATUS_NO ? ERR_NO
                                                         : ERR_BAD);
@@ -898,32 +911,49 @@ int imap_client_run(struct imap_client *c, const char *fmt, ...)
     return r;
 }
 
-int imap_client_wait_activity(struct imap_client *c, uint64_t timeout_ms)
+bool imap_client_watch(struct imap_client *c, struct coro *waiter)
 {
-    if (c->broken)
-        return c->broken_code;
-    if (c->activity) {
-        c->activity = false;
-        return 0;
-    }
-    struct coro *self = coro_current(c->sched);
-    c->activity_waiter = self;
-    int r;
-    if (timeout_ms) {
-        /* a sleep that the reader interrupts by waking us */
-        r = await_sleep(c->sched, timeout_ms);
-        if (r == 0 && !c->activity)
-            r = -ETIMEDOUT;
-        else
-            r = 0;
-    } else {
-        r = coro_suspend(self);
-    }
-    c->activity_waiter = NULL;
+    c->activity_waiter = waiter;
+    bool any = c->activity || c->broken;
     c->activity = false;
-    if (c->broken)
-        return c->broken_code;
-    return r;
+    return any;
+}
+
+struct imap_cmd *imap_client_idle_begin(struct imap_client *c)
+{
+    int r = imap_client_lock_write(c);
+    if (r < 0)
+        return cmd_failed(c, r);
+    struct imap_cmd *cmd = imap_client_begin(c, "IDLE");
+    if (cmd)
+        imap_client_end(c, cmd);
+    imap_client_unlock_write(c);
+    if (!cmd)
+        return NULL;
+    /* the server answers "+ idling", or refuses with a tagged reply */
+    struct coro *self = coro_current(c->sched);
+    while (!c->cont_pending && !cmd->done && !c->broken) {
+        c->cont_waiter = self;
+        r = coro_suspend(self);
+        c->cont_waiter = NULL;
+        if (r < 0)
+            break;
+    }
+    c->cont_pending = false;
+    return cmd;
+}
+
+int imap_client_idle_end(struct imap_client *c, struct imap_cmd *cmd)
+{
+    if (!cmd->done && !c->broken) {
+        int r = imap_client_lock_write(c);
+        if (r == 0) {
+            dbg_client_line(c, "DONE", 4);
+            client_write(c, "DONE\r\n", 6);
+        }
+        imap_client_unlock_write(c);
+    }
+    return imap_cmd_wait(cmd);
 }
 
 /* ------------------------------------------------------------------ */

@@ -11,6 +11,7 @@
 #include "sync/sync.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include <pcre2.h>
 
 #include "config.h"
+#include "coro/await.h"
 #include "coro/coro.h"
 #include "db/state.h"
 #include "errors.h"
@@ -116,6 +118,9 @@ struct sync_engine {
     struct listing listing[2];
     pcre2_code *ignore_re;
     int failed_mailboxes;
+    bool stop;           /* SIGINT/SIGTERM: finish the step and leave */
+    struct coro *sleeper; /* the engine while it sleeps between cycles */
+    bool notify_set;
     char errbuf[512];
 };
 
@@ -1437,7 +1442,7 @@ static int qresync_sample(struct sync_engine *e, int64_t idx, enum side s, char 
     return 0;
 }
 
-static int select_both(struct mbox_ctx *m, bool known)
+static int select_both(struct mbox_ctx *m, bool known, bool qresync)
 {
     struct sync_engine *e = m->e;
     struct imap_cmd *cmd[2];
@@ -1445,7 +1450,7 @@ static int select_both(struct mbox_ctx *m, bool known)
         struct side_state *st = &m->st[s];
         memset(imap_client_mailbox(st->c), 0, sizeof(struct imap_mailbox_state));
         imap_client_set_handler(st->c, &selected_handler, st);
-        if (known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
+        if (qresync && known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
             char *seqs = NULL, *uids = NULL;
             qresync_sample(e, m->idx, (enum side)s, &seqs, &uids);
             if (seqs && uids)
@@ -1698,7 +1703,164 @@ static int recover_appends(struct mbox_ctx *m, enum side dst, uint32_t bound)
     return rc;
 }
 
-static int sync_one(struct sync_engine *e, struct mbox_work *w)
+/* ------------------------------------------------------------------ */
+/* --repair: full comparison of both servers with the database */
+
+/* Copies the given UIDs of side src to the other side; the new UIDs go
+ * into skip[other] so the new-message pass does not copy them back. */
+static int copy_uids(struct mbox_ctx *m, enum side src, struct uidset *uids, struct uidset skip[2])
+{
+    struct sync_engine *e = m->e;
+    struct new_copy cp = {.e = e, .src = src, .target = &m->st[OTHER(src)]};
+    cp.batches_tail = &cp.batches;
+    uidset_normalize(uids);
+    size_t pos = 0;
+    char *set;
+    int rc = 0;
+    m->st[src].copy = &cp;
+    while (rc == 0 && (set = uidset_format(uids, &pos, UIDSET_TEXT_MAX))) {
+        rc = imap_client_run(m->st[src].c, "UID FETCH %a (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])",
+                             set);
+        free(set);
+        if (cp.error && rc == 0)
+            rc = cp.error;
+    }
+    m->st[src].copy = NULL;
+    struct uidset appended;
+    uidset_init(&appended);
+    int r = copy_finish(m, &cp, &appended);
+    if (r < 0 && rc == 0)
+        rc = r;
+    for (size_t i = 0; i < appended.count; i++)
+        uidset_add(&skip[OTHER(src)], appended.uids[i]);
+    uidset_fini(&appended);
+    return rc;
+}
+
+static int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
+{
+    struct sync_engine *e = m->e;
+    struct imap_cmd *cmd[2] = {NULL, NULL};
+    for (int s = 0; s < 2; s++)
+        if (m->uidnext[s] > 1)
+            cmd[s] = imap_client_send(m->st[s].c, "UID FETCH 1:%u (UID MODSEQ FLAGS)",
+                                      m->uidnext[s] - 1);
+    int rc = 0;
+    for (int s = 0; s < 2; s++) {
+        if (!cmd[s])
+            continue;
+        int r = imap_cmd_wait(cmd[s]);
+        imap_cmd_free(&cmd[s]);
+        if (r < 0)
+            rc = r;
+    }
+    if (rc < 0)
+        return rc;
+    /* every message now has an entry in st[s].changes */
+    struct side_state *st = m->st;
+    for (int s = 0; s < 2; s++)
+        changes_compact(&st[s]);
+    struct state_pair *pairs = NULL;
+    size_t npairs = 0;
+    if (state_db_mapping_all(e->db, m->idx, &pairs, &npairs) < 0)
+        return ERR_DB;
+    bool *seen[2];
+    seen[0] = calloc(st[0].nchanges + 1, 1);
+    seen[1] = calloc(st[1].nchanges + 1, 1);
+    struct uidset missing[2], dead;
+    uidset_init(&missing[0]);
+    uidset_init(&missing[1]);
+    uidset_init(&dead);
+    struct flag_plan plan[2] = {{0}, {0}};
+    if (!seen[0] || !seen[1])
+        rc = -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < npairs; i++) {
+        uint32_t u[2] = {pairs[i].luid, pairs[i].ruid};
+        const struct change *c[2];
+        for (int s = 0; s < 2; s++) {
+            c[s] = change_find(&st[s], u[s]);
+            if (c[s])
+                seen[s][c[s] - st[s].changes] = true;
+        }
+        if (c[0] && c[1]) {
+            if (flags_equal(c[0]->flags, c[1]->flags))
+                continue;
+            bool lnew = c[0]->modseq > m->db[0].highestmodseq;
+            bool rnew = c[1]->modseq > m->db[1].highestmodseq;
+            if (rnew && !lnew) {
+                plan_add(&plan[0], c[1]->flags, u[0]);
+            } else if (lnew && !rnew) {
+                plan_add(&plan[1], c[0]->flags, u[1]);
+            } else {
+                char *un = flags_union(c[0]->flags, c[1]->flags);
+                if (!un) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                log_warn(e->log, NULL, NULL,
+                         "%s flag update in %s for local UID %" PRIu32 " (%s) and remote UID "
+                         "%" PRIu32 " (%s). Setting both to the union (%s).",
+                         lnew ? "Conflicting" : "Missed", m->pretty, u[0], c[0]->flags, u[1],
+                         c[1]->flags, un);
+                plan_add(&plan[0], un, u[0]);
+                plan_add(&plan[1], un, u[1]);
+                free(un);
+            }
+        } else if (!c[0] && !c[1]) {
+            log_warn(e->log, NULL, NULL,
+                     "Pair (lUID,rUID) = (%" PRIu32 ",%" PRIu32 ") vanished from %s. Repairing.",
+                     u[0], u[1], m->pretty);
+            uidset_add(&dead, u[0]);
+        } else {
+            int gone = c[0] ? 1 : 0, kept = 1 - gone;
+            log_warn(e->log, side_name[gone], st[gone].mailbox,
+                     "UID %" PRIu32 " disappeared. Redownloading %s UID %" PRIu32 ".", u[gone],
+                     side_name[kept], u[kept]);
+            uidset_add(&dead, u[0]);
+            uidset_add(&missing[kept], u[kept]);
+        }
+    }
+    for (int s = 0; rc == 0 && s < 2; s++) {
+        for (size_t i = 0; i < st[s].nchanges; i++) {
+            if (seen[s][i] || st[s].changes[i].uid >= m->uidnext[s])
+                continue;
+            log_warn(e->log, side_name[OTHER(s)], st[OTHER(s)].mailbox,
+                     "No match for %s UID %" PRIu32 ". Redownloading.", side_name[s],
+                     st[s].changes[i].uid);
+            uidset_add(&missing[s], st[s].changes[i].uid);
+        }
+    }
+    if (rc == 0 && dead.count) {
+        if (state_db_mapping_delete_many(e->db, m->idx, SIDE_LOCAL, dead.uids, dead.count) < 0 ||
+            state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
+            rc = ERR_DB;
+    }
+    for (int s = 0; rc == 0 && s < 2; s++) {
+        struct uidset modified;
+        uidset_init(&modified);
+        if (plan[s].count) {
+            for (size_t g = 0; g < plan[s].count; g++)
+                m->updated[s] += (unsigned)plan[s].groups[g].uids.count;
+            rc = push_flags(&st[s], &plan[s], 0, &modified);
+        }
+        uidset_fini(&modified);
+    }
+    for (int s = 0; s < 2; s++)
+        side_state_reset(&st[s]);
+    for (int s = 0; rc == 0 && s < 2; s++)
+        if (missing[s].count)
+            rc = copy_uids(m, (enum side)s, &missing[s], skip);
+    for (int s = 0; s < 2; s++) {
+        plan_fini(&plan[s]);
+        uidset_fini(&missing[s]);
+        free(seen[s]);
+    }
+    uidset_fini(&dead);
+    free(pairs);
+    return rc;
+}
+
+static int sync_one(struct sync_engine *e, struct mbox_work *w, bool repair)
 {
     struct mbox_ctx m = {.e = e, .idx = w->idx};
     int rc = 0;
@@ -1729,7 +1891,9 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w)
         if (f == 0)
             known = false;
     }
-    rc = select_both(&m, known);
+    if (repair && !known)
+        goto out; /* nothing recorded to compare with */
+    rc = select_both(&m, known, !repair);
     if (rc < 0)
         goto out;
     if (!known) {
@@ -1747,7 +1911,7 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w)
 
     /* copies a previous run made but did not record */
     for (int s = 0; known && s < 2; s++) {
-        uint32_t bound;
+        uint32_t bound = 0;
         int f = intent_get(e->db, w->idx, (enum side)s, &bound);
         if (f < 0) {
             rc = ERR_DB;
@@ -1760,6 +1924,8 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w)
         rc = ERR_DB;
         goto out;
     }
+    if (repair && (rc = repair_pairs(&m, skip)) < 0)
+        goto out;
     /* Before any APPEND, remember where the copies will land: should we
      * die before recording them, the next run pairs them up instead of
      * copying them again. */
@@ -1923,7 +2089,7 @@ static int command_rename(struct sync_engine *e)
 {
     unsigned t = e->opts.targets;
     const char *from = e->opts.mailboxes[0], *to = e->opts.mailboxes[1];
-    size_t flen, tlen;
+    size_t flen = 0, tlen = 0;
     char *fkey = key_from_arg(e, from, &flen);
     char *tkey = key_from_arg(e, to, &tlen);
     int status = EXIT_IN_STEP;
@@ -2038,6 +2204,151 @@ static int compile_ignore(struct sync_engine *e)
     return 0;
 }
 
+/* Connects both servers (again, after a failure) and lists them. */
+static int engine_open(struct sync_engine *e)
+{
+    for (int s = 0; s < 2; s++)
+        imap_client_free(&e->client[s]);
+    int r = engine_connect(e);
+    if (r < 0)
+        return r;
+    struct side_state lst[2];
+    memset(lst, 0, sizeof lst);
+    for (int s = 0; s < 2; s++) {
+        lst[s].e = e;
+        lst[s].side = (enum side)s;
+        lst[s].c = e->client[s];
+    }
+    return engine_list(e, lst);
+}
+
+static bool engine_broken(const struct sync_engine *e)
+{
+    return imap_client_is_broken(e->client[0]) || imap_client_is_broken(e->client[1]);
+}
+
+/* One synchronization of every mailbox; returns an exit status. */
+static int engine_cycle(struct sync_engine *e)
+{
+    struct mbox_work *work = NULL;
+    size_t nwork = 0;
+    int status = EXIT_IN_STEP;
+    e->failed_mailboxes = 0;
+    if (sync_mailbox_list(e, &work, &nwork) < 0)
+        return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
+    for (size_t i = 0; i < nwork && !e->stop; i++) {
+        if (e->opts.command != SYNC_REPAIR && unchanged(e, &work[i]))
+            continue;
+        int r = sync_one(e, &work[i], e->opts.command == SYNC_REPAIR);
+        if (r < 0) {
+            e->failed_mailboxes++;
+            if (engine_broken(e)) {
+                status = EXIT_CONNECTION;
+                break;
+            }
+        }
+    }
+    if (status == EXIT_IN_STEP && e->failed_mailboxes)
+        status = EXIT_PARTIAL;
+    for (size_t i = 0; i < nwork; i++)
+        free(work[i].key);
+    free(work);
+    if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0) {
+        log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+        status = EXIT_FAILURE_GENERIC;
+    }
+    return status;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct sync_engine *e = h->data;
+    (void)signum;
+    e->stop = true;
+    if (e->sleeper) {
+        struct coro *w = e->sleeper;
+        e->sleeper = NULL;
+        coro_wake(w);
+    }
+}
+
+/* Sleeps up to ms, or until a server reports something (when watching
+ * them), or until a signal asks us to stop. */
+static void engine_sleep(struct sync_engine *e, uint64_t ms, bool watch_servers)
+{
+    struct coro *self = coro_current(e->sched);
+    bool any = false;
+    if (watch_servers)
+        for (int s = 0; s < 2; s++)
+            any |= imap_client_watch(e->client[s], self);
+    if (!any && !e->stop) {
+        e->sleeper = self;
+        await_sleep(e->sched, ms);
+        e->sleeper = NULL;
+    }
+    for (int s = 0; s < 2; s++)
+        if (e->client[s])
+            imap_client_watch(e->client[s], NULL);
+}
+
+/*
+ * Waits for changes between two cycles. With --notify: NOTIFY when both
+ * servers offer it (every mailbox reports), otherwise IDLE on INBOX on
+ * both (other mailboxes are polled at the --watch interval). Without:
+ * sleep for the interval. The selected mailbox is closed first, since
+ * LIST-STATUS may not report it accurately.
+ */
+static void engine_wait(struct sync_engine *e)
+{
+    uint64_t ms = (uint64_t)e->opts.watch_seconds * 1000;
+    for (int s = 0; s < 2; s++) {
+        struct imap_client *c = e->client[s];
+        if (imap_client_has_cap(c, "UNSELECT"))
+            imap_client_run(c, "UNSELECT");
+        else
+            imap_client_run(c, "NOOP");
+    }
+    if (!e->opts.notify) {
+        engine_sleep(e, ms, false);
+        return;
+    }
+    bool notify = imap_client_has_cap(e->client[0], "NOTIFY") &&
+                  imap_client_has_cap(e->client[1], "NOTIFY");
+    if (notify) {
+        if (!e->notify_set) {
+            for (int s = 0; s < 2; s++)
+                imap_client_run(e->client[s],
+                                "NOTIFY SET (PERSONAL (MessageNew MessageExpunge FlagChange "
+                                "MailboxName SubscriptionChange))");
+            e->notify_set = true;
+        }
+        engine_sleep(e, ms, true);
+        return;
+    }
+    struct imap_cmd *idle[2] = {NULL, NULL};
+    for (int s = 0; s < 2; s++) {
+        struct imap_client *c = e->client[s];
+        if (!imap_client_has_cap(c, "IDLE"))
+            continue;
+        char *inbox = server_name(e, (enum side)s, "INBOX", 5);
+        if (inbox && imap_client_run(c, "EXAMINE %m", inbox) == 0)
+            idle[s] = imap_client_idle_begin(c);
+        free(inbox);
+    }
+    /* whatever arrived while entering IDLE is not news */
+    for (int s = 0; s < 2; s++)
+        imap_client_watch(e->client[s], NULL);
+    engine_sleep(e, ms, true);
+    for (int s = 0; s < 2; s++) {
+        if (idle[s]) {
+            imap_client_idle_end(e->client[s], idle[s]);
+            imap_cmd_free(&idle[s]);
+        }
+        if (imap_client_has_cap(e->client[s], "UNSELECT"))
+            imap_client_run(e->client[s], "UNSELECT");
+    }
+}
+
 int sync_engine_run(struct sync_engine *e)
 {
     char err[512];
@@ -2049,7 +2360,6 @@ int sync_engine_run(struct sync_engine *e)
     }
     if (engine_connect(e) < 0)
         return EXIT_CONNECTION;
-
     struct side_state lst[2];
     memset(lst, 0, sizeof lst);
     for (int s = 0; s < 2; s++) {
@@ -2058,7 +2368,7 @@ int sync_engine_run(struct sync_engine *e)
         lst[s].c = e->client[s];
     }
     if (engine_list(e, lst) < 0)
-        return EXIT_FAILURE_GENERIC;
+        return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
     if (state_db_prepare(e->db, e->listing[SIDE_LOCAL].delimiter, e->listing[SIDE_REMOTE].delimiter,
                          err, sizeof err) < 0) {
         log_error(e->log, "database", NULL, "%s", err);
@@ -2069,42 +2379,61 @@ int sync_engine_run(struct sync_engine *e)
         return EXIT_FAILURE_GENERIC;
     }
 
-    struct mbox_work *work = NULL;
-    size_t nwork = 0;
-    int status = EXIT_IN_STEP;
-    if (e->opts.command == SYNC_DELETE) {
+    int status;
+    if (e->opts.command == SYNC_DELETE)
         status = command_delete(e);
-        goto done;
-    }
-    if (e->opts.command == SYNC_RENAME) {
+    else if (e->opts.command == SYNC_RENAME)
         status = command_rename(e);
-        goto done;
-    }
-    if (sync_mailbox_list(e, &work, &nwork) < 0) {
-        status = EXIT_FAILURE_GENERIC;
-        goto done;
-    }
-    for (size_t i = 0; i < nwork; i++) {
-        if (unchanged(e, &work[i]))
-            continue;
-        int r = sync_one(e, &work[i]);
-        if (r < 0) {
-            e->failed_mailboxes++;
-            if (imap_client_is_broken(e->client[0]) || imap_client_is_broken(e->client[1])) {
-                status = EXIT_CONNECTION;
-                break;
-            }
+    else
+        status = engine_cycle(e);
+
+    if (e->opts.watch_seconds >= 0 && e->opts.command == SYNC_DEFAULT) {
+        uv_signal_t sig[2];
+        int signums[2] = {SIGINT, SIGTERM};
+        for (int i = 0; i < 2; i++) {
+            uv_signal_init(coro_sched_loop(e->sched), &sig[i]);
+            sig[i].data = e;
+            uv_signal_start(&sig[i], on_signal, signums[i]);
         }
+        unsigned backoff = 1;
+        while (!e->stop) {
+            if (engine_broken(e)) {
+                log_warn(e->log, NULL, NULL, "connection lost; reconnecting in %u s", backoff);
+                engine_sleep(e, backoff * 1000ull, false);
+                if (e->stop)
+                    break;
+                backoff = backoff < 60 ? backoff * 2 : 60;
+                e->notify_set = false;
+                if (engine_open(e) < 0)
+                    continue;
+                log_info(e->log, NULL, NULL, "reconnected");
+                backoff = 1;
+            } else {
+                engine_wait(e);
+                if (e->stop || engine_broken(e))
+                    continue;
+                struct side_state lst[2];
+                memset(lst, 0, sizeof lst);
+                for (int s = 0; s < 2; s++) {
+                    lst[s].e = e;
+                    lst[s].side = (enum side)s;
+                    lst[s].c = e->client[s];
+                }
+                if (engine_list(e, lst) < 0)
+                    continue;
+            }
+            engine_cycle(e);
+        }
+        for (int i = 0; i < 2; i++) {
+            uv_signal_stop(&sig[i]);
+            await_close(e->sched, (uv_handle_t *)&sig[i]);
+        }
+        status = EXIT_IN_STEP;
     }
-    if (status == EXIT_IN_STEP && e->failed_mailboxes)
-        status = EXIT_PARTIAL;
-done:
-    for (size_t i = 0; i < nwork; i++)
-        free(work[i].key);
-    free(work);
+
     state_db_commit(e->db);
     for (int s = 0; s < 2; s++)
-        if (!imap_client_is_broken(e->client[s]))
+        if (e->client[s] && !imap_client_is_broken(e->client[s]))
             imap_client_logout(e->client[s]);
     return status;
 }

@@ -3,7 +3,9 @@
  * write flushed with Z_SYNC_FLUSH so the server sees whole commands.
  * On success *out owns `lower`; on failure `lower` is untouched.
  * Decompression output is bounded per read, so a small compressed input
- * cannot force a large allocation.
+ * cannot force a large allocation. Invalid compressed data fails reads with
+ * ERR_PROTOCOL ("COMPRESS: invalid compressed data from the server: ...");
+ * errors from below are prefixed with "COMPRESS: ".
  */
 #ifndef INTERIMAP_NET_COMPRESS_H
 #define INTERIMAP_NET_COMPRESS_H

@@ -21,15 +21,23 @@ struct socks5_proxy {
 };
 
 /* Parses "socks5://[user:pass@]host[:port]" or "socks5h://...". Returns 0 or
- * ERR_CONFIG with a message in err. Free with socks5_proxy_fini. */
+ * ERR_CONFIG with a message in err. Free with socks5_proxy_fini.
+ * As in the Perl interimap, credentials run to the last '@' and are taken
+ * literally (no percent-decoding), the password may contain ':', the host is
+ * a name without ':' or a bracketed IPv6 literal (kept with its brackets),
+ * and the port (default "1080") may be a number or a service name. */
 int socks5_proxy_parse(const char *url, struct socks5_proxy *out, char *err, size_t errlen);
 void socks5_proxy_fini(struct socks5_proxy *p);
 
 /*
  * Asks the proxy behind `s` to connect to host:port. With remote_dns the
  * name is sent as is; otherwise the caller resolves it first and passes an
- * IP address string (or an "[addr]" literal). Returns 0, or ERR_SOCKS /
- * a stream error with s->error set.
+ * IP address string (or an "[addr]" literal); an IP literal is always sent
+ * as an address. Reads exactly the proxy's replies, so the bytes that follow
+ * (the server's greeting) stay in the stream. Returns 0, or ERR_SOCKS / a
+ * stream error with s->error set ("SOCKS5 proxy: connection refused by
+ * destination host", "SOCKS5 proxy: authentication failed (user name or
+ * password rejected)", ...).
  */
 int socks5_connect(struct stream *s, const struct socks5_proxy *proxy, const char *host,
                    uint16_t port);

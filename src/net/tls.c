@@ -614,7 +614,9 @@ static int tls_ctx_setup(struct tls_stream *ts, const struct tls_options *o, cha
                          size_t errlen)
 {
     SSL_CTX *ctx = ts->ctx;
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION);
+    /* a peer that closes without close_notify is seen as end of stream:
+     * IMAP frames its own data, so truncation cannot go unnoticed */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
     if (tls_str_set(o->protocol_min) || tls_str_set(o->protocol_max)) {
         int v;
         if (tls_str_set(o->protocol_min)) {

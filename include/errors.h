@@ -22,7 +22,7 @@ enum {
     ERR_UNSUPPORTED,       /* a required capability is missing */
     ERR_TOO_BIG,           /* a line, literal or nesting beyond our limits */
     ERR_DB,                /* SQLite failure */
-    ERR_STATE,             /* the state database disagrees with a server */
+    ERR_STATE_MISMATCH,    /* the state database disagrees with a server */
     ERR_SOCKS,             /* the SOCKS5 proxy refused or failed */
 };
 

@@ -28,7 +28,7 @@ const char *err_str(int code)
         return "response too large";
     case ERR_DB:
         return "database error";
-    case ERR_STATE:
+    case ERR_STATE_MISMATCH:
         return "state database inconsistent with the server";
     case ERR_SOCKS:
         return "SOCKS5 proxy error";

@@ -481,7 +481,7 @@ static int migrate_v0(struct state_db *db, char ldelim, char rdelim)
                 "Local and remote hierarchy delimiters differ (local %s, remote %s), refusing "
                 "to update table `mailboxes`.",
                 l, r);
-        return ERR_STATE;
+        return ERR_STATE_MISMATCH;
     }
     int rc =
         exec_sql(db, "CREATE TABLE _tmp1_mailboxes (" MAILBOXES_COLUMNS ")", "cannot create table");
@@ -532,7 +532,7 @@ static int fk_check(struct state_db *db)
     if (r == SQLITE_ROW) {
         set_msg(db->err, sizeof db->err,
                 "Broken referential integrity! Refusing to commit changes.");
-        return ERR_STATE;
+        return ERR_STATE_MISMATCH;
     }
     return r == SQLITE_DONE ? 0 : db_fail(db, "cannot check foreign keys");
 }
@@ -549,7 +549,7 @@ int state_db_prepare(struct state_db *db, char ldelim, char rdelim, char *err, s
         set_msg(db->err, sizeof db->err,
                 "database %s has schema version %d, newer than the supported %d", db->path, version,
                 SCHEMA_VERSION);
-        rc = ERR_STATE;
+        rc = ERR_STATE_MISMATCH;
         goto out;
     }
     rc = exec_sql(db, "BEGIN IMMEDIATE", "cannot begin transaction");

@@ -12,10 +12,7 @@
 #include "net/tls.h"
 
 #include "coro/coro.h"
-/* errors.h names a code ERR_STATE, which OpenSSL uses as a type name */
-#define ERR_STATE INTERIMAP_ERR_STATE
 #include "errors.h"
-#undef ERR_STATE
 #include "net/stream.h"
 
 #include <arpa/inet.h>

@@ -1289,7 +1289,7 @@ static int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *a
                 log_error(e->log, side_name[dst], m->st[dst].mailbox,
                           "UIDVALIDITY changed during the APPEND");
                 if (rc == 0)
-                    rc = ERR_STATE;
+                    rc = ERR_STATE_MISMATCH;
             } else {
                 for (size_t i = 0; i < tuids.count; i++) {
                     uint32_t su = b->src_uids.uids[i], tu = tuids.uids[i];
@@ -1498,7 +1498,7 @@ static int select_both(struct mbox_ctx *m, bool known, bool qresync)
                       "server, then remove the mailbox from the database with --target=database "
                       "--delete to start it over",
                       m->db[s].uidvalidity, ms->uidvalidity);
-            return ERR_STATE;
+            return ERR_STATE_MISMATCH;
         }
         if (m->st[s].max_modseq < ms->highestmodseq)
             m->st[s].max_modseq = ms->highestmodseq;

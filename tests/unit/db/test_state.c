@@ -633,7 +633,7 @@ static void test_migration(void)
     struct state_db *db = NULL;
     CHECK(state_db_open(path, &db, err, sizeof err) == 0);
     if (db) {
-        CHECK(state_db_prepare(db, '/', '.', err, sizeof err) == ERR_STATE);
+        CHECK(state_db_prepare(db, '/', '.', err, sizeof err) == ERR_STATE_MISMATCH);
         CHECK(strcmp(err, "Local and remote hierarchy delimiters differ (local \"/\", remote "
                           "\".\"), refusing to update table `mailboxes`.") == 0);
         CHECK(!state_db_in_transaction(db));
@@ -650,7 +650,7 @@ static void test_migration(void)
     CHECK(raw_exec(path, "PRAGMA user_version = 2") == 0);
     CHECK(state_db_open(path, &db, err, sizeof err) == 0);
     if (db) {
-        CHECK(state_db_prepare(db, '/', '/', err, sizeof err) == ERR_STATE);
+        CHECK(state_db_prepare(db, '/', '/', err, sizeof err) == ERR_STATE_MISMATCH);
         CHECK(strstr(err, "version 2") != NULL);
         state_db_close(&db);
     }

@@ -3,10 +3,7 @@
  * pair. Certificates (a CA, a leaf it signs, a self-signed one, an expired
  * one) are made when the test starts, in a private temporary directory.
  */
-/* errors.h names a code ERR_STATE, which OpenSSL uses as a type name */
-#define ERR_STATE INTERIMAP_ERR_STATE
 #include "errors.h"
-#undef ERR_STATE
 #include "net/tls.h"
 #include "testutil.h"
 

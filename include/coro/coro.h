@@ -15,6 +15,12 @@
  * coro_sched_free() once every coroutine has finished. A coroutine's memory
  * belongs to the scheduler; it is released after the coroutine returns and
  * has been joined (coro_join) or, for a detached one, when it returns.
+ *
+ * Running a coroutine: all resumptions happen on the loop's own stack, from
+ * the ready queue (run by an idle handle) or straight from a libuv callback
+ * that calls coro_wake. Coroutines never switch directly to one another.
+ * After coro_sched_free() the loop must be run once more (uv_run) so that the
+ * scheduler's idle handle finishes closing before uv_loop_close().
  */
 #ifndef INTERIMAP_CORO_CORO_H
 #define INTERIMAP_CORO_CORO_H
@@ -69,7 +75,27 @@ void coro_join(struct coro *self, struct coro *other);
 /* Releases `co` automatically once it returns; it must not be joined. */
 void coro_detach(struct coro *co);
 
-/* Runs the loop until no coroutine is left and no handle is active. */
+/*
+ * Runs the loop until no coroutine is left and no handle is active. If
+ * coroutines remain suspended once nothing can wake them any more (a
+ * deadlock), they are cancelled so that they unwind, and the result is
+ * -EDEADLK; otherwise 0.
+ */
 int coro_sched_run(struct coro_sched *sched);
+
+/*
+ * Like coro_suspend, but a cancellation does not end the wait early: for
+ * cleanup that must complete (waiting for a close callback before freeing
+ * the handle). The coroutine may still be woken by anyone, so the caller
+ * loops until its own condition holds.
+ */
+void coro_suspend_shielded(struct coro *self);
+
+/* Coroutines spawned and not yet released (finished and joined/detached). */
+size_t coro_sched_count(const struct coro_sched *sched);
+
+/* Whether addr lies in the PROT_NONE guard (64 KiB) under co's stack (for the
+ * stack overflow test and for diagnosing a crash). */
+bool coro_addr_in_guard(const struct coro *co, const void *addr);
 
 #endif

@@ -4,6 +4,10 @@
  * Both constructors may yield. On success *out is a new stream the caller
  * frees with stream_free(); on failure they return a negative code and write
  * a one-line explanation (naming the host, port or command) into err.
+ *
+ * The streams start with no timeouts (stream_set_timeouts). Their read and
+ * write may run in two coroutines at once. Writing to a tunnel whose command
+ * has exited raises SIGPIPE: the program must ignore that signal.
  */
 #ifndef INTERIMAP_NET_TRANSPORT_H
 #define INTERIMAP_NET_TRANSPORT_H
@@ -34,6 +38,10 @@ int transport_tcp_connect(struct coro_sched *sched, const char *host, const char
  */
 int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool null_stderr,
                            struct stream **out, char *err, size_t errlen);
+
+/* The OS socket under a transport stream (not a layer above it), for
+ * socket options and tests; -EINVAL for any other stream. */
+int transport_socket_fd(struct stream *s);
 
 /* Removes surrounding [ ] from an IP literal; returns whether it had them.
  * buf receives the bare host (truncated to buflen). */

@@ -1,0 +1,399 @@
+#include "net/transport.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "coro/await.h"
+#include "coro/coro.h"
+#include "errors.h"
+#include "net/stream.h"
+
+/* Kept unread by keep-alive probes before the first one (as the reference
+ * implementation does), in seconds. */
+#define KEEPALIVE_IDLE_S 60
+/* A local socket pair has no autotuning: give it room for a whole FETCH
+ * burst so that the tunnel command rarely blocks on us. */
+#define TUNNEL_SOCKBUF (1 << 20)
+
+enum transport_kind {
+    TRANSPORT_TCP,
+    TRANSPORT_TUNNEL,
+};
+
+struct transport {
+    struct stream base; /* first: the stream functions get a struct stream * */
+    enum transport_kind kind;
+    bool handle_open; /* the libuv handle was initialised and needs closing */
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    struct await_reader reader;
+    uv_process_t *proc; /* tunnel child while it runs; it outlives us if need be */
+    char peer[192];     /* "host:port" or "tunnel 'command'", for messages */
+};
+
+static uv_stream_t *transport_handle(struct transport *t)
+{
+    return t->kind == TRANSPORT_TCP ? (uv_stream_t *)&t->h.tcp : (uv_stream_t *)&t->h.pipe;
+}
+
+static void format_duration(uint64_t ms, char *buf, size_t len)
+{
+    if (ms % 1000 == 0)
+        snprintf(buf, len, "%" PRIu64 " s", ms / 1000);
+    else
+        snprintf(buf, len, "%" PRIu64 " ms", ms);
+}
+
+static ssize_t transport_read(struct stream *s, void *buf, size_t cap)
+{
+    struct transport *t = (struct transport *)s;
+    ssize_t n = await_read(s->sched, &t->reader, buf, cap, s->read_timeout_ms);
+    if (n >= 0)
+        return n;
+    if (n == -ETIMEDOUT) {
+        char d[32];
+        format_duration(s->read_timeout_ms, d, sizeof d);
+        stream_set_error(s, "timed out after %s waiting for data from %s", d, t->peer);
+    } else {
+        stream_set_error(s, "read from %s: %s", t->peer, err_str((int)n));
+    }
+    return n;
+}
+
+static int transport_write(struct stream *s, const void *buf, size_t len)
+{
+    struct transport *t = (struct transport *)s;
+    int r = await_write(s->sched, transport_handle(t), buf, len, s->write_timeout_ms);
+    if (r >= 0)
+        return 0;
+    if (r == -ETIMEDOUT) {
+        char d[32];
+        format_duration(s->write_timeout_ms, d, sizeof d);
+        stream_set_error(s, "timed out after %s writing to %s", d, t->peer);
+    } else {
+        stream_set_error(s, "write to %s: %s", t->peer, err_str(r));
+    }
+    return r;
+}
+
+static void transport_closed_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void transport_free(struct stream *s)
+{
+    struct transport *t = (struct transport *)s;
+    await_reader_fini(&t->reader);
+    if (t->proc)
+        t->proc->data = NULL; /* the child may exit after we are gone */
+    if (!t->handle_open) {
+        free(t);
+        return;
+    }
+    /* The handle lives inside t: t goes when libuv is done with it. Pending
+     * writes fail with UV_ECANCELED and free their own requests. */
+    uv_handle_t *h = (uv_handle_t *)transport_handle(t);
+    h->data = t;
+    uv_close(h, transport_closed_cb);
+}
+
+static const struct stream_ops transport_ops = {
+    .read = transport_read,
+    .write = transport_write,
+    .free = transport_free,
+};
+
+static struct transport *transport_new(struct coro_sched *sched, enum transport_kind kind)
+{
+    struct transport *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    stream_init(&t->base, &transport_ops, NULL, sched);
+    t->kind = kind;
+    return t;
+}
+
+bool transport_host_is_literal(const char *host, char *buf, size_t buflen)
+{
+    size_t len = strlen(host);
+    bool literal = len >= 2 && host[0] == '[' && host[len - 1] == ']';
+    if (literal) {
+        host++;
+        len -= 2;
+    }
+    if (buflen) {
+        if (len >= buflen)
+            len = buflen - 1;
+        memcpy(buf, host, len);
+        buf[len] = '\0';
+    }
+    return literal;
+}
+
+/* ---- TCP ----------------------------------------------------------------- */
+
+int transport_tcp_connect(struct coro_sched *sched, const char *host, const char *port,
+                          bool keepalive, uint64_t timeout_ms, struct stream **out, char *err,
+                          size_t errlen)
+{
+    *out = NULL;
+    char bare[256], peer[192], d[32];
+    bool literal = transport_host_is_literal(host, bare, sizeof bare);
+    /* IPv6 addresses in brackets, so that the port stays readable */
+    snprintf(peer, sizeof peer, strchr(bare, ':') ? "[%s]:%s" : "%s:%s", bare, port);
+    format_duration(timeout_ms, d, sizeof d);
+
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM,
+        .ai_protocol = IPPROTO_TCP,
+        .ai_flags = literal ? AI_NUMERICHOST : 0,
+    };
+    struct addrinfo *res = NULL;
+    int r = await_getaddrinfo(sched, bare, port, &hints, &res, timeout_ms);
+    if (r < 0) {
+        if (r == -ETIMEDOUT)
+            snprintf(err, errlen, "timed out after %s resolving host %s", d, bare);
+        else if (literal)
+            snprintf(err, errlen, "invalid address %s (port %s): %s", host, port, err_str(r));
+        else
+            snprintf(err, errlen, "cannot resolve host %s: %s", bare, err_str(r));
+        return r;
+    }
+
+    struct transport *t = transport_new(sched, TRANSPORT_TCP);
+    if (!t) {
+        uv_freeaddrinfo(res);
+        snprintf(err, errlen, "connection to %s: %s", peer, err_str(-ENOMEM));
+        return -ENOMEM;
+    }
+    snprintf(t->peer, sizeof t->peer, "%s", peer);
+
+    /* Every address in turn (IPv6 and IPv4 alike); the last failure is the
+     * one reported, which for one refused host is "refused" either way. */
+    r = -EADDRNOTAVAIL;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        uv_tcp_init(coro_sched_loop(sched), &t->h.tcp);
+        r = await_tcp_connect(sched, &t->h.tcp, ai->ai_addr, timeout_ms);
+        if (r == 0)
+            break;
+        /* also releases an abandoned connect request */
+        await_close(sched, (uv_handle_t *)&t->h.tcp);
+        if (r == -ECANCELED)
+            break;
+    }
+    uv_freeaddrinfo(res);
+    if (r < 0) {
+        if (r == -ECONNREFUSED)
+            snprintf(err, errlen, "connection to %s refused", peer);
+        else if (r == -ETIMEDOUT)
+            snprintf(err, errlen, "timed out after %s connecting to %s", d, peer);
+        else
+            snprintf(err, errlen, "connection to %s failed: %s", peer, err_str(r));
+        free(t);
+        return r;
+    }
+    t->handle_open = true;
+
+    /* Commands are small and each waits for its answer: never let Nagle
+     * hold one back. Socket buffers are left to the kernel, whose
+     * autotuning grows them further than an explicit (capped) size would. */
+    uv_tcp_nodelay(&t->h.tcp, 1);
+    if (keepalive && (r = uv_tcp_keepalive(&t->h.tcp, 1, KEEPALIVE_IDLE_S)) < 0) {
+        snprintf(err, errlen, "connection to %s: cannot enable keep-alive: %s", peer, err_str(r));
+        struct stream *s = &t->base;
+        stream_free(&s);
+        return r;
+    }
+    await_reader_init(&t->reader, (uv_stream_t *)&t->h.tcp);
+    *out = &t->base;
+    return 0;
+}
+
+/* ---- tunnel ------------------------------------------------------------ */
+
+/* Characters that mean nothing to the shell; anything else asks for one. */
+static bool command_needs_shell(const char *command)
+{
+    for (const unsigned char *p = (const unsigned char *)command; *p; p++) {
+        if (isalnum(*p) || isspace(*p) || strchr("_./=:,+@%-", *p))
+            continue;
+        return true;
+    }
+    return false;
+}
+
+/* Splits on white space into a NULL-terminated vector (one allocation). */
+static char **command_split(const char *command)
+{
+    size_t len = strlen(command), words = 0;
+    for (size_t i = 0; i < len; i++)
+        if (!isspace((unsigned char)command[i]) &&
+            (i == 0 || isspace((unsigned char)command[i - 1])))
+            words++;
+    char **argv = malloc((words + 1) * sizeof *argv + len + 1);
+    if (!argv)
+        return NULL;
+    char *text = (char *)(argv + words + 1);
+    memcpy(text, command, len + 1);
+    size_t n = 0;
+    for (char *p = text; *p;) {
+        while (*p && isspace((unsigned char)*p))
+            *p++ = '\0';
+        if (!*p)
+            break;
+        argv[n++] = p;
+        while (*p && !isspace((unsigned char)*p))
+            p++;
+    }
+    argv[n] = NULL;
+    return argv;
+}
+
+static void process_closed_cb(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void tunnel_exit_cb(uv_process_t *proc, int64_t status, int signal)
+{
+    struct transport *t = proc->data;
+    if (t)
+        t->proc = NULL;
+    uv_close((uv_handle_t *)proc, process_closed_cb);
+}
+
+int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool null_stderr,
+                           struct stream **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int r, sv[2] = {-1, -1}, devnull = -1;
+    char **argv = NULL;
+    char *shell_argv[] = {"/bin/sh", "-c", (char *)command, NULL};
+    uv_process_t *proc = NULL;
+    struct transport *t = transport_new(sched, TRANSPORT_TUNNEL);
+    if (!t) {
+        r = -ENOMEM;
+        snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
+        return r;
+    }
+    snprintf(t->peer, sizeof t->peer, "tunnel '%s'", command);
+
+    if (command_needs_shell(command)) {
+        argv = shell_argv;
+    } else {
+        argv = command_split(command);
+        if (!argv) {
+            r = -ENOMEM;
+            snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
+            goto fail;
+        }
+        if (!argv[0]) {
+            r = ERR_CONFIG;
+            snprintf(err, errlen, "empty tunnel command");
+            goto fail;
+        }
+    }
+
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        r = -errno;
+        snprintf(err, errlen, "tunnel '%s': socketpair: %s", command, err_str(r));
+        goto fail;
+    }
+    int size = TUNNEL_SOCKBUF;
+    for (int i = 0; i < 2; i++) {
+        /* best effort: the kernel caps it at net.core.[rw]mem_max */
+        setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+        setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    }
+    if (null_stderr && (devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)) < 0) {
+        r = -errno;
+        snprintf(err, errlen, "tunnel '%s': /dev/null: %s", command, err_str(r));
+        goto fail;
+    }
+
+    /* The child gets the other end of the pair as stdin and stdout; libuv
+     * dup2()s it into place (clearing close-on-exec on the copies only). */
+    uv_stdio_container_t stdio[3] = {
+        {.flags = UV_INHERIT_FD, .data.fd = sv[1]},
+        {.flags = UV_INHERIT_FD, .data.fd = sv[1]},
+        {.flags = UV_INHERIT_FD, .data.fd = devnull >= 0 ? devnull : STDERR_FILENO},
+    };
+    uv_process_options_t opts = {
+        .exit_cb = tunnel_exit_cb,
+        .file = argv[0],
+        .args = argv,
+        .stdio_count = 3,
+        .stdio = stdio,
+    };
+    proc = calloc(1, sizeof *proc);
+    if (!proc) {
+        r = -ENOMEM;
+        snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
+        goto fail;
+    }
+    r = uv_spawn(coro_sched_loop(sched), proc, &opts);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot run tunnel command '%s': %s", command, err_str(r));
+        /* a failed spawn still registered the handle with the loop */
+        uv_close((uv_handle_t *)proc, process_closed_cb);
+        proc = NULL;
+        goto fail;
+    }
+    proc->data = t;
+    t->proc = proc;
+    close(sv[1]);
+    sv[1] = -1;
+
+    r = uv_pipe_init(coro_sched_loop(sched), &t->h.pipe, 0);
+    if (r == 0) {
+        t->handle_open = true;
+        r = uv_pipe_open(&t->h.pipe, sv[0]);
+    }
+    if (r < 0) {
+        snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
+        goto fail; /* the child sees EOF once sv[0] is closed and exits */
+    }
+    sv[0] = -1; /* the pipe handle owns it now */
+    await_reader_init(&t->reader, (uv_stream_t *)&t->h.pipe);
+    if (argv != shell_argv)
+        free(argv);
+    if (devnull >= 0)
+        close(devnull);
+    *out = &t->base;
+    return 0;
+
+fail:
+    for (int i = 0; i < 2; i++)
+        if (sv[i] >= 0)
+            close(sv[i]);
+    if (devnull >= 0)
+        close(devnull);
+    if (argv != shell_argv)
+        free(argv);
+    struct stream *s = &t->base;
+    stream_free(&s);
+    return r;
+}
+
+int transport_socket_fd(struct stream *s)
+{
+    if (!s || s->ops != &transport_ops)
+        return -EINVAL;
+    struct transport *t = (struct transport *)s;
+    uv_os_fd_t fd;
+    int r = uv_fileno((uv_handle_t *)transport_handle(t), &fd);
+    return r < 0 ? r : fd;
+}

@@ -90,8 +90,9 @@ enum imap_parse_result {
 };
 
 struct imap_parser_limits {
-    size_t max_line;           /* bytes of one response excluding streamed literals */
-    size_t max_inline_literal; /* largest literal kept inline */
+    size_t max_line;           /* bytes of one response excluding literal contents */
+    size_t max_inline_literal; /* largest literal kept inline, and the most
+                                  bytes of inline literals in one response */
     unsigned max_depth;        /* list nesting */
     size_t max_values;         /* values in one response */
 };
@@ -108,21 +109,28 @@ void imap_parser_free(struct imap_parser **p);
  * Consumes input. *consumed receives how many bytes of buf were used; the
  * caller feeds the rest again later. After IMAP_PARSE_DONE, the response is
  * in imap_parser_response() until the next feed. After IMAP_PARSE_ERROR the
- * parser must not be fed again (the connection is unusable).
+ * parser must not be fed again (the connection is unusable); it keeps
+ * answering IMAP_PARSE_ERROR. After IMAP_PARSE_LITERAL, *consumed includes
+ * the literal header's CRLF, and feeding again before the caller chose
+ * inline or streamed consumes nothing and answers IMAP_PARSE_LITERAL.
  */
 enum imap_parse_result imap_parser_feed(struct imap_parser *p, const char *buf, size_t len,
                                         size_t *consumed);
 
+/* NULL unless the last feed() completed a response. */
 const struct imap_response *imap_parser_response(const struct imap_parser *p);
 
-/* While IMAP_PARSE_LITERAL is pending: the literal's size, and the response
- * so far (args/nargs hold the values completed before the literal; for a
- * literal inside a list, the enclosing lists are the last values, with the
- * items completed so far). */
+/* While IMAP_PARSE_LITERAL is pending: the literal's size (at most 2^63;
+ * 0 and NULL when none is pending), and the response so far (args/nargs
+ * hold the values completed before the literal; for a literal inside a
+ * list, the enclosing lists are the last values, with the items completed
+ * so far). */
 uint64_t imap_parser_literal_size(const struct imap_parser *p);
 const struct imap_response *imap_parser_partial(const struct imap_parser *p);
 /* Keep the literal: the next feed() copies its bytes into the response.
- * Returns IMAP_PARSE_ERROR if it exceeds max_inline_literal. */
+ * Returns IMAP_PARSE_ERROR if it exceeds max_inline_literal (the literal
+ * stays pending, so the caller may still stream it) or memory runs out
+ * (fatal); otherwise IMAP_PARSE_NEED_MORE. */
 enum imap_parse_result imap_parser_literal_inline(struct imap_parser *p);
 /* The caller consumed the literal's bytes itself; parsing resumes after them. */
 void imap_parser_literal_streamed(struct imap_parser *p);

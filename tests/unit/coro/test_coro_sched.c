@@ -52,10 +52,14 @@ static void test_ring(uv_loop_t *loop)
         members[i] = (struct ring_member){&ring, i};
         ring.co[i] = coro_spawn(ring.sched, ring_main, &members[i], 64 * 1024);
         CHECK(ring.co[i]);
-        coro_detach(ring.co[i]);
     }
     CHECK_INT(coro_sched_count(ring.sched), N);
     CHECK_INT(coro_sched_run(ring.sched), 0);
+    /* not detached earlier: the last one wakes the first, which has
+     * finished by then (a no-op, as long as it has not been released) */
+    CHECK_INT(coro_sched_count(ring.sched), N);
+    for (int i = 0; i < N; i++)
+        coro_detach(ring.co[i]);
     CHECK_INT(coro_sched_count(ring.sched), 0);
     CHECK_INT(ring.log_len, (size_t)N * (size_t)ring.rounds);
     for (size_t i = 0; i < ring.log_len; i++)
@@ -163,15 +167,18 @@ static void test_pairs(uv_loop_t *loop)
         pairs[i].sched = sched;
         pairs[i].a = coro_spawn(sched, pair_a, &pairs[i], 0);
         pairs[i].b = coro_spawn(sched, pair_b, &pairs[i], 0);
-        coro_detach(pairs[i].a);
-        coro_detach(pairs[i].b);
     }
     uint64_t t0 = uv_hrtime();
     CHECK_INT(coro_sched_run(sched), 0);
     /* 10 sleeps of 1 ms in sequence per pair, all pairs at once */
     CHECK((uv_hrtime() - t0) / 1000000 < 5000);
-    for (int i = 0; i < N / 2; i++)
+    for (int i = 0; i < N / 2; i++) {
         CHECK_STR(pairs[i].trace, "abababababababababab");
+        /* released only now: b's last wake-up reaches a finished a */
+        coro_detach(pairs[i].a);
+        coro_detach(pairs[i].b);
+    }
+    CHECK_INT(coro_sched_count(sched), 0);
     free(pairs);
     coro_sched_free(&sched);
     uv_run(loop, UV_RUN_DEFAULT);
@@ -212,7 +219,6 @@ static void test_wake_from_callback(uv_loop_t *loop)
     struct coro_sched *sched = coro_sched_new(loop);
     struct immediate im = {0};
     im.co = coro_spawn(sched, immediate_main, &im, 0);
-    coro_detach(im.co);
     uv_timer_t timer;
     uv_timer_init(loop, &timer);
     timer.data = &im;
@@ -220,6 +226,7 @@ static void test_wake_from_callback(uv_loop_t *loop)
     CHECK_INT(coro_sched_run(sched), 0);
     CHECK_INT(im.seen_in_callback, 2);
     CHECK_INT(im.stage, 3);
+    coro_detach(im.co); /* not before: the callback wakes it once finished */
     coro_sched_free(&sched);
     uv_run(loop, UV_RUN_DEFAULT);
 }

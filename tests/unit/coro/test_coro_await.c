@@ -80,7 +80,7 @@ static void test_pending_and_timeout_main(struct coro *self, void *arg)
     memset(buf, 'x', sizeof buf);
     CHECK_INT(await_read(p->sched, &p->ra, buf, sizeof buf, 50), -ETIMEDOUT);
     uint64_t el = ms_since(t0);
-    CHECK(el >= 45 && el < 140);
+    CHECK(el >= 45 && el < 1000);
     CHECK(buf[0] == 'x');
     /* the reader still works after a timeout, and the data is not lost */
     CHECK_INT(await_read(p->sched, &p->ra, buf, sizeof buf, 2000), 4);

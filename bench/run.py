@@ -1,0 +1,790 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: the Perl interimap (Debian package) against ours.
+
+    python3 bench/run.py [--quick] [--json OUT.json] [--delay-both]
+                         [--only WORKLOAD[,WORKLOAD...]] [--reps N]
+                         [--delays 0,25] [--tools perl,ours,floor]
+                         [--ours PATH] [--no-verify] [--keep]
+
+For every workload, delay and repetition it starts two fresh Dovecot servers
+(tests/fixtures), fills them with the same seeded mail, puts a latency relay
+(bench/latency_relay.py) in front of the remote server (and the local one
+with --delay-both), and runs each tool on its own identical copy. Resync
+workloads first let the tool under test do the initial synchronization
+itself (untimed, with the delay off), then apply the same seeded changes to
+both servers, then time the run that propagates them. Each measured process
+is started by bench/spawn.c, which reports its wall time, user+sys CPU and
+peak RSS from wait4(). The relay reports bytes and turn-arounds on the
+remote link. Figures are medians over the repetitions.
+
+The "floor" tool (bench/floor.c) is the simplest pipelined copier: only for
+the initial-sync workload, as the lower bound the servers allow.
+
+Python 3 standard library only. Needs root (Dovecot's mail processes run as
+dovenull, like the integration tests), cc and libssl-dev.
+"""
+
+import argparse
+import base64
+import imaplib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(TOP, "tests", "fixtures"))
+sys.path.insert(0, HERE)
+
+from imapfixture import Dovecot, mail  # noqa: E402
+from imapfixture.certs import TestCA  # noqa: E402
+import latency_relay  # noqa: E402
+
+PERL_INTERIMAP = "/usr/bin/interimap"
+USER, PASSWORD = "user", "pass"
+SEED = 20240501
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- mail generation ----------------------------------------------------------
+#
+# The fixture's MessageGenerator quoted-printable-encodes bodies byte by byte
+# in Python, which takes minutes for the 150 MB of the initial workload. The
+# messages here are built from a seeded pool of text and random bytes
+# instead: same seed, same bytes, in a few seconds.
+
+_WORDS = ("the quick brown fox jumps over lazy dog meeting report budget release "
+          "notes server sync mailbox folder review draft patch invoice travel plan "
+          "schedule minutes update question answer weekly status backup restore "
+          "migration kernel network café naïve Grüße résumé").split()
+_NAMES = ["Alice Smith", "Bob Martin", "Carol Dupont", "Dave Müller", "Eve Rossi",
+          "Frank García", "Grace Nowak", "Heidi Jensen", "Ivan Tanaka", "Judy Brown"]
+
+
+class Generator:
+    def __init__(self, seed):
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.count = 0
+        pool_rng = random.Random(seed ^ 0x5EED)
+        lines = []
+        size = 0
+        while size < 1 << 20:
+            n = pool_rng.randint(6, 12)
+            line = " ".join(pool_rng.choice(_WORDS) for _ in range(n)).capitalize() + "."
+            lines.append(line)
+            size += len(line.encode()) + 2
+        self.pool = ("\r\n".join(lines) + "\r\n").encode()
+
+    def _text(self, size):
+        size = min(size, len(self.pool) // 2)
+        start = self.rng.randrange(0, len(self.pool) - size)
+        # Start and end on line boundaries so every line ends with CRLF.
+        start = self.pool.index(b"\n", start) + 1
+        end = self.pool.find(b"\n", start + size)
+        return self.pool[start : end + 1 if end >= 0 else len(self.pool)]
+
+    def _headers(self, extra):
+        r = self.rng
+        self.count += 1
+        when = 1672531200 + r.randint(0, 365 * 86400)
+        date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(when))
+        frm = r.choice(_NAMES)
+        to = r.choice(_NAMES)
+        subject = " ".join(r.choice(_WORDS[:40]) for _ in range(r.randint(3, 8)))
+        h = [
+            "Return-Path: <bounce-%d@example.org>" % self.count,
+            "Received: from mx%d.example.net (mx.example.net [192.0.2.%d])\r\n"
+            "\tby mail.example.com with ESMTPS id %08X; %s"
+            % (r.randint(1, 9), r.randint(1, 254), r.getrandbits(32), date),
+            "Date: " + date,
+            "From: =?UTF-8?B?%s?= <%s@example.org>"
+            % (base64.b64encode(frm.encode()).decode(), frm.split()[0].lower()),
+            "To: %s <%s@example.net>" % (to.encode("ascii", "replace").decode(), to.split()[0].lower()),
+            "Subject: " + subject,
+            "Message-ID: <%d.%d.%08x@bench.example>" % (self.seed, self.count, r.getrandbits(32)),
+            "MIME-Version: 1.0",
+        ] + extra
+        return ("\r\n".join(h) + "\r\n\r\n").encode()
+
+    def message(self, size):
+        """One message of about size bytes: text, or text plus an attachment."""
+        r = self.rng
+        if size < 30000 and r.random() < 0.8:
+            body = self._text(max(200, size - 700))
+            return self._headers(["Content-Type: text/plain; charset=utf-8",
+                                  "Content-Transfer-Encoding: 8bit"]) + body
+        boundary = "=_bench_%08x" % r.getrandbits(32)
+        text = self._text(r.randint(300, 3000))
+        blob = r.randbytes(max(100, (size - len(text) - 900) * 3 // 4))
+        b64 = base64.encodebytes(blob).replace(b"\n", b"\r\n")
+        body = b"".join([
+            b"--", boundary.encode(), b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\n", text,
+            b"--", boundary.encode(), b"\r\nContent-Type: application/octet-stream; "
+            b"name=\"data.bin\"\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n", b64,
+            b"--", boundary.encode(), b"--\r\n",
+        ])
+        return self._headers(['Content-Type: multipart/mixed; boundary="%s"' % boundary]) + body
+
+    def size(self, big_share=0.01):
+        """Mostly 2-20 KB (log-uniform), big_share of 100 KB-2 MB."""
+        r = self.rng
+        if r.random() < big_share:
+            return int(100_000 * 20 ** r.random())
+        return int(2000 * 10 ** r.random())
+
+    def flags(self):
+        r = self.rng
+        out = []
+        if r.random() < 0.7:
+            out.append("\\Seen")
+        if r.random() < 0.1:
+            out.append("\\Flagged")
+        if r.random() < 0.1:
+            out.append("\\Answered")
+        if r.random() < 0.05:
+            out.append("$Forwarded")
+        if r.random() < 0.05:
+            out.append(r.choice(["$Label1", "work", "todo"]))
+        return tuple(sorted(out))
+
+    def entry(self, size=None, big_share=0.01):
+        msg = self.message(size if size is not None else self.size(big_share))
+        return (msg, self.flags(), 1672531200 + self.rng.randint(0, 365 * 86400))
+
+    def mailbox(self, n, big_share=0.01):
+        return [self.entry(big_share=big_share) for _ in range(n)]
+
+
+def boxname(i, total):
+    """INBOX then Folder01..: realistic, ASCII, one level."""
+    return "INBOX" if i == 0 else "Folder%0*d" % (len(str(total)), i)
+
+
+# -- changes applied between the untimed and the timed run -------------------
+
+
+def _uids_flags(conn, name):
+    typ, _ = conn.select(mail.wire_name(name))
+    if typ != "OK":
+        raise RuntimeError("SELECT %s failed" % name)
+    typ, data = conn.uid("FETCH", "1:*", "(UID FLAGS)")
+    out = []
+    for line in data:
+        if isinstance(line, tuple):
+            line = line[0]
+        if not line:
+            continue
+        uid = int(re.search(rb"UID (\d+)", line).group(1))
+        flags = set(re.search(rb"FLAGS \(([^)]*)\)", line).group(1).decode().split())
+        flags.discard("\\Recent")
+        out.append((uid, flags))
+    out.sort()
+    return out
+
+
+def change_flags(server, names, count, parity, seed):
+    """Toggle one flag on `count` messages spread over names, on messages at
+    positions of the given parity (so the two sides never touch the same
+    message): every change is a real modification."""
+    rng = random.Random(seed)
+    conn = server.login()
+    try:
+        per = [count // len(names) + (1 if i < count % len(names) else 0) for i in range(len(names))]
+        for name, n in zip(names, per):
+            rows = _uids_flags(conn, name)
+            pos = [i for i in range(len(rows)) if i % 2 == parity]
+            for i in sorted(rng.sample(pos, min(n, len(pos)))):
+                uid, flags = rows[i]
+                flag = rng.choice(["\\Seen", "\\Flagged", "\\Answered", "$Label1"])
+                op = "-FLAGS.SILENT" if flag in flags else "+FLAGS.SILENT"
+                typ, _ = conn.uid("STORE", str(uid), op, "(%s)" % flag)
+                if typ != "OK":
+                    raise RuntimeError("STORE failed")
+            conn.close()
+    finally:
+        conn.logout()
+
+
+def expunge_some(server, names, count, parity, seed):
+    rng = random.Random(seed)
+    conn = server.login()
+    try:
+        per = [count // len(names) + (1 if i < count % len(names) else 0) for i in range(len(names))]
+        for name, n in zip(names, per):
+            rows = _uids_flags(conn, name)
+            pos = [i for i in range(len(rows)) if i % 2 == parity]
+            chosen = sorted(rows[i][0] for i in rng.sample(pos, min(n, len(pos))))
+            if chosen:
+                uidset = ",".join(str(u) for u in chosen)
+                conn.uid("STORE", uidset, "+FLAGS.SILENT", "(\\Deleted)")
+                typ, _ = conn.uid("EXPUNGE", uidset)
+                if typ != "OK":
+                    raise RuntimeError("UID EXPUNGE failed")
+            conn.close()
+    finally:
+        conn.logout()
+
+
+def append_all(server, per_box):
+    conn = server.login()
+    try:
+        for name, msgs in per_box.items():
+            for data, flags, idate in msgs:
+                mail.append(conn, name, data, flags, idate)
+    finally:
+        conn.logout()
+
+
+# -- workloads -----------------------------------------------------------------
+
+
+class Workload:
+    name = ""
+    title = ""
+    resync = False  # the tool syncs once (untimed) before the changes
+    floor = False  # the floor copier applies
+
+    def __init__(self, quick):
+        self.quick = quick
+        self.data = None
+
+    def div(self, n, by=10):
+        return max(1, n // by) if self.quick else n
+
+    def generate(self):
+        """Make the seeded data once; every run fills from it."""
+
+    def fill(self, local, remote):
+        raise NotImplementedError
+
+    def change(self, local, remote):
+        pass
+
+
+class Initial(Workload):
+    name = "initial"
+    floor = True
+
+    def __init__(self, quick):
+        super().__init__(quick)
+        self.boxes, self.per = 10, self.div(1000)
+        self.title = "initial sync, %d mailboxes x %d messages (local full, remote empty)" % (
+            self.boxes, self.per)
+
+    def generate(self):
+        g = Generator(SEED)
+        self.data = {boxname(i, self.boxes): g.mailbox(self.per) for i in range(self.boxes)}
+        self.total_bytes = sum(len(m[0]) for b in self.data.values() for m in b)
+
+    def fill(self, local, remote):
+        mail.fill(local, self.data)
+        subscribe(local, self.data)
+
+
+class Resync(Workload):
+    name = "resync"
+    resync = True
+
+    def __init__(self, quick):
+        super().__init__(quick)
+        self.boxes, self.per = 100, self.div(20)
+        self.title = "no-change resync of %d mailboxes (%d messages each)" % (self.boxes, self.per)
+
+    def generate(self):
+        g = Generator(SEED + 1)
+        self.data = {boxname(i, self.boxes): g.mailbox(self.per, big_share=0)
+                     for i in range(self.boxes)}
+
+    def fill(self, local, remote):
+        mail.fill(local, self.data)
+        subscribe(local, self.data)
+
+
+class Flags(Workload):
+    name = "flags"
+    resync = True
+
+    def __init__(self, quick):
+        super().__init__(quick)
+        self.boxes, self.per, self.changes = 5, self.div(800), self.div(2000)
+        self.title = "%d flag changes (half per side) over %d mailboxes x %d messages" % (
+            self.changes, self.boxes, self.per)
+
+    def generate(self):
+        g = Generator(SEED + 2)
+        self.data = {boxname(i, self.boxes): g.mailbox(self.per, big_share=0)
+                     for i in range(self.boxes)}
+
+    def fill(self, local, remote):
+        mail.fill(local, self.data)
+        subscribe(local, self.data)
+
+    def change(self, local, remote):
+        names = list(self.data)
+        change_flags(local, names, self.changes // 2, 0, SEED + 20)
+        change_flags(remote, names, self.changes - self.changes // 2, 1, SEED + 21)
+
+
+class NewMail(Workload):
+    name = "new"
+    resync = True
+
+    def __init__(self, quick):
+        super().__init__(quick)
+        self.boxes, self.per, self.new = 5, self.div(200), self.div(500)
+        self.title = "%d new messages on each side, %d mailboxes x %d messages before" % (
+            self.new, self.boxes, self.per)
+
+    def generate(self):
+        g = Generator(SEED + 3)
+        names = [boxname(i, self.boxes) for i in range(self.boxes)]
+        self.data = {n: g.mailbox(self.per, big_share=0) for n in names}
+        self.added = []
+        for side in range(2):
+            gs = Generator(SEED + 30 + side)
+            per = {n: [] for n in names}
+            for k in range(self.new):
+                per[names[k % len(names)]].append(gs.entry(big_share=0))
+            self.added.append(per)
+
+    def fill(self, local, remote):
+        mail.fill(local, self.data)
+        subscribe(local, self.data)
+
+    def change(self, local, remote):
+        append_all(local, self.added[0])
+        append_all(remote, self.added[1])
+
+
+class Expunge(Workload):
+    name = "expunge"
+    resync = True
+
+    def __init__(self, quick):
+        super().__init__(quick)
+        self.boxes, self.per, self.gone = 5, self.div(600), self.div(1000)
+        self.title = "%d expunges on each side, %d mailboxes x %d messages before" % (
+            self.gone, self.boxes, self.per)
+
+    def generate(self):
+        g = Generator(SEED + 4)
+        self.data = {boxname(i, self.boxes): g.mailbox(self.per, big_share=0)
+                     for i in range(self.boxes)}
+
+    def fill(self, local, remote):
+        mail.fill(local, self.data)
+        subscribe(local, self.data)
+
+    def change(self, local, remote):
+        names = list(self.data)
+        expunge_some(local, names, self.gone, 0, SEED + 40)
+        expunge_some(remote, names, self.gone, 1, SEED + 41)
+
+
+class Big(Workload):
+    name = "big"
+
+    def __init__(self, quick):
+        super().__init__(quick)
+        self.size = 50 * 1024 * 1024
+        self.title = "one 50 MB message (initial sync of one mailbox)"
+
+    def generate(self):
+        g = Generator(SEED + 5)
+        self.data = {"INBOX": [g.entry(size=self.size)]}
+
+    def fill(self, local, remote):
+        mail.fill(local, self.data)
+
+
+WORKLOADS = [Initial, Resync, Flags, NewMail, Expunge, Big]
+
+
+def subscribe(server, names):
+    conn = server.login()
+    try:
+        for n in names:
+            conn.subscribe(mail.wire_name(n))
+    finally:
+        conn.logout()
+
+
+# -- one measured run ----------------------------------------------------------
+
+
+class RelayProc:
+    def __init__(self, target_port, delay_ms):
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "latency_relay.py"),
+             "--target", "127.0.0.1:%d" % target_port, "--delay-ms", str(delay_ms)],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2:
+            self.stop()
+            raise RuntimeError("latency relay did not start")
+        self.port, cport = int(line[0]), int(line[1])
+        self.ctl = latency_relay.Control(cport)
+
+    def stop(self):
+        if getattr(self, "ctl", None):
+            self.ctl.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.root = tempfile.mkdtemp(prefix="interimap-bench-")
+        os.chmod(self.root, 0o755)
+        self.ca = TestCA(os.path.join(self.root, "ca"))
+        self.certs = {side: self.ca.issue(side) for side in ("local", "remote")}
+        self.helpers = os.path.join(self.root, "bin")
+        os.makedirs(self.helpers)
+        self.spawn = self.compile("spawn.c", [])
+        self.floor = self.compile("floor.c", ["-lssl", "-lcrypto"]) if "floor" in args.tools else None
+        self.runs = []
+
+    def compile(self, src, libs):
+        out = os.path.join(self.helpers, os.path.splitext(src)[0])
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, "-O2", "-std=c17", "-Wall", "-Wextra", "-o", out,
+                        os.path.join(HERE, src)] + libs, check=True)
+        return out
+
+    def cleanup(self):
+        if not self.args.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def tool_argv(self, tool, config, local_port, remote_port):
+        if tool == "perl":
+            return [PERL_INTERIMAP, "--config", config]
+        if tool == "ours":
+            return [self.args.ours, "--config", config]
+        return [self.floor, "127.0.0.1", str(local_port), "127.0.0.1", str(remote_port),
+                USER, PASSWORD, self.ca.ca_file]
+
+    def measure(self, argv, d, label):
+        out = os.path.join(d, label + ".json")
+        r = subprocess.run([self.spawn, out, os.path.join(d, label + ".out"),
+                            os.path.join(d, label + ".err"), "--"] + argv)
+        if r.returncode != 0:
+            raise RuntimeError("spawn failed for %s" % argv[0])
+        with open(out) as f:
+            return json.load(f)
+
+    def one(self, wl, delay, tool, rep):
+        d = tempfile.mkdtemp(prefix="%s-%s-%d-%s-" % (wl.name, tool, delay, rep), dir=self.root)
+        os.chmod(d, 0o755)
+        servers, relays = [], []
+        result = {"workload": wl.name, "delay_ms": delay, "tool": tool, "rep": rep,
+                  "delay_both": self.args.delay_both}
+        try:
+            for side in ("local", "remote"):
+                srv = Dovecot(root=os.path.join(d, side), users={USER: PASSWORD}, ca=self.ca,
+                              name=side, family="ipv4")
+                srv.cert = self.certs[side]
+                srv.start()
+                servers.append(srv)
+            local, remote = servers
+            remote_relay = RelayProc(remote.imaps_port, 0)
+            relays.append(remote_relay)
+            local_port = local.imaps_port
+            if self.args.delay_both:
+                local_relay = RelayProc(local.imaps_port, 0)
+                relays.append(local_relay)
+                local_port = local_relay.port
+            config = os.path.join(d, "config")
+            with open(config, "w") as f:
+                f.write("database = %s\n\n" % os.path.join(d, "state.db"))
+                for name, port in (("local", local_port), ("remote", remote_relay.port)):
+                    f.write("[%s]\ntype = imaps\nhost = 127.0.0.1\nport = %d\nusername = %s\n"
+                            "password = %s\nSSL_CAfile = %s\n\n"
+                            % (name, port, USER, PASSWORD, self.ca.ca_file))
+            wl.fill(local, remote)
+            argv = self.tool_argv(tool, config, local_port, remote_relay.port)
+            if wl.resync:
+                pre = self.measure(argv, d, "initial")
+                if pre["exit"] != 0:
+                    return self.failed(result, d, "initial", pre)
+                wl.change(local, remote)
+            for r in relays:
+                r.ctl.delay(delay)
+                r.ctl.reset()
+            m = self.measure(argv, d, "timed")
+            result.update(m)
+            result["remote"] = remote_relay.ctl.stats()
+            if self.args.delay_both:
+                result["local"] = relays[1].ctl.stats()
+            if m["exit"] != 0:
+                return self.failed(result, d, "timed", m)
+            if self.args.verify and rep == 0:
+                for r in relays:
+                    r.ctl.delay(0)
+                result["verified"] = self.verify(local, remote, tool)
+            return result
+        finally:
+            for r in relays:
+                r.stop()
+            for srv in servers:
+                try:
+                    srv.stop()
+                except Exception as e:  # keep going: the next run uses new servers
+                    log("warning: stopping %s: %s" % (srv.name, e))
+            if not self.args.keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def failed(self, result, d, label, m):
+        try:
+            with open(os.path.join(d, label + ".err"), errors="replace") as f:
+                err = f.read().strip().splitlines()[-5:]
+        except OSError:
+            err = []
+        result["error"] = "%s run exited %d%s: %s" % (
+            label, m["exit"], " (signal %d)" % m["signal"] if m["signal"] else "",
+            " | ".join(err) or "no output")
+        return result
+
+    def verify(self, local, remote, tool):
+        """Both servers hold the same messages and flags (not hashing the
+        bodies: sizes, dates and flags are compared). The floor is not a
+        synchronizer: only its message counts and sizes are checked."""
+        a = mail.snapshot(local, bodies=False)
+        b = mail.snapshot(remote, bodies=False)
+        if tool == "floor":
+            sa = {n: sorted(m.size for m in mb.messages) for n, mb in a.mailboxes.items()}
+            sb = {n: sorted(m.size for m in mb.messages) for n, mb in b.mailboxes.items()}
+            return "ok" if sa == sb else "DIFFERENT"
+        sa = {n: sorted((m.size, m.flags, m.internaldate) for m in mb.messages)
+              for n, mb in a.mailboxes.items()}
+        sb = {n: sorted((m.size, m.flags, m.internaldate) for m in mb.messages)
+              for n, mb in b.mailboxes.items()}
+        if sa == sb:
+            return "ok"
+        bad = [n for n in set(sa) | set(sb) if sa.get(n) != sb.get(n)]
+        return "DIFFERENT: " + ", ".join(sorted(bad)[:5])
+
+
+# -- summary -------------------------------------------------------------------
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(runs):
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["workload"], r["delay_ms"], r["tool"]), []).append(r)
+    out = []
+    for (wl, delay, tool), rs in groups.items():
+        ok = [r for r in rs if "error" not in r]
+        row = {"workload": wl, "delay_ms": delay, "tool": tool, "runs": len(rs), "ok": len(ok)}
+        if ok:
+            row.update({
+                "wall": median([r["wall"] for r in ok]),
+                "cpu": median([r["user"] + r["sys"] for r in ok]),
+                "rss_mib": median([r["maxrss_kb"] / 1024 for r in ok]),
+                "bytes": median([r["remote"]["bytes"] for r in ok]),
+                "turnarounds": median([r["remote"]["turnarounds"] for r in ok]),
+            })
+            if any("local" in r for r in ok):
+                row["local_bytes"] = median([r["local"]["bytes"] for r in ok])
+                row["local_turnarounds"] = median([r["local"]["turnarounds"] for r in ok])
+            row["verified"] = next((r["verified"] for r in ok if "verified" in r), None)
+        else:
+            row["error"] = rs[0].get("error")
+        out.append(row)
+    return out
+
+
+def fmt_bytes(n):
+    if n is None:
+        return "-"
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return "%.1f %s" % (n / div, unit)
+    return "%d B" % n
+
+
+def fmt(x, spec):
+    return "-" if x is None else spec % x
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def table(summary):
+    head = ["workload", "delay", "tool", "wall s", "cpu s", "rss MiB", "bytes", "turns", "check"]
+    rows = []
+    by = {(s["workload"], s["delay_ms"], s["tool"]): s for s in summary}
+    keys = []
+    for s in summary:
+        k = (s["workload"], s["delay_ms"])
+        if k not in keys:
+            keys.append(k)
+    for wl, delay in keys:
+        for tool in ("perl", "ours", "floor"):
+            s = by.get((wl, delay, tool))
+            if s is None:
+                continue
+            if "error" in s:
+                rows.append([wl, "%g ms" % delay, tool, "FAILED: " + (s["error"] or "")[:70],
+                             "", "", "", "", ""])
+                continue
+            rows.append([wl, "%g ms" % delay, tool, fmt(s["wall"], "%.3f"), fmt(s["cpu"], "%.3f"),
+                         fmt(s["rss_mib"], "%.1f"), fmt_bytes(s["bytes"]),
+                         fmt(s["turnarounds"], "%d"), s.get("verified") or ""])
+        p, o, f = by.get((wl, delay, "perl")), by.get((wl, delay, "ours")), by.get((wl, delay, "floor"))
+        for name, a, b in (("ours/perl", o, p), ("ours/floor", o, f)):
+            if a and b and "error" not in a and "error" not in b:
+                rows.append([wl, "%g ms" % delay, name,
+                             fmt(ratio(a["wall"], b["wall"]), "%.2fx"),
+                             fmt(ratio(a["cpu"], b["cpu"]), "%.2fx"),
+                             fmt(ratio(a["rss_mib"], b["rss_mib"]), "%.2fx"),
+                             fmt(ratio(a["bytes"], b["bytes"]), "%.2fx"),
+                             fmt(ratio(a["turnarounds"], b["turnarounds"]), "%.2fx"), ""])
+    normal = [r for r in rows + [head] if not r[3].startswith("FAILED")]
+    widths = [max(len(str(r[i])) for r in normal) for i in range(len(head))]
+    lines = []
+    for r in [head] + rows:
+        if r[3].startswith("FAILED"):
+            lines.append("| " + " | ".join(str(r[i]).ljust(widths[i]) for i in range(3))
+                         + " | " + r[3] + " |")
+            continue
+        lines.append("| " + " | ".join(str(c).ljust(w) if i < 3 else str(c).rjust(w)
+                                       for i, (c, w) in enumerate(zip(r, widths))) + " |")
+        if r is head:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def machine():
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            info["cpu"] = m.group(1) if m else None
+        with open("/proc/meminfo") as f:
+            info["mem_kb"] = int(re.search(r"MemTotal:\s*(\d+)", f.read()).group(1))
+    except OSError:
+        pass
+    for key, cmd in (("dovecot", ["dovecot", "--version"]),
+                     ("perl_interimap", [PERL_INTERIMAP, "--version"]),
+                     ("commit", ["git", "-C", TOP, "rev-parse", "--short", "HEAD"])):
+        try:
+            info[key] = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            info[key] = None
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description="interimap benchmark: Perl vs C",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__)
+    ap.add_argument("--quick", action="store_true", help="message counts divided by 10")
+    ap.add_argument("--json", help="write every raw figure to this file")
+    ap.add_argument("--delay-both", action="store_true",
+                    help="delay the local link too (default: remote link only)")
+    ap.add_argument("--only", help="comma-separated workloads: " +
+                    ",".join(w.name for w in WORKLOADS))
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (median taken)")
+    ap.add_argument("--delays", default="0,25", help="one-way delays in ms (default 0,25)")
+    ap.add_argument("--tools", default="perl,ours,floor")
+    ap.add_argument("--ours", default=os.path.join(TOP, "build", "src", "interimap"),
+                    help="our binary (default build/src/interimap)")
+    ap.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="skip comparing the servers after the first repetition")
+    ap.add_argument("--keep", action="store_true", help="keep the data directories")
+    args = ap.parse_args()
+    args.tools = [t for t in args.tools.split(",") if t]
+    delays = [float(x) if "." in x else int(x) for x in args.delays.split(",")]
+    wanted = set(args.only.split(",")) if args.only else None
+    workloads = [W(args.quick) for W in WORKLOADS if wanted is None or W.name in wanted]
+    if wanted and len(workloads) != len(wanted):
+        ap.error("unknown workload in --only (known: %s)" % ",".join(w.name for w in WORKLOADS))
+    if os.geteuid() != 0:
+        ap.error("run as root: Dovecot's mail processes run as dovenull")
+    if "ours" in args.tools and not os.access(args.ours, os.X_OK):
+        log("our binary %s is missing: its rows are skipped (build it with "
+            "'meson setup build && ninja -C build')" % args.ours)
+        args.tools.remove("ours")
+
+    bench = Bench(args)
+    started = time.monotonic()
+    try:
+        for wl in workloads:
+            t = time.monotonic()
+            wl.generate()
+            log("== %s: %s (data made in %.1fs)" % (wl.name, wl.title, time.monotonic() - t))
+            tools = [t for t in args.tools if t != "floor" or wl.floor]
+            broken = set()
+            for delay in delays:
+                for rep in range(args.reps):
+                    # Tools alternate within a repetition so that slow drifts
+                    # of the machine hit them alike.
+                    for tool in tools:
+                        if (tool, delay) in broken:
+                            continue
+                        r = bench.one(wl, delay, tool, rep)
+                        bench.runs.append(r)
+                        if "error" in r:
+                            broken.add((tool, delay))
+                            log("   %-5s %3g ms rep %d: %s" % (tool, delay, rep, r["error"]))
+                        else:
+                            log("   %-5s %3g ms rep %d: wall %.3fs cpu %.3fs rss %.1f MiB "
+                                "bytes %s turns %d%s"
+                                % (tool, delay, rep, r["wall"], r["user"] + r["sys"],
+                                   r["maxrss_kb"] / 1024, fmt_bytes(r["remote"]["bytes"]),
+                                   r["remote"]["turnarounds"],
+                                   " verify " + r["verified"] if "verified" in r else ""))
+            wl.data = None
+    finally:
+        bench.cleanup()
+    summary = summarize(bench.runs)
+    print()
+    print("interimap benchmark: median of %d, %s, delay on %s link%s (%.0f s in all)"
+          % (args.reps, "quick" if args.quick else "full",
+             "both" if args.delay_both else "the remote", "s" if args.delay_both else "",
+             time.monotonic() - started))
+    for wl in workloads:
+        print("  %-8s %s" % (wl.name, wl.title))
+    print()
+    print(table(summary))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "args": {k: v for k, v in vars(args).items()},
+                       "workloads": {w.name: w.title for w in workloads},
+                       "summary": summary, "runs": bench.runs}, f, indent=1)
+    failed = [s for s in summary if "error" in s or (s.get("verified") or "ok") != "ok"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

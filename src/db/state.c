@@ -53,11 +53,13 @@ static const char *const schema_v1[] = {
 };
 
 /* Our own table: no foreign keys, so the Perl tool (which deletes
- * mailboxes with foreign_keys=ON) never trips on it. */
+ * mailboxes with foreign_keys=ON) never trips on it. A row with sUID 0
+ * stands for a whole batch of copies into the other side, whose UIDs are
+ * at or above tUIDNEXT (the engine's per-mailbox journal). */
 static const char pending_schema[] = "CREATE TABLE IF NOT EXISTS pending ("
                                      "idx INTEGER NOT NULL, "
                                      "source INTEGER NOT NULL CHECK (source IN (0,1)), "
-                                     "sUID UNSIGNED INT NOT NULL CHECK (sUID > 0), "
+                                     "sUID UNSIGNED INT NOT NULL CHECK (sUID >= 0), "
                                      "tUIDNEXT UNSIGNED INT NOT NULL, "
                                      "size UNSIGNED BIGINT NOT NULL, "
                                      "internaldate TEXT NOT NULL, "

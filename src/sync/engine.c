@@ -2204,14 +2204,9 @@ static int compile_ignore(struct sync_engine *e)
     return 0;
 }
 
-/* Connects both servers (again, after a failure) and lists them. */
-static int engine_open(struct sync_engine *e)
+/* Lists both servers again (delimiters, mailboxes, LIST-STATUS). */
+static int engine_relist(struct sync_engine *e)
 {
-    for (int s = 0; s < 2; s++)
-        imap_client_free(&e->client[s]);
-    int r = engine_connect(e);
-    if (r < 0)
-        return r;
     struct side_state lst[2];
     memset(lst, 0, sizeof lst);
     for (int s = 0; s < 2; s++) {
@@ -2220,6 +2215,17 @@ static int engine_open(struct sync_engine *e)
         lst[s].c = e->client[s];
     }
     return engine_list(e, lst);
+}
+
+/* Connects both servers (again, after a failure) and lists them. */
+static int engine_open(struct sync_engine *e)
+{
+    for (int s = 0; s < 2; s++)
+        imap_client_free(&e->client[s]);
+    int r = engine_connect(e);
+    if (r < 0)
+        return r;
+    return engine_relist(e);
 }
 
 static bool engine_broken(const struct sync_engine *e)
@@ -2360,14 +2366,7 @@ int sync_engine_run(struct sync_engine *e)
     }
     if (engine_connect(e) < 0)
         return EXIT_CONNECTION;
-    struct side_state lst[2];
-    memset(lst, 0, sizeof lst);
-    for (int s = 0; s < 2; s++) {
-        lst[s].e = e;
-        lst[s].side = (enum side)s;
-        lst[s].c = e->client[s];
-    }
-    if (engine_list(e, lst) < 0)
+    if (engine_relist(e) < 0)
         return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
     if (state_db_prepare(e->db, e->listing[SIDE_LOCAL].delimiter, e->listing[SIDE_REMOTE].delimiter,
                          err, sizeof err) < 0) {
@@ -2412,14 +2411,7 @@ int sync_engine_run(struct sync_engine *e)
                 engine_wait(e);
                 if (e->stop || engine_broken(e))
                     continue;
-                struct side_state lst[2];
-                memset(lst, 0, sizeof lst);
-                for (int s = 0; s < 2; s++) {
-                    lst[s].e = e;
-                    lst[s].side = (enum side)s;
-                    lst[s].c = e->client[s];
-                }
-                if (engine_list(e, lst) < 0)
+                if (engine_relist(e) < 0)
                     continue;
             }
             engine_cycle(e);

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Runs killed with SIGKILL at many points, then run again: both servers
+must end equal, with no message lost and none duplicated.
+
+The kill points are found in the --debug traffic log: the test reads our
+standard error as it is written and kills the process right after the
+N-th occurrence of a server reply (an APPENDUID, a FETCH of a new message,
+a tagged OK of a STORE...), which lands in the windows that matter: after
+a server acknowledged an APPEND and before the database recorded it, in
+the middle of a MULTIAPPEND, between a STORE and the state update."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pair import Pair, binary  # noqa: E402
+from imapfixture import check, check_eq, main, mail  # noqa: E402
+from imapfixture.mail import MessageGenerator  # noqa: E402
+
+
+def run_and_kill(p, pattern, n, timeout=120):
+    """Runs interimap --debug; SIGKILLs it after the n-th line matching
+    pattern. Returns True if it was killed, False if it finished first."""
+    proc = subprocess.Popen([binary(), "--config", p.config_path, "--debug"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rx = re.compile(pattern)
+    seen = 0
+    killed = False
+    deadline = time.monotonic() + timeout
+    try:
+        for raw in proc.stderr:
+            if rx.search(raw.decode("utf-8", "replace")):
+                seen += 1
+                if seen == n:
+                    proc.send_signal(signal.SIGKILL)
+                    killed = True
+                    break
+            if time.monotonic() > deadline:
+                break
+    finally:
+        if proc.poll() is None and not killed:
+            proc.kill()
+        proc.stderr.close()
+        proc.wait(timeout=30)
+    return killed
+
+
+def check_total(p, want):
+    a, b = p.assert_in_step()
+    check_eq(a.total(), want, "messages on local")
+    check_eq(b.total(), want, "messages on remote")
+
+
+def populate(p, seed=1):
+    gen = MessageGenerator(seed)
+    spec = {"INBOX": 30, "A": 25, "B/C": 20}
+    mail.fill(p.local, {k: gen.mailbox(v) for k, v in spec.items()})
+    gen2 = MessageGenerator(seed + 100)
+    mail.fill(p.remote, {"INBOX": gen2.mailbox(10), "R": gen2.mailbox(15)})
+    return sum(spec.values()) + 25
+
+
+def test_kill_after_appenduid():
+    """The server acknowledged the copies, the database may not know."""
+    for n in (1, 2, 3, 4, 5):
+        with Pair() as p:
+            total = populate(p, seed=n)
+            killed = run_and_kill(p, r"S: \d+ OK \[APPENDUID", n)
+            p.run()
+            check_total(p, total)
+            if not killed:
+                break  # fewer batches than n: later values would not kill either
+
+
+def test_kill_mid_multiappend():
+    """Killed while a body streams from one server into the other."""
+    for n in (1, 7, 19, 33, 61, 90):
+        with Pair() as p:
+            total = populate(p, seed=10 + n)
+            run_and_kill(p, r"S: \* \d+ FETCH \(UID \d+ MODSEQ", n)
+            p.run()
+            check_total(p, total)
+
+
+def test_repeated_kills_then_changes():
+    """Several interrupted runs in a row, with changes in between."""
+    with Pair() as p:
+        total = populate(p, seed=42)
+        for n in (3, 11, 2):
+            run_and_kill(p, r"S: \* \d+ FETCH \(UID \d+ MODSEQ", n)
+        lc = p.login("local")
+        try:
+            gen = MessageGenerator(77)
+            for _ in range(4):
+                mail.append(lc, "A", gen.message())
+        finally:
+            lc.logout()
+        run_and_kill(p, r"S: \d+ OK \[APPENDUID", 1)
+        p.run()
+        check_total(p, total + 4)
+        # and a plain run afterwards changes nothing
+        p.run()
+        check_total(p, total + 4)
+
+
+def test_kill_during_flag_and_expunge_propagation():
+    with Pair() as p:
+        total = populate(p, seed=5)
+        p.run()
+        lc, rc = p.login("local"), p.login("remote")
+        try:
+            mail.set_flags(lc, "INBOX", mail.uids(lc, "INBOX")[:10], ["\\Flagged"])
+            mail.expunge(rc, "R", mail.uids(rc, "R")[:5])
+        finally:
+            lc.logout()
+            rc.logout()
+        run_and_kill(p, r"S: \d+ OK .*(Store|Expunge|STORE|EXPUNGE)", 1)
+        p.run()
+        a, b = p.assert_in_step()
+        check_eq(a.total(), total - 5, "expunges propagated")
+        # the sample mail has some flagged messages already; ours are added
+        flagged = [m for m in b.mailboxes["INBOX"].messages if "\\Flagged" in m.flags]
+        check(len(flagged) >= 10, "flags propagated: %d flagged" % len(flagged))
+
+
+def test_kill_at_random_times():
+    """Timing-based kills complement the log-based ones."""
+    delays = (0.05, 0.15, 0.3, 0.5, 0.8)
+    with Pair() as p:
+        total = populate(p, seed=99)
+        for d in delays:
+            proc = subprocess.Popen([binary(), "--config", p.config_path],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(d)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        p.run()
+        check_total(p, total)
+
+
+if __name__ == "__main__":
+    main(globals())

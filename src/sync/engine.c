@@ -597,6 +597,13 @@ static int engine_list(struct sync_engine *e, struct side_state st[2])
         if (e->listing[s].failed)
             rc = -ENOMEM;
         imap_client_set_handler(e->client[s], NULL, NULL);
+        /* With LIST-STATUS every selectable mailbox comes with a STATUS;
+         * one without is a name the server lists but cannot open (Dovecot
+         * lists a deleted parent of a surviving child that way). */
+        if (rc == 0 && imap_client_has_cap(e->client[s], "LIST-STATUS"))
+            for (size_t i = 0; i < e->listing[s].count; i++)
+                if (!e->listing[s].items[i].has_status)
+                    e->listing[s].items[i].selectable = false;
     }
     if (rc < 0)
         return rc;

@@ -121,6 +121,7 @@ struct sync_engine {
     bool stop;           /* SIGINT/SIGTERM: finish the step and leave */
     struct coro *sleeper; /* the engine while it sleeps between cycles */
     bool notify_set;
+    bool connected;       /* both connections are up */
     char errbuf[512];
 };
 
@@ -2230,6 +2231,7 @@ static int engine_open(struct sync_engine *e)
     for (int s = 0; s < 2; s++)
         imap_client_free(&e->client[s]);
     int r = engine_connect(e);
+    e->connected = r == 0;
     if (r < 0)
         return r;
     return engine_relist(e);
@@ -2237,7 +2239,8 @@ static int engine_open(struct sync_engine *e)
 
 static bool engine_broken(const struct sync_engine *e)
 {
-    return imap_client_is_broken(e->client[0]) || imap_client_is_broken(e->client[1]);
+    return !e->connected || imap_client_is_broken(e->client[0]) ||
+           imap_client_is_broken(e->client[1]);
 }
 
 /* One synchronization of every mailbox; returns an exit status. */
@@ -2373,6 +2376,7 @@ int sync_engine_run(struct sync_engine *e)
     }
     if (engine_connect(e) < 0)
         return EXIT_CONNECTION;
+    e->connected = true;
     if (engine_relist(e) < 0)
         return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
     if (state_db_prepare(e->db, e->listing[SIDE_LOCAL].delimiter, e->listing[SIDE_REMOTE].delimiter,

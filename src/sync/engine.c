@@ -1355,7 +1355,14 @@ static char *new_range(uint32_t since, const struct uidset *skip)
 static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
 {
     struct sync_engine *e = m->e;
-    for (int round = 0; round < 100; round++) {
+    /* Round 0 looks at a side only if SELECT announced new messages there.
+     * A later round looks again at the sides that just received copies:
+     * a message delivered meanwhile may have got a UID below ours, and
+     * only a new FETCH can tell. Sides with nothing new cost no round trip. */
+    bool look[2];
+    for (int s = 0; s < 2; s++)
+        look[s] = imap_client_mailbox(m->st[s].c)->uidnext > m->uidnext[s];
+    for (int round = 0; round < 100 && (look[0] || look[1]); round++) {
         struct new_copy cp[2];
         struct imap_cmd *fetch[2] = {NULL, NULL};
         for (int s = 0; s < 2; s++) {
@@ -1368,8 +1375,11 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
             uidset_clear(&m->st[s].fetched);
         }
         /* both FETCHes go out at once; each streams into the other server */
+        int rc = 0;
         for (int k = 0; k < 2; k++) {
             enum side s = k == 0 ? SIDE_REMOTE : SIDE_LOCAL;
+            if (!look[s])
+                continue;
             char *range = new_range(m->uidnext[s], &skip[s]);
             if (!range)
                 return -ENOMEM;
@@ -1377,10 +1387,13 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
             fetch[s] = imap_client_send(
                 m->st[s].c, "UID FETCH %a (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", range);
             free(range);
+            if (!fetch[s])
+                rc = -ENOMEM;
         }
-        int rc = 0;
         for (int s = 0; s < 2; s++) {
-            int r = fetch[s] ? imap_cmd_wait(fetch[s]) : -ENOMEM;
+            if (!fetch[s])
+                continue;
+            int r = imap_cmd_wait(fetch[s]);
             if (r < 0) {
                 log_error(e->log, side_name[s], m->st[s].mailbox, "FETCH failed: %s",
                           imap_client_error(m->st[s].c));
@@ -1394,7 +1407,7 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
                 rc = cp[s].error;
             }
         }
-        bool any = false;
+        bool received[2] = {false, false};
         for (int s = 0; s < 2; s++) {
             struct uidset appended;
             uidset_init(&appended);
@@ -1403,19 +1416,18 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
                 rc = r;
             for (size_t i = 0; i < appended.count; i++)
                 uidset_add(&skip[OTHER(s)], appended.uids[i]);
+            if (appended.count)
+                received[OTHER(s)] = true;
             uidset_fini(&appended);
             /* every UID fetched from s is now either replicated or skipped */
             struct uidset *f = &m->st[s].fetched;
-            for (size_t i = 0; i < f->count; i++) {
-                if (!uidset_contains(&skip[s], f->uids[i]))
-                    any = true;
+            for (size_t i = 0; i < f->count; i++)
                 uidset_add(&skip[s], f->uids[i]);
-            }
         }
         if (rc < 0)
             return rc;
-        if (!any)
-            return 0;
+        for (int s = 0; s < 2; s++)
+            look[s] = received[s];
     }
     return 0;
 }

@@ -68,11 +68,11 @@ struct imap_response {
 
     /* Status responses (tagged, or untagged OK/NO/BAD/BYE/PREAUTH) */
     enum imap_status status;
-    const char *code;              /* response code atom ("UIDNEXT"), or NULL */
-    struct imap_value *code_args;  /* values after the code atom inside [ ] */
+    const char *code;             /* response code atom ("UIDNEXT"), or NULL */
+    struct imap_value *code_args; /* values after the code atom inside [ ] */
     size_t code_nargs;
-    const char *text;              /* human-readable text, "" if none; for a
-                                      continuation, everything after "+ " */
+    const char *text; /* human-readable text, "" if none; for a
+                         continuation, everything after "+ " */
 
     /* Other untagged responses: every value after "*". For
      * "* 12 FETCH (UID 7 FLAGS (\Seen))": args[0] = ATOM "12",
@@ -139,8 +139,8 @@ const char *imap_parser_error(const struct imap_parser *p);
 
 /* Accessors. Each returns false if the value is not of that form. */
 bool imap_value_is_atom(const struct imap_value *v, const char *atom); /* case-insensitive */
-bool imap_value_u32(const struct imap_value *v, uint32_t *out);  /* nz-number or 0 */
-bool imap_value_u64(const struct imap_value *v, uint64_t *out);  /* mod-sequence: < 2^63 */
+bool imap_value_u32(const struct imap_value *v, uint32_t *out);        /* nz-number or 0 */
+bool imap_value_u64(const struct imap_value *v, uint64_t *out);        /* mod-sequence: < 2^63 */
 /* Atom, string or literal as bytes (NIL -> false). */
 bool imap_value_string(const struct imap_value *v, const char **str, size_t *len);
 

@@ -61,8 +61,7 @@ void stream_init(struct stream *s, const struct stream_ops *ops, struct stream *
 /* The timeouts apply to every layer down to the transport, which waits. */
 void stream_set_timeouts(struct stream *s, uint64_t read_ms, uint64_t write_ms);
 
-void stream_set_error(struct stream *s, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void stream_set_error(struct stream *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Copies the lower layer's message into s->error, prefixed by `what: `. */
 void stream_take_error(struct stream *s, const char *what);
 

@@ -118,10 +118,10 @@ struct sync_engine {
     struct listing listing[2];
     pcre2_code *ignore_re;
     int failed_mailboxes;
-    bool stop;           /* SIGINT/SIGTERM: finish the step and leave */
+    bool stop;            /* SIGINT/SIGTERM: finish the step and leave */
     struct coro *sleeper; /* the engine while it sleeps between cycles */
     bool notify_set;
-    bool connected;       /* both connections are up */
+    bool connected; /* both connections are up */
     char errbuf[512];
 };
 
@@ -1612,8 +1612,8 @@ struct fp_list {
 static void fp_untagged(void *ctx, const struct imap_response *r)
 {
     struct fp_list *fl = ctx;
-    if (r->status != IMAP_STATUS_NONE || r->nargs < 3 || !imap_value_is_atom(&r->args[1], "FETCH") ||
-        r->args[2].type != IMAP_LIST) {
+    if (r->status != IMAP_STATUS_NONE || r->nargs < 3 ||
+        !imap_value_is_atom(&r->args[1], "FETCH") || r->args[2].type != IMAP_LIST) {
         selected_untagged(fl->st, r);
         return;
     }
@@ -1648,8 +1648,8 @@ static void fp_untagged(void *ctx, const struct imap_response *r)
         fl->items = it;
         fl->cap = cap;
     }
-    fl->items[fl->count++] = (struct fingerprint){uid, size, strndup(date, datelen),
-                                                  strndup(hdr, hdrlen), false};
+    fl->items[fl->count++] =
+        (struct fingerprint){uid, size, strndup(date, datelen), strndup(hdr, hdrlen), false};
 }
 
 static const struct imap_handler fp_handler = {fp_untagged, NULL};
@@ -1739,8 +1739,8 @@ static int copy_uids(struct mbox_ctx *m, enum side src, struct uidset *uids, str
     int rc = 0;
     m->st[src].copy = &cp;
     while (rc == 0 && (set = uidset_format(uids, &pos, UIDSET_TEXT_MAX))) {
-        rc = imap_client_run(m->st[src].c, "UID FETCH %a (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])",
-                             set);
+        rc = imap_client_run(m->st[src].c,
+                             "UID FETCH %a (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", set);
         free(set);
         if (cp.error && rc == 0)
             rc = cp.error;
@@ -2340,8 +2340,8 @@ static void engine_wait(struct sync_engine *e)
         engine_sleep(e, ms, false);
         return;
     }
-    bool notify = imap_client_has_cap(e->client[0], "NOTIFY") &&
-                  imap_client_has_cap(e->client[1], "NOTIFY");
+    bool notify =
+        imap_client_has_cap(e->client[0], "NOTIFY") && imap_client_has_cap(e->client[1], "NOTIFY");
     if (notify) {
         if (!e->notify_set) {
             for (int s = 0; s < 2; s++)

@@ -32,7 +32,7 @@ static char *flags_join(char **v, size_t n)
     return out;
 }
 
-static char *flags_from_words(char *copy, const char *extra)
+static char *flags_from_words(char *copy)
 {
     size_t cap = 16, n = 0;
     char **v = malloc(cap * sizeof *v);
@@ -53,7 +53,6 @@ static char *flags_from_words(char *copy, const char *extra)
         }
         v[n++] = w;
     }
-    (void)extra;
     qsort(v, n, sizeof *v, cmp_flag);
     char *out = flags_join(v, n);
     free(v);
@@ -80,7 +79,7 @@ char *flags_normalize(const struct imap_value *list)
         o += l;
     }
     copy[o] = '\0';
-    char *out = flags_from_words(copy, NULL);
+    char *out = flags_from_words(copy);
     free(copy);
     return out;
 }
@@ -94,7 +93,7 @@ char *flags_union(const char *a, const char *b)
     memcpy(copy, a, la);
     copy[la] = ' ';
     memcpy(copy + la + 1, b, lb + 1);
-    char *out = flags_from_words(copy, NULL);
+    char *out = flags_from_words(copy);
     free(copy);
     return out;
 }

@@ -13,7 +13,7 @@ static int failures;
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
             failures++;                                                                            \
         }                                                                                          \
     } while (0)
@@ -57,8 +57,8 @@ static void test_parse_order_and_ranges(void)
 
 static void test_parse_rejects(void)
 {
-    const char *bad[] = {"", "0", "1,", ",1", "1:", "1:*", "*", "a", "1::2", "4294967296",
-                         "1 2", "01", NULL};
+    const char *bad[] = {"",  "0",    "1,",         ",1",  "1:", "1:*", "*",
+                         "a", "1::2", "4294967296", "1 2", "01", NULL};
     for (size_t i = 0; bad[i]; i++) {
         struct uidset s;
         uidset_init(&s);

@@ -708,13 +708,14 @@ def main():
     ap = argparse.ArgumentParser(description="interimap benchmark: Perl vs C",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__)
-    ap.add_argument("--quick", action="store_true", help="message counts divided by 10")
+    ap.add_argument("--quick", action="store_true",
+                    help="message counts divided by 10, one repetition")
     ap.add_argument("--json", help="write every raw figure to this file")
     ap.add_argument("--delay-both", action="store_true",
                     help="delay the local link too (default: remote link only)")
     ap.add_argument("--only", help="comma-separated workloads: " +
                     ",".join(w.name for w in WORKLOADS))
-    ap.add_argument("--reps", type=int, default=3, help="repetitions (median taken)")
+    ap.add_argument("--reps", type=int, help="repetitions, median taken (default 3, 1 with --quick)")
     ap.add_argument("--delays", default="0,25", help="one-way delays in ms (default 0,25)")
     ap.add_argument("--tools", default="perl,ours,floor")
     ap.add_argument("--ours", default=os.path.join(TOP, "build", "src", "interimap"),
@@ -724,6 +725,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
     args = ap.parse_args()
     args.tools = [t for t in args.tools.split(",") if t]
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
     delays = [float(x) if "." in x else int(x) for x in args.delays.split(",")]
     wanted = set(args.only.split(",")) if args.only else None
     workloads = [W(args.quick) for W in WORKLOADS if wanted is None or W.name in wanted]

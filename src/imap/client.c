@@ -74,7 +74,9 @@ struct imap_client {
 
     bool cont_pending;
     struct coro *cont_waiter;
-    struct imap_cmd *writing; /* the command whose text is being written */
+    struct imap_cmd *writing;      /* the command whose text is being written */
+    struct imap_cmd *compress_cmd; /* COMPRESS sent behind the login */
+    bool need_caps;                /* capabilities are the pre-login ones */
     struct coro *activity_waiter;
     bool activity;
 
@@ -1170,6 +1172,11 @@ static int client_authenticate(struct imap_client *c)
     }
     if (!cmd)
         return -ENOMEM;
+    /* COMPRESS goes out right behind the credentials instead of one round
+     * trip later: if the login fails it fails too, harmlessly, and a server
+     * without COMPRESS answers BAD. */
+    if (cfg->compress && !c->broken)
+        c->compress_cmd = imap_client_send(c, "COMPRESS DEFLATE");
     int r = imap_cmd_wait(cmd);
     bool caps_in_reply = cmd->code && strcasecmp(cmd->code, "CAPABILITY") == 0;
     if (r == ERR_NO || r == ERR_BAD) {
@@ -1179,23 +1186,26 @@ static int client_authenticate(struct imap_client *c)
     imap_cmd_free(&cmd);
     if (r < 0)
         return r;
-    if (!caps_in_reply)
-        r = client_capability(c);
+    /* post-login capabilities: from the reply, or asked for after COMPRESS */
+    c->need_caps = !caps_in_reply;
     return r;
 }
 
 static int client_enable_compress(struct imap_client *c)
 {
-    if (!c->cfg->compress || !imap_client_has_cap(c, "COMPRESS=DEFLATE"))
+    struct imap_cmd *cmd = c->compress_cmd;
+    c->compress_cmd = NULL;
+    if (!cmd && (!c->cfg->compress || !imap_client_has_cap(c, "COMPRESS=DEFLATE")))
         return 0;
-    struct imap_cmd *cmd = imap_client_send(c, "COMPRESS DEFLATE");
+    if (!cmd)
+        cmd = imap_client_send(c, "COMPRESS DEFLATE");
     if (!cmd)
         return -ENOMEM;
     int r = imap_cmd_wait(cmd);
     bool active = r == ERR_NO && cmd->code && strcasecmp(cmd->code, "COMPRESSIONACTIVE") == 0;
     imap_cmd_free(&cmd);
-    if (active)
-        return 0;
+    if (active || r == ERR_NO || r == ERR_BAD)
+        return 0; /* already on, or not offered: carry on uncompressed */
     if (r < 0)
         return r;
     if (c->roff != c->rlen) {
@@ -1291,20 +1301,22 @@ int imap_client_connect(struct imap_client *c)
     r = client_enable_compress(c);
     if (r < 0)
         return r;
+    if (c->need_caps && (r = client_capability(c)) < 0)
+        return r;
 
     if (!imap_client_has_cap(c, "QRESYNC")) {
         client_set_error(c, "%s: server lacks the QRESYNC extension (RFC 7162)", cfg->name);
         return ERR_UNSUPPORTED;
     }
-    r = imap_client_run(c, "ENABLE QRESYNC");
-    if (r < 0)
-        return r;
-
     /* From now on responses are read by a coroutine of their own. */
     c->reader = coro_spawn(c->sched, reader_main, c, 0);
     if (!c->reader)
         return -ENOMEM;
     c->reader_running = true;
+    /* Not waited for: the caller's first commands follow in the same round
+     * trip. A server refusing it would refuse SELECT (QRESYNC) next. */
+    struct imap_cmd *enable = imap_client_send(c, "ENABLE QRESYNC");
+    imap_cmd_free(&enable);
     return 0;
 }
 
@@ -1359,6 +1371,7 @@ void imap_client_free(struct imap_client **pc)
         else
             coro_detach(c->reader);
     }
+    imap_cmd_free(&c->compress_cmd);
     client_break(c, -ECANCELED);
     stream_free(&c->stream);
     imap_parser_free(&c->parser);

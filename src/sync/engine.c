@@ -561,9 +561,23 @@ static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st)
     return cmd;
 }
 
+/* Whether the LIST patterns need the hierarchy delimiters first. */
+static bool patterns_need_delimiter(const struct sync_engine *e)
+{
+    if (e->opts.nmailboxes)
+        return true; /* command-line names use the local delimiter */
+    for (size_t i = 0; i < e->cfg->list_mailbox_count; i++)
+        if (memchr(e->cfg->list_mailbox[i].data, '\0', e->cfg->list_mailbox[i].len))
+            return true;
+    return false;
+}
+
 static int engine_list(struct sync_engine *e, struct side_state st[2])
 {
-    struct imap_cmd *dcmd[2], *lcmd[2];
+    struct imap_cmd *dcmd[2], *lcmd[2] = {NULL, NULL};
+    /* Both queries go out together unless the patterns must be spelled
+     * with the delimiter that the first one tells. */
+    bool pipelined = !patterns_need_delimiter(e);
     for (int s = 0; s < 2; s++) {
         listing_fini(&e->listing[s]);
         st[s].listing = &e->listing[s];
@@ -571,6 +585,8 @@ static int engine_list(struct sync_engine *e, struct side_state st[2])
         const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
         dcmd[s] = imap_client_send(e->client[s], "LIST %s \"\"",
                                    sc->list_reference ? sc->list_reference : "");
+        if (pipelined)
+            lcmd[s] = list_send(e, &st[s]);
     }
     int rc = 0;
     for (int s = 0; s < 2; s++) {
@@ -581,11 +597,14 @@ static int engine_list(struct sync_engine *e, struct side_state st[2])
             rc = r;
         }
     }
-    if (rc < 0)
+    if (rc < 0) {
+        for (int s = 0; s < 2; s++)
+            imap_cmd_free(&lcmd[s]);
         return rc;
-    /* the delimiter query tells the delimiter; the real listing follows */
-    for (int s = 0; s < 2; s++)
-        lcmd[s] = list_send(e, &st[s]);
+    }
+    if (!pipelined)
+        for (int s = 0; s < 2; s++)
+            lcmd[s] = list_send(e, &st[s]);
     for (int s = 0; s < 2; s++) {
         if (!lcmd[s])
             return -ENOMEM;
@@ -2377,6 +2396,24 @@ static void engine_wait(struct sync_engine *e)
     }
 }
 
+static void logout_main(struct coro *self, void *arg)
+{
+    (void)self;
+    imap_client_logout(arg);
+}
+
+/* LOGOUT on both connections at once: one round trip, not two. */
+static void engine_logout(struct sync_engine *e)
+{
+    struct coro *co[2] = {NULL, NULL};
+    for (int s = 0; s < 2; s++)
+        if (e->client[s] && !imap_client_is_broken(e->client[s]))
+            co[s] = coro_spawn(e->sched, logout_main, e->client[s], 0);
+    for (int s = 0; s < 2; s++)
+        if (co[s])
+            coro_join(coro_current(e->sched), co[s]);
+}
+
 int sync_engine_run(struct sync_engine *e)
 {
     char err[512];
@@ -2447,8 +2484,6 @@ int sync_engine_run(struct sync_engine *e)
     }
 
     state_db_commit(e->db);
-    for (int s = 0; s < 2; s++)
-        if (e->client[s] && !imap_client_is_broken(e->client[s]))
-            imap_client_logout(e->client[s]);
+    engine_logout(e);
     return status;
 }

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "coro/coro.h"
 #include "errors.h"
+#include "imap/client.h"
 #include "interimap-version.h"
 #include "log.h"
 #include "sync/sync.h"
@@ -289,6 +290,13 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     free(path);
+    if (imap_client_check_config(&cfg.local, err, sizeof err) < 0 ||
+        imap_client_check_config(&cfg.remote, err, sizeof err) < 0) {
+        fprintf(stderr, "interimap: %s: %s\n", cfg.path, err);
+        config_fini(&cfg);
+        free(cli.args);
+        return EXIT_USAGE;
+    }
     struct logger *log = logger_new(cfg.logfile, cfg.log_prefix, err, sizeof err);
     if (!log) {
         fprintf(stderr, "interimap: %s\n", err);

@@ -75,6 +75,9 @@ struct imap_client *imap_client_new(struct coro_sched *sched, const struct serve
 void imap_client_free(struct imap_client **c);
 
 int imap_client_connect(struct imap_client *c);
+/* Checks what can be checked without connecting (TLS option values, proxy
+ * URL, tunnel command): 0, or ERR_CONFIG with a one-line message. */
+int imap_client_check_config(const struct server_config *cfg, char *err, size_t errlen);
 /* Sends LOGOUT, waits for the reply (bounded) and closes. */
 int imap_client_logout(struct imap_client *c);
 

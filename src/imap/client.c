@@ -1023,13 +1023,13 @@ static int client_open_transport(struct imap_client *c)
     return r;
 }
 
-static int client_start_tls(struct imap_client *c)
+/* The TLS options of a server section; host receives the bare host name. */
+static struct tls_options tls_options_of(const struct server_config *cfg, char *host,
+                                         size_t hostlen)
 {
-    const struct server_config *cfg = c->cfg;
-    char host[256];
-    bool literal = transport_host_is_literal(cfg->host, host, sizeof host);
+    bool literal = transport_host_is_literal(cfg->host, host, hostlen);
     if (!literal)
-        snprintf(host, sizeof host, "%s", cfg->host);
+        snprintf(host, hostlen, "%s", cfg->host);
     const char *sni = cfg->ssl_hostname_set ? cfg->ssl_hostname : (literal ? NULL : host);
     struct tls_options opts = {
         .verify = cfg->ssl_verify,
@@ -1044,6 +1044,42 @@ static int client_start_tls(struct imap_client *c)
         .cipherlist = cfg->ssl_cipherlist,
         .ciphersuites = cfg->ssl_ciphersuites,
     };
+    return opts;
+}
+
+int imap_client_check_config(const struct server_config *cfg, char *err, size_t errlen)
+{
+    char host[256], why[256];
+    if (cfg->type == SERVER_TUNNEL) {
+        if (!cfg->command || !*cfg->command) {
+            snprintf(err, errlen, "%s: type = tunnel needs a command", cfg->name);
+            return ERR_CONFIG;
+        }
+        return 0;
+    }
+    if (cfg->proxy) {
+        struct socks5_proxy proxy;
+        if (socks5_proxy_parse(cfg->proxy, &proxy, why, sizeof why) < 0) {
+            snprintf(err, errlen, "%s: %s", cfg->name, why);
+            return ERR_CONFIG;
+        }
+        socks5_proxy_fini(&proxy);
+    }
+    if (cfg->type == SERVER_IMAPS || cfg->starttls) {
+        struct tls_options opts = tls_options_of(cfg, host, sizeof host);
+        if (tls_options_check(&opts, why, sizeof why) < 0) {
+            snprintf(err, errlen, "%s: %s", cfg->name, why);
+            return ERR_CONFIG;
+        }
+    }
+    return 0;
+}
+
+static int client_start_tls(struct imap_client *c)
+{
+    const struct server_config *cfg = c->cfg;
+    char host[256];
+    struct tls_options opts = tls_options_of(cfg, host, sizeof host);
     char err[256];
     struct stream *tls = NULL;
     int r = tls_stream_new(c->stream, &opts, &tls, err, sizeof err);

@@ -1381,6 +1381,7 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
     bool look[2];
     for (int s = 0; s < 2; s++)
         look[s] = imap_client_mailbox(m->st[s].c)->uidnext > m->uidnext[s];
+    bool again_local = false;
     for (int round = 0; round < 100 && (look[0] || look[1]); round++) {
         struct new_copy cp[2];
         struct imap_cmd *fetch[2] = {NULL, NULL};
@@ -1393,7 +1394,17 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
             uidset_normalize(&skip[s]);
             uidset_clear(&m->st[s].fetched);
         }
-        /* both FETCHes go out at once; each streams into the other server */
+        /* One direction at a time: each reader streams into the other
+         * server, so with both directions at once each reader could block
+         * writing to a server that is itself blocked writing its FETCH to
+         * the other reader (servers do not read the next command while
+         * sending a long response), and without LITERAL+ each body waits
+         * for a continuation only the other, busy, reader can see. The
+         * remote side goes first, like the reference tool. */
+        if (look[SIDE_REMOTE] && look[SIDE_LOCAL]) {
+            look[SIDE_LOCAL] = false;
+            again_local = true;
+        }
         int rc = 0;
         for (int k = 0; k < 2; k++) {
             enum side s = k == 0 ? SIDE_REMOTE : SIDE_LOCAL;
@@ -1447,6 +1458,10 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
             return rc;
         for (int s = 0; s < 2; s++)
             look[s] = received[s];
+        if (again_local) {
+            look[SIDE_LOCAL] = true;
+            again_local = false;
+        }
     }
     return 0;
 }

@@ -275,5 +275,30 @@ def test_large_message_bounded_memory():
         print("peak RSS for a 20 MiB message: %d KiB" % rss_kb)
         check(rss_kb < 64 * 1024, "peak RSS %d KiB under 64 MiB" % rss_kb)
 
+def test_server_without_literalplus_or_multiappend():
+    """Synchronizing literals (wait for '+' before each body) and one APPEND
+    per message still work."""
+    caps = ("IMAP4rev1 SASL-IR ENABLE IDLE UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED "
+            "CONDSTORE QRESYNC ESEARCH LIST-STATUS")
+    with Pair(remote={"capability": caps}, local={"capability": caps}) as p:
+        fill(p.local, {"INBOX": 6, "Box": 4})
+        fill(p.remote, {"INBOX": 3}, seed=8)
+        r = p.run("--debug", timeout=120)
+        check(not any("+}" in l and "APPEND" in l for l in r.err.splitlines()),
+              "no non-synchronizing literal without LITERAL+")
+        a, b = p.assert_in_step()
+        check_eq(a.total(), 13, "all messages copied")
+
+
+def test_invalid_tls_option_rejected_before_connecting():
+    with Pair() as p:
+        p.write_config(remote_section="SSL_protocol_min = TLSv9")
+        r = p.run(expect=None)
+        check_eq(r.code, 2, "configuration error status")
+        lines = [l for l in r.err.splitlines() if l.strip()]
+        check_eq(len(lines), 1, "one error line: %r" % r.err)
+        check("TLSv9" in r.err, "names the bad value: %r" % r.err)
+
+
 if __name__ == "__main__":
     main(globals())

@@ -1573,12 +1573,92 @@ static void log_summary(struct mbox_ctx *m)
 }
 
 /* Pairs left by an interrupted run: mapped UIDs at or above the stored
- * UIDNEXT. They are not fetched again; their flags are checked below. */
-static int interrupted_pairs(struct mbox_ctx *m, struct uidset skip[2])
+ * UIDNEXT (the reference tool commits pairs before UIDNEXT). They are not
+ * copied again; check_interrupted() settles them once UIDNEXT has moved. */
+static int interrupted_pairs(struct mbox_ctx *m, struct uidset pairs[2], struct uidset skip[2])
 {
-    return state_db_mapping_above(m->e->db, m->idx, m->db[SIDE_LOCAL].uidnext,
-                                  m->db[SIDE_REMOTE].uidnext, &skip[SIDE_LOCAL],
-                                  &skip[SIDE_REMOTE]);
+    int r =
+        state_db_mapping_above(m->e->db, m->idx, m->db[SIDE_LOCAL].uidnext,
+                               m->db[SIDE_REMOTE].uidnext, &pairs[SIDE_LOCAL], &pairs[SIDE_REMOTE]);
+    for (int s = 0; r >= 0 && s < 2; s++)
+        for (size_t i = 0; i < pairs[s].count; i++)
+            uidset_add(&skip[s], pairs[s].uids[i]);
+    return r;
+}
+
+/*
+ * Fetches the flags of the interrupted pairs on both sides. A pair whose
+ * message vanished on one side loses its other half too; flags reported
+ * for the others are left among the changes, for sync_known to reconcile
+ * (any difference is settled as a conflict, there being no reliable
+ * HIGHESTMODSEQ for them).
+ */
+static int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
+{
+    struct sync_engine *e = m->e;
+    if (pairs[0].count == 0)
+        return 0;
+    struct imap_cmd *cmd[2] = {NULL, NULL};
+    int rc = 0;
+    for (int s = 0; s < 2; s++) {
+        struct uidset sorted;
+        uidset_init(&sorted);
+        for (size_t i = 0; i < pairs[s].count; i++)
+            uidset_add(&sorted, pairs[s].uids[i]);
+        uidset_normalize(&sorted);
+        size_t pos = 0;
+        char *set = uidset_format(&sorted, &pos, 1u << 20);
+        uidset_fini(&sorted);
+        if (!set)
+            return -ENOMEM;
+        cmd[s] = imap_client_send(m->st[s].c, "UID FETCH %a (UID MODSEQ FLAGS)", set);
+        free(set);
+    }
+    for (int s = 0; s < 2; s++) {
+        int r = cmd[s] ? imap_cmd_wait(cmd[s]) : -ENOMEM;
+        imap_cmd_free(&cmd[s]);
+        if (r < 0)
+            rc = r;
+    }
+    if (rc < 0)
+        return rc;
+    struct uidset remove[2];
+    uidset_init(&remove[0]);
+    uidset_init(&remove[1]);
+    for (int s = 0; s < 2; s++)
+        changes_compact(&m->st[s]);
+    for (size_t i = 0; i < pairs[0].count && i < pairs[1].count; i++) {
+        uint32_t u[2] = {pairs[0].uids[i], pairs[1].uids[i]};
+        bool have[2] = {change_find(&m->st[0], u[0]) != NULL, change_find(&m->st[1], u[1]) != NULL};
+        if (have[0] && have[1])
+            continue;
+        for (int s = 0; s < 2; s++)
+            if (have[s])
+                uidset_add(&remove[s], u[s]);
+        if (state_db_mapping_delete(e->db, m->idx, SIDE_LOCAL, u[0]) < 0)
+            rc = ERR_DB;
+    }
+    for (int s = 0; rc == 0 && s < 2; s++) {
+        if (!remove[s].count)
+            continue;
+        rc = remove_messages(&m->st[s], &remove[s]);
+        m->removed[s] += (unsigned)remove[s].count;
+        /* their reported flags no longer matter */
+        size_t o = 0;
+        for (size_t i = 0; i < m->st[s].nchanges; i++) {
+            if (uidset_contains(&remove[s], m->st[s].changes[i].uid)) {
+                free(m->st[s].changes[i].flags);
+                continue;
+            }
+            m->st[s].changes[o++] = m->st[s].changes[i];
+        }
+        m->st[s].nchanges = o;
+    }
+    uidset_fini(&remove[0]);
+    uidset_fini(&remove[1]);
+    if (rc == 0 && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0))
+        rc = ERR_DB;
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1918,9 +1998,11 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w, bool repair)
 {
     struct mbox_ctx m = {.e = e, .idx = w->idx};
     int rc = 0;
-    struct uidset skip[2];
-    uidset_init(&skip[0]);
-    uidset_init(&skip[1]);
+    struct uidset skip[2], ipairs[2];
+    for (int s = 0; s < 2; s++) {
+        uidset_init(&skip[s]);
+        uidset_init(&ipairs[s]);
+    }
     m.pretty = pretty_name(e, w->key, w->keylen);
     for (int s = 0; s < 2; s++) {
         m.st[s].e = e;
@@ -1974,7 +2056,7 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w, bool repair)
         if (f == 1 && (rc = recover_appends(&m, (enum side)s, bound)) < 0)
             goto out;
     }
-    if (known && interrupted_pairs(&m, skip) < 0) {
+    if (known && interrupted_pairs(&m, ipairs, skip) < 0) {
         rc = ERR_DB;
         goto out;
     }
@@ -2018,6 +2100,9 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w, bool repair)
             top = ms->uidnext;
         m.uidnext[s] = top > m.uidnext[s] ? top : m.uidnext[s];
     }
+    rc = check_interrupted(&m, ipairs);
+    if (rc < 0)
+        goto out;
     rc = sync_known(&m, &changed);
     if (rc < 0)
         goto out;
@@ -2048,6 +2133,7 @@ out:
         imap_client_set_handler(e->client[s], NULL, NULL);
         side_state_fini(&m.st[s]);
         uidset_fini(&skip[s]);
+        uidset_fini(&ipairs[s]);
     }
     free(m.pretty);
     return rc;

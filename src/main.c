@@ -20,10 +20,6 @@
 #include "log.h"
 #include "sync/sync.h"
 
-static const char usage_short[] =
-    "Usage: interimap [OPTIONS] [COMMAND] [MAILBOX [..]]\n"
-    "Try 'interimap --help' or consult the manpage for more information.\n";
-
 static const char usage_long[] =
     "Usage: interimap [OPTIONS] [MAILBOX [..]]\n"
     "  or: interimap [OPTIONS] --repair [MAILBOX [..]]\n"
@@ -122,7 +118,7 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
                 else if (*p == 'h')
                     cli->help = true;
                 else {
-                    fprintf(stderr, "interimap: unknown option -%c\n", *p);
+                    fprintf(stderr, "interimap: unknown option -%c (see interimap --help)\n", *p);
                     return -EINVAL;
                 }
             }
@@ -171,7 +167,7 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
         } else if (strcmp(a, "--rename") == 0) {
             cli->rename = true;
         } else {
-            fprintf(stderr, "interimap: unknown option %s\n", a);
+            fprintf(stderr, "interimap: unknown option %s (see interimap --help)\n", a);
             return -EINVAL;
         }
     }
@@ -255,7 +251,6 @@ int main(int argc, char **argv)
     struct cli cli = {0};
     struct sync_options opts;
     if (parse_cli(argc, argv, &cli) < 0) {
-        fputs(usage_short, stderr);
         free(cli.args);
         return EXIT_USAGE;
     }
@@ -270,7 +265,6 @@ int main(int argc, char **argv)
         return 0;
     }
     if (check_cli(&cli, &opts) < 0) {
-        fputs(usage_short, stderr);
         free(cli.args);
         return EXIT_USAGE;
     }

@@ -29,6 +29,7 @@ enum {
     WRITE_TIMEOUT_MS = 5 * 60 * 1000,
     LOGOUT_TIMEOUT_MS = 5 * 1000,
     READ_CHUNK = 64 * 1024,
+    OBUF_SIZE = 64 * 1024,
     MAX_WAITERS = 64,
 };
 
@@ -74,7 +75,10 @@ struct imap_client {
 
     bool cont_pending;
     struct coro *cont_waiter;
-    struct imap_cmd *writing;      /* the command whose text is being written */
+    struct imap_cmd *writing; /* the command whose text is being written */
+    char *obuf;               /* gathered output while corked */
+    size_t olen;
+    bool corked;
     struct imap_cmd *compress_cmd; /* COMPRESS sent behind the login */
     bool need_caps;                /* capabilities are the pre-login ones */
     struct coro *activity_waiter;
@@ -251,7 +255,7 @@ static void dbg_client_line(struct imap_client *c, const char *line, size_t len)
 /* ------------------------------------------------------------------ */
 /* writing */
 
-static int client_write(struct imap_client *c, const void *buf, size_t len)
+static int client_write_now(struct imap_client *c, const void *buf, size_t len)
 {
     if (c->broken)
         return c->broken_code;
@@ -262,6 +266,38 @@ static int client_write(struct imap_client *c, const void *buf, size_t len)
         client_break(c, r);
     }
     return r;
+}
+
+static int client_flush(struct imap_client *c)
+{
+    if (c->olen == 0)
+        return c->broken ? c->broken_code : 0;
+    size_t n = c->olen;
+    c->olen = 0;
+    return client_write_now(c, c->obuf, n);
+}
+
+/*
+ * While a long command is being written (APPEND of many messages), small
+ * pieces - each message's flags, date and literal header, small bodies -
+ * are gathered into one buffer, so the layers below (COMPRESS flushes,
+ * TLS records, system calls) see a few large writes instead of many tiny
+ * ones. Otherwise, and for large pieces, bytes go out at once.
+ */
+static int client_write(struct imap_client *c, const void *buf, size_t len)
+{
+    if (!c->corked || len >= OBUF_SIZE / 2) {
+        int r = client_flush(c);
+        return r < 0 ? r : client_write_now(c, buf, len);
+    }
+    if (c->olen + len > OBUF_SIZE) {
+        int r = client_flush(c);
+        if (r < 0)
+            return r;
+    }
+    memcpy(c->obuf + c->olen, buf, len);
+    c->olen += len;
+    return c->broken ? c->broken_code : 0;
 }
 
 int imap_client_lock_write(struct imap_client *c)
@@ -283,6 +319,8 @@ int imap_client_lock_write(struct imap_client *c)
 
 void imap_client_unlock_write(struct imap_client *c)
 {
+    c->corked = false;
+    client_flush(c);
     c->write_owner = NULL;
     if (c->write_waiters_count) {
         struct coro *next = c->write_waiters[c->write_waiters_head];
@@ -508,6 +546,7 @@ struct imap_cmd *imap_client_begin(struct imap_client *c, const char *fmt, ...)
         client_write(c, line.data, line.len);
     free(line.data);
     c->writing = cmd;
+    c->corked = true;
     return cmd;
 }
 
@@ -534,6 +573,9 @@ int imap_client_write_raw(struct imap_client *c, const void *buf, size_t len)
 static int wait_continuation(struct imap_client *c)
 {
     struct coro *self = coro_current(c->sched);
+    int fr = client_flush(c); /* the server must see the literal header */
+    if (fr < 0)
+        return fr;
     while (!c->cont_pending) {
         if (c->broken)
             return c->broken_code;
@@ -571,13 +613,15 @@ int imap_client_literal_begin(struct imap_client *c, uint64_t size)
 struct imap_cmd *imap_client_end(struct imap_client *c, struct imap_cmd *cmd)
 {
     client_write(c, "\r\n", 2);
+    c->corked = false;
+    client_flush(c);
     c->writing = NULL;
     return cmd;
 }
 
 int imap_client_flush(struct imap_client *c)
 {
-    return c->broken ? c->broken_code : 0;
+    return client_flush(c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1384,8 +1428,9 @@ struct imap_client *imap_client_new(struct coro_sched *sched, const struct serve
     c->keepalive = keepalive;
     c->rcap = 2 * READ_CHUNK;
     c->rbuf = malloc(c->rcap);
+    c->obuf = malloc(OBUF_SIZE);
     c->parser = imap_parser_new(NULL);
-    if (!c->rbuf || !c->parser) {
+    if (!c->rbuf || !c->obuf || !c->parser) {
         imap_client_free(&c);
         return NULL;
     }
@@ -1413,6 +1458,7 @@ void imap_client_free(struct imap_client **pc)
     imap_parser_free(&c->parser);
     caps_clear(c);
     free(c->rbuf);
+    free(c->obuf);
     free(c);
 }
 

@@ -466,7 +466,9 @@ static struct imap_cmd *cmd_failed(struct imap_client *c, int code)
     return cmd;
 }
 
-static struct imap_cmd *client_vsend(struct imap_client *c, const char *fmt, va_list ap)
+/* Starts a command: its tag and text, without the final CRLF; the caller
+ * holds the write lock. Output stays gathered until imap_client_end. */
+static struct imap_cmd *client_vbegin(struct imap_client *c, const char *fmt, va_list ap)
 {
     if (c->broken)
         return cmd_failed(c, c->broken_code);
@@ -477,14 +479,8 @@ static struct imap_cmd *client_vsend(struct imap_client *c, const char *fmt, va_
         client_set_error(c, "%s: cannot encode command arguments", c->cfg->name);
         return cmd_failed(c, r);
     }
-    r = imap_client_lock_write(c);
-    if (r < 0) {
-        free(b.data);
-        return cmd_failed(c, r);
-    }
     struct imap_cmd *cmd = cmd_new(c);
     if (!cmd) {
-        imap_client_unlock_write(c);
         free(b.data);
         return NULL;
     }
@@ -492,18 +488,31 @@ static struct imap_cmd *client_vsend(struct imap_client *c, const char *fmt, va_
     lb_puts(&line, cmd->tag);
     lb_put(&line, " ", 1);
     lb_put(&line, b.data ? b.data : "", b.len);
-    lb_put(&line, "\r\n", 2);
     free(b.data);
     if (line.oom) {
         free(line.data);
-        imap_client_unlock_write(c);
         client_set_error(c, "%s: out of memory", c->cfg->name);
         client_break(c, -ENOMEM);
         return cmd;
     }
     dbg_client_line(c, line.data, line.len);
+    c->corked = true;
     client_write(c, line.data, line.len);
     free(line.data);
+    c->writing = cmd;
+    return cmd;
+}
+
+static struct imap_cmd *client_vsend(struct imap_client *c, const char *fmt, va_list ap)
+{
+    if (c->broken)
+        return cmd_failed(c, c->broken_code);
+    int r = imap_client_lock_write(c);
+    if (r < 0)
+        return cmd_failed(c, r);
+    struct imap_cmd *cmd = client_vbegin(c, fmt, ap);
+    if (cmd && c->writing == cmd)
+        imap_client_end(c, cmd);
     imap_client_unlock_write(c);
     return cmd;
 }
@@ -519,34 +528,10 @@ struct imap_cmd *imap_client_send(struct imap_client *c, const char *fmt, ...)
 
 struct imap_cmd *imap_client_begin(struct imap_client *c, const char *fmt, ...)
 {
-    if (c->broken)
-        return cmd_failed(c, c->broken_code);
-    struct linebuf b = {0};
     va_list ap;
     va_start(ap, fmt);
-    int r = lb_vformat(&b, fmt, ap);
+    struct imap_cmd *cmd = client_vbegin(c, fmt, ap);
     va_end(ap);
-    if (r < 0) {
-        free(b.data);
-        client_set_error(c, "%s: cannot encode command arguments", c->cfg->name);
-        return cmd_failed(c, r);
-    }
-    struct imap_cmd *cmd = cmd_new(c);
-    if (!cmd) {
-        free(b.data);
-        return NULL;
-    }
-    struct linebuf line = {0};
-    lb_puts(&line, cmd->tag);
-    lb_put(&line, " ", 1);
-    lb_put(&line, b.data ? b.data : "", b.len);
-    free(b.data);
-    dbg_client_line(c, line.data ? line.data : "", line.len);
-    if (!line.oom)
-        client_write(c, line.data, line.len);
-    free(line.data);
-    c->writing = cmd;
-    c->corked = true;
     return cmd;
 }
 

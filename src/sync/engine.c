@@ -2159,6 +2159,11 @@ static bool unchanged(struct sync_engine *e, struct mbox_work *w)
 /* ------------------------------------------------------------------ */
 /* --delete and --rename */
 
+static bool targets_side(unsigned targets, enum side s)
+{
+    return targets & (s == SIDE_LOCAL ? SYNC_TARGET_LOCAL : SYNC_TARGET_REMOTE);
+}
+
 /* Command-line name (local delimiter) -> internal name (NUL delimiter). */
 static char *key_from_arg(struct sync_engine *e, const char *arg, size_t *keylen)
 {
@@ -2189,7 +2194,7 @@ static int command_delete(struct sync_engine *e)
         if (!key)
             return EXIT_FAILURE_GENERIC;
         for (int s = 0; s < 2; s++) {
-            if (!(t & (s == SIDE_LOCAL ? SYNC_TARGET_LOCAL : SYNC_TARGET_REMOTE)))
+            if (!targets_side(t, (enum side)s))
                 continue;
             struct listed *it = listing_find(&e->listing[s], key, keylen);
             if (!it || !it->selectable)
@@ -2239,7 +2244,7 @@ static int command_rename(struct sync_engine *e)
     }
     /* refuse before touching anything if DEST exists on a target */
     for (int s = 0; s < 2; s++) {
-        if (!(t & (s == SIDE_LOCAL ? SYNC_TARGET_LOCAL : SYNC_TARGET_REMOTE)))
+        if (!targets_side(t, (enum side)s))
             continue;
         struct listed *it = listing_find(&e->listing[s], tkey, tlen);
         if (it && it->selectable) {
@@ -2260,7 +2265,7 @@ static int command_rename(struct sync_engine *e)
         goto out;
     }
     for (int s = 0; s < 2; s++) {
-        if (!(t & (s == SIDE_LOCAL ? SYNC_TARGET_LOCAL : SYNC_TARGET_REMOTE)))
+        if (!targets_side(t, (enum side)s))
             continue;
         /* \NonExistent parents can be renamed too (their children move) */
         struct listed *it = listing_find(&e->listing[s], fkey, flen);

@@ -78,7 +78,8 @@ int imap_client_connect(struct imap_client *c);
 /* Checks what can be checked without connecting (TLS option values, proxy
  * URL, tunnel command): 0, or ERR_CONFIG with a one-line message. */
 int imap_client_check_config(const struct server_config *cfg, char *err, size_t errlen);
-/* Sends LOGOUT, waits for the reply (bounded) and closes. */
+/* Sends LOGOUT without waiting for the reply (the caller then frees the
+ * client, which closes the connection). */
 int imap_client_logout(struct imap_client *c);
 
 const char *imap_client_name(const struct imap_client *c); /* "local" / "remote" */

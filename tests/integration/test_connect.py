@@ -148,6 +148,7 @@ def test_wrong_password():
         check("password = nope" in text, "config written")
         r = p.run(expect=None)
         check_refused(r, "local", "authentication")
+        check_eq(r.code, 3, "exit status for a refused login")
 
 
 def test_unreachable_port():
@@ -159,6 +160,7 @@ def test_unreachable_port():
         r = p.run(expect=None)
         check_refused(r, "remote")
         check("refused" in r.err.lower() or "connect" in r.err.lower(), "says why: %r" % r.err)
+        check_eq(r.code, 3, "exit status for an unreachable server")
 
 
 def fake_pair(fake, p, starttls="YES"):

@@ -81,8 +81,10 @@ struct side_state {
     struct change *changes;
     size_t nchanges, capchanges;
     uint64_t max_modseq;
-    uint32_t max_uid_seen;   /* highest UID seen in new-message FETCHes */
-    struct uidset fetched;   /* UIDs of new messages seen in the current FETCH */
+    uint32_t max_uid_seen; /* highest UID seen in new-message FETCHes */
+    struct uidset fetched; /* UIDs of new messages seen in the current FETCH */
+    struct uidset probe;   /* UIDs listed by a probe FETCH (UID) */
+    bool probing;
     struct listing *listing; /* while listing */
     struct new_copy *copy;   /* while copying new messages from this side */
 };
@@ -188,6 +190,7 @@ static void side_state_fini(struct side_state *st)
     side_state_reset(st);
     uidset_fini(&st->vanished);
     uidset_fini(&st->fetched);
+    uidset_fini(&st->probe);
     free(st->changes);
     free(st->mailbox);
     st->changes = NULL;
@@ -238,6 +241,10 @@ static void on_fetch(struct side_state *st, const struct imap_response *r)
         imap_value_u64(&modv->items[0], &modseq);
     if (modseq > st->max_modseq)
         st->max_modseq = modseq;
+    if (st->probing && !body && !fetch_item(list, "FLAGS")) {
+        uidset_add(&st->probe, uid);
+        return;
+    }
     if (body || (st->copy && fetch_item(list, "INTERNALDATE"))) {
         /* a new message: handled by the copy (streamed or inline below) */
         if (uid > st->max_uid_seen)
@@ -1437,7 +1444,21 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
                 rc = cp[s].error;
             }
         }
-        bool received[2] = {false, false};
+        /* Right behind each APPEND goes a probe listing the target's UIDs
+         * from its old UIDNEXT on: the server answers it after the APPEND,
+         * so a message delivered meanwhile (with a UID among ours) shows up
+         * without a round trip of its own. */
+        struct imap_cmd *probe[2] = {NULL, NULL};
+        for (int s = 0; s < 2; s++) {
+            enum side t = OTHER(s);
+            if (cp[s].batches == NULL && !cp[s].append_open)
+                continue;
+            if (copy_close_batch(&cp[s]) < 0 && rc == 0)
+                rc = -ENOMEM;
+            uidset_clear(&m->st[t].probe);
+            m->st[t].probing = true;
+            probe[t] = imap_client_send(m->st[t].c, "UID FETCH %u:4294967295 (UID)", m->uidnext[t]);
+        }
         for (int s = 0; s < 2; s++) {
             struct uidset appended;
             uidset_init(&appended);
@@ -1446,18 +1467,30 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
                 rc = r;
             for (size_t i = 0; i < appended.count; i++)
                 uidset_add(&skip[OTHER(s)], appended.uids[i]);
-            if (appended.count)
-                received[OTHER(s)] = true;
             uidset_fini(&appended);
             /* every UID fetched from s is now either replicated or skipped */
             struct uidset *f = &m->st[s].fetched;
             for (size_t i = 0; i < f->count; i++)
                 uidset_add(&skip[s], f->uids[i]);
         }
+        bool arrived[2] = {false, false};
+        for (int t = 0; t < 2; t++) {
+            if (!probe[t])
+                continue;
+            int r = imap_cmd_wait(probe[t]);
+            imap_cmd_free(&probe[t]);
+            m->st[t].probing = false;
+            if (r < 0 && rc == 0)
+                rc = r;
+            uidset_normalize(&skip[t]);
+            for (size_t i = 0; i < m->st[t].probe.count; i++)
+                if (!uidset_contains(&skip[t], m->st[t].probe.uids[i]))
+                    arrived[t] = true;
+        }
         if (rc < 0)
             return rc;
         for (int s = 0; s < 2; s++)
-            look[s] = received[s];
+            look[s] = arrived[s];
         if (again_local) {
             look[SIDE_LOCAL] = true;
             again_local = false;
@@ -2011,6 +2044,7 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w, bool repair)
         m.st[s].mailbox = server_name(e, (enum side)s, w->key, w->keylen);
         uidset_init(&m.st[s].vanished);
         uidset_init(&m.st[s].fetched);
+        uidset_init(&m.st[s].probe);
         if (!m.st[s].mailbox)
             rc = -ENOMEM;
     }

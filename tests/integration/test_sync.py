@@ -290,6 +290,30 @@ def test_server_without_literalplus_or_multiappend():
         check_eq(a.total(), 13, "all messages copied")
 
 
+def test_delivery_during_append_is_not_lost():
+    """A message delivered to the target while we append there gets a UID
+    among ours: it must still be copied back (now or on the next run)."""
+    import re
+    with Pair() as p:
+        # large enough that the APPEND is still streaming when the other
+        # delivery commits (Dovecot numbers a MULTIAPPEND at its end)
+        mail.fill(p.local, {"INBOX": MessageGenerator(1).mailbox(40, size=400000)})
+        proc = subprocess.Popen([binary(), "--config", p.config_path, "--debug"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        delivered = False
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace")
+            if not delivered and re.search(r"remote: C: \d+ APPEND", line):
+                append(p, "remote", "INBOX", 1, seed=99)
+                delivered = True
+        proc.wait(timeout=120)
+        check(delivered, "the APPEND was seen")
+        check_eq(proc.returncode, 0, "exit status")
+        p.run()
+        a, b = p.assert_in_step()
+        check_eq(a.total(), 41, "the concurrent delivery reached local")
+
+
 def test_invalid_tls_option_rejected_before_connecting():
     with Pair() as p:
         p.write_config(remote_section="SSL_protocol_min = TLSv9")

@@ -71,7 +71,7 @@ static void *peer_main(void *arg)
             ssize_t n = read(pe->fd, wire, sizeof wire);
             if (n <= 0)
                 break;
-            pe->wire_in += (size_t)n;
+            __atomic_fetch_add(&pe->wire_in, (size_t)n, __ATOMIC_RELEASE);
             in.next_in = wire;
             in.avail_in = (uInt)n;
             do {
@@ -197,6 +197,71 @@ static void test_large(struct test_counts *tc)
     CHECK(tc, pe.wire_in < total * 3 / 4);
 }
 
+/* Fills buf with base64 of noise (an attachment) or with words (text). */
+static void fill_mail_like(bool base64, size_t offset, unsigned char *buf, size_t len)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char *const words[] = {"the ",     "meeting ", "report ", "budget ", "sync ",
+                                        "mailbox ", "folder ",  "review ", "draft ",  "invoice ",
+                                        "travel ",  "plan ",    "status ", "backup ", "kernel "};
+    unsigned char noise[1];
+    size_t i = 0;
+    while (i < len) {
+        size_t at = offset + i;
+        if (base64) {
+            test_pattern(7, at, noise, 1);
+            buf[i++] = at % 78 >= 76 ? (at % 78 == 76 ? '\r' : '\n') : (unsigned char)b64[noise[0] % 64];
+            continue;
+        }
+        test_pattern(9, at / 8, noise, 1);
+        const char *w = words[noise[0] % 15];
+        for (size_t k = 0; w[k] && i < len; k++)
+            buf[i++] = (unsigned char)w[k];
+    }
+}
+
+static size_t wire_in(struct peer *pe)
+{
+    return __atomic_load_n(&pe->wire_in, __ATOMIC_ACQUIRE);
+}
+
+static void test_adaptive(struct test_counts *tc)
+{
+    /* attachments and text in turns, in 60 KB writes like the client's:
+     * every byte comes back intact across the strategy switches, and text
+     * after an attachment is compressed with string matching again */
+    static unsigned char buf[60000], back[60000];
+    const size_t phase = 1200000;
+    struct peer pe = {.mode = PEER_ECHO};
+    struct stream *s = start(tc, &pe);
+    bool same = true;
+    size_t off = 0;
+    for (int k = 0; k < 6; k++) {
+        bool base64 = k % 2 == 0;
+        size_t wire_before = wire_in(&pe);
+        for (size_t done = 0; done < phase; done += sizeof buf) {
+            fill_mail_like(base64, off, buf, sizeof buf);
+            off += sizeof buf;
+            if (stream_write(s, buf, sizeof buf) != 0 ||
+                read_exact(s, back, sizeof back) != sizeof back) {
+                same = false;
+                break;
+            }
+            if (memcmp(buf, back, sizeof buf) != 0)
+                same = false;
+        }
+        size_t pct = (wire_in(&pe) - wire_before) * 100 / phase;
+        CHECK(tc, pct < (base64 ? 80u : 45u));
+        if (pct >= (base64 ? 80u : 45u))
+            fprintf(stderr, "  phase %d (%s): %zu%% on the wire\n", k, base64 ? "base64" : "text",
+                    pct);
+    }
+    CHECK(tc, same);
+    stream_free(&s);
+    pthread_join(pe.thread, NULL);
+    CHECK(tc, pe.ok && pe.received == off);
+}
+
 static long max_rss_kib(void)
 {
     struct rusage ru;
@@ -275,6 +340,7 @@ int main(void)
     struct test_counts tc = {0};
     test_small(&tc);
     test_large(&tc);
+    test_adaptive(&tc);
     test_bomb(&tc);
     test_garbage(&tc);
     test_eof_and_lower_error(&tc);

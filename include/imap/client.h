@@ -92,6 +92,34 @@ struct imap_mailbox_state *imap_client_mailbox(struct imap_client *c);
 void imap_client_set_handler(struct imap_client *c, const struct imap_handler *h, void *ctx);
 
 /*
+ * Selections. Before sending a SELECT, the caller names the handler for the
+ * new mailbox's untagged responses and the state the client keeps up to
+ * date for it (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, EXISTS, NOMODSEQ; zeroed
+ * when it takes effect):
+ *
+ * - imap_client_select_now: at once (no mailbox selected, or nothing more
+ *   is expected from the current one);
+ * - imap_client_select_at_close: for a SELECT sent behind commands still
+ *   running on the current mailbox. The switch happens at the server's
+ *   `OK [CLOSED]`, the boundary RFC 7162 puts between the two mailboxes'
+ *   responses, so each mailbox's responses reach its own handler and
+ *   state. Pass the SELECT to imap_client_select_cmd: should it complete
+ *   without a [CLOSED], the switch happens then and
+ *   imap_client_select_missed() reports it (once), meaning the SELECT's
+ *   responses went to the old handler and it must be sent again.
+ *
+ * imap_client_release drops the handler and any queued selection whose
+ * context is ctx (a mailbox the caller is done with).
+ */
+void imap_client_select_now(struct imap_client *c, const struct imap_handler *h, void *ctx,
+                            struct imap_mailbox_state *ms);
+void imap_client_select_at_close(struct imap_client *c, const struct imap_handler *h, void *ctx,
+                                 struct imap_mailbox_state *ms);
+void imap_client_select_cmd(struct imap_client *c, struct imap_cmd *cmd);
+bool imap_client_select_missed(struct imap_client *c);
+void imap_client_release(struct imap_client *c, void *ctx);
+
+/*
  * Queues a command built from a template. Directives: %a atom or raw text
  * (inserted as is), %s astring (atom, quoted string, or literal when it
  * cannot be quoted), %m mailbox name (like %s, INBOX kept as is),

@@ -86,7 +86,19 @@ struct imap_client {
     const struct imap_handler *handler;
     void *handler_ctx;
 
-    struct imap_mailbox_state mbox;
+    /* the selected mailbox's state: the caller's, or `unselected` */
+    struct imap_mailbox_state *mbox;
+    struct imap_mailbox_state unselected;
+    /* a selection queued behind the current mailbox's commands, taking
+     * over at the server's [CLOSED] (see imap_client_select_at_close) */
+    struct {
+        bool pending;
+        bool missed; /* its SELECT completed without a [CLOSED] */
+        const struct imap_handler *handler;
+        void *ctx;
+        struct imap_mailbox_state *mbox;
+        struct imap_cmd *cmd;
+    } next;
 
     bool broken;
     bool logging_out; /* a BYE is expected */
@@ -756,11 +768,21 @@ static void render_values(struct linebuf *b, const struct imap_value *v, size_t 
     }
 }
 
+static void selection_switch(struct imap_client *c)
+{
+    c->handler = c->next.handler;
+    c->handler_ctx = c->next.ctx;
+    c->mbox = c->next.mbox ? c->next.mbox : &c->unselected;
+    memset(c->mbox, 0, sizeof *c->mbox);
+    c->next.pending = false;
+    c->next.cmd = NULL;
+}
+
 static void note_status_code(struct imap_client *c, const struct imap_response *r)
 {
     if (!r->code)
         return;
-    struct imap_mailbox_state *m = &c->mbox;
+    struct imap_mailbox_state *m = c->mbox;
     const struct imap_value *a = r->code_args;
     if (strcasecmp(r->code, "CAPABILITY") == 0)
         caps_set(c, a, r->code_nargs);
@@ -802,6 +824,12 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
         if (c->inflight_tail == cmd)
             c->inflight_tail = prev;
         cmd->next = NULL;
+        if (c->next.pending && c->next.cmd == cmd) {
+            /* no [CLOSED] came: what the SELECT said went to the old
+             * handler, so the new one must select again */
+            selection_switch(c);
+            c->next.missed = true;
+        }
         note_status_code(c, r);
         if (r->code) {
             cmd->code = xstrdup(r->code);
@@ -831,12 +859,19 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
             break;
         }
         if (r->status != IMAP_STATUS_NONE) {
+            if (c->next.pending && r->code && strcasecmp(r->code, "CLOSED") == 0) {
+                /* the boundary between the old mailbox's responses and
+                 * the new one's (RFC 7162 3.2.11); the old handler does
+                 * not need to see it */
+                selection_switch(c);
+                break;
+            }
             note_status_code(c, r);
         } else if (r->nargs >= 1 && imap_value_is_atom(&r->args[0], "CAPABILITY")) {
             caps_set(c, r->args + 1, r->nargs - 1);
             break;
         } else if (r->nargs >= 2 && imap_value_is_atom(&r->args[1], "EXISTS")) {
-            imap_value_u32(&r->args[0], &c->mbox.exists);
+            imap_value_u32(&r->args[0], &c->mbox->exists);
         } else if (r->nargs >= 1 && imap_value_is_atom(&r->args[0], "ENABLED")) {
             break;
         }
@@ -1412,6 +1447,7 @@ struct imap_client *imap_client_new(struct coro_sched *sched, const struct serve
     c->cfg = cfg;
     c->log = log;
     c->keepalive = keepalive;
+    c->mbox = &c->unselected;
     c->rcap = 2 * READ_CHUNK;
     c->rbuf = malloc(c->rcap);
     c->obuf = malloc(OBUF_SIZE);
@@ -1465,7 +1501,56 @@ bool imap_client_is_broken(const struct imap_client *c)
 
 struct imap_mailbox_state *imap_client_mailbox(struct imap_client *c)
 {
-    return &c->mbox;
+    return c->mbox;
+}
+
+void imap_client_select_now(struct imap_client *c, const struct imap_handler *h, void *ctx,
+                            struct imap_mailbox_state *ms)
+{
+    c->next.pending = false;
+    c->next.missed = false;
+    c->next.cmd = NULL;
+    c->handler = h;
+    c->handler_ctx = ctx;
+    c->mbox = ms ? ms : &c->unselected;
+    memset(c->mbox, 0, sizeof *c->mbox);
+}
+
+void imap_client_select_at_close(struct imap_client *c, const struct imap_handler *h, void *ctx,
+                                 struct imap_mailbox_state *ms)
+{
+    c->next.pending = true;
+    c->next.missed = false;
+    c->next.handler = h;
+    c->next.ctx = ctx;
+    c->next.mbox = ms;
+    c->next.cmd = NULL;
+}
+
+void imap_client_select_cmd(struct imap_client *c, struct imap_cmd *cmd)
+{
+    if (c->next.pending)
+        c->next.cmd = cmd;
+}
+
+bool imap_client_select_missed(struct imap_client *c)
+{
+    bool missed = c->next.missed;
+    c->next.missed = false;
+    return missed;
+}
+
+void imap_client_release(struct imap_client *c, void *ctx)
+{
+    if (c->handler_ctx == ctx) {
+        c->handler = NULL;
+        c->handler_ctx = NULL;
+        c->mbox = &c->unselected;
+    }
+    if (c->next.pending && c->next.ctx == ctx) {
+        c->next.pending = false;
+        c->next.cmd = NULL;
+    }
 }
 
 void imap_client_set_handler(struct imap_client *c, const struct imap_handler *h, void *ctx)

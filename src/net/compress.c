@@ -36,9 +36,9 @@
  * the smallest write worth judging by (commands are short and say little
  * about the data that follows). Base64 under Huffman coding gives about 75%,
  * mail text about 60%; hysteresis keeps mixed data from flapping. */
-#define ADAPT_TO_HUFFMAN 70
+#define ADAPT_TO_HUFFMAN  70
 #define ADAPT_TO_MATCHING 66
-#define ADAPT_MIN_INPUT (8 * 1024)
+#define ADAPT_MIN_INPUT   (8 * 1024)
 
 struct compress_stream {
     struct stream base;

@@ -85,8 +85,9 @@ struct side_state {
     struct uidset fetched; /* UIDs of new messages seen in the current FETCH */
     struct uidset probe;   /* UIDs listed by a probe FETCH (UID) */
     bool probing;
-    struct listing *listing; /* while listing */
-    struct new_copy *copy;   /* while copying new messages from this side */
+    struct listing *listing;      /* while listing */
+    struct new_copy *copy;        /* while copying new messages from this side */
+    struct imap_mailbox_state ms; /* what SELECT and later responses said */
 };
 
 struct pending_batch {
@@ -121,6 +122,7 @@ struct sync_engine {
     pcre2_code *ignore_re;
     int failed_mailboxes;
     bool stop;            /* SIGINT/SIGTERM: finish the step and leave */
+    bool no_lookahead;    /* a server sent no [CLOSED]: SELECT one at a time */
     struct coro *sleeper; /* the engine while it sleeps between cycles */
     bool notify_set;
     bool connected; /* both connections are up */
@@ -667,10 +669,10 @@ static bool ignored(struct sync_engine *e, const char *key, size_t keylen)
 /* A CREATE (and SUBSCRIBE) sent for a mailbox that exists on one side only;
  * all of them go out at once and are waited for together. */
 struct pending_create {
-    size_t work;     /* index in the work list */
-    enum side side;  /* where it is created */
+    size_t work;    /* index in the work list */
+    enum side side; /* where it is created */
     bool subscribe;
-    char *name;      /* server name */
+    char *name; /* server name */
     struct imap_cmd *create, *sub;
 };
 
@@ -874,31 +876,83 @@ static int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size
 /* ------------------------------------------------------------------ */
 /* messages: removal and flag propagation */
 
-/* UID STORE +FLAGS.SILENT (\Deleted) then UID EXPUNGE, pipelined, in
- * chunks of bounded command length. */
-static int remove_messages(struct side_state *st, struct uidset *uids)
+/* Commands sent together and waited for together, each with what to say
+ * should it fail. */
+struct cmd_batch {
+    struct imap_cmd **cmds;
+    const char **what;
+    size_t n, cap;
+    bool nomem;
+};
+
+static void batch_add(struct cmd_batch *b, struct imap_cmd *cmd, const char *what)
+{
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 16;
+        struct imap_cmd **nc = realloc(b->cmds, cap * sizeof *nc);
+        const char **nw = nc ? realloc(b->what, cap * sizeof *nw) : NULL;
+        if (nc)
+            b->cmds = nc;
+        if (!nc || !nw) {
+            b->nomem = true;
+            imap_cmd_free(&cmd); /* answered later, ignored */
+            return;
+        }
+        b->what = nw;
+        b->cap = cap;
+    }
+    if (!cmd)
+        b->nomem = true;
+    b->what[b->n] = what;
+    b->cmds[b->n++] = cmd;
+}
+
+/* Waits for every command of the batch and frees them. UIDs a UID STORE
+ * with UNCHANGEDSINCE reports as MODIFIED are added to `modified`. Returns
+ * the first failure, logged with its `what`. */
+static int batch_wait(struct cmd_batch *b, struct side_state *st, struct uidset *modified)
+{
+    int rc = b->nomem ? -ENOMEM : 0;
+    for (size_t i = 0; i < b->n; i++) {
+        int r = b->cmds[i] ? imap_cmd_wait(b->cmds[i]) : -ENOMEM;
+        const char *code = b->cmds[i] ? imap_cmd_code(b->cmds[i]) : NULL;
+        if (r == 0 && modified && code && strcasecmp(code, "MODIFIED") == 0) {
+            const char *a = imap_cmd_code_args(b->cmds[i]);
+            uidset_parse(modified, a, strlen(a), 10u * 1000 * 1000);
+        }
+        if (r < 0 && rc == 0) {
+            log_error(st->e->log, side_name[st->side], st->mailbox, "%s: %s", b->what[i],
+                      imap_client_error(st->c));
+            rc = r;
+        }
+        imap_cmd_free(&b->cmds[i]);
+    }
+    free(b->cmds);
+    free(b->what);
+    memset(b, 0, sizeof *b);
+    return rc;
+}
+
+/* UID STORE +FLAGS.SILENT (\Deleted) then UID EXPUNGE, in chunks of
+ * bounded command length. */
+static void removal_send(struct side_state *st, struct uidset *uids, struct cmd_batch *b)
 {
     uidset_normalize(uids);
     size_t pos = 0;
-    struct imap_cmd *cmds[2 * 64];
-    size_t ncmds = 0;
-    int rc = 0;
     char *set;
     while ((set = uidset_format(uids, &pos, UIDSET_TEXT_MAX))) {
-        cmds[ncmds++] = imap_client_send(st->c, "UID STORE %a +FLAGS.SILENT (\\Deleted)", set);
-        cmds[ncmds++] = imap_client_send(st->c, "UID EXPUNGE %a", set);
+        batch_add(b, imap_client_send(st->c, "UID STORE %a +FLAGS.SILENT (\\Deleted)", set),
+                  "cannot expunge messages");
+        batch_add(b, imap_client_send(st->c, "UID EXPUNGE %a", set), "cannot expunge messages");
         free(set);
-        if (ncmds == sizeof cmds / sizeof *cmds || pos >= uids->count) {
-            for (size_t i = 0; i < ncmds; i++) {
-                int r = cmds[i] ? imap_cmd_wait(cmds[i]) : -ENOMEM;
-                if (r < 0 && rc == 0)
-                    rc = r;
-                imap_cmd_free(&cmds[i]);
-            }
-            ncmds = 0;
-        }
     }
-    return rc;
+}
+
+static int remove_messages(struct side_state *st, struct uidset *uids)
+{
+    struct cmd_batch b = {0};
+    removal_send(st, uids, &b);
+    return batch_wait(&b, st, NULL);
 }
 
 struct flag_group {
@@ -943,57 +997,28 @@ static void plan_fini(struct flag_plan *p)
     memset(p, 0, sizeof *p);
 }
 
-/* Sends every group's UID STORE at once (one command per distinct flag
- * list, split only when the UID set is very long) and waits for them. UIDs
- * that the server reports as MODIFIED since `unchangedsince` come back in
- * `modified` for another round. */
-static int push_flags(struct side_state *st, struct flag_plan *p, uint64_t unchangedsince,
-                      struct uidset *modified)
+/* One UID STORE per distinct flag list (split only when the UID set is
+ * very long). With `unchangedsince`, a message someone else changed after
+ * what we saw is left alone and reported as MODIFIED (see batch_wait). */
+static void flags_send(struct side_state *st, struct flag_plan *p, uint64_t unchangedsince,
+                       struct cmd_batch *b)
 {
-    int rc = 0;
-    size_t cap = 16, n = 0;
-    struct imap_cmd **cmds = malloc(cap * sizeof *cmds);
-    if (!cmds)
-        return -ENOMEM;
     for (size_t i = 0; i < p->count; i++) {
         struct flag_group *g = &p->groups[i];
         uidset_normalize(&g->uids);
         size_t pos = 0;
         char *set;
         while ((set = uidset_format(&g->uids, &pos, UIDSET_TEXT_MAX))) {
-            if (n == cap) {
-                cap *= 2;
-                struct imap_cmd **nc = realloc(cmds, cap * sizeof *nc);
-                if (!nc) {
-                    free(set);
-                    rc = -ENOMEM;
-                    break;
-                }
-                cmds = nc;
-            }
+            struct imap_cmd *cmd;
             if (unchangedsince)
-                cmds[n++] =
-                    imap_client_send(st->c, "UID STORE %a (UNCHANGEDSINCE %U) FLAGS.SILENT (%a)",
-                                     set, unchangedsince, g->flags);
+                cmd = imap_client_send(st->c, "UID STORE %a (UNCHANGEDSINCE %U) FLAGS.SILENT (%a)",
+                                       set, unchangedsince, g->flags);
             else
-                cmds[n++] =
-                    imap_client_send(st->c, "UID STORE %a FLAGS.SILENT (%a)", set, g->flags);
+                cmd = imap_client_send(st->c, "UID STORE %a FLAGS.SILENT (%a)", set, g->flags);
+            batch_add(b, cmd, "cannot store flags");
             free(set);
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        int r = cmds[i] ? imap_cmd_wait(cmds[i]) : -ENOMEM;
-        if (r == 0 && imap_cmd_code(cmds[i]) &&
-            strcasecmp(imap_cmd_code(cmds[i]), "MODIFIED") == 0) {
-            const char *a = imap_cmd_code_args(cmds[i]);
-            uidset_parse(modified, a, strlen(a), 10u * 1000 * 1000);
-        }
-        if (r < 0 && rc == 0)
-            rc = r;
-        imap_cmd_free(&cmds[i]);
-    }
-    free(cmds);
-    return rc;
 }
 
 /* Keeps, for each UID, the last change reported; sorted by UID. */
@@ -1041,18 +1066,42 @@ struct mbox_ctx {
     struct sync_engine *e;
     int64_t idx;
     char *pretty;
+    bool repair;
+    bool known; /* the database has both sides */
     struct side_state st[2];
     struct state_side db[2]; /* UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ */
     uint32_t uidnext[2];     /* messages below are replicated */
     unsigned added[2], removed[2], updated[2], conflicts;
+    struct imap_cmd *select[2]; /* SELECTs in flight */
+    /* The mailbox synchronized after this one. Once this one has sent what
+     * should be its last commands, the next one's SELECTs go out behind
+     * them (mbox_release) instead of a round trip later; should this one
+     * then turn out to need more commands, it is done again later in the
+     * run (MAILBOX_AGAIN). */
+    struct mbox_ctx *next;
+    bool released;
 };
+
+/* sync_one() and its steps: the mailbox must be done again later */
+#define MAILBOX_AGAIN 1
+
+static int select_send(struct mbox_ctx *m, bool at_close);
+
+/* Sends the next mailbox's SELECTs now: nothing else will be sent here. */
+static void mbox_release(struct mbox_ctx *m)
+{
+    if (m->released || !m->next || m->e->no_lookahead)
+        return;
+    m->released = true;
+    select_send(m->next, true);
+}
 
 /*
  * Propagates what both sides reported (vanished messages and flag changes
  * for known UIDs) until neither reports anything new. Returns whether
  * anything was processed.
  */
-static int sync_known(struct mbox_ctx *m, bool *changed)
+static int sync_known(struct mbox_ctx *m, bool *changed, bool may_release)
 {
     struct sync_engine *e = m->e;
     *changed = false;
@@ -1088,6 +1137,16 @@ static int sync_known(struct mbox_ctx *m, bool *changed)
             return 0;
         }
         *changed = true;
+        if (m->released) {
+            /* the next mailbox is selected already */
+            for (int s = 0; s < 2; s++) {
+                uidset_fini(&vanished[s]);
+                for (size_t i = 0; i < snap[s].nchanges; i++)
+                    free(snap[s].changes[i].flags);
+                free(snap[s].changes);
+            }
+            return MAILBOX_AGAIN;
+        }
 
         /* vanished on one side: remove the counterpart on the other */
         struct uidset remove[2];
@@ -1108,19 +1167,6 @@ static int sync_known(struct mbox_ctx *m, bool *changed)
                 if (!uidset_contains(&vanished[OTHER(s)], other))
                     uidset_add(&remove[OTHER(s)], other);
                 state_db_mapping_delete(e->db, m->idx, (enum side)s, vanished[s].uids[i]);
-            }
-        }
-        if (rc == 0) {
-            for (int s = 0; s < 2; s++) {
-                if (remove[s].count) {
-                    int r = remove_messages(&m->st[s], &remove[s]);
-                    if (r < 0) {
-                        log_error(e->log, side_name[s], m->st[s].mailbox,
-                                  "cannot expunge messages: %s", imap_client_error(m->st[s].c));
-                        rc = r;
-                    }
-                    m->removed[s] += (unsigned)remove[s].count;
-                }
             }
         }
 
@@ -1180,16 +1226,24 @@ static int sync_known(struct mbox_ctx *m, bool *changed)
                 m->updated[s] += (unsigned)plan[s].groups[g].uids.count;
         }
         uint64_t seen[2] = {m->st[0].max_modseq, m->st[1].max_modseq};
+        /* removals and stores touch different messages: all of them go to
+         * both servers at once, and are waited for together */
         if (rc == 0) {
+            struct cmd_batch batch[2] = {{0}, {0}};
             for (int s = 0; s < 2; s++) {
-                if (!plan[s].count)
-                    continue;
-                int r = push_flags(&m->st[s], &plan[s], seen[s], &modified[s]);
-                if (r < 0) {
-                    log_error(e->log, side_name[s], m->st[s].mailbox, "cannot store flags: %s",
-                              imap_client_error(m->st[s].c));
-                    rc = r;
+                if (remove[s].count) {
+                    removal_send(&m->st[s], &remove[s], &batch[s]);
+                    m->removed[s] += (unsigned)remove[s].count;
                 }
+                if (plan[s].count)
+                    flags_send(&m->st[s], &plan[s], seen[s], &batch[s]);
+            }
+            if (may_release && (batch[0].n || batch[1].n))
+                mbox_release(m);
+            for (int s = 0; s < 2; s++) {
+                int r = batch_wait(&batch[s], &m->st[s], &modified[s]);
+                if (r < 0)
+                    rc = r;
             }
         }
         /* Our own stores may come back as FETCH responses carrying the
@@ -1211,7 +1265,9 @@ static int sync_known(struct mbox_ctx *m, bool *changed)
                 st->changes[o++] = st->changes[i];
             }
             st->nchanges = o;
-            if (modified[s].count) {
+            if (modified[s].count && m->released) {
+                rc = MAILBOX_AGAIN; /* the next mailbox is selected already */
+            } else if (modified[s].count) {
                 uidset_normalize(&modified[s]);
                 size_t pos = 0;
                 char *set;
@@ -1234,7 +1290,7 @@ static int sync_known(struct mbox_ctx *m, bool *changed)
                 free(snap[s].changes[i].flags);
             free(snap[s].changes);
         }
-        if (rc < 0)
+        if (rc != 0)
             return rc;
     }
     return 0;
@@ -1433,7 +1489,7 @@ static char *new_range(uint32_t since, const struct uidset *skip)
  * put there ourselves. The remote side is pulled first, like the reference
  * tool, so a slow remote is waited for once.
  */
-static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
+static int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
 {
     struct sync_engine *e = m->e;
     /* Round 0 looks at a side only if SELECT announced new messages there.
@@ -1442,9 +1498,11 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
      * only a new FETCH can tell. Sides with nothing new cost no round trip. */
     bool look[2];
     for (int s = 0; s < 2; s++)
-        look[s] = imap_client_mailbox(m->st[s].c)->uidnext > m->uidnext[s];
+        look[s] = m->st[s].ms.uidnext > m->uidnext[s];
     bool again_local = false;
     for (int round = 0; round < 100 && (look[0] || look[1]); round++) {
+        if (m->released)
+            return MAILBOX_AGAIN; /* the next mailbox is selected already */
         struct new_copy cp[2];
         struct imap_cmd *fetch[2] = {NULL, NULL};
         for (int s = 0; s < 2; s++) {
@@ -1514,6 +1572,10 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2])
             m->st[t].probing = true;
             probe[t] = imap_client_send(m->st[t].c, "UID FETCH %u:4294967295 (UID)", m->uidnext[t]);
         }
+        /* the last direction: unless the probes find a delivery, this
+         * mailbox has nothing more to send */
+        if (may_release && !again_local)
+            mbox_release(m);
         for (int s = 0; s < 2; s++) {
             struct uidset appended;
             uidset_init(&appended);
@@ -1584,45 +1646,73 @@ static int qresync_sample(struct sync_engine *e, int64_t idx, enum side s, char 
     return 0;
 }
 
-static int select_both(struct mbox_ctx *m, bool known, bool qresync)
+/* Sends SELECT to both servers: with QRESYNC and the known-UIDs sample for
+ * a known mailbox, with CONDSTORE otherwise. `at_close`: the servers have
+ * another mailbox's commands ahead of it (see mbox_release). */
+static int select_send(struct mbox_ctx *m, bool at_close)
 {
     struct sync_engine *e = m->e;
-    struct imap_cmd *cmd[2];
+    bool qresync = !m->repair;
     for (int s = 0; s < 2; s++) {
         struct side_state *st = &m->st[s];
-        memset(imap_client_mailbox(st->c), 0, sizeof(struct imap_mailbox_state));
-        imap_client_set_handler(st->c, &selected_handler, st);
-        if (qresync && known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
+        if (at_close)
+            imap_client_select_at_close(st->c, &selected_handler, st, &st->ms);
+        else
+            imap_client_select_now(st->c, &selected_handler, st, &st->ms);
+        struct imap_cmd *cmd;
+        if (qresync && m->known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
             char *seqs = NULL, *uids = NULL;
             qresync_sample(e, m->idx, (enum side)s, &seqs, &uids);
             if (seqs && uids)
-                cmd[s] = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u (%a %a)))",
-                                          st->mailbox, m->db[s].uidvalidity, m->db[s].highestmodseq,
-                                          m->db[s].uidnext - 1, seqs, uids);
+                cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u (%a %a)))",
+                                       st->mailbox, m->db[s].uidvalidity, m->db[s].highestmodseq,
+                                       m->db[s].uidnext - 1, seqs, uids);
             else
-                cmd[s] = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u))", st->mailbox,
-                                          m->db[s].uidvalidity, m->db[s].highestmodseq,
-                                          m->db[s].uidnext - 1);
+                cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u))", st->mailbox,
+                                       m->db[s].uidvalidity, m->db[s].highestmodseq,
+                                       m->db[s].uidnext - 1);
             free(seqs);
             free(uids);
         } else {
-            cmd[s] = imap_client_send(st->c, "SELECT %m (CONDSTORE)", st->mailbox);
+            cmd = imap_client_send(st->c, "SELECT %m (CONDSTORE)", st->mailbox);
         }
+        if (at_close)
+            imap_client_select_cmd(st->c, cmd);
+        m->select[s] = cmd;
     }
+    return m->select[0] && m->select[1] ? 0 : -ENOMEM;
+}
+
+/* Waits for both SELECTs and checks what they said. */
+static int select_wait(struct mbox_ctx *m)
+{
+    struct sync_engine *e = m->e;
     int rc = 0;
+    bool again = false;
     for (int s = 0; s < 2; s++) {
-        int r = cmd[s] ? imap_cmd_wait(cmd[s]) : -ENOMEM;
-        imap_cmd_free(&cmd[s]);
+        int r = m->select[s] ? imap_cmd_wait(m->select[s]) : -ENOMEM;
+        imap_cmd_free(&m->select[s]);
         if (r < 0) {
             log_error(e->log, side_name[s], m->st[s].mailbox, "cannot select: %s",
                       imap_client_error(m->st[s].c));
             rc = r;
         }
+        if (imap_client_select_missed(m->st[s].c))
+            again = true;
+    }
+    if (again && rc == 0) {
+        /* a server did not mark where the previous mailbox ended: select
+         * again, and one mailbox at a time from now on */
+        e->no_lookahead = true;
+        log_debug(e->log, NULL, m->pretty, "no [CLOSED] from the server: selecting again");
+        if (select_send(m, false) < 0)
+            return -ENOMEM;
+        return select_wait(m);
     }
     if (rc < 0)
         return rc;
     for (int s = 0; s < 2; s++) {
-        struct imap_mailbox_state *ms = imap_client_mailbox(m->st[s].c);
+        struct imap_mailbox_state *ms = &m->st[s].ms;
         if (ms->nomodseq || ms->highestmodseq == 0) {
             log_error(e->log, side_name[s], m->st[s].mailbox,
                       "the mailbox does not support persistent mod-sequences (NOMODSEQ); it "
@@ -1633,7 +1723,7 @@ static int select_both(struct mbox_ctx *m, bool known, bool qresync)
             log_error(e->log, side_name[s], m->st[s].mailbox, "the server sent no UIDVALIDITY");
             return ERR_PROTOCOL;
         }
-        if (known && ms->uidvalidity != m->db[s].uidvalidity) {
+        if (m->known && ms->uidvalidity != m->db[s].uidvalidity) {
             log_error(e->log, side_name[s], m->st[s].mailbox,
                       "UIDVALIDITY changed from %" PRIu32 " to %" PRIu32
                       "; refusing to synchronize this mailbox (nothing was copied). Check the "
@@ -2063,7 +2153,9 @@ static int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
         if (plan[s].count) {
             for (size_t g = 0; g < plan[s].count; g++)
                 m->updated[s] += (unsigned)plan[s].groups[g].uids.count;
-            rc = push_flags(&st[s], &plan[s], 0, &modified);
+            struct cmd_batch b = {0};
+            flags_send(&st[s], &plan[s], 0, &b);
+            rc = batch_wait(&b, &st[s], &modified);
         }
         uidset_fini(&modified);
     }
@@ -2082,84 +2174,112 @@ static int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
     return rc;
 }
 
-static int sync_one(struct sync_engine *e, struct mbox_work *w, bool repair)
+/* Sets up a mailbox's context: names, and what the database knows. No
+ * command is sent. */
+static int mbox_init(struct mbox_ctx *m, struct sync_engine *e, const struct mbox_work *w,
+                     bool repair)
 {
-    struct mbox_ctx m = {.e = e, .idx = w->idx};
+    memset(m, 0, sizeof *m);
+    m->e = e;
+    m->idx = w->idx;
+    m->repair = repair;
+    m->known = true;
+    for (int s = 0; s < 2; s++) {
+        m->st[s].e = e;
+        m->st[s].side = (enum side)s;
+        m->st[s].c = e->client[s];
+        uidset_init(&m->st[s].vanished);
+        uidset_init(&m->st[s].fetched);
+        uidset_init(&m->st[s].probe);
+    }
+    m->pretty = pretty_name(e, w->key, w->keylen);
+    for (int s = 0; s < 2; s++) {
+        m->st[s].mailbox = server_name(e, (enum side)s, w->key, w->keylen);
+        if (!m->st[s].mailbox || !m->pretty)
+            return -ENOMEM;
+        int f = state_db_side_get(e->db, w->idx, (enum side)s, &m->db[s]);
+        if (f < 0) {
+            log_error(e->log, "database", m->pretty, "%s", state_db_error(e->db));
+            return ERR_DB;
+        }
+        if (f == 0)
+            m->known = false;
+    }
+    return 0;
+}
+
+static void mbox_fini(struct mbox_ctx *m)
+{
+    for (int s = 0; s < 2; s++) {
+        /* a SELECT sent ahead for a mailbox that is then not done (a stop,
+         * a broken connection) is answered later and ignored */
+        imap_cmd_free(&m->select[s]);
+        if (m->st[s].c)
+            imap_client_release(m->st[s].c, &m->st[s]);
+        side_state_fini(&m->st[s]);
+    }
+    free(m->pretty);
+    m->pretty = NULL;
+}
+
+/* Synchronizes one mailbox whose context mbox_init() set up, its SELECTs
+ * possibly sent already. Returns 0, MAILBOX_AGAIN, or a negative error. */
+static int sync_one(struct mbox_ctx *m)
+{
+    struct sync_engine *e = m->e;
     int rc = 0;
     struct uidset skip[2], ipairs[2];
     for (int s = 0; s < 2; s++) {
         uidset_init(&skip[s]);
         uidset_init(&ipairs[s]);
     }
-    m.pretty = pretty_name(e, w->key, w->keylen);
-    for (int s = 0; s < 2; s++) {
-        m.st[s].e = e;
-        m.st[s].side = (enum side)s;
-        m.st[s].c = e->client[s];
-        m.st[s].mailbox = server_name(e, (enum side)s, w->key, w->keylen);
-        uidset_init(&m.st[s].vanished);
-        uidset_init(&m.st[s].fetched);
-        uidset_init(&m.st[s].probe);
-        if (!m.st[s].mailbox)
-            rc = -ENOMEM;
-    }
-    if (rc < 0 || !m.pretty)
-        goto out;
-
-    bool known = true;
-    for (int s = 0; s < 2; s++) {
-        int f = state_db_side_get(e->db, w->idx, (enum side)s, &m.db[s]);
-        if (f < 0) {
-            rc = ERR_DB;
-            goto out;
-        }
-        if (f == 0)
-            known = false;
-    }
-    if (repair && !known)
+    if (m->repair && !m->known)
         goto out; /* nothing recorded to compare with */
-    rc = select_both(&m, known, !repair);
+    if (!m->select[0] && !m->select[1] && select_send(m, false) < 0) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = select_wait(m);
     if (rc < 0)
         goto out;
+    bool known = m->known;
     if (!known) {
         for (int s = 0; s < 2; s++) {
-            struct imap_mailbox_state *ms = imap_client_mailbox(m.st[s].c);
-            m.db[s] = (struct state_side){ms->uidvalidity, 0, 0};
-            if (state_db_side_insert(e->db, w->idx, (enum side)s, ms->uidvalidity) < 0) {
+            struct imap_mailbox_state *ms = &m->st[s].ms;
+            m->db[s] = (struct state_side){ms->uidvalidity, 0, 0};
+            if (state_db_side_insert(e->db, m->idx, (enum side)s, ms->uidvalidity) < 0) {
                 rc = ERR_DB;
                 goto out;
             }
         }
     }
     for (int s = 0; s < 2; s++)
-        m.uidnext[s] = m.db[s].uidnext ? m.db[s].uidnext : 1;
+        m->uidnext[s] = m->db[s].uidnext ? m->db[s].uidnext : 1;
 
     /* copies a previous run made but did not record */
     for (int s = 0; known && s < 2; s++) {
         uint32_t bound = 0;
-        int f = intent_get(e->db, w->idx, (enum side)s, &bound);
+        int f = intent_get(e->db, m->idx, (enum side)s, &bound);
         if (f < 0) {
             rc = ERR_DB;
             goto out;
         }
-        if (f == 1 && (rc = recover_appends(&m, (enum side)s, bound)) < 0)
+        if (f == 1 && (rc = recover_appends(m, (enum side)s, bound)) < 0)
             goto out;
     }
-    if (known && interrupted_pairs(&m, ipairs, skip) < 0) {
+    if (known && interrupted_pairs(m, ipairs, skip) < 0) {
         rc = ERR_DB;
         goto out;
     }
-    if (repair && (rc = repair_pairs(&m, skip)) < 0)
+    if (m->repair && (rc = repair_pairs(m, skip)) < 0)
         goto out;
     /* Before any APPEND, remember where the copies will land: should we
      * die before recording them, the next run pairs them up instead of
      * copying them again. */
     bool intent = false;
     for (int s = 0; s < 2; s++) {
-        struct imap_mailbox_state *ms = imap_client_mailbox(m.st[s].c);
-        if (ms->uidnext > m.uidnext[s]) {
-            struct imap_mailbox_state *target = imap_client_mailbox(m.st[OTHER(s)].c);
-            if (intent_set(e->db, w->idx, OTHER(s), target->uidnext) < 0) {
+        if (m->st[s].ms.uidnext > m->uidnext[s]) {
+            if (intent_set(e->db, m->idx, OTHER(s), m->st[OTHER(s)].ms.uidnext) < 0) {
                 rc = ERR_DB;
                 goto out;
             }
@@ -2171,60 +2291,70 @@ static int sync_one(struct sync_engine *e, struct mbox_work *w, bool repair)
         goto out;
     }
 
+    /* The next mailbox's SELECTs may go out behind this one's last
+     * commands: behind the stores when no message is to be copied,
+     * else behind the last APPEND. Not while repairing, nor with pairs of
+     * an interrupted run to settle. */
+    bool simple = !m->repair && ipairs[0].count == 0;
     bool changed;
-    rc = sync_known(&m, &changed);
-    if (rc < 0)
+    rc = sync_known(m, &changed, simple && !intent);
+    if (rc != 0)
         goto out;
-    rc = sync_new(&m, skip);
-    if (rc < 0)
+    rc = sync_new(m, skip, simple);
+    if (rc != 0)
         goto out;
     /* the copies may have raced with flag changes: settle them */
     for (int s = 0; s < 2; s++) {
-        uint32_t top = m.st[s].max_uid_seen + 1;
+        uint32_t top = m->st[s].max_uid_seen + 1;
         for (size_t i = 0; i < skip[s].count; i++)
             if (skip[s].uids[i] + 1 > top)
                 top = skip[s].uids[i] + 1;
-        struct imap_mailbox_state *ms = imap_client_mailbox(m.st[s].c);
-        if (ms->uidnext > top)
-            top = ms->uidnext;
-        m.uidnext[s] = top > m.uidnext[s] ? top : m.uidnext[s];
+        if (m->st[s].ms.uidnext > top)
+            top = m->st[s].ms.uidnext;
+        m->uidnext[s] = top > m->uidnext[s] ? top : m->uidnext[s];
     }
-    rc = check_interrupted(&m, ipairs);
+    rc = check_interrupted(m, ipairs);
     if (rc < 0)
         goto out;
-    rc = sync_known(&m, &changed);
-    if (rc < 0)
+    rc = sync_known(m, &changed, simple);
+    if (rc != 0)
         goto out;
     for (int s = 0; s < 2; s++) {
-        struct imap_mailbox_state *ms = imap_client_mailbox(m.st[s].c);
+        struct imap_mailbox_state *ms = &m->st[s].ms;
         uint64_t hms =
-            m.st[s].max_modseq > ms->highestmodseq ? m.st[s].max_modseq : ms->highestmodseq;
-        if (state_db_side_update(e->db, w->idx, (enum side)s, m.uidnext[s], hms) < 0) {
+            m->st[s].max_modseq > ms->highestmodseq ? m->st[s].max_modseq : ms->highestmodseq;
+        if (state_db_side_update(e->db, m->idx, (enum side)s, m->uidnext[s], hms) < 0) {
             rc = ERR_DB;
             goto out;
         }
     }
-    if (intent_clear(e->db, w->idx) < 0) {
+    if (intent_clear(e->db, m->idx) < 0) {
         rc = ERR_DB;
         goto out;
     }
     if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
         rc = ERR_DB;
-    log_summary(&m);
 out:
+    if (rc == 0 || rc == MAILBOX_AGAIN)
+        log_summary(m);
+    if (rc == MAILBOX_AGAIN) {
+        /* what was done is acknowledged by the servers: keep it, but not
+         * UIDNEXT and HIGHESTMODSEQ, so the next pass sees the rest */
+        log_debug(e->log, NULL, m->pretty, "more changes came in; the mailbox is done again later");
+        if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
+            rc = ERR_DB;
+    }
     if (rc == ERR_DB)
-        log_error(e->log, "database", m.pretty, "%s", state_db_error(e->db));
+        log_error(e->log, "database", m->pretty, "%s", state_db_error(e->db));
     if (rc < 0) {
         state_db_rollback(e->db);
         state_db_begin(e->db);
     }
     for (int s = 0; s < 2; s++) {
-        imap_client_set_handler(e->client[s], NULL, NULL);
-        side_state_fini(&m.st[s]);
+        imap_client_release(e->client[s], &m->st[s]);
         uidset_fini(&skip[s]);
         uidset_fini(&ipairs[s]);
     }
-    free(m.pretty);
     return rc;
 }
 
@@ -2469,27 +2599,88 @@ static bool engine_broken(const struct sync_engine *e)
            imap_client_is_broken(e->client[1]);
 }
 
+/* Sets up the context of the mailbox work[todo[k]], or returns NULL. */
+static struct mbox_ctx *mbox_new(struct sync_engine *e, const struct mbox_work *w, bool repair)
+{
+    struct mbox_ctx *m = malloc(sizeof *m);
+    if (!m)
+        return NULL;
+    if (mbox_init(m, e, w, repair) < 0) {
+        mbox_fini(m);
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void mbox_free(struct mbox_ctx **pm)
+{
+    if (!*pm)
+        return;
+    mbox_fini(*pm);
+    free(*pm);
+    *pm = NULL;
+}
+
 /* One synchronization of every mailbox; returns an exit status. */
 static int engine_cycle(struct sync_engine *e)
 {
     struct mbox_work *work = NULL;
     size_t nwork = 0;
     int status = EXIT_IN_STEP;
+    bool repair = e->opts.command == SYNC_REPAIR;
     e->failed_mailboxes = 0;
     if (sync_mailbox_list(e, &work, &nwork) < 0)
         return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
-    for (size_t i = 0; i < nwork && !e->stop; i++) {
-        if (e->opts.command != SYNC_REPAIR && unchanged(e, &work[i]))
-            continue;
-        int r = sync_one(e, &work[i], e->opts.command == SYNC_REPAIR);
-        if (r < 0) {
+    /* the mailboxes to do, in order; one done again (MAILBOX_AGAIN) goes
+     * to the end, once */
+    size_t *todo = malloc((2 * nwork + 1) * sizeof *todo), ntodo = 0;
+    bool *again = calloc(nwork + 1, sizeof *again);
+    if (!todo || !again) {
+        free(todo);
+        free(again);
+        for (size_t i = 0; i < nwork; i++)
+            free(work[i].key);
+        free(work);
+        return EXIT_FAILURE_GENERIC;
+    }
+    for (size_t i = 0; i < nwork; i++)
+        if (repair || !unchanged(e, &work[i]))
+            todo[ntodo++] = i;
+    struct mbox_ctx *cur = NULL, *next = NULL;
+    for (size_t k = 0; k < ntodo && !e->stop; k++) {
+        if (!cur)
+            cur = mbox_new(e, &work[todo[k]], repair);
+        /* the next one is set up now so that this one can send its
+         * SELECTs ahead (not when repairing, nor for a mailbox's second
+         * pass, which may need every command it can send) */
+        next = NULL;
+        if (cur && !repair && !again[todo[k]] && k + 1 < ntodo)
+            next = mbox_new(e, &work[todo[k + 1]], repair);
+        int r = -ENOMEM;
+        if (cur) {
+            cur->next = next;
+            r = sync_one(cur);
+        }
+        if (r == MAILBOX_AGAIN && !again[todo[k]]) {
+            again[todo[k]] = true;
+            todo[ntodo++] = todo[k];
+        } else if (r != 0) {
             e->failed_mailboxes++;
             if (engine_broken(e)) {
                 status = EXIT_CONNECTION;
                 break;
             }
         }
+        mbox_free(&cur);
+        cur = next;
+        next = NULL;
     }
+    /* a stop or a broken connection may leave a SELECT sent ahead */
+    mbox_free(&cur);
+    mbox_free(&next);
+    free(todo);
+    free(again);
     if (status == EXIT_IN_STEP && e->failed_mailboxes)
         status = EXIT_PARTIAL;
     for (size_t i = 0; i < nwork; i++)

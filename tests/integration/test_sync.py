@@ -314,6 +314,128 @@ def test_delivery_during_append_is_not_lost():
         check_eq(a.total(), 41, "the concurrent delivery reached local")
 
 
+def test_next_select_sent_ahead_and_late_delivery_done_in_same_run():
+    """The next mailbox's SELECT goes out behind the current mailbox's
+    APPEND; a message delivered to the current mailbox meanwhile makes the
+    run come back to that mailbox before it ends."""
+    import re
+    with Pair() as p:
+        gen = MessageGenerator(3)
+        # A is large enough that its APPEND is still streaming when the
+        # other delivery commits; B and C come before and after it
+        mail.fill(p.local, {"B": gen.mailbox(3), "A": gen.mailbox(30, size=400000),
+                            "C": gen.mailbox(3), "D": gen.mailbox(3)})
+        proc = subprocess.Popen([binary(), "--config", p.config_path, "--debug"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        target = None
+        trace = []
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace")
+            trace.append(line)
+            m = re.search(r"remote: C: (\d+) APPEND (A)\b", line)
+            if target is None and m:
+                target = (m.group(1), m.group(2))
+                append(p, "remote", target[1], 1, seed=99)
+        proc.wait(timeout=120)
+        check(target is not None, "the APPEND to A was seen")
+        check_eq(proc.returncode, 0, "exit status")
+        # the SELECT of another mailbox left before the APPEND was answered
+        text = "".join(trace)
+        tag, box = target
+        done = text.index("remote: S: %s OK" % tag)
+        ahead = [l for l in text[text.index("APPEND %s" % box):done].splitlines()
+                 if re.search(r"remote: C: \d+ SELECT (?!%s\b)" % re.escape(box), l)]
+        check(ahead, "a SELECT sent behind the APPEND")
+        check("done again later" in text, "A was gone back to")
+        # one run is enough: both servers equal, the delivery copied back
+        a, b = p.assert_in_step()
+        check_eq(a.total(), 40, "messages on local, the concurrent delivery included")
+        check_eq(b.total(), 40, "messages on remote")
+
+
+class ClosedStripper:
+    """A relay in front of a real Dovecot that drops the server's
+    `* OK [CLOSED]` lines, like a server that does not mark where the
+    previous mailbox's responses end (plaintext, no COMPRESS)."""
+
+    def __init__(self, port):
+        import socket
+        import threading
+        self.upstream = port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.dropped = 0
+        self.threads = []
+        t = threading.Thread(target=self.accept, daemon=True)
+        t.start()
+
+    def accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.upstream), timeout=60)
+            threading.Thread(target=self.pump, args=(c, s, False), daemon=True).start()
+            threading.Thread(target=self.pump, args=(s, c, True), daemon=True).start()
+
+    def pump(self, src, dst, filtered):
+        f = src.makefile("rb")
+        try:
+            while True:
+                line = f.readline() if filtered else src.recv(65536)
+                if not line:
+                    break
+                if filtered and line.startswith(b"* OK [CLOSED]"):
+                    self.dropped += 1
+                    continue
+                dst.sendall(line)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(1)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_server_without_closed_marker():
+    """Without [CLOSED] the SELECT sent ahead cannot be told apart from the
+    previous mailbox's responses: the mailbox is selected again, and the
+    rest of the run selects one mailbox at a time."""
+    with Pair() as p:
+        fill(p.local, {"INBOX": 5, "A": 6, "B": 7, "C": 8})
+        relay = ClosedStripper(p.remote.imap_port)
+        try:
+            with open(p.config_path) as f:
+                text = f.read()
+            text = text.replace("port = %d" % p.remote.imaps_port, "port = %d" % relay.port)
+            text = text.replace("type = imaps", "type = imap\nSTARTTLS = NO\ncompress = NO")
+            with open(p.config_path, "w") as f:
+                f.write(text)
+            r = p.run("--debug")
+            check("selecting again" in r.err, "the missing [CLOSED] was noticed")
+            a, b = p.assert_in_step()
+            check_eq(b.total(), 26, "messages on remote")
+            # flag changes on both sides, propagated with the same relay
+            conn = p.login("local")
+            for box in ("A", "B", "C"):
+                mail.set_flags(conn, box, [1, 2], ["\\Flagged"])
+            conn.logout()
+            r = p.run("--debug")
+            check(relay.dropped > 0, "the relay dropped [CLOSED] lines")
+            a, b = p.assert_in_step()
+        finally:
+            relay.close()
+
+
 def test_invalid_tls_option_rejected_before_connecting():
     with Pair() as p:
         p.write_config(remote_section="SSL_protocol_min = TLSv9")

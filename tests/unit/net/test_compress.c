@@ -210,7 +210,8 @@ static void fill_mail_like(bool base64, size_t offset, unsigned char *buf, size_
         size_t at = offset + i;
         if (base64) {
             test_pattern(7, at, noise, 1);
-            buf[i++] = at % 78 >= 76 ? (at % 78 == 76 ? '\r' : '\n') : (unsigned char)b64[noise[0] % 64];
+            buf[i++] =
+                at % 78 >= 76 ? (at % 78 == 76 ? '\r' : '\n') : (unsigned char)b64[noise[0] % 64];
             continue;
         }
         test_pattern(9, at / 8, noise, 1);

@@ -91,6 +91,12 @@ struct imap_mailbox_state *imap_client_mailbox(struct imap_client *c);
 /* Installs the untagged-response handler (NULL to drop them). */
 void imap_client_set_handler(struct imap_client *c, const struct imap_handler *h, void *ctx);
 
+/* Commands sent between imap_client_hold() and imap_client_push() are
+ * gathered and go out in as few writes as possible at the push (calls
+ * nest). Push before waiting for any of them. */
+void imap_client_hold(struct imap_client *c);
+int imap_client_push(struct imap_client *c);
+
 /*
  * Selections. Before sending a SELECT, the caller names the handler for the
  * new mailbox's untagged responses and the state the client keeps up to

@@ -78,6 +78,7 @@ struct imap_client {
     char *obuf;               /* gathered output while corked */
     size_t olen;
     bool corked;
+    unsigned held;                 /* imap_client_hold() depth: commands gathered, not sent */
     struct imap_cmd *compress_cmd; /* COMPRESS sent behind the login */
     bool need_caps;                /* capabilities are the pre-login ones */
     struct coro *activity_waiter;
@@ -297,7 +298,7 @@ static int client_flush(struct imap_client *c)
  */
 static int client_write(struct imap_client *c, const void *buf, size_t len)
 {
-    if (!c->corked || len >= OBUF_SIZE / 2) {
+    if ((!c->corked && !c->held) || len >= OBUF_SIZE / 2) {
         int r = client_flush(c);
         return r < 0 ? r : client_write_now(c, buf, len);
     }
@@ -331,7 +332,8 @@ int imap_client_lock_write(struct imap_client *c)
 void imap_client_unlock_write(struct imap_client *c)
 {
     c->corked = false;
-    client_flush(c);
+    if (!c->held)
+        client_flush(c);
     c->write_owner = NULL;
     if (c->write_waiters_count) {
         struct coro *next = c->write_waiters[c->write_waiters_head];
@@ -610,13 +612,26 @@ struct imap_cmd *imap_client_end(struct imap_client *c, struct imap_cmd *cmd)
 {
     client_write(c, "\r\n", 2);
     c->corked = false;
-    client_flush(c);
+    if (!c->held)
+        client_flush(c);
     c->writing = NULL;
     return cmd;
 }
 
 int imap_client_flush(struct imap_client *c)
 {
+    return client_flush(c);
+}
+
+void imap_client_hold(struct imap_client *c)
+{
+    c->held++;
+}
+
+int imap_client_push(struct imap_client *c)
+{
+    if (c->held && --c->held)
+        return 0;
     return client_flush(c);
 }
 

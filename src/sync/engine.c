@@ -1230,6 +1230,8 @@ static int sync_known(struct mbox_ctx *m, bool *changed, bool may_release)
          * both servers at once, and are waited for together */
         if (rc == 0) {
             struct cmd_batch batch[2] = {{0}, {0}};
+            for (int s = 0; s < 2; s++)
+                imap_client_hold(m->st[s].c); /* one write per server */
             for (int s = 0; s < 2; s++) {
                 if (remove[s].count) {
                     removal_send(&m->st[s], &remove[s], &batch[s]);
@@ -1240,6 +1242,8 @@ static int sync_known(struct mbox_ctx *m, bool *changed, bool may_release)
             }
             if (may_release && (batch[0].n || batch[1].n))
                 mbox_release(m);
+            for (int s = 0; s < 2; s++)
+                imap_client_push(m->st[s].c);
             for (int s = 0; s < 2; s++) {
                 int r = batch_wait(&batch[s], &m->st[s], &modified[s]);
                 if (r < 0)

@@ -88,6 +88,17 @@ bool imap_client_has_cap(const struct imap_client *c, const char *cap);
 bool imap_client_is_broken(const struct imap_client *c);
 struct imap_mailbox_state *imap_client_mailbox(struct imap_client *c);
 
+/*
+ * Called during imap_client_connect() once the login command is sent,
+ * before its reply, with ENABLE QRESYNC already behind it: commands the
+ * hook sends (with imap_client_send, not waited for there) share the
+ * login's round trip. They run with the pre-login capabilities, so they
+ * must cope with failing (a failed login fails them too). Not called when
+ * the server greets with PREAUTH.
+ */
+typedef void (*imap_login_hook_fn)(struct imap_client *c, void *ctx);
+void imap_client_on_login(struct imap_client *c, imap_login_hook_fn fn, void *ctx);
+
 /* Installs the untagged-response handler (NULL to drop them). */
 void imap_client_set_handler(struct imap_client *c, const struct imap_handler *h, void *ctx);
 

@@ -81,6 +81,9 @@ struct imap_client {
     unsigned held;                 /* imap_client_hold() depth: commands gathered, not sent */
     struct imap_cmd *compress_cmd; /* COMPRESS sent behind the login */
     bool need_caps;                /* capabilities are the pre-login ones */
+    bool enable_sent;              /* ENABLE QRESYNC went out behind the login */
+    imap_login_hook_fn login_hook;
+    void *login_hook_ctx;
     struct coro *activity_waiter;
     bool activity;
 
@@ -1286,9 +1289,17 @@ static int client_authenticate(struct imap_client *c)
     }
     if (!cmd)
         return -ENOMEM;
-    /* COMPRESS goes out right behind the credentials instead of one round
-     * trip later: if the login fails it fails too, harmlessly, and a server
-     * without COMPRESS answers BAD. */
+    /* ENABLE and the caller's first commands go out right behind the
+     * credentials, uncompressed, instead of a round trip later; should the
+     * login fail they fail too, harmlessly. */
+    if (c->login_hook && !c->broken) {
+        struct imap_cmd *enable = imap_client_send(c, "ENABLE QRESYNC");
+        imap_cmd_free(&enable);
+        c->enable_sent = true;
+        c->login_hook(c, c->login_hook_ctx);
+    }
+    /* COMPRESS goes out right behind them: if the login fails it fails
+     * too, and a server without COMPRESS answers BAD. */
     if (cfg->compress && !c->broken)
         c->compress_cmd = imap_client_send(c, "COMPRESS DEFLATE");
     int r = imap_cmd_wait(cmd);
@@ -1429,8 +1440,10 @@ int imap_client_connect(struct imap_client *c)
     c->reader_running = true;
     /* Not waited for: the caller's first commands follow in the same round
      * trip. A server refusing it would refuse SELECT (QRESYNC) next. */
-    struct imap_cmd *enable = imap_client_send(c, "ENABLE QRESYNC");
-    imap_cmd_free(&enable);
+    if (!c->enable_sent) {
+        struct imap_cmd *enable = imap_client_send(c, "ENABLE QRESYNC");
+        imap_cmd_free(&enable);
+    }
     return 0;
 }
 
@@ -1566,6 +1579,12 @@ void imap_client_release(struct imap_client *c, void *ctx)
         c->next.pending = false;
         c->next.cmd = NULL;
     }
+}
+
+void imap_client_on_login(struct imap_client *c, imap_login_hook_fn fn, void *ctx)
+{
+    c->login_hook = fn;
+    c->login_hook_ctx = ctx;
 }
 
 void imap_client_set_handler(struct imap_client *c, const struct imap_handler *h, void *ctx)

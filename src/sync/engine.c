@@ -121,9 +121,11 @@ struct sync_engine {
     struct listing listing[2];
     pcre2_code *ignore_re;
     int failed_mailboxes;
-    bool stop;            /* SIGINT/SIGTERM: finish the step and leave */
-    bool no_lookahead;    /* a server sent no [CLOSED]: SELECT one at a time */
-    struct coro *sleeper; /* the engine while it sleeps between cycles */
+    bool stop;                         /* SIGINT/SIGTERM: finish the step and leave */
+    bool no_lookahead;                 /* a server sent no [CLOSED]: SELECT one at a time */
+    struct side_state list_st[2];      /* the listing handlers' context */
+    struct imap_cmd *early_list[2][2]; /* LISTs sent behind the login */
+    struct coro *sleeper;              /* the engine while it sleeps between cycles */
     bool notify_set;
     bool connected; /* both connections are up */
     char errbuf[512];
@@ -343,18 +345,36 @@ static void connect_main(struct coro *self, void *arg)
     job->result = imap_client_connect(job->e->client[job->side]);
 }
 
+static void early_list_free(struct sync_engine *e)
+{
+    for (int s = 0; s < 2; s++)
+        for (int k = 0; k < 2; k++)
+            imap_cmd_free(&e->early_list[s][k]);
+}
+
+static bool patterns_need_delimiter(const struct sync_engine *e);
+static void early_list(struct imap_client *c, void *ctx);
+
 /* Connects both servers at once. */
 static int engine_connect(struct sync_engine *e)
 {
     struct connect_job jobs[2];
     struct coro *co[2];
     struct coro *self = coro_current(e->sched);
+    early_list_free(e);
     for (int s = 0; s < 2; s++) {
         const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
         bool keepalive = e->opts.watch_seconds >= 0 && sc->type != SERVER_TUNNEL;
         e->client[s] = imap_client_new(e->sched, sc, e->log, keepalive);
         if (!e->client[s])
             return -ENOMEM;
+        listing_fini(&e->listing[s]);
+        e->list_st[s] = (struct side_state){
+            .e = e, .side = (enum side)s, .c = e->client[s], .listing = &e->listing[s]};
+        /* the listing rides along with the login unless its patterns need
+         * the delimiter, which only a first LIST tells */
+        if (!patterns_need_delimiter(e))
+            imap_client_on_login(e->client[s], early_list, &e->list_st[s]);
         jobs[s] = (struct connect_job){e, (enum side)s, 0};
         co[s] = coro_spawn(e->sched, connect_main, &jobs[s], 0);
         if (!co[s])
@@ -364,13 +384,16 @@ static int engine_connect(struct sync_engine *e)
         coro_join(self, co[s]);
     int rc = 0;
     for (int s = 0; s < 2; s++) {
+        imap_client_on_login(e->client[s], NULL, NULL);
         if (jobs[s].result < 0) {
             log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
             rc = jobs[s].result;
         }
     }
-    if (rc < 0)
+    if (rc < 0) {
+        early_list_free(e);
         return rc;
+    }
     for (int s = 0; s < 2; s++) {
         static const char *const required[] = {"LIST-EXTENDED", "UIDPLUS"};
         for (size_t i = 0; i < 2; i++) {
@@ -517,7 +540,7 @@ static int append_pattern(char **out, size_t *len, const char *p, size_t plen, c
 }
 
 /* Sends the LIST commands of one side; the caller waits. */
-static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st)
+static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st, bool assume_status)
 {
     struct imap_client *c = st->c;
     const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
@@ -561,7 +584,7 @@ static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st)
     char opts[512] = "";
     if (e->cfg->list_select_opts && *e->cfg->list_select_opts)
         snprintf(opts, sizeof opts, "(%s) ", e->cfg->list_select_opts);
-    const char *ret = imap_client_has_cap(c, "LIST-STATUS")
+    const char *ret = assume_status || imap_client_has_cap(c, "LIST-STATUS")
                           ? " RETURN (SUBSCRIBED STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))"
                           : " RETURN (SUBSCRIBED)";
     struct imap_cmd *cmd = imap_client_send(c, n > 1 ? "LIST %a%s (%a)%a" : "LIST %a%s %a%a", opts,
@@ -581,21 +604,51 @@ static bool patterns_need_delimiter(const struct sync_engine *e)
     return false;
 }
 
-static int engine_list(struct sync_engine *e, struct side_state st[2])
+/* Sends `LIST ref ""` (the delimiter) and, if `patterns` too, the real
+ * LIST, with the listing handler installed. */
+static void list_send_both(struct sync_engine *e, struct side_state *st, bool patterns,
+                           bool assume_status, struct imap_cmd *cmd[2])
 {
+    const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+    listing_fini(st->listing);
+    imap_client_set_handler(st->c, &list_handler, st);
+    cmd[0] = imap_client_send(st->c, "LIST %s \"\"", sc->list_reference ? sc->list_reference : "");
+    cmd[1] = patterns ? list_send(e, st, assume_status) : NULL;
+}
+
+/* The login hook: both LISTs ride along with the login. LIST-STATUS is
+ * assumed (post-login capabilities are not known yet); engine_list asks
+ * again without it if the server refused. */
+static void early_list(struct imap_client *c, void *ctx)
+{
+    struct side_state *st = ctx;
+    (void)c;
+    list_send_both(st->e, st, true, true, st->e->early_list[st->side]);
+}
+
+static int engine_list(struct sync_engine *e)
+{
+    struct side_state *st = e->list_st;
     struct imap_cmd *dcmd[2], *lcmd[2] = {NULL, NULL};
+    bool early[2];
     /* Both queries go out together unless the patterns must be spelled
      * with the delimiter that the first one tells. */
     bool pipelined = !patterns_need_delimiter(e);
     for (int s = 0; s < 2; s++) {
-        listing_fini(&e->listing[s]);
-        st[s].listing = &e->listing[s];
-        imap_client_set_handler(e->client[s], &list_handler, &st[s]);
-        const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
-        dcmd[s] = imap_client_send(e->client[s], "LIST %s \"\"",
-                                   sc->list_reference ? sc->list_reference : "");
-        if (pipelined)
-            lcmd[s] = list_send(e, &st[s]);
+        st[s].c = e->client[s];
+        early[s] = e->early_list[s][0] && e->early_list[s][1];
+        if (early[s]) {
+            dcmd[s] = e->early_list[s][0];
+            lcmd[s] = e->early_list[s][1];
+            e->early_list[s][0] = e->early_list[s][1] = NULL;
+        } else {
+            imap_cmd_free(&e->early_list[s][0]);
+            imap_cmd_free(&e->early_list[s][1]);
+            struct imap_cmd *cmd[2];
+            list_send_both(e, &st[s], pipelined, false, cmd);
+            dcmd[s] = cmd[0];
+            lcmd[s] = cmd[1];
+        }
     }
     int rc = 0;
     for (int s = 0; s < 2; s++) {
@@ -613,12 +666,23 @@ static int engine_list(struct sync_engine *e, struct side_state st[2])
     }
     if (!pipelined)
         for (int s = 0; s < 2; s++)
-            lcmd[s] = list_send(e, &st[s]);
+            lcmd[s] = list_send(e, &st[s], false);
     for (int s = 0; s < 2; s++) {
         if (!lcmd[s])
             return -ENOMEM;
         int r = imap_cmd_wait(lcmd[s]);
         imap_cmd_free(&lcmd[s]);
+        if ((r == ERR_NO || r == ERR_BAD) && early[s]) {
+            /* sent before the server's capabilities were known: ask again
+             * the way they allow */
+            struct imap_cmd *again[2];
+            list_send_both(e, &st[s], true, false, again);
+            r = again[0] && again[1] ? imap_cmd_wait(again[0]) : -ENOMEM;
+            if (r == 0)
+                r = imap_cmd_wait(again[1]);
+            imap_cmd_free(&again[0]);
+            imap_cmd_free(&again[1]);
+        }
         if (r < 0) {
             log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
             rc = r;
@@ -2545,6 +2609,7 @@ void sync_engine_free(struct sync_engine **pe)
         return;
     struct sync_engine *e = *pe;
     *pe = NULL;
+    early_list_free(e); /* before the clients they belong to */
     for (int s = 0; s < 2; s++) {
         imap_client_free(&e->client[s]);
         listing_fini(&e->listing[s]);
@@ -2575,19 +2640,13 @@ static int compile_ignore(struct sync_engine *e)
 /* Lists both servers again (delimiters, mailboxes, LIST-STATUS). */
 static int engine_relist(struct sync_engine *e)
 {
-    struct side_state lst[2];
-    memset(lst, 0, sizeof lst);
-    for (int s = 0; s < 2; s++) {
-        lst[s].e = e;
-        lst[s].side = (enum side)s;
-        lst[s].c = e->client[s];
-    }
-    return engine_list(e, lst);
+    return engine_list(e);
 }
 
 /* Connects both servers (again, after a failure) and lists them. */
 static int engine_open(struct sync_engine *e)
 {
+    early_list_free(e);
     for (int s = 0; s < 2; s++)
         imap_client_free(&e->client[s]);
     int r = engine_connect(e);

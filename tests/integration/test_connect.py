@@ -206,9 +206,7 @@ def test_bye_mid_command():
                  b"LIST-EXTENDED LIST-STATUS AUTH=PLAIN"),
         command(rb"AUTHENTICATE"),
         reply(text=b"logged in"),
-        command(rb"CAPABILITY"),
-        reply(untagged=b"* CAPABILITY IMAP4rev1 LITERAL+ ENABLE UIDPLUS CONDSTORE QRESYNC "
-              b"LIST-EXTENDED LIST-STATUS\r\n"),
+        # ENABLE and the LISTs ride along with the login
         command(rb"ENABLE"),
         Send(b"* BYE server shutting down for maintenance\r\n"),
         Close(),
@@ -217,6 +215,36 @@ def test_bye_mid_command():
         fake_pair(fake, p, starttls="NO")
         r = p.run(expect=None)
         check_refused(r, "maintenance")
+
+
+
+def test_list_asked_again_without_list_status():
+    """The first LIST rides along with the login, before the post-login
+    capabilities are known, asking for LIST-STATUS; a server without it
+    gets the question again the way it can answer."""
+    caps = b"IMAP4rev1 LITERAL+ SASL-IR ENABLE UIDPLUS CONDSTORE QRESYNC LIST-EXTENDED"
+    script = [
+        greeting(caps=caps + b" AUTH=PLAIN"),
+        command(rb"AUTHENTICATE"),
+        reply(text=b"[CAPABILITY " + caps + b"] logged in"),
+        command(rb"ENABLE"),
+        reply(untagged=b"* ENABLED QRESYNC\r\n"),
+        command(rb'LIST "" ""'),
+        reply(untagged=b'* LIST (\\Noselect) "/" ""\r\n'),
+        command(rb'LIST "" "\*" RETURN \(SUBSCRIBED STATUS'),
+        reply(status=b"BAD", text=b"unknown RETURN option"),
+        command(rb'LIST "" ""'),
+        reply(untagged=b'* LIST (\\Noselect) "/" ""\r\n'),
+        command(rb'LIST "" "\*" RETURN \(SUBSCRIBED\)'),
+        Send(b"* BYE that was the question\r\n"),
+        Close(),
+    ]
+    with FakeImapServer(script) as fake, Pair() as p:
+        fake_pair(fake, p, starttls="NO")
+        r = p.run(expect=None)
+        fake.wait()
+        check_eq(fake.errors, [], "the fake server's script ran to its end")
+        check_refused(r, "that was the question")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,10 @@ int imap_client_push(struct imap_client *c);
  *   imap_client_select_missed() reports it (once), meaning the SELECT's
  *   responses went to the old handler and it must be sent again.
  *
+ * - imap_client_select_after: the same for a SELECT sent while no mailbox
+ *   is selected, behind other commands: the switch happens when `after`
+ *   completes (or at a [CLOSED], should one come first).
+ *
  * imap_client_release drops the handler and any queued selection whose
  * context is ctx (a mailbox the caller is done with).
  */
@@ -132,6 +136,9 @@ void imap_client_select_now(struct imap_client *c, const struct imap_handler *h,
                             struct imap_mailbox_state *ms);
 void imap_client_select_at_close(struct imap_client *c, const struct imap_handler *h, void *ctx,
                                  struct imap_mailbox_state *ms);
+void imap_client_select_after(struct imap_client *c, struct imap_cmd *after,
+                              const struct imap_handler *h, void *ctx,
+                              struct imap_mailbox_state *ms);
 void imap_client_select_cmd(struct imap_client *c, struct imap_cmd *cmd);
 bool imap_client_select_missed(struct imap_client *c);
 void imap_client_release(struct imap_client *c, void *ctx);

@@ -97,7 +97,8 @@ struct imap_client {
      * over at the server's [CLOSED] (see imap_client_select_at_close) */
     struct {
         bool pending;
-        bool missed; /* its SELECT completed without a [CLOSED] */
+        bool missed;            /* its SELECT completed without a [CLOSED] */
+        struct imap_cmd *after; /* or: switch when this command completes */
         const struct imap_handler *handler;
         void *ctx;
         struct imap_mailbox_state *mbox;
@@ -794,6 +795,7 @@ static void selection_switch(struct imap_client *c)
     memset(c->mbox, 0, sizeof *c->mbox);
     c->next.pending = false;
     c->next.cmd = NULL;
+    c->next.after = NULL;
 }
 
 static void note_status_code(struct imap_client *c, const struct imap_response *r)
@@ -842,6 +844,7 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
         if (c->inflight_tail == cmd)
             c->inflight_tail = prev;
         cmd->next = NULL;
+        bool switch_after = c->next.pending && c->next.after == cmd;
         if (c->next.pending && c->next.cmd == cmd) {
             /* no [CLOSED] came: what the SELECT said went to the old
              * handler, so the new one must select again */
@@ -865,6 +868,8 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
         cmd_complete(cmd, r->status == IMAP_STATUS_OK   ? 0
                           : r->status == IMAP_STATUS_NO ? ERR_NO
                                                         : ERR_BAD);
+        if (switch_after && c->next.pending)
+            selection_switch(c);
         break;
     }
     case IMAP_RESP_UNTAGGED:
@@ -1538,6 +1543,7 @@ void imap_client_select_now(struct imap_client *c, const struct imap_handler *h,
     c->next.pending = false;
     c->next.missed = false;
     c->next.cmd = NULL;
+    c->next.after = NULL;
     c->handler = h;
     c->handler_ctx = ctx;
     c->mbox = ms ? ms : &c->unselected;
@@ -1553,6 +1559,15 @@ void imap_client_select_at_close(struct imap_client *c, const struct imap_handle
     c->next.ctx = ctx;
     c->next.mbox = ms;
     c->next.cmd = NULL;
+    c->next.after = NULL;
+}
+
+void imap_client_select_after(struct imap_client *c, struct imap_cmd *after,
+                              const struct imap_handler *h, void *ctx,
+                              struct imap_mailbox_state *ms)
+{
+    imap_client_select_at_close(c, h, ctx, ms);
+    c->next.after = after;
 }
 
 void imap_client_select_cmd(struct imap_client *c, struct imap_cmd *cmd)
@@ -1578,6 +1593,7 @@ void imap_client_release(struct imap_client *c, void *ctx)
     if (c->next.pending && c->next.ctx == ctx) {
         c->next.pending = false;
         c->next.cmd = NULL;
+        c->next.after = NULL;
     }
 }
 

@@ -125,6 +125,7 @@ struct sync_engine {
     bool no_lookahead;                 /* a server sent no [CLOSED]: SELECT one at a time */
     struct side_state list_st[2];      /* the listing handlers' context */
     struct imap_cmd *early_list[2][2]; /* LISTs sent behind the login */
+    struct mbox_ctx *spec;             /* INBOX, selected behind them */
     struct coro *sleeper;              /* the engine while it sleeps between cycles */
     bool notify_set;
     bool connected; /* both connections are up */
@@ -345,6 +346,10 @@ static void connect_main(struct coro *self, void *arg)
     job->result = imap_client_connect(job->e->client[job->side]);
 }
 
+/* How a SELECT's responses are told from those of the commands ahead of
+ * it (see the selection functions of imap/client.h). */
+enum select_how { SELECT_NOW, SELECT_AT_CLOSE, SELECT_AFTER };
+
 static void early_list_free(struct sync_engine *e)
 {
     for (int s = 0; s < 2; s++)
@@ -354,6 +359,8 @@ static void early_list_free(struct sync_engine *e)
 
 static bool patterns_need_delimiter(const struct sync_engine *e);
 static void early_list(struct imap_client *c, void *ctx);
+static struct mbox_ctx *speculative_inbox(struct sync_engine *e);
+static void mbox_free(struct mbox_ctx **pm);
 
 /* Connects both servers at once. */
 static int engine_connect(struct sync_engine *e)
@@ -362,6 +369,7 @@ static int engine_connect(struct sync_engine *e)
     struct coro *co[2];
     struct coro *self = coro_current(e->sched);
     early_list_free(e);
+    mbox_free(&e->spec);
     for (int s = 0; s < 2; s++) {
         const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
         bool keepalive = e->opts.watch_seconds >= 0 && sc->type != SERVER_TUNNEL;
@@ -375,6 +383,10 @@ static int engine_connect(struct sync_engine *e)
          * the delimiter, which only a first LIST tells */
         if (!patterns_need_delimiter(e))
             imap_client_on_login(e->client[s], early_list, &e->list_st[s]);
+    }
+    if (!patterns_need_delimiter(e))
+        e->spec = speculative_inbox(e);
+    for (int s = 0; s < 2; s++) {
         jobs[s] = (struct connect_job){e, (enum side)s, 0};
         co[s] = coro_spawn(e->sched, connect_main, &jobs[s], 0);
         if (!co[s])
@@ -392,6 +404,7 @@ static int engine_connect(struct sync_engine *e)
     }
     if (rc < 0) {
         early_list_free(e);
+        mbox_free(&e->spec);
         return rc;
     }
     for (int s = 0; s < 2; s++) {
@@ -619,11 +632,18 @@ static void list_send_both(struct sync_engine *e, struct side_state *st, bool pa
 /* The login hook: both LISTs ride along with the login. LIST-STATUS is
  * assumed (post-login capabilities are not known yet); engine_list asks
  * again without it if the server refused. */
+static int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how,
+                            struct imap_cmd *after);
+static void drop_speculative(struct sync_engine *e);
+
 static void early_list(struct imap_client *c, void *ctx)
 {
     struct side_state *st = ctx;
+    struct sync_engine *e = st->e;
     (void)c;
-    list_send_both(st->e, st, true, true, st->e->early_list[st->side]);
+    list_send_both(e, st, true, true, e->early_list[st->side]);
+    if (e->spec && e->early_list[st->side][1])
+        select_send_side(e->spec, st->side, SELECT_AFTER, e->early_list[st->side][1]);
 }
 
 static int engine_list(struct sync_engine *e)
@@ -674,7 +694,8 @@ static int engine_list(struct sync_engine *e)
         imap_cmd_free(&lcmd[s]);
         if ((r == ERR_NO || r == ERR_BAD) && early[s]) {
             /* sent before the server's capabilities were known: ask again
-             * the way they allow */
+             * the way they allow, without the INBOX selected behind */
+            drop_speculative(e);
             struct imap_cmd *again[2];
             list_send_both(e, &st[s], true, false, again);
             r = again[0] && again[1] ? imap_cmd_wait(again[0]) : -ENOMEM;
@@ -689,7 +710,9 @@ static int engine_list(struct sync_engine *e)
         }
         if (e->listing[s].failed)
             rc = -ENOMEM;
-        imap_client_set_handler(e->client[s], NULL, NULL);
+        /* not set_handler(NULL): INBOX may be selected behind the LIST
+         * already, with its own handler */
+        imap_client_release(e->client[s], &st[s]);
         /* With LIST-STATUS every selectable mailbox comes with a STATUS;
          * one without is a name the server lists but cannot open (Dovecot
          * lists a deleted parent of a surviving child that way). */
@@ -1313,6 +1336,16 @@ static int sync_known(struct mbox_ctx *m, bool *changed, bool may_release)
                 if (r < 0)
                     rc = r;
             }
+            /* the VANISHED our own expunges caused need nothing more */
+            for (int s = 0; s < 2; s++) {
+                struct uidset *v = &m->st[s].vanished;
+                uidset_normalize(&remove[s]);
+                size_t o = 0;
+                for (size_t i = 0; i < v->count; i++)
+                    if (!uidset_contains(&remove[s], v->uids[i]))
+                        v->uids[o++] = v->uids[i];
+                v->count = o;
+            }
         }
         /* Our own stores may come back as FETCH responses carrying the
          * flags we set: they need no propagation. Messages changed behind
@@ -1714,41 +1747,51 @@ static int qresync_sample(struct sync_engine *e, int64_t idx, enum side s, char 
     return 0;
 }
 
-/* Sends SELECT to both servers: with QRESYNC and the known-UIDs sample for
- * a known mailbox, with CONDSTORE otherwise. `at_close`: the servers have
- * another mailbox's commands ahead of it (see mbox_release). */
-static int select_send(struct mbox_ctx *m, bool at_close)
+/* Sends SELECT to one server: with QRESYNC and the known-UIDs sample for a
+ * known mailbox, with CONDSTORE otherwise. */
+static int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how,
+                            struct imap_cmd *after)
 {
     struct sync_engine *e = m->e;
-    bool qresync = !m->repair;
-    for (int s = 0; s < 2; s++) {
-        struct side_state *st = &m->st[s];
-        if (at_close)
-            imap_client_select_at_close(st->c, &selected_handler, st, &st->ms);
+    struct side_state *st = &m->st[s];
+    if (how == SELECT_AT_CLOSE)
+        imap_client_select_at_close(st->c, &selected_handler, st, &st->ms);
+    else if (how == SELECT_AFTER)
+        imap_client_select_after(st->c, after, &selected_handler, st, &st->ms);
+    else
+        imap_client_select_now(st->c, &selected_handler, st, &st->ms);
+    struct imap_cmd *cmd;
+    if (!m->repair && m->known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
+        char *seqs = NULL, *uids = NULL;
+        qresync_sample(e, m->idx, s, &seqs, &uids);
+        if (seqs && uids)
+            cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u (%a %a)))", st->mailbox,
+                                   m->db[s].uidvalidity, m->db[s].highestmodseq,
+                                   m->db[s].uidnext - 1, seqs, uids);
         else
-            imap_client_select_now(st->c, &selected_handler, st, &st->ms);
-        struct imap_cmd *cmd;
-        if (qresync && m->known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
-            char *seqs = NULL, *uids = NULL;
-            qresync_sample(e, m->idx, (enum side)s, &seqs, &uids);
-            if (seqs && uids)
-                cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u (%a %a)))",
-                                       st->mailbox, m->db[s].uidvalidity, m->db[s].highestmodseq,
-                                       m->db[s].uidnext - 1, seqs, uids);
-            else
-                cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u))", st->mailbox,
-                                       m->db[s].uidvalidity, m->db[s].highestmodseq,
-                                       m->db[s].uidnext - 1);
-            free(seqs);
-            free(uids);
-        } else {
-            cmd = imap_client_send(st->c, "SELECT %m (CONDSTORE)", st->mailbox);
-        }
-        if (at_close)
-            imap_client_select_cmd(st->c, cmd);
-        m->select[s] = cmd;
+            cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u))", st->mailbox,
+                                   m->db[s].uidvalidity, m->db[s].highestmodseq,
+                                   m->db[s].uidnext - 1);
+        free(seqs);
+        free(uids);
+    } else {
+        cmd = imap_client_send(st->c, "SELECT %m (CONDSTORE)", st->mailbox);
     }
-    return m->select[0] && m->select[1] ? 0 : -ENOMEM;
+    if (how != SELECT_NOW)
+        imap_client_select_cmd(st->c, cmd);
+    m->select[s] = cmd;
+    return cmd ? 0 : -ENOMEM;
+}
+
+/* Sends SELECT to both servers. `at_close`: the servers have another
+ * mailbox's commands ahead of it (see mbox_release). */
+static int select_send(struct mbox_ctx *m, bool at_close)
+{
+    int rc = 0;
+    for (int s = 0; s < 2; s++)
+        if (select_send_side(m, (enum side)s, at_close ? SELECT_AT_CLOSE : SELECT_NOW, NULL) < 0)
+            rc = -ENOMEM;
+    return rc;
 }
 
 /* Waits for both SELECTs and checks what they said. */
@@ -2303,9 +2346,13 @@ static int sync_one(struct mbox_ctx *m)
     }
     if (m->repair && !m->known)
         goto out; /* nothing recorded to compare with */
-    if (!m->select[0] && !m->select[1] && select_send(m, false) < 0) {
-        rc = -ENOMEM;
-        goto out;
+    /* the SELECTs may have been sent ahead: by the previous mailbox, or
+     * behind the login (not to a server that greeted with PREAUTH) */
+    for (int s = 0; s < 2; s++) {
+        if (!m->select[s] && select_send_side(m, (enum side)s, SELECT_NOW, NULL) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
     }
     rc = select_wait(m);
     if (rc < 0)
@@ -2610,6 +2657,7 @@ void sync_engine_free(struct sync_engine **pe)
     struct sync_engine *e = *pe;
     *pe = NULL;
     early_list_free(e); /* before the clients they belong to */
+    mbox_free(&e->spec);
     for (int s = 0; s < 2; s++) {
         imap_client_free(&e->client[s]);
         listing_fini(&e->listing[s]);
@@ -2647,6 +2695,7 @@ static int engine_relist(struct sync_engine *e)
 static int engine_open(struct sync_engine *e)
 {
     early_list_free(e);
+    mbox_free(&e->spec);
     for (int s = 0; s < 2; s++)
         imap_client_free(&e->client[s]);
     int r = engine_connect(e);
@@ -2685,6 +2734,62 @@ static void mbox_free(struct mbox_ctx **pm)
     *pm = NULL;
 }
 
+/*
+ * INBOX, if the database knows it, is selected right behind the LISTs that
+ * ride along with the login: it is where mail arrives, so it is the
+ * mailbox most likely to need synchronizing, and its SELECT then costs no
+ * round trip of its own. engine_cycle does it first if LIST-STATUS says it
+ * changed, and otherwise lets the answer go.
+ */
+static struct mbox_ctx *speculative_inbox(struct sync_engine *e)
+{
+    if (e->opts.command != SYNC_DEFAULT)
+        return NULL;
+    struct mbox_work w = {.key = "INBOX", .keylen = 5};
+    bool sub;
+    if (state_db_mailbox_find(e->db, w.key, w.keylen, &w.idx, &sub) != 1)
+        return NULL;
+    struct mbox_ctx *m = mbox_new(e, &w, false);
+    if (m && !m->known)
+        mbox_free(&m);
+    return m;
+}
+
+/* Takes the speculatively selected INBOX: first in `todo` if it is there,
+ * else its SELECTs are waited for (their answers must not reach the next
+ * mailbox's handler) and dropped. */
+static struct mbox_ctx *take_speculative(struct sync_engine *e, const struct mbox_work *work,
+                                         size_t *todo, size_t ntodo)
+{
+    struct mbox_ctx *m = e->spec;
+    e->spec = NULL;
+    if (!m)
+        return NULL;
+    for (size_t k = 0; k < ntodo; k++) {
+        if (work[todo[k]].idx != m->idx)
+            continue;
+        size_t first = todo[k];
+        memmove(todo + 1, todo, k * sizeof *todo);
+        todo[0] = first;
+        return m;
+    }
+    e->spec = m;
+    drop_speculative(e);
+    return NULL;
+}
+
+/* Lets the speculative INBOX go once its SELECTs are answered: until then
+ * their responses would reach whatever handler comes next. */
+static void drop_speculative(struct sync_engine *e)
+{
+    if (!e->spec)
+        return;
+    for (int s = 0; s < 2; s++)
+        if (e->spec->select[s])
+            imap_cmd_wait(e->spec->select[s]);
+    mbox_free(&e->spec);
+}
+
 /* One synchronization of every mailbox; returns an exit status. */
 static int engine_cycle(struct sync_engine *e)
 {
@@ -2710,7 +2815,7 @@ static int engine_cycle(struct sync_engine *e)
     for (size_t i = 0; i < nwork; i++)
         if (repair || !unchanged(e, &work[i]))
             todo[ntodo++] = i;
-    struct mbox_ctx *cur = NULL, *next = NULL;
+    struct mbox_ctx *cur = take_speculative(e, work, todo, ntodo), *next = NULL;
     for (size_t k = 0; k < ntodo && !e->stop; k++) {
         if (!cur)
             cur = mbox_new(e, &work[todo[k]], repair);

@@ -353,6 +353,48 @@ def test_next_select_sent_ahead_and_late_delivery_done_in_same_run():
         check_eq(b.total(), 40, "messages on remote")
 
 
+
+def test_inbox_selected_behind_the_login():
+    """INBOX is selected speculatively behind the LISTs that ride along
+    with the login: used first when it changed, let go when it did not,
+    and in both cases every change is propagated."""
+    import re
+    with Pair() as p:
+        fill(p.local, {"INBOX": 8, "A": 6, "B": 4})
+        p.run()
+        # INBOX changed on both sides, A on one
+        rc, lc = p.login("remote"), p.login("local")
+        try:
+            mail.expunge(rc, "INBOX", mail.uids(rc, "INBOX")[:2])
+            mail.set_flags(lc, "INBOX", mail.uids(lc, "INBOX")[-2:], ["\\Flagged"])
+            mail.set_flags(lc, "A", mail.uids(lc, "A")[:3], ["\\Answered"])
+        finally:
+            rc.logout()
+            lc.logout()
+        r = p.run("--debug")
+        for side in ("local", "remote"):
+            lines = r.err.splitlines()
+            sel = [k for k, l in enumerate(lines) if re.search(side + r": C: \d+ SELECT INBOX", l)]
+            comp = [k for k, l in enumerate(lines) if re.search(side + r": C: \d+ COMPRESS", l)]
+            check_eq(len(sel), 1, "%s: INBOX selected once" % side)
+            if comp:
+                check(sel[0] < comp[0], "%s: INBOX selected before COMPRESS" % side)
+        a, b = p.assert_in_step()
+        check_eq(a.total(), 16, "messages on local after the expunge")
+        # INBOX unchanged, B changed: INBOX's answer is let go
+        lc = p.login("local")
+        try:
+            mail.expunge(lc, "B", mail.uids(lc, "B")[:1])
+        finally:
+            lc.logout()
+        r = p.run("--debug")
+        check("SELECT INBOX" in r.err, "INBOX was selected speculatively")
+        a, b = p.assert_in_step()
+        check_eq(b.total(), 15, "messages on remote after the second expunge")
+        r = p.run()
+        check_eq(r.err.strip(), "", "a run with nothing to do says nothing")
+
+
 class ClosedStripper:
     """A relay in front of a real Dovecot that drops the server's
     `* OK [CLOSED]` lines, like a server that does not mark where the

@@ -2743,7 +2743,10 @@ static void mbox_free(struct mbox_ctx **pm)
  */
 static struct mbox_ctx *speculative_inbox(struct sync_engine *e)
 {
-    if (e->opts.command != SYNC_DEFAULT)
+    /* only where INBOX is surely among the mailboxes synchronized: a
+     * SELECT is not free of effects (it clears \Recent) */
+    if (e->opts.command != SYNC_DEFAULT || e->opts.nmailboxes || e->cfg->list_mailbox_count ||
+        (e->cfg->list_select_opts && *e->cfg->list_select_opts) || ignored(e, "INBOX", 5))
         return NULL;
     struct mbox_work w = {.key = "INBOX", .keylen = 5};
     bool sub;

@@ -1537,19 +1537,6 @@ struct imap_mailbox_state *imap_client_mailbox(struct imap_client *c)
     return c->mbox;
 }
 
-void imap_client_select_now(struct imap_client *c, const struct imap_handler *h, void *ctx,
-                            struct imap_mailbox_state *ms)
-{
-    c->next.pending = false;
-    c->next.missed = false;
-    c->next.cmd = NULL;
-    c->next.after = NULL;
-    c->handler = h;
-    c->handler_ctx = ctx;
-    c->mbox = ms ? ms : &c->unselected;
-    memset(c->mbox, 0, sizeof *c->mbox);
-}
-
 void imap_client_select_at_close(struct imap_client *c, const struct imap_handler *h, void *ctx,
                                  struct imap_mailbox_state *ms)
 {
@@ -1560,6 +1547,13 @@ void imap_client_select_at_close(struct imap_client *c, const struct imap_handle
     c->next.mbox = ms;
     c->next.cmd = NULL;
     c->next.after = NULL;
+}
+
+void imap_client_select_now(struct imap_client *c, const struct imap_handler *h, void *ctx,
+                            struct imap_mailbox_state *ms)
+{
+    imap_client_select_at_close(c, h, ctx, ms);
+    selection_switch(c);
 }
 
 void imap_client_select_after(struct imap_client *c, struct imap_cmd *after,

@@ -271,14 +271,47 @@ static void dbg_client_line(struct imap_client *c, const char *line, size_t len)
 /* ------------------------------------------------------------------ */
 /* writing */
 
+static int client_read_response(struct imap_client *c, const struct imap_response **out);
+static int client_dispatch(struct imap_client *c, const struct imap_response *r);
+
+/*
+ * A server that closes the connection usually says why first (BYE), and
+ * pipelined commands can hit the closed socket before that line is read.
+ * While responses are read in the caller (the opening sequence), read what
+ * arrived so that the server's words, not "broken pipe", explain the
+ * failure. Returns whether that broke the connection.
+ */
+static bool client_read_last_words(struct imap_client *c)
+{
+    if (c->reader_running)
+        return false; /* the reader coroutine will see them */
+    for (int i = 0; i < 1000 && !c->broken; i++) {
+        const struct imap_response *r;
+        int rc = client_read_response(c, &r);
+        if (rc == 0)
+            rc = client_dispatch(c, r);
+        if (rc == ERR_BYE) {
+            client_break(c, rc);
+            return true;
+        }
+        if (rc < 0)
+            break;
+    }
+    return c->broken;
+}
+
 static int client_write_now(struct imap_client *c, const void *buf, size_t len)
 {
     if (c->broken)
         return c->broken_code;
     int r = stream_write(c->stream, buf, len);
     if (r < 0) {
-        client_set_error(c, "%s: write failed: %s", c->cfg->name,
-                         c->stream->error[0] ? c->stream->error : err_str(r));
+        char why[sizeof c->error];
+        snprintf(why, sizeof why, "%s: write failed: %s", c->cfg->name,
+                 c->stream->error[0] ? c->stream->error : err_str(r));
+        if ((r == -EPIPE || r == -ECONNRESET) && client_read_last_words(c))
+            return c->broken_code;
+        client_set_error(c, "%s", why);
         client_break(c, r);
     }
     return r;

@@ -2702,7 +2702,10 @@ static int engine_open(struct sync_engine *e)
     e->connected = r == 0;
     if (r < 0)
         return r;
-    return engine_relist(e);
+    r = engine_relist(e);
+    if (r < 0)
+        drop_speculative(e); /* no cycle follows to take it */
+    return r;
 }
 
 static bool engine_broken(const struct sync_engine *e)

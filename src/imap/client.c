@@ -279,12 +279,18 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
  * pipelined commands can hit the closed socket before that line is read.
  * While responses are read in the caller (the opening sequence), read what
  * arrived so that the server's words, not "broken pipe", explain the
- * failure. Returns whether that broke the connection.
+ * failure (with the reader coroutine running, wait a little for it to
+ * read them). Returns whether that broke the connection.
  */
 static bool client_read_last_words(struct imap_client *c)
 {
-    if (c->reader_running)
-        return false; /* the reader coroutine will see them */
+    if (c->reader_running) {
+        /* the reader coroutine reads them: give it a moment (bounded) */
+        for (int i = 0; i < 20 && !c->broken && c->reader_running; i++)
+            if (await_sleep(c->sched, 10) < 0)
+                break;
+        return c->broken;
+    }
     for (int i = 0; i < 1000 && !c->broken; i++) {
         const struct imap_response *r;
         int rc = client_read_response(c, &r);

@@ -323,7 +323,7 @@ def test_next_select_sent_ahead_and_late_delivery_done_in_same_run():
         gen = MessageGenerator(3)
         # A is large enough that its APPEND is still streaming when the
         # other delivery commits; B and C come before and after it
-        mail.fill(p.local, {"B": gen.mailbox(3), "A": gen.mailbox(30, size=400000),
+        mail.fill(p.local, {"B": gen.mailbox(3), "A": gen.mailbox(40, size=400000),
                             "C": gen.mailbox(3), "D": gen.mailbox(3)})
         proc = subprocess.Popen([binary(), "--config", p.config_path, "--debug"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -349,8 +349,8 @@ def test_next_select_sent_ahead_and_late_delivery_done_in_same_run():
         check("done again later" in text, "A was gone back to")
         # one run is enough: both servers equal, the delivery copied back
         a, b = p.assert_in_step()
-        check_eq(a.total(), 40, "messages on local, the concurrent delivery included")
-        check_eq(b.total(), 40, "messages on remote")
+        check_eq(a.total(), 50, "messages on local, the concurrent delivery included")
+        check_eq(b.total(), 50, "messages on remote")
 
 
 

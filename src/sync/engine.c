@@ -738,7 +738,8 @@ struct mbox_work {
     char *key;
     size_t keylen;
     int64_t idx;
-    bool skip; /* unchanged since the last run (LIST-STATUS) */
+    bool skip;       /* unchanged since the last run (LIST-STATUS) */
+    bool created[2]; /* created on that side in this run */
 };
 
 static bool ignored(struct sync_engine *e, const char *key, size_t keylen)
@@ -932,6 +933,7 @@ static int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size
             e->failed_mailboxes++;
             continue;
         }
+        w->created[pc->side] = true;
         if (state_db_mailbox_insert(e->db, w->key, w->keylen, pc->subscribe, &w->idx) < 0 ||
             state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0) {
             log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
@@ -1167,12 +1169,20 @@ struct mbox_ctx {
      * run (MAILBOX_AGAIN). */
     struct mbox_ctx *next;
     bool released;
+    /* A mailbox created on one side in this run, and so empty there, is
+     * copied into without waiting for that side's SELECT: its answer is
+     * taken (select_wait_target) before the APPEND replies are. -1 once
+     * taken, or when SELECTs are waited for together. */
+    int target_pending;
+    bool created[2];  /* created on that side in this run */
+    bool have_row[2]; /* the database has this side's UIDVALIDITY */
 };
 
 /* sync_one() and its steps: the mailbox must be done again later */
 #define MAILBOX_AGAIN 1
 
 static int select_send(struct mbox_ctx *m, bool at_close);
+static int select_wait_target(struct mbox_ctx *m);
 
 /* Sends the next mailbox's SELECTs now: nothing else will be sent here. */
 static void mbox_release(struct mbox_ctx *m)
@@ -1554,9 +1564,9 @@ static int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *a
     }
     cp->batches = NULL;
     cp->batches_tail = &cp->batches;
-    if (rc == 0 && state_db_commit(e->db) < 0)
-        rc = ERR_DB;
-    if (state_db_begin(e->db) < 0 && rc == 0)
+    /* after a failure the caller rolls back: a begin here would only
+     * replace the database's own message with "one is already open" */
+    if (rc == 0 && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0))
         rc = ERR_DB;
     return rc;
 }
@@ -1599,7 +1609,7 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
      * only a new FETCH can tell. Sides with nothing new cost no round trip. */
     bool look[2];
     for (int s = 0; s < 2; s++)
-        look[s] = m->st[s].ms.uidnext > m->uidnext[s];
+        look[s] = m->target_pending != s && m->st[s].ms.uidnext > m->uidnext[s];
     bool again_local = false;
     for (int round = 0; round < 100 && (look[0] || look[1]); round++) {
         if (m->released)
@@ -1658,6 +1668,16 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
                 rc = cp[s].error;
             }
         }
+        bool copied[2];
+        for (int s = 0; s < 2; s++) {
+            copied[s] = cp[s].batches || cp[s].append_open;
+            if (copy_close_batch(&cp[s]) < 0 && rc == 0)
+                rc = -ENOMEM;
+        }
+        /* the target's SELECT answer is needed from here on (the probe,
+         * APPENDUID's UIDVALIDITY); it comes before the APPEND replies */
+        if (rc == 0)
+            rc = select_wait_target(m);
         /* Right behind each APPEND goes a probe listing the target's UIDs
          * from its old UIDNEXT on: the server answers it after the APPEND,
          * so a message delivered meanwhile (with a UID among ours) shows up
@@ -1665,10 +1685,8 @@ static int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
         struct imap_cmd *probe[2] = {NULL, NULL};
         for (int s = 0; s < 2; s++) {
             enum side t = OTHER(s);
-            if (cp[s].batches == NULL && !cp[s].append_open)
+            if (!copied[s])
                 continue;
-            if (copy_close_batch(&cp[s]) < 0 && rc == 0)
-                rc = -ENOMEM;
             uidset_clear(&m->st[t].probe);
             m->st[t].probing = true;
             probe[t] = imap_client_send(m->st[t].c, "UID FETCH %u:4294967295 (UID)", m->uidnext[t]);
@@ -1795,12 +1813,16 @@ static int select_send(struct mbox_ctx *m, bool at_close)
 }
 
 /* Waits for both SELECTs and checks what they said. */
-static int select_wait(struct mbox_ctx *m)
+/* Waits for the SELECTs of the sides in `want` and checks what they said;
+ * a side the database does not know yet gets its row. */
+static int select_wait_sides(struct mbox_ctx *m, const bool want[2])
 {
     struct sync_engine *e = m->e;
     int rc = 0;
-    bool again = false;
+    bool again[2] = {false, false};
     for (int s = 0; s < 2; s++) {
+        if (!want[s])
+            continue;
         int r = m->select[s] ? imap_cmd_wait(m->select[s]) : -ENOMEM;
         imap_cmd_free(&m->select[s]);
         if (r < 0) {
@@ -1808,21 +1830,32 @@ static int select_wait(struct mbox_ctx *m)
                       imap_client_error(m->st[s].c));
             rc = r;
         }
-        if (imap_client_select_missed(m->st[s].c))
-            again = true;
+        again[s] = imap_client_select_missed(m->st[s].c);
     }
-    if (again && rc == 0) {
+    if ((again[0] || again[1]) && rc == 0) {
         /* a server did not mark where the previous mailbox ended: select
          * again, and one mailbox at a time from now on */
         e->no_lookahead = true;
         log_debug(e->log, NULL, m->pretty, "no [CLOSED] from the server: selecting again");
-        if (select_send(m, false) < 0)
-            return -ENOMEM;
-        return select_wait(m);
+        for (int s = 0; s < 2; s++) {
+            if (!again[s])
+                continue;
+            int r = select_send_side(m, (enum side)s, SELECT_NOW, NULL);
+            if (r == 0)
+                r = imap_cmd_wait(m->select[s]);
+            imap_cmd_free(&m->select[s]);
+            if (r < 0) {
+                log_error(e->log, side_name[s], m->st[s].mailbox, "cannot select: %s",
+                          imap_client_error(m->st[s].c));
+                rc = r;
+            }
+        }
     }
     if (rc < 0)
         return rc;
     for (int s = 0; s < 2; s++) {
+        if (!want[s])
+            continue;
         struct imap_mailbox_state *ms = &m->st[s].ms;
         if (ms->nomodseq || ms->highestmodseq == 0) {
             log_error(e->log, side_name[s], m->st[s].mailbox,
@@ -1834,7 +1867,7 @@ static int select_wait(struct mbox_ctx *m)
             log_error(e->log, side_name[s], m->st[s].mailbox, "the server sent no UIDVALIDITY");
             return ERR_PROTOCOL;
         }
-        if (m->known && ms->uidvalidity != m->db[s].uidvalidity) {
+        if (m->have_row[s] && ms->uidvalidity != m->db[s].uidvalidity) {
             log_error(e->log, side_name[s], m->st[s].mailbox,
                       "UIDVALIDITY changed from %" PRIu32 " to %" PRIu32
                       "; refusing to synchronize this mailbox (nothing was copied). Check the "
@@ -1845,8 +1878,26 @@ static int select_wait(struct mbox_ctx *m)
         }
         if (m->st[s].max_modseq < ms->highestmodseq)
             m->st[s].max_modseq = ms->highestmodseq;
+        if (!m->have_row[s]) {
+            m->db[s] = (struct state_side){ms->uidvalidity, 0, 0};
+            if (state_db_side_insert(e->db, m->idx, (enum side)s, ms->uidvalidity) < 0)
+                return ERR_DB;
+            m->have_row[s] = true;
+        }
     }
     return 0;
+}
+
+/* The answer to the SELECT of a mailbox created on its target side in this
+ * run, which copying did not wait for (see sync_one). */
+static int select_wait_target(struct mbox_ctx *m)
+{
+    if (m->target_pending < 0)
+        return 0;
+    bool want[2] = {false, false};
+    want[m->target_pending] = true;
+    m->target_pending = -1;
+    return select_wait_sides(m, want);
 }
 
 static void log_summary(struct mbox_ctx *m)
@@ -2295,6 +2346,9 @@ static int mbox_init(struct mbox_ctx *m, struct sync_engine *e, const struct mbo
     m->idx = w->idx;
     m->repair = repair;
     m->known = true;
+    m->target_pending = -1;
+    m->created[0] = w->created[0];
+    m->created[1] = w->created[1];
     for (int s = 0; s < 2; s++) {
         m->st[s].e = e;
         m->st[s].side = (enum side)s;
@@ -2315,6 +2369,7 @@ static int mbox_init(struct mbox_ctx *m, struct sync_engine *e, const struct mbo
         }
         if (f == 0)
             m->known = false;
+        m->have_row[s] = f == 1;
     }
     return 0;
 }
@@ -2354,25 +2409,25 @@ static int sync_one(struct mbox_ctx *m)
             goto out;
         }
     }
-    rc = select_wait(m);
+    /* A mailbox created on one side in this run is empty there: copying
+     * into it need not wait for that side's SELECT, whose answer is taken
+     * before the APPEND replies are (select_wait_target). */
+    bool want[2] = {true, true};
+    if (!m->known && !m->repair && m->created[0] != m->created[1]) {
+        m->target_pending = m->created[0] ? SIDE_LOCAL : SIDE_REMOTE;
+        want[m->target_pending] = false;
+    }
+    rc = select_wait_sides(m, want);
     if (rc < 0)
         goto out;
-    bool known = m->known;
-    if (!known) {
-        for (int s = 0; s < 2; s++) {
-            struct imap_mailbox_state *ms = &m->st[s].ms;
-            m->db[s] = (struct state_side){ms->uidvalidity, 0, 0};
-            if (state_db_side_insert(e->db, m->idx, (enum side)s, ms->uidvalidity) < 0) {
-                rc = ERR_DB;
-                goto out;
-            }
-        }
-    }
     for (int s = 0; s < 2; s++)
         m->uidnext[s] = m->db[s].uidnext ? m->db[s].uidnext : 1;
 
-    /* copies a previous run made but did not record */
-    for (int s = 0; known && s < 2; s++) {
+    /* copies a previous run made but did not record (also into a mailbox
+     * it created and died before learning the UIDVALIDITY of) */
+    for (int s = 0; s < 2; s++) {
+        if (m->target_pending == s)
+            continue; /* created in this run: nothing to recover there */
         uint32_t bound = 0;
         int f = intent_get(e->db, m->idx, (enum side)s, &bound);
         if (f < 0) {
@@ -2382,7 +2437,9 @@ static int sync_one(struct mbox_ctx *m)
         if (f == 1 && (rc = recover_appends(m, (enum side)s, bound)) < 0)
             goto out;
     }
-    if (known && interrupted_pairs(m, ipairs, skip) < 0) {
+    /* pairs recorded above the saved UIDNEXT (or any pair at all, for a
+     * mailbox whose first run was interrupted) are not copied again */
+    if (interrupted_pairs(m, ipairs, skip) < 0) {
         rc = ERR_DB;
         goto out;
     }
@@ -2393,8 +2450,13 @@ static int sync_one(struct mbox_ctx *m)
      * copying them again. */
     bool intent = false;
     for (int s = 0; s < 2; s++) {
+        if (m->target_pending == s)
+            continue; /* its SELECT is not answered yet; it is empty */
         if (m->st[s].ms.uidnext > m->uidnext[s]) {
-            if (intent_set(e->db, m->idx, OTHER(s), m->st[OTHER(s)].ms.uidnext) < 0) {
+            /* any UIDNEXT seen before the APPEND is a lower bound for the
+             * copies: 1 for a mailbox created in this run */
+            uint32_t bound = m->target_pending == (int)OTHER(s) ? 1 : m->st[OTHER(s)].ms.uidnext;
+            if (intent_set(e->db, m->idx, OTHER(s), bound) < 0) {
                 rc = ERR_DB;
                 goto out;
             }
@@ -2416,6 +2478,8 @@ static int sync_one(struct mbox_ctx *m)
     if (rc != 0)
         goto out;
     rc = sync_new(m, skip, simple);
+    if (rc == 0)
+        rc = select_wait_target(m);
     if (rc != 0)
         goto out;
     /* the copies may have raced with flag changes: settle them */

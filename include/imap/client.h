@@ -86,7 +86,6 @@ const char *imap_client_name(const struct imap_client *c); /* "local" / "remote"
 const char *imap_client_error(const struct imap_client *c);
 bool imap_client_has_cap(const struct imap_client *c, const char *cap);
 bool imap_client_is_broken(const struct imap_client *c);
-struct imap_mailbox_state *imap_client_mailbox(struct imap_client *c);
 
 /*
  * Called during imap_client_connect() once the login command is sent,
@@ -179,7 +178,6 @@ int imap_client_write_fmt(struct imap_client *c, const char *fmt, ...);
 int imap_client_literal_begin(struct imap_client *c, uint64_t size);
 int imap_client_write_raw(struct imap_client *c, const void *buf, size_t len);
 struct imap_cmd *imap_client_end(struct imap_client *c, struct imap_cmd *cmd);
-int imap_client_flush(struct imap_client *c);
 
 /* Arranges for `waiter` to be woken whenever a response arrives or the
  * connection breaks (NULL: nobody). Returns whether anything arrived since

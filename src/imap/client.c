@@ -661,11 +661,6 @@ struct imap_cmd *imap_client_end(struct imap_client *c, struct imap_cmd *cmd)
     return cmd;
 }
 
-int imap_client_flush(struct imap_client *c)
-{
-    return client_flush(c);
-}
-
 void imap_client_hold(struct imap_client *c)
 {
     c->held++;
@@ -1569,11 +1564,6 @@ const char *imap_client_error(const struct imap_client *c)
 bool imap_client_is_broken(const struct imap_client *c)
 {
     return c->broken;
-}
-
-struct imap_mailbox_state *imap_client_mailbox(struct imap_client *c)
-{
-    return c->mbox;
 }
 
 void imap_client_select_at_close(struct imap_client *c, const struct imap_handler *h, void *ctx,

@@ -96,6 +96,19 @@ static ssize_t compress_read(struct stream *s, void *buf, size_t cap)
     }
 }
 
+/* Writes the first `have` bytes of outbuf to the stream below. */
+static int compress_send(struct compress_stream *cs, size_t have)
+{
+    if (have == 0)
+        return 0;
+    int rc = stream_write(cs->base.lower, cs->outbuf, have);
+    if (rc < 0) {
+        stream_take_error(&cs->base, "COMPRESS");
+        return cs->out_err = rc;
+    }
+    return 0;
+}
+
 /* Called after a write of `in` bytes produced `out`, everything flushed. */
 static int compress_adapt(struct compress_stream *cs, size_t in, size_t out)
 {
@@ -110,17 +123,10 @@ static int compress_adapt(struct compress_stream *cs, size_t in, size_t out)
     cs->out.next_out = cs->outbuf;
     cs->out.avail_out = sizeof cs->outbuf;
     int z = deflateParams(&cs->out, Z_BEST_SPEED, want ? Z_HUFFMAN_ONLY : Z_DEFAULT_STRATEGY);
-    size_t have = sizeof cs->outbuf - cs->out.avail_out;
-    if (have > 0) {
-        int rc = stream_write(cs->base.lower, cs->outbuf, have);
-        if (rc < 0) {
-            stream_take_error(&cs->base, "COMPRESS");
-            return cs->out_err = rc;
-        }
-    }
-    if (z == Z_OK)
+    int rc = compress_send(cs, sizeof cs->outbuf - cs->out.avail_out);
+    if (rc == 0 && z == Z_OK)
         cs->huffman = want;
-    return 0;
+    return rc;
 }
 
 static int compress_write(struct stream *s, const void *buf, size_t len)
@@ -149,13 +155,9 @@ static int compress_write(struct stream *s, const void *buf, size_t len)
             }
             size_t have = sizeof cs->outbuf - cs->out.avail_out;
             out_total += have;
-            if (have > 0) {
-                int rc = stream_write(s->lower, cs->outbuf, have);
-                if (rc < 0) {
-                    stream_take_error(s, "COMPRESS");
-                    return cs->out_err = rc;
-                }
-            }
+            int rc = compress_send(cs, have);
+            if (rc < 0)
+                return rc;
         } while (cs->out.avail_out == 0);
         p += chunk;
         len -= chunk;

@@ -368,8 +368,9 @@ static int engine_connect(struct sync_engine *e)
     struct connect_job jobs[2];
     struct coro *co[2];
     struct coro *self = coro_current(e->sched);
-    early_list_free(e);
-    mbox_free(&e->spec);
+    /* the listing rides along with the login unless its patterns need the
+     * delimiter, which only a first LIST tells */
+    bool early = !patterns_need_delimiter(e);
     for (int s = 0; s < 2; s++) {
         const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
         bool keepalive = e->opts.watch_seconds >= 0 && sc->type != SERVER_TUNNEL;
@@ -379,12 +380,10 @@ static int engine_connect(struct sync_engine *e)
         listing_fini(&e->listing[s]);
         e->list_st[s] = (struct side_state){
             .e = e, .side = (enum side)s, .c = e->client[s], .listing = &e->listing[s]};
-        /* the listing rides along with the login unless its patterns need
-         * the delimiter, which only a first LIST tells */
-        if (!patterns_need_delimiter(e))
+        if (early)
             imap_client_on_login(e->client[s], early_list, &e->list_st[s]);
     }
-    if (!patterns_need_delimiter(e))
+    if (early)
         e->spec = speculative_inbox(e);
     for (int s = 0; s < 2; s++) {
         jobs[s] = (struct connect_job){e, (enum side)s, 0};
@@ -629,13 +628,14 @@ static void list_send_both(struct sync_engine *e, struct side_state *st, bool pa
     cmd[1] = patterns ? list_send(e, st, assume_status) : NULL;
 }
 
-/* The login hook: both LISTs ride along with the login. LIST-STATUS is
- * assumed (post-login capabilities are not known yet); engine_list asks
- * again without it if the server refused. */
 static int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how,
                             struct imap_cmd *after);
 static void drop_speculative(struct sync_engine *e);
 
+/* The login hook: both LISTs ride along with the login, and the
+ * speculative INBOX's SELECT behind them. LIST-STATUS is assumed
+ * (post-login capabilities are not known yet); engine_relist asks again
+ * without it if the server refused. */
 static void early_list(struct imap_client *c, void *ctx)
 {
     struct side_state *st = ctx;
@@ -646,7 +646,9 @@ static void early_list(struct imap_client *c, void *ctx)
         select_send_side(e->spec, st->side, SELECT_AFTER, e->early_list[st->side][1]);
 }
 
-static int engine_list(struct sync_engine *e)
+/* Lists both servers (delimiters, mailboxes, LIST-STATUS), using the
+ * LISTs sent behind the login if there are some. */
+static int engine_relist(struct sync_engine *e)
 {
     struct side_state *st = e->list_st;
     struct imap_cmd *dcmd[2], *lcmd[2] = {NULL, NULL};
@@ -738,7 +740,6 @@ struct mbox_work {
     char *key;
     size_t keylen;
     int64_t idx;
-    bool skip;       /* unchanged since the last run (LIST-STATUS) */
     bool created[2]; /* created on that side in this run */
 };
 
@@ -1195,13 +1196,12 @@ static void mbox_release(struct mbox_ctx *m)
 
 /*
  * Propagates what both sides reported (vanished messages and flag changes
- * for known UIDs) until neither reports anything new. Returns whether
- * anything was processed.
+ * for known UIDs) until neither reports anything new. With `may_release`,
+ * the next mailbox's SELECTs go out behind the last commands sent here.
  */
-static int sync_known(struct mbox_ctx *m, bool *changed, bool may_release)
+static int sync_known(struct mbox_ctx *m, bool may_release)
 {
     struct sync_engine *e = m->e;
-    *changed = false;
     for (int round = 0; round < 100; round++) {
         /* take a snapshot of what was reported so far; responses to our own
          * commands accumulate for the next round */
@@ -1226,23 +1226,15 @@ static int sync_known(struct mbox_ctx *m, bool *changed, bool may_release)
             if (vanished[s].count || snap[s].nchanges)
                 any = true;
         }
-        if (!any) {
-            for (int s = 0; s < 2; s++) {
-                uidset_fini(&vanished[s]);
-                free(snap[s].changes);
-            }
-            return 0;
-        }
-        *changed = true;
-        if (m->released) {
-            /* the next mailbox is selected already */
+        if (!any || m->released) {
             for (int s = 0; s < 2; s++) {
                 uidset_fini(&vanished[s]);
                 for (size_t i = 0; i < snap[s].nchanges; i++)
                     free(snap[s].changes[i].flags);
                 free(snap[s].changes);
             }
-            return MAILBOX_AGAIN;
+            /* news after the next mailbox was selected: do this one again */
+            return any ? MAILBOX_AGAIN : 0;
         }
 
         /* vanished on one side: remove the counterpart on the other */
@@ -1812,7 +1804,6 @@ static int select_send(struct mbox_ctx *m, bool at_close)
     return rc;
 }
 
-/* Waits for both SELECTs and checks what they said. */
 /* Waits for the SELECTs of the sides in `want` and checks what they said;
  * a side the database does not know yet gets its row. */
 static int select_wait_sides(struct mbox_ctx *m, const bool want[2])
@@ -2473,8 +2464,7 @@ static int sync_one(struct mbox_ctx *m)
      * else behind the last APPEND. Not while repairing, nor with pairs of
      * an interrupted run to settle. */
     bool simple = !m->repair && ipairs[0].count == 0;
-    bool changed;
-    rc = sync_known(m, &changed, simple && !intent);
+    rc = sync_known(m, simple && !intent);
     if (rc != 0)
         goto out;
     rc = sync_new(m, skip, simple);
@@ -2495,7 +2485,7 @@ static int sync_one(struct mbox_ctx *m)
     rc = check_interrupted(m, ipairs);
     if (rc < 0)
         goto out;
-    rc = sync_known(m, &changed, simple);
+    rc = sync_known(m, simple);
     if (rc != 0)
         goto out;
     for (int s = 0; s < 2; s++) {
@@ -2749,12 +2739,6 @@ static int compile_ignore(struct sync_engine *e)
     return 0;
 }
 
-/* Lists both servers again (delimiters, mailboxes, LIST-STATUS). */
-static int engine_relist(struct sync_engine *e)
-{
-    return engine_list(e);
-}
-
 /* Connects both servers (again, after a failure) and lists them. */
 static int engine_open(struct sync_engine *e)
 {
@@ -2778,7 +2762,7 @@ static bool engine_broken(const struct sync_engine *e)
            imap_client_is_broken(e->client[1]);
 }
 
-/* Sets up the context of the mailbox work[todo[k]], or returns NULL. */
+/* Sets up the context of a mailbox to synchronize, or returns NULL. */
 static struct mbox_ctx *mbox_new(struct sync_engine *e, const struct mbox_work *w, bool repair)
 {
     struct mbox_ctx *m = malloc(sizeof *m);
@@ -2832,18 +2816,15 @@ static struct mbox_ctx *take_speculative(struct sync_engine *e, const struct mbo
                                          size_t *todo, size_t ntodo)
 {
     struct mbox_ctx *m = e->spec;
-    e->spec = NULL;
-    if (!m)
-        return NULL;
-    for (size_t k = 0; k < ntodo; k++) {
+    for (size_t k = 0; m && k < ntodo; k++) {
         if (work[todo[k]].idx != m->idx)
             continue;
         size_t first = todo[k];
         memmove(todo + 1, todo, k * sizeof *todo);
         todo[0] = first;
+        e->spec = NULL;
         return m;
     }
-    e->spec = m;
     drop_speculative(e);
     return NULL;
 }

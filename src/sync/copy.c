@@ -1,0 +1,330 @@
+/*
+ * New messages: streaming each side's new messages from its FETCH into
+ * the other side's (MULTI)APPEND, and recording the pairs.
+ */
+#include "internal.h"
+
+static int copy_close_batch(struct new_copy *cp)
+{
+    if (!cp->append_open)
+        return 0;
+    struct imap_client *t = cp->target->c;
+    struct imap_cmd *cmd = imap_client_end(t, cp->open_cmd);
+    imap_client_unlock_write(t);
+    cp->append_open = false;
+    struct pending_batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        imap_cmd_free(&cmd);
+        uidset_fini(&cp->open_uids);
+        return -ENOMEM;
+    }
+    b->cmd = cmd;
+    b->src_uids = cp->open_uids;
+    uidset_init(&cp->open_uids);
+    *cp->batches_tail = b;
+    cp->batches_tail = &b->next;
+    cp->open_count = 0;
+    cp->open_bytes = 0;
+    return 0;
+}
+
+int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_value *list,
+                        uint64_t size, struct imap_literal *lit, const char *inline_body)
+{
+    struct sync_engine *e = cp->e;
+    struct imap_client *t = cp->target->c;
+    if (cp->error)
+        return cp->error;
+    if (size == 0) {
+        log_warn(e->log, side_name[cp->src], NULL,
+                 "Ignoring new 0-length message (UID %" PRIu32 ")", uid);
+        return 0;
+    }
+    const struct imap_value *flagsv = fetch_item(list, "FLAGS");
+    const struct imap_value *datev = fetch_item(list, "INTERNALDATE");
+    char *flags = flagsv && flagsv->type == IMAP_LIST ? flags_normalize(flagsv) : strdup("");
+    const char *date;
+    size_t datelen;
+    if (!flags || !datev || !imap_value_string(datev, &date, &datelen) || datelen > 64) {
+        free(flags);
+        cp->error = ERR_PROTOCOL;
+        return cp->error;
+    }
+    char datebuf[72];
+    memcpy(datebuf, date, datelen);
+    datebuf[datelen] = '\0';
+
+    bool multi = imap_client_has_cap(t, "MULTIAPPEND");
+    if (cp->append_open && (!multi || cp->open_count >= APPEND_BATCH_MESSAGES ||
+                            cp->open_bytes + size > APPEND_BATCH_BYTES))
+        copy_close_batch(cp);
+    int r = 0;
+    if (!cp->append_open) {
+        r = imap_client_lock_write(t);
+        if (r < 0)
+            goto fail;
+        cp->open_cmd = imap_client_begin(t, "APPEND %m", cp->target->mailbox);
+        cp->append_open = true;
+        uidset_init(&cp->open_uids);
+    }
+    r = imap_client_write_fmt(t, " (%a) \"%a\" ", flags, datebuf);
+    if (r == 0)
+        r = imap_client_literal_begin(t, size);
+    if (r < 0)
+        goto fail;
+    if (inline_body) {
+        r = imap_client_write_raw(t, inline_body, (size_t)size);
+    } else {
+        char *buf = malloc(COPY_CHUNK);
+        if (!buf) {
+            r = -ENOMEM;
+            goto fail;
+        }
+        uint64_t left = size;
+        while (left && r == 0) {
+            ssize_t n = imap_literal_read(lit, buf, COPY_CHUNK);
+            if (n <= 0) {
+                r = n < 0 ? (int)n : ERR_EOF;
+                break;
+            }
+            r = imap_client_write_raw(t, buf, (size_t)n);
+            left -= (uint64_t)n;
+        }
+        free(buf);
+    }
+    if (r < 0)
+        goto fail;
+    uidset_add(&cp->open_uids, uid);
+    cp->open_count++;
+    cp->open_bytes += size;
+    cp->copied++;
+    free(flags);
+    return 0;
+fail:
+    free(flags);
+    cp->error = r;
+    return r;
+}
+
+/* Waits for the APPENDs and records the new pairs. Returns the number of
+ * messages mapped or a negative error. */
+int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended)
+{
+    struct sync_engine *e = m->e;
+    int rc = copy_close_batch(cp);
+    enum side src = cp->src, dst = OTHER(cp->src);
+    for (struct pending_batch *b = cp->batches, *next; b; b = next) {
+        next = b->next;
+        int r = imap_cmd_wait(b->cmd);
+        if (r < 0) {
+            log_error(e->log, side_name[dst], m->st[dst].mailbox, "APPEND failed: %s",
+                      imap_client_error(m->st[dst].c));
+            if (rc == 0)
+                rc = r;
+        } else {
+            const char *code = imap_cmd_code(b->cmd);
+            struct uidset tuids;
+            uidset_init(&tuids);
+            const char *args = imap_cmd_code_args(b->cmd);
+            const char *sp = strchr(args, ' ');
+            uint32_t uidvalidity = (uint32_t)strtoul(args, NULL, 10);
+            if (!code || strcasecmp(code, "APPENDUID") != 0 || !sp ||
+                uidset_parse(&tuids, sp + 1, strlen(sp + 1), 1u << 24) < 0 ||
+                tuids.count != b->src_uids.count) {
+                log_error(e->log, side_name[dst], m->st[dst].mailbox,
+                          "the server did not report the UIDs of appended messages (APPENDUID)");
+                if (rc == 0)
+                    rc = ERR_PROTOCOL;
+            } else if (uidvalidity != m->db[dst].uidvalidity) {
+                log_error(e->log, side_name[dst], m->st[dst].mailbox,
+                          "UIDVALIDITY changed during the APPEND");
+                if (rc == 0)
+                    rc = ERR_STATE_MISMATCH;
+            } else {
+                for (size_t i = 0; i < tuids.count; i++) {
+                    uint32_t su = b->src_uids.uids[i], tu = tuids.uids[i];
+                    uint32_t lu = src == SIDE_LOCAL ? su : tu, ru = src == SIDE_LOCAL ? tu : su;
+                    if (state_db_mapping_insert(e->db, m->idx, lu, ru) < 0 && rc == 0)
+                        rc = ERR_DB;
+                    uidset_add(appended, tu);
+                }
+                m->added[dst] += (unsigned)tuids.count;
+            }
+            uidset_fini(&tuids);
+        }
+        imap_cmd_free(&b->cmd);
+        uidset_fini(&b->src_uids);
+        free(b);
+    }
+    cp->batches = NULL;
+    cp->batches_tail = &cp->batches;
+    /* after a failure the caller rolls back: a begin here would only
+     * replace the database's own message with "one is already open" */
+    if (rc == 0 && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0))
+        rc = ERR_DB;
+    return rc;
+}
+
+/* "since:4294967295" minus the UIDs to skip, as a sequence set. */
+static char *new_range(uint32_t since, const struct uidset *skip)
+{
+    size_t cap = 64 + skip->count * 24, len = 0;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    uint32_t from = since ? since : 1;
+    for (size_t i = 0; i < skip->count; i++) {
+        uint32_t u = skip->uids[i];
+        if (u < from)
+            continue;
+        if (u > from)
+            len += (size_t)snprintf(out + len, cap - len, "%s%" PRIu32 ":%" PRIu32, len ? "," : "",
+                                    from, u - 1);
+        from = u + 1;
+        if (from == 0)
+            return out; /* wrapped: nothing above */
+    }
+    snprintf(out + len, cap - len, "%s%" PRIu32 ":4294967295", len ? "," : "", from);
+    return out;
+}
+
+/*
+ * Copies new messages both ways until neither side has any that we did not
+ * put there ourselves. The remote side is pulled first, like the reference
+ * tool, so a slow remote is waited for once.
+ */
+int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
+{
+    struct sync_engine *e = m->e;
+    /* Round 0 looks at a side only if SELECT announced new messages there.
+     * A later round looks again at the sides that just received copies:
+     * a message delivered meanwhile may have got a UID below ours, and
+     * only a new FETCH can tell. Sides with nothing new cost no round trip. */
+    bool look[2];
+    for (int s = 0; s < 2; s++)
+        look[s] = m->target_pending != s && m->st[s].ms.uidnext > m->uidnext[s];
+    bool again_local = false;
+    for (int round = 0; round < 100 && (look[0] || look[1]); round++) {
+        if (m->released)
+            return MAILBOX_AGAIN; /* the next mailbox is selected already */
+        struct new_copy cp[2];
+        struct imap_cmd *fetch[2] = {NULL, NULL};
+        for (int s = 0; s < 2; s++) {
+            memset(&cp[s], 0, sizeof cp[s]);
+            cp[s].e = e;
+            cp[s].src = (enum side)s;
+            cp[s].target = &m->st[OTHER(s)];
+            cp[s].batches_tail = &cp[s].batches;
+            uidset_normalize(&skip[s]);
+            uidset_clear(&m->st[s].fetched);
+        }
+        /* One direction at a time: each reader streams into the other
+         * server, so with both directions at once each reader could block
+         * writing to a server that is itself blocked writing its FETCH to
+         * the other reader (servers do not read the next command while
+         * sending a long response), and without LITERAL+ each body waits
+         * for a continuation only the other, busy, reader can see. The
+         * remote side goes first, like the reference tool. */
+        if (look[SIDE_REMOTE] && look[SIDE_LOCAL]) {
+            look[SIDE_LOCAL] = false;
+            again_local = true;
+        }
+        int rc = 0;
+        for (int k = 0; k < 2; k++) {
+            enum side s = k == 0 ? SIDE_REMOTE : SIDE_LOCAL;
+            if (!look[s])
+                continue;
+            char *range = new_range(m->uidnext[s], &skip[s]);
+            if (!range)
+                return -ENOMEM;
+            m->st[s].copy = &cp[s];
+            fetch[s] = imap_client_send(
+                m->st[s].c, "UID FETCH %a (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", range);
+            free(range);
+            if (!fetch[s])
+                rc = -ENOMEM;
+        }
+        for (int s = 0; s < 2; s++) {
+            if (!fetch[s])
+                continue;
+            int r = imap_cmd_wait(fetch[s]);
+            if (r < 0) {
+                log_error(e->log, side_name[s], m->st[s].mailbox, "FETCH failed: %s",
+                          imap_client_error(m->st[s].c));
+                rc = r;
+            }
+            imap_cmd_free(&fetch[s]);
+            m->st[s].copy = NULL;
+            if (cp[s].error && rc == 0) {
+                log_error(e->log, side_name[OTHER(s)], m->st[OTHER(s)].mailbox,
+                          "copying new messages failed: %s", imap_client_error(m->st[OTHER(s)].c));
+                rc = cp[s].error;
+            }
+        }
+        bool copied[2];
+        for (int s = 0; s < 2; s++) {
+            copied[s] = cp[s].batches || cp[s].append_open;
+            if (copy_close_batch(&cp[s]) < 0 && rc == 0)
+                rc = -ENOMEM;
+        }
+        /* the target's SELECT answer is needed from here on (the probe,
+         * APPENDUID's UIDVALIDITY); it comes before the APPEND replies */
+        if (rc == 0)
+            rc = select_wait_target(m);
+        /* Right behind each APPEND goes a probe listing the target's UIDs
+         * from its old UIDNEXT on: the server answers it after the APPEND,
+         * so a message delivered meanwhile (with a UID among ours) shows up
+         * without a round trip of its own. */
+        struct imap_cmd *probe[2] = {NULL, NULL};
+        for (int s = 0; s < 2; s++) {
+            enum side t = OTHER(s);
+            if (!copied[s])
+                continue;
+            uidset_clear(&m->st[t].probe);
+            m->st[t].probing = true;
+            probe[t] = imap_client_send(m->st[t].c, "UID FETCH %u:4294967295 (UID)", m->uidnext[t]);
+        }
+        /* the last direction: unless the probes find a delivery, this
+         * mailbox has nothing more to send */
+        if (may_release && !again_local)
+            mbox_release(m);
+        for (int s = 0; s < 2; s++) {
+            struct uidset appended;
+            uidset_init(&appended);
+            int r = copy_finish(m, &cp[s], &appended);
+            if (r < 0 && rc == 0)
+                rc = r;
+            for (size_t i = 0; i < appended.count; i++)
+                uidset_add(&skip[OTHER(s)], appended.uids[i]);
+            uidset_fini(&appended);
+            /* every UID fetched from s is now either replicated or skipped */
+            struct uidset *f = &m->st[s].fetched;
+            for (size_t i = 0; i < f->count; i++)
+                uidset_add(&skip[s], f->uids[i]);
+        }
+        bool arrived[2] = {false, false};
+        for (int t = 0; t < 2; t++) {
+            if (!probe[t])
+                continue;
+            int r = imap_cmd_wait(probe[t]);
+            imap_cmd_free(&probe[t]);
+            m->st[t].probing = false;
+            if (r < 0 && rc == 0)
+                rc = r;
+            uidset_normalize(&skip[t]);
+            for (size_t i = 0; i < m->st[t].probe.count; i++)
+                if (!uidset_contains(&skip[t], m->st[t].probe.uids[i]))
+                    arrived[t] = true;
+        }
+        if (rc < 0)
+            return rc;
+        for (int s = 0; s < 2; s++)
+            look[s] = arrived[s];
+        if (again_local) {
+            look[SIDE_LOCAL] = true;
+            again_local = false;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,265 @@
+/*
+ * What the files of the synchronization engine share: the engine and
+ * per-mailbox structures, the per-side state, and the functions one phase
+ * calls in another. Private to src/sync; the public interface is
+ * include/sync/sync.h.
+ *
+ * The algorithm is the one of the reference manual (RFC 4549 with the
+ * RFC 7162 amendments); what differs is the shape: both servers are driven
+ * at the same time, commands that do not depend on each other are
+ * pipelined, and message bodies flow from one server's FETCH literal into
+ * the other's APPEND literal in chunks.
+ *
+ * Everything is symmetric: per-side data lives in arrays indexed by
+ * enum side, and the other side of s is OTHER(s).
+ */
+#ifndef INTERIMAP_SYNC_INTERNAL_H
+#define INTERIMAP_SYNC_INTERNAL_H
+
+#include "sync/sync.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "config.h"
+#include "coro/await.h"
+#include "coro/coro.h"
+#include "db/state.h"
+#include "errors.h"
+#include "imap/client.h"
+#include "imap/uidset.h"
+#include "log.h"
+#include "sync/flags.h"
+
+#define OTHER(s) ((enum side)(1 - (s)))
+
+extern const char *const side_name[2]; /* "local", "remote" */
+
+enum {
+    APPEND_BATCH_MESSAGES = 1000,
+    APPEND_BATCH_BYTES = 64 << 20,
+    UIDSET_TEXT_MAX = 4096, /* keep command lines well below server limits */
+    COPY_CHUNK = 64 * 1024,
+};
+
+/* ------------------------------------------------------------------ */
+/* mailbox listing */
+
+struct listed {
+    char *server_name; /* as the server spells it (mUTF-7, with reference) */
+    char *key;         /* internal name: reference stripped, delimiter -> NUL */
+    size_t keylen;
+    bool selectable;
+    bool subscribed;
+    bool has_status;
+    uint32_t uidvalidity, uidnext;
+    uint64_t highestmodseq;
+};
+
+struct listing {
+    struct listed *items;
+    size_t count, cap;
+    char delimiter; /* '\0' for a flat namespace (NIL) */
+    bool delimiter_known;
+    bool failed;
+};
+
+/* A change reported for a known message. */
+struct change {
+    uint32_t uid;
+    uint64_t modseq;
+    char *flags;
+};
+
+/* What one side reported while a mailbox is selected. */
+struct side_state {
+    struct sync_engine *e;
+    enum side side;
+    struct imap_client *c;
+    char *mailbox; /* server name */
+    struct uidset vanished;
+    struct change *changes;
+    size_t nchanges, capchanges;
+    uint64_t max_modseq;
+    uint32_t max_uid_seen; /* highest UID seen in new-message FETCHes */
+    struct uidset fetched; /* UIDs of new messages seen in the current FETCH */
+    struct uidset probe;   /* UIDs listed by a probe FETCH (UID) */
+    bool probing;
+    struct listing *listing;      /* while listing */
+    struct new_copy *copy;        /* while copying new messages from this side */
+    struct imap_mailbox_state ms; /* what SELECT and later responses said */
+};
+
+struct pending_batch {
+    struct imap_cmd *cmd;
+    struct uidset src_uids;
+    struct pending_batch *next;
+};
+
+/* Streaming of new messages from side `src` into side OTHER(src). */
+struct new_copy {
+    struct sync_engine *e;
+    enum side src;
+    struct side_state *target;
+    bool append_open;
+    struct imap_cmd *open_cmd;
+    struct uidset open_uids;
+    size_t open_count;
+    uint64_t open_bytes;
+    struct pending_batch *batches, **batches_tail;
+    int error;
+    unsigned copied;
+};
+
+struct sync_engine {
+    struct coro_sched *sched;
+    const struct config *cfg;
+    struct logger *log;
+    struct sync_options opts;
+    struct state_db *db;
+    struct imap_client *client[2];
+    struct listing listing[2];
+    pcre2_code *ignore_re;
+    int failed_mailboxes;
+    bool stop;                         /* SIGINT/SIGTERM: finish the step and leave */
+    bool no_lookahead;                 /* a server sent no [CLOSED]: SELECT one at a time */
+    struct side_state list_st[2];      /* the listing handlers' context */
+    struct imap_cmd *early_list[2][2]; /* LISTs sent behind the login */
+    struct mbox_ctx *spec;             /* INBOX, selected behind them */
+    struct coro *sleeper;              /* the engine while it sleeps between cycles */
+    bool notify_set;
+    bool connected; /* both connections are up */
+    char errbuf[512];
+};
+
+/* How a SELECT's responses are told from those of the commands ahead of
+ * it (see the selection functions of imap/client.h). */
+enum select_how { SELECT_NOW, SELECT_AT_CLOSE, SELECT_AFTER };
+
+struct mbox_work {
+    char *key;
+    size_t keylen;
+    int64_t idx;
+    bool created[2]; /* created on that side in this run */
+};
+struct mbox_ctx {
+    struct sync_engine *e;
+    int64_t idx;
+    char *pretty;
+    bool repair;
+    bool known; /* the database has both sides */
+    struct side_state st[2];
+    struct state_side db[2]; /* UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ */
+    uint32_t uidnext[2];     /* messages below are replicated */
+    unsigned added[2], removed[2], updated[2], conflicts;
+    struct imap_cmd *select[2]; /* SELECTs in flight */
+    /* The mailbox synchronized after this one. Once this one has sent what
+     * should be its last commands, the next one's SELECTs go out behind
+     * them (mbox_release) instead of a round trip later; should this one
+     * then turn out to need more commands, it is done again later in the
+     * run (MAILBOX_AGAIN). */
+    struct mbox_ctx *next;
+    bool released;
+    /* A mailbox created on one side in this run, and so empty there, is
+     * copied into without waiting for that side's SELECT: its answer is
+     * taken (select_wait_target) before the APPEND replies are. -1 once
+     * taken, or when SELECTs are waited for together. */
+    int target_pending;
+    bool created[2];  /* created on that side in this run */
+    bool have_row[2]; /* the database has this side's UIDVALIDITY */
+};
+
+/* sync_one() and its steps: the mailbox must be done again later */
+#define MAILBOX_AGAIN 1
+
+/* Commands sent together and waited for together, each with what to say
+ * should it fail. */
+struct cmd_batch {
+    struct imap_cmd **cmds;
+    const char **what;
+    size_t n, cap;
+    bool nomem;
+};
+
+struct flag_group {
+    char *flags;
+    struct uidset uids;
+};
+
+struct flag_plan {
+    struct flag_group *groups;
+    size_t count, cap;
+};
+
+/* list.c: listing */
+void listing_fini(struct listing *l);
+struct listed *listing_find(struct listing *l, const char *key, size_t keylen);
+char *server_name(struct sync_engine *e, enum side s, const char *key, size_t keylen);
+char *pretty_name(struct sync_engine *e, const char *key, size_t keylen);
+bool patterns_need_delimiter(const struct sync_engine *e);
+void early_list(struct imap_client *c, void *ctx);
+int engine_relist(struct sync_engine *e);
+int compile_ignore(struct sync_engine *e);
+
+/* mailboxes.c: mailbox list */
+bool ignored(struct sync_engine *e, const char *key, size_t keylen);
+int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size_t *nout);
+
+/* known.c: known messages */
+int batch_wait(struct cmd_batch *b, struct side_state *st, struct uidset *modified);
+int remove_messages(struct side_state *st, struct uidset *uids);
+int plan_add(struct flag_plan *p, const char *flags, uint32_t uid);
+void plan_fini(struct flag_plan *p);
+void flags_send(struct side_state *st, struct flag_plan *p, uint64_t unchangedsince,
+                struct cmd_batch *b);
+void changes_compact(struct side_state *st);
+const struct change *change_find(const struct side_state *st, uint32_t uid);
+int sync_known(struct mbox_ctx *m, bool may_release);
+
+/* copy.c: copying */
+int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_value *list,
+                        uint64_t size, struct imap_literal *lit, const char *inline_body);
+int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended);
+int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release);
+
+/* mailbox.c: per-mailbox driver */
+void side_state_reset(struct side_state *st);
+const struct imap_value *fetch_item(const struct imap_value *list, const char *name);
+void selected_untagged(void *ctx, const struct imap_response *r);
+extern const struct imap_handler selected_handler;
+void mbox_release(struct mbox_ctx *m);
+int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struct imap_cmd *after);
+int select_wait_target(struct mbox_ctx *m);
+int sync_one(struct mbox_ctx *m);
+bool unchanged(struct sync_engine *e, struct mbox_work *w);
+struct mbox_ctx *speculative_inbox(struct sync_engine *e);
+struct mbox_ctx *take_speculative(struct sync_engine *e, const struct mbox_work *work, size_t *todo,
+                                  size_t ntodo);
+void drop_speculative(struct sync_engine *e);
+struct mbox_ctx *mbox_new(struct sync_engine *e, const struct mbox_work *w, bool repair);
+void mbox_free(struct mbox_ctx **pm);
+
+/* recovery.c: recovery */
+int interrupted_pairs(struct mbox_ctx *m, struct uidset pairs[2], struct uidset skip[2]);
+int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2]);
+int intent_set(struct state_db *db, int64_t idx, enum side target, uint32_t bound);
+int intent_get(struct state_db *db, int64_t idx, enum side target, uint32_t *bound);
+int intent_clear(struct state_db *db, int64_t idx);
+int recover_appends(struct mbox_ctx *m, enum side dst, uint32_t bound);
+
+/* repair.c: repair */
+int repair_pairs(struct mbox_ctx *m, struct uidset skip[2]);
+
+/* commands.c: commands */
+int command_delete(struct sync_engine *e);
+int command_rename(struct sync_engine *e);
+
+#endif

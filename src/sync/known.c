@@ -1,0 +1,377 @@
+/*
+ * Known messages: propagating expunges and flag changes of messages both
+ * sides already hold, batched into as few commands as possible.
+ */
+#include "internal.h"
+
+static void batch_add(struct cmd_batch *b, struct imap_cmd *cmd, const char *what)
+{
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 16;
+        struct imap_cmd **nc = realloc(b->cmds, cap * sizeof *nc);
+        const char **nw = nc ? realloc(b->what, cap * sizeof *nw) : NULL;
+        if (nc)
+            b->cmds = nc;
+        if (!nc || !nw) {
+            b->nomem = true;
+            imap_cmd_free(&cmd); /* answered later, ignored */
+            return;
+        }
+        b->what = nw;
+        b->cap = cap;
+    }
+    if (!cmd)
+        b->nomem = true;
+    b->what[b->n] = what;
+    b->cmds[b->n++] = cmd;
+}
+
+/* Waits for every command of the batch and frees them. UIDs a UID STORE
+ * with UNCHANGEDSINCE reports as MODIFIED are added to `modified`. Returns
+ * the first failure, logged with its `what`. */
+int batch_wait(struct cmd_batch *b, struct side_state *st, struct uidset *modified)
+{
+    int rc = b->nomem ? -ENOMEM : 0;
+    for (size_t i = 0; i < b->n; i++) {
+        int r = b->cmds[i] ? imap_cmd_wait(b->cmds[i]) : -ENOMEM;
+        const char *code = b->cmds[i] ? imap_cmd_code(b->cmds[i]) : NULL;
+        if (r == 0 && modified && code && strcasecmp(code, "MODIFIED") == 0) {
+            const char *a = imap_cmd_code_args(b->cmds[i]);
+            uidset_parse(modified, a, strlen(a), 10u * 1000 * 1000);
+        }
+        if (r < 0 && rc == 0) {
+            log_error(st->e->log, side_name[st->side], st->mailbox, "%s: %s", b->what[i],
+                      imap_client_error(st->c));
+            rc = r;
+        }
+        imap_cmd_free(&b->cmds[i]);
+    }
+    free(b->cmds);
+    free(b->what);
+    memset(b, 0, sizeof *b);
+    return rc;
+}
+
+/* UID STORE +FLAGS.SILENT (\Deleted) then UID EXPUNGE, in chunks of
+ * bounded command length. */
+static void removal_send(struct side_state *st, struct uidset *uids, struct cmd_batch *b)
+{
+    uidset_normalize(uids);
+    size_t pos = 0;
+    char *set;
+    while ((set = uidset_format(uids, &pos, UIDSET_TEXT_MAX))) {
+        batch_add(b, imap_client_send(st->c, "UID STORE %a +FLAGS.SILENT (\\Deleted)", set),
+                  "cannot expunge messages");
+        batch_add(b, imap_client_send(st->c, "UID EXPUNGE %a", set), "cannot expunge messages");
+        free(set);
+    }
+}
+
+int remove_messages(struct side_state *st, struct uidset *uids)
+{
+    struct cmd_batch b = {0};
+    removal_send(st, uids, &b);
+    return batch_wait(&b, st, NULL);
+}
+
+int plan_add(struct flag_plan *p, const char *flags, uint32_t uid)
+{
+    for (size_t i = 0; i < p->count; i++)
+        if (flags_equal(p->groups[i].flags, flags))
+            return uidset_add(&p->groups[i].uids, uid);
+    if (p->count == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 8;
+        struct flag_group *g = realloc(p->groups, cap * sizeof *g);
+        if (!g)
+            return -ENOMEM;
+        p->groups = g;
+        p->cap = cap;
+    }
+    struct flag_group *g = &p->groups[p->count];
+    g->flags = strdup(flags);
+    if (!g->flags)
+        return -ENOMEM;
+    uidset_init(&g->uids);
+    p->count++;
+    return uidset_add(&g->uids, uid);
+}
+
+void plan_fini(struct flag_plan *p)
+{
+    for (size_t i = 0; i < p->count; i++) {
+        free(p->groups[i].flags);
+        uidset_fini(&p->groups[i].uids);
+    }
+    free(p->groups);
+    memset(p, 0, sizeof *p);
+}
+
+/* One UID STORE per distinct flag list (split only when the UID set is
+ * very long). With `unchangedsince`, a message someone else changed after
+ * what we saw is left alone and reported as MODIFIED (see batch_wait). */
+void flags_send(struct side_state *st, struct flag_plan *p, uint64_t unchangedsince,
+                struct cmd_batch *b)
+{
+    for (size_t i = 0; i < p->count; i++) {
+        struct flag_group *g = &p->groups[i];
+        uidset_normalize(&g->uids);
+        size_t pos = 0;
+        char *set;
+        while ((set = uidset_format(&g->uids, &pos, UIDSET_TEXT_MAX))) {
+            struct imap_cmd *cmd;
+            if (unchangedsince)
+                cmd = imap_client_send(st->c, "UID STORE %a (UNCHANGEDSINCE %U) FLAGS.SILENT (%a)",
+                                       set, unchangedsince, g->flags);
+            else
+                cmd = imap_client_send(st->c, "UID STORE %a FLAGS.SILENT (%a)", set, g->flags);
+            batch_add(b, cmd, "cannot store flags");
+            free(set);
+        }
+    }
+}
+
+/* Keeps, for each UID, the last change reported; sorted by UID. */
+static int cmp_change(const void *a, const void *b)
+{
+    const struct change *x = a, *y = b;
+    if (x->uid != y->uid)
+        return x->uid < y->uid ? -1 : 1;
+    return x->modseq < y->modseq ? -1 : x->modseq > y->modseq;
+}
+
+void changes_compact(struct side_state *st)
+{
+    if (st->nchanges < 2)
+        return;
+    qsort(st->changes, st->nchanges, sizeof *st->changes, cmp_change);
+    size_t o = 0;
+    for (size_t i = 0; i < st->nchanges; i++) {
+        if (o && st->changes[o - 1].uid == st->changes[i].uid) {
+            free(st->changes[o - 1].flags);
+            st->changes[o - 1] = st->changes[i];
+        } else {
+            st->changes[o++] = st->changes[i];
+        }
+    }
+    st->nchanges = o;
+}
+
+const struct change *change_find(const struct side_state *st, uint32_t uid)
+{
+    size_t lo = 0, hi = st->nchanges;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (st->changes[mid].uid == uid)
+            return &st->changes[mid];
+        if (st->changes[mid].uid < uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/*
+ * Propagates what both sides reported (vanished messages and flag changes
+ * for known UIDs) until neither reports anything new. With `may_release`,
+ * the next mailbox's SELECTs go out behind the last commands sent here.
+ */
+int sync_known(struct mbox_ctx *m, bool may_release)
+{
+    struct sync_engine *e = m->e;
+    for (int round = 0; round < 100; round++) {
+        /* take a snapshot of what was reported so far; responses to our own
+         * commands accumulate for the next round */
+        struct uidset vanished[2];
+        struct side_state snap[2];
+        bool any = false;
+        for (int s = 0; s < 2; s++) {
+            struct side_state *st = &m->st[s];
+            vanished[s] = st->vanished;
+            uidset_init(&st->vanished);
+            snap[s] = *st;
+            st->changes = NULL;
+            st->nchanges = st->capchanges = 0;
+            uidset_normalize(&vanished[s]);
+            changes_compact(&snap[s]);
+            /* only UIDs below the replicated UIDNEXT are known messages */
+            size_t o = 0;
+            for (size_t i = 0; i < vanished[s].count; i++)
+                if (vanished[s].uids[i] < m->uidnext[s])
+                    vanished[s].uids[o++] = vanished[s].uids[i];
+            vanished[s].count = o;
+            if (vanished[s].count || snap[s].nchanges)
+                any = true;
+        }
+        if (!any || m->released) {
+            for (int s = 0; s < 2; s++) {
+                uidset_fini(&vanished[s]);
+                for (size_t i = 0; i < snap[s].nchanges; i++)
+                    free(snap[s].changes[i].flags);
+                free(snap[s].changes);
+            }
+            /* news after the next mailbox was selected: do this one again */
+            return any ? MAILBOX_AGAIN : 0;
+        }
+
+        /* vanished on one side: remove the counterpart on the other */
+        struct uidset remove[2];
+        uidset_init(&remove[0]);
+        uidset_init(&remove[1]);
+        int rc = 0;
+        for (int s = 0; s < 2 && rc == 0; s++) {
+            for (size_t i = 0; i < vanished[s].count; i++) {
+                uint32_t other;
+                int f = state_db_mapping_lookup(e->db, m->idx, (enum side)s, vanished[s].uids[i],
+                                                &other);
+                if (f < 0) {
+                    rc = ERR_DB;
+                    break;
+                }
+                if (f == 0)
+                    continue; /* not ours (or already forgotten) */
+                if (!uidset_contains(&vanished[OTHER(s)], other))
+                    uidset_add(&remove[OTHER(s)], other);
+                state_db_mapping_delete(e->db, m->idx, (enum side)s, vanished[s].uids[i]);
+            }
+        }
+
+        /* flag changes: propagate, or set both to the union on conflict */
+        struct flag_plan plan[2] = {{0}, {0}};
+        for (int s = 0; s < 2 && rc == 0; s++) {
+            for (size_t i = 0; i < snap[s].nchanges; i++) {
+                const struct change *ch = &snap[s].changes[i];
+                if (ch->uid >= m->uidnext[s] || uidset_contains(&vanished[s], ch->uid))
+                    continue;
+                uint32_t other;
+                int f = state_db_mapping_lookup(e->db, m->idx, (enum side)s, ch->uid, &other);
+                if (f < 0) {
+                    rc = ERR_DB;
+                    break;
+                }
+                if (f == 0) {
+                    log_warn(e->log, side_name[OTHER(s)], m->st[OTHER(s)].mailbox,
+                             "No match for modified %s UID %" PRIu32 ". Try '--repair'.",
+                             side_name[s], ch->uid);
+                    continue;
+                }
+                if (uidset_contains(&vanished[OTHER(s)], other) ||
+                    uidset_contains(&remove[OTHER(s)], other))
+                    continue;
+                const struct change *och = change_find(&snap[OTHER(s)], other);
+                if (och) {
+                    if (s == SIDE_REMOTE)
+                        continue; /* the pair was handled from the local side */
+                    if (flags_equal(ch->flags, och->flags))
+                        continue;
+                    char *u = flags_union(ch->flags, och->flags);
+                    if (!u) {
+                        rc = -ENOMEM;
+                        break;
+                    }
+                    log_warn(e->log, NULL, NULL,
+                             "Conflicting flag update in %s for local UID %" PRIu32
+                             " (%s) and remote UID %" PRIu32 " (%s). Setting both to the union "
+                             "(%s).",
+                             m->pretty, ch->uid, ch->flags, other, och->flags, u);
+                    m->conflicts++;
+                    plan_add(&plan[s], u, ch->uid);
+                    plan_add(&plan[OTHER(s)], u, other);
+                    free(u);
+                } else {
+                    plan_add(&plan[OTHER(s)], ch->flags, other);
+                }
+            }
+        }
+        /* both servers store at once; UNCHANGEDSINCE protects a change made
+         * by someone else after what we have seen (it comes back MODIFIED) */
+        struct uidset modified[2];
+        for (int s = 0; s < 2; s++) {
+            uidset_init(&modified[s]);
+            for (size_t g = 0; g < plan[s].count; g++)
+                m->updated[s] += (unsigned)plan[s].groups[g].uids.count;
+        }
+        uint64_t seen[2] = {m->st[0].max_modseq, m->st[1].max_modseq};
+        /* removals and stores touch different messages: all of them go to
+         * both servers at once, and are waited for together */
+        if (rc == 0) {
+            struct cmd_batch batch[2] = {{0}, {0}};
+            for (int s = 0; s < 2; s++)
+                imap_client_hold(m->st[s].c); /* one write per server */
+            for (int s = 0; s < 2; s++) {
+                if (remove[s].count) {
+                    removal_send(&m->st[s], &remove[s], &batch[s]);
+                    m->removed[s] += (unsigned)remove[s].count;
+                }
+                if (plan[s].count)
+                    flags_send(&m->st[s], &plan[s], seen[s], &batch[s]);
+            }
+            if (may_release && (batch[0].n || batch[1].n))
+                mbox_release(m);
+            for (int s = 0; s < 2; s++)
+                imap_client_push(m->st[s].c);
+            for (int s = 0; s < 2; s++) {
+                int r = batch_wait(&batch[s], &m->st[s], &modified[s]);
+                if (r < 0)
+                    rc = r;
+            }
+            /* the VANISHED our own expunges caused need nothing more */
+            for (int s = 0; s < 2; s++) {
+                struct uidset *v = &m->st[s].vanished;
+                uidset_normalize(&remove[s]);
+                size_t o = 0;
+                for (size_t i = 0; i < v->count; i++)
+                    if (!uidset_contains(&remove[s], v->uids[i]))
+                        v->uids[o++] = v->uids[i];
+                v->count = o;
+            }
+        }
+        /* Our own stores may come back as FETCH responses carrying the
+         * flags we set: they need no propagation. Messages changed behind
+         * our back (MODIFIED) are fetched again for the next round. */
+        for (int s = 0; s < 2 && rc == 0; s++) {
+            struct side_state *st = &m->st[s];
+            size_t o = 0;
+            for (size_t i = 0; i < st->nchanges; i++) {
+                const struct change *ch = &st->changes[i];
+                bool echo = false;
+                for (size_t g = 0; g < plan[s].count && !echo; g++)
+                    echo = flags_equal(plan[s].groups[g].flags, ch->flags) &&
+                           uidset_contains(&plan[s].groups[g].uids, ch->uid);
+                if (echo) {
+                    free(st->changes[i].flags);
+                    continue;
+                }
+                st->changes[o++] = st->changes[i];
+            }
+            st->nchanges = o;
+            if (modified[s].count && m->released) {
+                rc = MAILBOX_AGAIN; /* the next mailbox is selected already */
+            } else if (modified[s].count) {
+                uidset_normalize(&modified[s]);
+                size_t pos = 0;
+                char *set;
+                while ((set = uidset_format(&modified[s], &pos, UIDSET_TEXT_MAX))) {
+                    int r = imap_client_run(st->c, "UID FETCH %a (UID MODSEQ FLAGS)", set);
+                    free(set);
+                    if (r < 0) {
+                        rc = r;
+                        break;
+                    }
+                }
+            }
+        }
+        for (int s = 0; s < 2; s++) {
+            plan_fini(&plan[s]);
+            uidset_fini(&modified[s]);
+            uidset_fini(&remove[s]);
+            uidset_fini(&vanished[s]);
+            for (size_t i = 0; i < snap[s].nchanges; i++)
+                free(snap[s].changes[i].flags);
+            free(snap[s].changes);
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}

@@ -1,0 +1,382 @@
+/*
+ * Listing both servers: the LIST (and LIST-STATUS) commands with the
+ * configured patterns, their untagged answers, internal mailbox names, and
+ * the list-mailbox / ignore-mailbox filters.
+ */
+#include "internal.h"
+
+/* ------------------------------------------------------------------ */
+/* names */
+
+void listing_fini(struct listing *l)
+{
+    for (size_t i = 0; i < l->count; i++) {
+        free(l->items[i].server_name);
+        free(l->items[i].key);
+    }
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+struct listed *listing_find(struct listing *l, const char *key, size_t keylen)
+{
+    for (size_t i = 0; i < l->count; i++)
+        if (l->items[i].keylen == keylen && memcmp(l->items[i].key, key, keylen) == 0)
+            return &l->items[i];
+    return NULL;
+}
+
+/* Internal name -> server name: NUL -> delimiter, reference prefixed. */
+char *server_name(struct sync_engine *e, enum side s, const char *key, size_t keylen)
+{
+    const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+    const char *ref = sc->list_reference ? sc->list_reference : "";
+    size_t rl = strlen(ref);
+    char *out = malloc(rl + keylen + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, ref, rl);
+    for (size_t i = 0; i < keylen; i++)
+        out[rl + i] = key[i] == '\0' ? e->listing[s].delimiter : key[i];
+    out[rl + keylen] = '\0';
+    return out;
+}
+
+/* A printable internal name (NUL shown as the local delimiter, or '/'). */
+char *pretty_name(struct sync_engine *e, const char *key, size_t keylen)
+{
+    char d = e->listing[SIDE_LOCAL].delimiter ? e->listing[SIDE_LOCAL].delimiter : '/';
+    char *out = malloc(keylen + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < keylen; i++)
+        out[i] = key[i] == '\0' ? d : key[i];
+    out[keylen] = '\0';
+    return out;
+}
+/* ------------------------------------------------------------------ */
+/* LIST */
+
+static void list_untagged(void *ctx, const struct imap_response *r)
+{
+    struct side_state *st = ctx;
+    struct listing *l = st->listing;
+    struct sync_engine *e = st->e;
+    if (r->status != IMAP_STATUS_NONE || r->nargs < 1)
+        return;
+    if (imap_value_is_atom(&r->args[0], "LIST") && r->nargs >= 4) {
+        const struct imap_value *attrs = &r->args[1], *delim = &r->args[2], *name = &r->args[3];
+        const char *n;
+        size_t nlen;
+        if (attrs->type != IMAP_LIST || !imap_value_string(name, &n, &nlen))
+            return;
+        char d = '\0';
+        if (delim->type != IMAP_NIL) {
+            const char *ds;
+            size_t dl;
+            if (imap_value_string(delim, &ds, &dl) && dl == 1)
+                d = ds[0];
+        }
+        if (nlen == 0) {
+            /* answer to LIST "" "": the hierarchy delimiter */
+            l->delimiter = d;
+            l->delimiter_known = true;
+            return;
+        }
+        bool is_inbox = nlen == 5 && strncasecmp(n, "INBOX", 5) == 0;
+        if (!l->delimiter_known && !is_inbox) {
+            l->delimiter = d;
+            l->delimiter_known = true;
+        }
+        bool selectable = true, subscribed = false;
+        for (size_t i = 0; i < attrs->count; i++) {
+            if (imap_value_is_atom(&attrs->items[i], "\\NoSelect") ||
+                imap_value_is_atom(&attrs->items[i], "\\NonExistent"))
+                selectable = false;
+            if (imap_value_is_atom(&attrs->items[i], "\\Subscribed"))
+                subscribed = true;
+        }
+        const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+        const char *ref = sc->list_reference ? sc->list_reference : "";
+        size_t rl = strlen(ref);
+        if (nlen < rl || memcmp(n, ref, rl) != 0)
+            return; /* outside the reference: not ours */
+        if (l->count == l->cap) {
+            size_t cap = l->cap ? l->cap * 2 : 32;
+            struct listed *it = realloc(l->items, cap * sizeof *it);
+            if (!it) {
+                l->failed = true;
+                return;
+            }
+            l->items = it;
+            l->cap = cap;
+        }
+        struct listed *it = &l->items[l->count];
+        memset(it, 0, sizeof *it);
+        it->server_name = strndup(n, nlen);
+        it->keylen = is_inbox && rl == 0 ? 5 : nlen - rl;
+        it->key = malloc(it->keylen + 1);
+        if (!it->server_name || !it->key) {
+            free(it->server_name);
+            free(it->key);
+            l->failed = true;
+            return;
+        }
+        if (is_inbox && rl == 0)
+            memcpy(it->key, "INBOX", 5);
+        else
+            memcpy(it->key, n + rl, it->keylen);
+        it->key[it->keylen] = '\0';
+        if (d)
+            for (size_t i = 0; i < it->keylen; i++)
+                if (it->key[i] == d)
+                    it->key[i] = '\0';
+        it->selectable = selectable;
+        it->subscribed = subscribed;
+        l->count++;
+        return;
+    }
+    if (imap_value_is_atom(&r->args[0], "STATUS") && r->nargs >= 3 &&
+        r->args[2].type == IMAP_LIST) {
+        const char *n;
+        size_t nlen;
+        if (!imap_value_string(&r->args[1], &n, &nlen))
+            return;
+        for (size_t i = 0; i < l->count; i++) {
+            struct listed *it = &l->items[i];
+            if (strlen(it->server_name) != nlen || memcmp(it->server_name, n, nlen) != 0)
+                continue;
+            const struct imap_value *v = &r->args[2];
+            for (size_t k = 0; k + 1 < v->count; k += 2) {
+                if (imap_value_is_atom(&v->items[k], "UIDVALIDITY"))
+                    imap_value_u32(&v->items[k + 1], &it->uidvalidity);
+                else if (imap_value_is_atom(&v->items[k], "UIDNEXT"))
+                    imap_value_u32(&v->items[k + 1], &it->uidnext);
+                else if (imap_value_is_atom(&v->items[k], "HIGHESTMODSEQ"))
+                    imap_value_u64(&v->items[k + 1], &it->highestmodseq);
+            }
+            it->has_status = true;
+            break;
+        }
+    }
+}
+
+static const struct imap_handler list_handler = {list_untagged, NULL};
+
+/* Builds "pattern" or ("p1" "p2") with NUL replaced by the delimiter. */
+static int append_pattern(char **out, size_t *len, const char *p, size_t plen, char delim,
+                          bool quote_sep)
+{
+    size_t need = *len + plen * 2 + 4;
+    char *o = realloc(*out, need + 1);
+    if (!o)
+        return -ENOMEM;
+    *out = o;
+    if (quote_sep)
+        o[(*len)++] = ' ';
+    o[(*len)++] = '"';
+    for (size_t i = 0; i < plen; i++) {
+        char ch = p[i] == '\0' ? delim : p[i];
+        if (ch == '"' || ch == '\\')
+            o[(*len)++] = '\\';
+        o[(*len)++] = ch;
+    }
+    o[(*len)++] = '"';
+    o[*len] = '\0';
+    return 0;
+}
+
+/* Sends the LIST commands of one side; the caller waits. */
+static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st, bool assume_status)
+{
+    struct imap_client *c = st->c;
+    const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+    const char *ref = sc->list_reference ? sc->list_reference : "";
+    char delim = st->listing->delimiter;
+
+    char *patterns = NULL;
+    size_t plen = 0;
+    size_t n = 0;
+    if (e->opts.nmailboxes) {
+        for (size_t i = 0; i < e->opts.nmailboxes; i++, n++) {
+            const char *m = e->opts.mailboxes[i];
+            /* command-line names use the local delimiter: make it NUL, then the
+             * side's own */
+            char *tmp = strdup(m);
+            if (!tmp)
+                return NULL;
+            size_t tl = strlen(tmp);
+            char ld = e->listing[SIDE_LOCAL].delimiter;
+            if (ld)
+                for (size_t k = 0; k < tl; k++)
+                    if (tmp[k] == ld)
+                        tmp[k] = '\0';
+            int r = append_pattern(&patterns, &plen, tmp, tl, delim, n > 0);
+            free(tmp);
+            if (r < 0)
+                return NULL;
+        }
+    } else if (e->cfg->list_mailbox_count) {
+        for (size_t i = 0; i < e->cfg->list_mailbox_count; i++, n++)
+            if (append_pattern(&patterns, &plen, e->cfg->list_mailbox[i].data,
+                               e->cfg->list_mailbox[i].len, delim, n > 0) < 0)
+                return NULL;
+    } else {
+        patterns = strdup("\"*\"");
+        n = 1;
+    }
+    if (!patterns)
+        return NULL;
+
+    char opts[512] = "";
+    if (e->cfg->list_select_opts && *e->cfg->list_select_opts)
+        snprintf(opts, sizeof opts, "(%s) ", e->cfg->list_select_opts);
+    const char *ret = assume_status || imap_client_has_cap(c, "LIST-STATUS")
+                          ? " RETURN (SUBSCRIBED STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))"
+                          : " RETURN (SUBSCRIBED)";
+    struct imap_cmd *cmd = imap_client_send(c, n > 1 ? "LIST %a%s (%a)%a" : "LIST %a%s %a%a", opts,
+                                            ref, patterns, ret);
+    free(patterns);
+    return cmd;
+}
+
+/* Whether the LIST patterns need the hierarchy delimiters first. */
+bool patterns_need_delimiter(const struct sync_engine *e)
+{
+    if (e->opts.nmailboxes)
+        return true; /* command-line names use the local delimiter */
+    for (size_t i = 0; i < e->cfg->list_mailbox_count; i++)
+        if (memchr(e->cfg->list_mailbox[i].data, '\0', e->cfg->list_mailbox[i].len))
+            return true;
+    return false;
+}
+
+/* Sends `LIST ref ""` (the delimiter) and, if `patterns` too, the real
+ * LIST, with the listing handler installed. */
+static void list_send_both(struct sync_engine *e, struct side_state *st, bool patterns,
+                           bool assume_status, struct imap_cmd *cmd[2])
+{
+    const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+    listing_fini(st->listing);
+    imap_client_set_handler(st->c, &list_handler, st);
+    cmd[0] = imap_client_send(st->c, "LIST %s \"\"", sc->list_reference ? sc->list_reference : "");
+    cmd[1] = patterns ? list_send(e, st, assume_status) : NULL;
+}
+
+/* The login hook: both LISTs ride along with the login, and the
+ * speculative INBOX's SELECT behind them. LIST-STATUS is assumed
+ * (post-login capabilities are not known yet); engine_relist asks again
+ * without it if the server refused. */
+void early_list(struct imap_client *c, void *ctx)
+{
+    struct side_state *st = ctx;
+    struct sync_engine *e = st->e;
+    (void)c;
+    list_send_both(e, st, true, true, e->early_list[st->side]);
+    if (e->spec && e->early_list[st->side][1])
+        select_send_side(e->spec, st->side, SELECT_AFTER, e->early_list[st->side][1]);
+}
+
+/* Lists both servers (delimiters, mailboxes, LIST-STATUS), using the
+ * LISTs sent behind the login if there are some. */
+int engine_relist(struct sync_engine *e)
+{
+    struct side_state *st = e->list_st;
+    struct imap_cmd *dcmd[2], *lcmd[2] = {NULL, NULL};
+    bool early[2];
+    /* Both queries go out together unless the patterns must be spelled
+     * with the delimiter that the first one tells. */
+    bool pipelined = !patterns_need_delimiter(e);
+    for (int s = 0; s < 2; s++) {
+        st[s].c = e->client[s];
+        early[s] = e->early_list[s][0] && e->early_list[s][1];
+        if (early[s]) {
+            dcmd[s] = e->early_list[s][0];
+            lcmd[s] = e->early_list[s][1];
+            e->early_list[s][0] = e->early_list[s][1] = NULL;
+        } else {
+            imap_cmd_free(&e->early_list[s][0]);
+            imap_cmd_free(&e->early_list[s][1]);
+            struct imap_cmd *cmd[2];
+            list_send_both(e, &st[s], pipelined, false, cmd);
+            dcmd[s] = cmd[0];
+            lcmd[s] = cmd[1];
+        }
+    }
+    int rc = 0;
+    for (int s = 0; s < 2; s++) {
+        int r = imap_cmd_wait(dcmd[s]);
+        imap_cmd_free(&dcmd[s]);
+        if (r < 0) {
+            log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
+            rc = r;
+        }
+    }
+    if (rc < 0) {
+        for (int s = 0; s < 2; s++)
+            imap_cmd_free(&lcmd[s]);
+        return rc;
+    }
+    if (!pipelined)
+        for (int s = 0; s < 2; s++)
+            lcmd[s] = list_send(e, &st[s], false);
+    for (int s = 0; s < 2; s++) {
+        if (!lcmd[s])
+            return -ENOMEM;
+        int r = imap_cmd_wait(lcmd[s]);
+        imap_cmd_free(&lcmd[s]);
+        if ((r == ERR_NO || r == ERR_BAD) && early[s]) {
+            /* sent before the server's capabilities were known: ask again
+             * the way they allow, without the INBOX selected behind */
+            drop_speculative(e);
+            struct imap_cmd *again[2];
+            list_send_both(e, &st[s], true, false, again);
+            r = again[0] && again[1] ? imap_cmd_wait(again[0]) : -ENOMEM;
+            if (r == 0)
+                r = imap_cmd_wait(again[1]);
+            imap_cmd_free(&again[0]);
+            imap_cmd_free(&again[1]);
+        }
+        if (r < 0) {
+            log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
+            rc = r;
+        }
+        if (e->listing[s].failed)
+            rc = -ENOMEM;
+        /* not set_handler(NULL): INBOX may be selected behind the LIST
+         * already, with its own handler */
+        imap_client_release(e->client[s], &st[s]);
+        /* With LIST-STATUS every selectable mailbox comes with a STATUS;
+         * one without is a name the server lists but cannot open (Dovecot
+         * lists a deleted parent of a surviving child that way). */
+        if (rc == 0 && imap_client_has_cap(e->client[s], "LIST-STATUS"))
+            for (size_t i = 0; i < e->listing[s].count; i++)
+                if (!e->listing[s].items[i].has_status)
+                    e->listing[s].items[i].selectable = false;
+    }
+    if (rc < 0)
+        return rc;
+    if ((e->listing[0].delimiter == '\0') != (e->listing[1].delimiter == '\0')) {
+        log_error(e->log, NULL, NULL,
+                  "local and remote namespaces are not both flat or both hierarchical");
+        return ERR_CONFIG;
+    }
+    return 0;
+}
+
+int compile_ignore(struct sync_engine *e)
+{
+    if (!e->cfg->ignore_mailbox)
+        return 0;
+    int errcode;
+    PCRE2_SIZE off;
+    e->ignore_re = pcre2_compile((PCRE2_SPTR)e->cfg->ignore_mailbox, PCRE2_ZERO_TERMINATED, 0,
+                                 &errcode, &off, NULL);
+    if (!e->ignore_re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(errcode, msg, sizeof msg);
+        log_error(e->log, NULL, NULL, "ignore-mailbox: %s at offset %zu", (char *)msg, (size_t)off);
+        return ERR_CONFIG;
+    }
+    return 0;
+}

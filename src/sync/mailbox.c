@@ -1,0 +1,631 @@
+/*
+ * One mailbox from SELECT to its last command: the per-mailbox context,
+ * the SELECTs (QRESYNC), the untagged responses while selected, and
+ * sync_one(), the spine of the algorithm.
+ */
+#include "internal.h"
+
+void side_state_reset(struct side_state *st)
+{
+    uidset_clear(&st->vanished);
+    for (size_t i = 0; i < st->nchanges; i++)
+        free(st->changes[i].flags);
+    st->nchanges = 0;
+}
+
+static void side_state_fini(struct side_state *st)
+{
+    side_state_reset(st);
+    uidset_fini(&st->vanished);
+    uidset_fini(&st->fetched);
+    uidset_fini(&st->probe);
+    free(st->changes);
+    free(st->mailbox);
+    st->changes = NULL;
+    st->mailbox = NULL;
+}
+
+static int change_add(struct side_state *st, uint32_t uid, uint64_t modseq, char *flags)
+{
+    if (st->nchanges == st->capchanges) {
+        size_t cap = st->capchanges ? st->capchanges * 2 : 64;
+        struct change *c = realloc(st->changes, cap * sizeof *c);
+        if (!c) {
+            free(flags);
+            return -ENOMEM;
+        }
+        st->changes = c;
+        st->capchanges = cap;
+    }
+    st->changes[st->nchanges++] = (struct change){uid, modseq, flags};
+    return 0;
+}
+
+/* Finds an item by name in a FETCH attribute list. */
+const struct imap_value *fetch_item(const struct imap_value *list, const char *name)
+{
+    if (!list || list->type != IMAP_LIST)
+        return NULL;
+    for (size_t i = 0; i + 1 < list->count; i += 2)
+        if (imap_value_is_atom(&list->items[i], name))
+            return &list->items[i + 1];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* untagged responses while a mailbox is selected */
+
+static void on_fetch(struct side_state *st, const struct imap_response *r)
+{
+    const struct imap_value *list = &r->args[2];
+    const struct imap_value *uidv = fetch_item(list, "UID");
+    uint32_t uid;
+    if (!uidv || !imap_value_u32(uidv, &uid))
+        return;
+    const struct imap_value *body = fetch_item(list, "BODY[]");
+    const struct imap_value *modv = fetch_item(list, "MODSEQ");
+    uint64_t modseq = 0;
+    if (modv && modv->type == IMAP_LIST && modv->count == 1)
+        imap_value_u64(&modv->items[0], &modseq);
+    if (modseq > st->max_modseq)
+        st->max_modseq = modseq;
+    if (st->probing && !body && !fetch_item(list, "FLAGS")) {
+        uidset_add(&st->probe, uid);
+        return;
+    }
+    if (body || (st->copy && fetch_item(list, "INTERNALDATE"))) {
+        /* a new message: handled by the copy (streamed or inline below) */
+        if (uid > st->max_uid_seen)
+            st->max_uid_seen = uid;
+        uidset_add(&st->fetched, uid);
+        return;
+    }
+    const struct imap_value *flagsv = fetch_item(list, "FLAGS");
+    if (!flagsv || flagsv->type != IMAP_LIST)
+        return;
+    char *flags = flags_normalize(flagsv);
+    if (flags)
+        change_add(st, uid, modseq, flags);
+}
+
+void selected_untagged(void *ctx, const struct imap_response *r)
+{
+    struct side_state *st = ctx;
+    if (r->status != IMAP_STATUS_NONE) {
+        if (r->code && strcasecmp(r->code, "HIGHESTMODSEQ") == 0 && r->code_nargs == 1) {
+            uint64_t m;
+            if (imap_value_u64(&r->code_args[0], &m) && m > st->max_modseq)
+                st->max_modseq = m;
+        }
+        return;
+    }
+    if (r->nargs >= 3 && imap_value_is_atom(&r->args[1], "FETCH") && r->args[2].type == IMAP_LIST) {
+        const struct imap_value *body = fetch_item(&r->args[2], "BODY[]");
+        if (st->copy && body && !body->streamed) {
+            /* the body came before FLAGS/INTERNALDATE or was small: it is
+             * inline, append it from memory */
+            const struct imap_value *uidv = fetch_item(&r->args[2], "UID");
+            uint32_t uid;
+            const char *data;
+            size_t len;
+            if (uidv && imap_value_u32(uidv, &uid) && imap_value_string(body, &data, &len))
+                copy_append_message(st->copy, uid, &r->args[2], len, NULL, data);
+        }
+        on_fetch(st, r);
+        return;
+    }
+    if (r->nargs >= 2 && imap_value_is_atom(&r->args[0], "VANISHED")) {
+        const struct imap_value *set = &r->args[r->nargs - 1];
+        const char *s;
+        size_t len;
+        if (imap_value_string(set, &s, &len))
+            uidset_parse(&st->vanished, s, len, 10u * 1000 * 1000);
+        return;
+    }
+}
+
+static bool selected_literal(void *ctx, const struct imap_response *partial, uint64_t size,
+                             struct imap_literal *lit)
+{
+    struct side_state *st = ctx;
+    if (!st->copy || partial->nargs < 3 || !imap_value_is_atom(&partial->args[1], "FETCH"))
+        return false;
+    const struct imap_value *list = &partial->args[2];
+    if (list->type != IMAP_LIST || list->count == 0)
+        return false;
+    /* the literal belongs to the last item name of the list so far */
+    const struct imap_value *last = &list->items[list->count - 1];
+    if (!imap_value_is_atom(last, "BODY[]"))
+        return false;
+    const struct imap_value *uidv = fetch_item(list, "UID");
+    uint32_t uid;
+    if (!uidv || !imap_value_u32(uidv, &uid) || !fetch_item(list, "FLAGS") ||
+        !fetch_item(list, "INTERNALDATE"))
+        return false; /* keep it inline; appended when the response is complete */
+    if (uid > st->max_uid_seen)
+        st->max_uid_seen = uid;
+    copy_append_message(st->copy, uid, list, size, lit, NULL);
+    return true;
+}
+
+const struct imap_handler selected_handler = {selected_untagged, selected_literal};
+
+/* ------------------------------------------------------------------ */
+/* SELECT */
+
+/* Up to 1024 of the highest known UIDs with their sequence numbers, for
+ * the QRESYNC known-UIDs parameter (RFC 7162 3.2.5.2), so the server can
+ * tell which messages vanished without remembering every expunge. */
+static int qresync_sample(struct sync_engine *e, int64_t idx, enum side s, char **seqs, char **uids)
+{
+    *seqs = *uids = NULL;
+    int64_t count = 0;
+    if (state_db_mapping_count(e->db, idx, &count) < 0)
+        return ERR_DB;
+    if (count == 0)
+        return 0;
+    struct uidset set;
+    uidset_init(&set);
+    if (state_db_mapping_highest(e->db, idx, s, 1024, &set) < 0) {
+        uidset_fini(&set);
+        return ERR_DB;
+    }
+    uidset_normalize(&set);
+    size_t pos = 0;
+    *uids = uidset_format(&set, &pos, 1u << 20);
+    char buf[64];
+    snprintf(buf, sizeof buf, "%" PRId64 ":%" PRId64, count - (int64_t)set.count + 1, count);
+    *seqs = strdup(buf);
+    uidset_fini(&set);
+    return 0;
+}
+
+/* Sends SELECT to one server: with QRESYNC and the known-UIDs sample for a
+ * known mailbox, with CONDSTORE otherwise. */
+int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struct imap_cmd *after)
+{
+    struct sync_engine *e = m->e;
+    struct side_state *st = &m->st[s];
+    if (how == SELECT_AT_CLOSE)
+        imap_client_select_at_close(st->c, &selected_handler, st, &st->ms);
+    else if (how == SELECT_AFTER)
+        imap_client_select_after(st->c, after, &selected_handler, st, &st->ms);
+    else
+        imap_client_select_now(st->c, &selected_handler, st, &st->ms);
+    struct imap_cmd *cmd;
+    if (!m->repair && m->known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
+        char *seqs = NULL, *uids = NULL;
+        qresync_sample(e, m->idx, s, &seqs, &uids);
+        if (seqs && uids)
+            cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u (%a %a)))", st->mailbox,
+                                   m->db[s].uidvalidity, m->db[s].highestmodseq,
+                                   m->db[s].uidnext - 1, seqs, uids);
+        else
+            cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u))", st->mailbox,
+                                   m->db[s].uidvalidity, m->db[s].highestmodseq,
+                                   m->db[s].uidnext - 1);
+        free(seqs);
+        free(uids);
+    } else {
+        cmd = imap_client_send(st->c, "SELECT %m (CONDSTORE)", st->mailbox);
+    }
+    if (how != SELECT_NOW)
+        imap_client_select_cmd(st->c, cmd);
+    m->select[s] = cmd;
+    return cmd ? 0 : -ENOMEM;
+}
+
+/* Sends SELECT to both servers. `at_close`: the servers have another
+ * mailbox's commands ahead of it (see mbox_release). */
+static int select_send(struct mbox_ctx *m, bool at_close)
+{
+    int rc = 0;
+    for (int s = 0; s < 2; s++)
+        if (select_send_side(m, (enum side)s, at_close ? SELECT_AT_CLOSE : SELECT_NOW, NULL) < 0)
+            rc = -ENOMEM;
+    return rc;
+}
+
+/* Sends the next mailbox's SELECTs now: nothing else will be sent here. */
+void mbox_release(struct mbox_ctx *m)
+{
+    if (m->released || !m->next || m->e->no_lookahead)
+        return;
+    m->released = true;
+    select_send(m->next, true);
+}
+
+/* Waits for the SELECTs of the sides in `want` and checks what they said;
+ * a side the database does not know yet gets its row. */
+static int select_wait_sides(struct mbox_ctx *m, const bool want[2])
+{
+    struct sync_engine *e = m->e;
+    int rc = 0;
+    bool again[2] = {false, false};
+    for (int s = 0; s < 2; s++) {
+        if (!want[s])
+            continue;
+        int r = m->select[s] ? imap_cmd_wait(m->select[s]) : -ENOMEM;
+        imap_cmd_free(&m->select[s]);
+        if (r < 0) {
+            log_error(e->log, side_name[s], m->st[s].mailbox, "cannot select: %s",
+                      imap_client_error(m->st[s].c));
+            rc = r;
+        }
+        again[s] = imap_client_select_missed(m->st[s].c);
+    }
+    if ((again[0] || again[1]) && rc == 0) {
+        /* a server did not mark where the previous mailbox ended: select
+         * again, and one mailbox at a time from now on */
+        e->no_lookahead = true;
+        log_debug(e->log, NULL, m->pretty, "no [CLOSED] from the server: selecting again");
+        for (int s = 0; s < 2; s++) {
+            if (!again[s])
+                continue;
+            int r = select_send_side(m, (enum side)s, SELECT_NOW, NULL);
+            if (r == 0)
+                r = imap_cmd_wait(m->select[s]);
+            imap_cmd_free(&m->select[s]);
+            if (r < 0) {
+                log_error(e->log, side_name[s], m->st[s].mailbox, "cannot select: %s",
+                          imap_client_error(m->st[s].c));
+                rc = r;
+            }
+        }
+    }
+    if (rc < 0)
+        return rc;
+    for (int s = 0; s < 2; s++) {
+        if (!want[s])
+            continue;
+        struct imap_mailbox_state *ms = &m->st[s].ms;
+        if (ms->nomodseq || ms->highestmodseq == 0) {
+            log_error(e->log, side_name[s], m->st[s].mailbox,
+                      "the mailbox does not support persistent mod-sequences (NOMODSEQ); it "
+                      "cannot be synchronized");
+            return ERR_UNSUPPORTED;
+        }
+        if (ms->uidvalidity == 0) {
+            log_error(e->log, side_name[s], m->st[s].mailbox, "the server sent no UIDVALIDITY");
+            return ERR_PROTOCOL;
+        }
+        if (m->have_row[s] && ms->uidvalidity != m->db[s].uidvalidity) {
+            log_error(e->log, side_name[s], m->st[s].mailbox,
+                      "UIDVALIDITY changed from %" PRIu32 " to %" PRIu32
+                      "; refusing to synchronize this mailbox (nothing was copied). Check the "
+                      "server, then remove the mailbox from the database with --target=database "
+                      "--delete to start it over",
+                      m->db[s].uidvalidity, ms->uidvalidity);
+            return ERR_STATE_MISMATCH;
+        }
+        if (m->st[s].max_modseq < ms->highestmodseq)
+            m->st[s].max_modseq = ms->highestmodseq;
+        if (!m->have_row[s]) {
+            m->db[s] = (struct state_side){ms->uidvalidity, 0, 0};
+            if (state_db_side_insert(e->db, m->idx, (enum side)s, ms->uidvalidity) < 0)
+                return ERR_DB;
+            m->have_row[s] = true;
+        }
+    }
+    return 0;
+}
+
+/* The answer to the SELECT of a mailbox created on its target side in this
+ * run, which copying did not wait for (see sync_one). */
+int select_wait_target(struct mbox_ctx *m)
+{
+    if (m->target_pending < 0)
+        return 0;
+    bool want[2] = {false, false};
+    want[m->target_pending] = true;
+    m->target_pending = -1;
+    return select_wait_sides(m, want);
+}
+
+static void log_summary(struct mbox_ctx *m)
+{
+    struct sync_engine *e = m->e;
+    for (int s = 0; s < 2; s++) {
+        if (!m->added[s] && !m->removed[s] && !m->updated[s])
+            continue;
+        log_info(e->log, side_name[s], m->st[s].mailbox,
+                 "%u message(s) added, %u expunged, %u flag update(s)", m->added[s], m->removed[s],
+                 m->updated[s]);
+    }
+}
+
+/* Sets up a mailbox's context: names, and what the database knows. No
+ * command is sent. */
+static int mbox_init(struct mbox_ctx *m, struct sync_engine *e, const struct mbox_work *w,
+                     bool repair)
+{
+    memset(m, 0, sizeof *m);
+    m->e = e;
+    m->idx = w->idx;
+    m->repair = repair;
+    m->known = true;
+    m->target_pending = -1;
+    m->created[0] = w->created[0];
+    m->created[1] = w->created[1];
+    for (int s = 0; s < 2; s++) {
+        m->st[s].e = e;
+        m->st[s].side = (enum side)s;
+        m->st[s].c = e->client[s];
+        uidset_init(&m->st[s].vanished);
+        uidset_init(&m->st[s].fetched);
+        uidset_init(&m->st[s].probe);
+    }
+    m->pretty = pretty_name(e, w->key, w->keylen);
+    for (int s = 0; s < 2; s++) {
+        m->st[s].mailbox = server_name(e, (enum side)s, w->key, w->keylen);
+        if (!m->st[s].mailbox || !m->pretty)
+            return -ENOMEM;
+        int f = state_db_side_get(e->db, w->idx, (enum side)s, &m->db[s]);
+        if (f < 0) {
+            log_error(e->log, "database", m->pretty, "%s", state_db_error(e->db));
+            return ERR_DB;
+        }
+        if (f == 0)
+            m->known = false;
+        m->have_row[s] = f == 1;
+    }
+    return 0;
+}
+
+static void mbox_fini(struct mbox_ctx *m)
+{
+    for (int s = 0; s < 2; s++) {
+        /* a SELECT sent ahead for a mailbox that is then not done (a stop,
+         * a broken connection) is answered later and ignored */
+        imap_cmd_free(&m->select[s]);
+        if (m->st[s].c)
+            imap_client_release(m->st[s].c, &m->st[s]);
+        side_state_fini(&m->st[s]);
+    }
+    free(m->pretty);
+    m->pretty = NULL;
+}
+
+/* Synchronizes one mailbox whose context mbox_init() set up, its SELECTs
+ * possibly sent already. Returns 0, MAILBOX_AGAIN, or a negative error. */
+int sync_one(struct mbox_ctx *m)
+{
+    struct sync_engine *e = m->e;
+    int rc = 0;
+    struct uidset skip[2], ipairs[2];
+    for (int s = 0; s < 2; s++) {
+        uidset_init(&skip[s]);
+        uidset_init(&ipairs[s]);
+    }
+    if (m->repair && !m->known)
+        goto out; /* nothing recorded to compare with */
+    /* the SELECTs may have been sent ahead: by the previous mailbox, or
+     * behind the login (not to a server that greeted with PREAUTH) */
+    for (int s = 0; s < 2; s++) {
+        if (!m->select[s] && select_send_side(m, (enum side)s, SELECT_NOW, NULL) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
+    }
+    /* A mailbox created on one side in this run is empty there: copying
+     * into it need not wait for that side's SELECT, whose answer is taken
+     * before the APPEND replies are (select_wait_target). */
+    bool want[2] = {true, true};
+    if (!m->known && !m->repair && m->created[0] != m->created[1]) {
+        m->target_pending = m->created[0] ? SIDE_LOCAL : SIDE_REMOTE;
+        want[m->target_pending] = false;
+    }
+    rc = select_wait_sides(m, want);
+    if (rc < 0)
+        goto out;
+    for (int s = 0; s < 2; s++)
+        m->uidnext[s] = m->db[s].uidnext ? m->db[s].uidnext : 1;
+
+    /* copies a previous run made but did not record (also into a mailbox
+     * it created and died before learning the UIDVALIDITY of) */
+    for (int s = 0; s < 2; s++) {
+        if (m->target_pending == s)
+            continue; /* created in this run: nothing to recover there */
+        uint32_t bound = 0;
+        int f = intent_get(e->db, m->idx, (enum side)s, &bound);
+        if (f < 0) {
+            rc = ERR_DB;
+            goto out;
+        }
+        if (f == 1 && (rc = recover_appends(m, (enum side)s, bound)) < 0)
+            goto out;
+    }
+    /* pairs recorded above the saved UIDNEXT (or any pair at all, for a
+     * mailbox whose first run was interrupted) are not copied again */
+    if (interrupted_pairs(m, ipairs, skip) < 0) {
+        rc = ERR_DB;
+        goto out;
+    }
+    if (m->repair && (rc = repair_pairs(m, skip)) < 0)
+        goto out;
+    /* Before any APPEND, remember where the copies will land: should we
+     * die before recording them, the next run pairs them up instead of
+     * copying them again. */
+    bool intent = false;
+    for (int s = 0; s < 2; s++) {
+        if (m->target_pending == s)
+            continue; /* its SELECT is not answered yet; it is empty */
+        if (m->st[s].ms.uidnext > m->uidnext[s]) {
+            /* any UIDNEXT seen before the APPEND is a lower bound for the
+             * copies: 1 for a mailbox created in this run */
+            uint32_t bound = m->target_pending == (int)OTHER(s) ? 1 : m->st[OTHER(s)].ms.uidnext;
+            if (intent_set(e->db, m->idx, OTHER(s), bound) < 0) {
+                rc = ERR_DB;
+                goto out;
+            }
+            intent = true;
+        }
+    }
+    if (intent && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)) {
+        rc = ERR_DB;
+        goto out;
+    }
+
+    /* The next mailbox's SELECTs may go out behind this one's last
+     * commands: behind the stores when no message is to be copied,
+     * else behind the last APPEND. Not while repairing, nor with pairs of
+     * an interrupted run to settle. */
+    bool simple = !m->repair && ipairs[0].count == 0;
+    rc = sync_known(m, simple && !intent);
+    if (rc != 0)
+        goto out;
+    rc = sync_new(m, skip, simple);
+    if (rc == 0)
+        rc = select_wait_target(m);
+    if (rc != 0)
+        goto out;
+    /* the copies may have raced with flag changes: settle them */
+    for (int s = 0; s < 2; s++) {
+        uint32_t top = m->st[s].max_uid_seen + 1;
+        for (size_t i = 0; i < skip[s].count; i++)
+            if (skip[s].uids[i] + 1 > top)
+                top = skip[s].uids[i] + 1;
+        if (m->st[s].ms.uidnext > top)
+            top = m->st[s].ms.uidnext;
+        m->uidnext[s] = top > m->uidnext[s] ? top : m->uidnext[s];
+    }
+    rc = check_interrupted(m, ipairs);
+    if (rc < 0)
+        goto out;
+    rc = sync_known(m, simple);
+    if (rc != 0)
+        goto out;
+    for (int s = 0; s < 2; s++) {
+        struct imap_mailbox_state *ms = &m->st[s].ms;
+        uint64_t hms =
+            m->st[s].max_modseq > ms->highestmodseq ? m->st[s].max_modseq : ms->highestmodseq;
+        if (state_db_side_update(e->db, m->idx, (enum side)s, m->uidnext[s], hms) < 0) {
+            rc = ERR_DB;
+            goto out;
+        }
+    }
+    if (intent_clear(e->db, m->idx) < 0) {
+        rc = ERR_DB;
+        goto out;
+    }
+    if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
+        rc = ERR_DB;
+out:
+    if (rc == 0 || rc == MAILBOX_AGAIN)
+        log_summary(m);
+    if (rc == MAILBOX_AGAIN) {
+        /* what was done is acknowledged by the servers: keep it, but not
+         * UIDNEXT and HIGHESTMODSEQ, so the next pass sees the rest */
+        log_debug(e->log, NULL, m->pretty, "more changes came in; the mailbox is done again later");
+        if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
+            rc = ERR_DB;
+    }
+    if (rc == ERR_DB)
+        log_error(e->log, "database", m->pretty, "%s", state_db_error(e->db));
+    if (rc < 0) {
+        state_db_rollback(e->db);
+        state_db_begin(e->db);
+    }
+    for (int s = 0; s < 2; s++) {
+        imap_client_release(e->client[s], &m->st[s]);
+        uidset_fini(&skip[s]);
+        uidset_fini(&ipairs[s]);
+    }
+    return rc;
+}
+
+/* Whether LIST-STATUS says nothing moved on either side since last time. */
+bool unchanged(struct sync_engine *e, struct mbox_work *w)
+{
+    for (int s = 0; s < 2; s++) {
+        struct listed *it = listing_find(&e->listing[s], w->key, w->keylen);
+        struct state_side db;
+        if (!it || !it->has_status)
+            return false;
+        if (state_db_side_get(e->db, w->idx, (enum side)s, &db) != 1)
+            return false;
+        if (db.uidvalidity != it->uidvalidity || db.uidnext != it->uidnext ||
+            db.highestmodseq != it->highestmodseq)
+            return false;
+    }
+    return true;
+}
+
+/* Sets up the context of a mailbox to synchronize, or returns NULL. */
+struct mbox_ctx *mbox_new(struct sync_engine *e, const struct mbox_work *w, bool repair)
+{
+    struct mbox_ctx *m = malloc(sizeof *m);
+    if (!m)
+        return NULL;
+    if (mbox_init(m, e, w, repair) < 0) {
+        mbox_fini(m);
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void mbox_free(struct mbox_ctx **pm)
+{
+    if (!*pm)
+        return;
+    mbox_fini(*pm);
+    free(*pm);
+    *pm = NULL;
+}
+
+/*
+ * INBOX, if the database knows it, is selected right behind the LISTs that
+ * ride along with the login: it is where mail arrives, so it is the
+ * mailbox most likely to need synchronizing, and its SELECT then costs no
+ * round trip of its own. engine_cycle does it first if LIST-STATUS says it
+ * changed, and otherwise lets the answer go.
+ */
+struct mbox_ctx *speculative_inbox(struct sync_engine *e)
+{
+    /* only where INBOX is surely among the mailboxes synchronized: a
+     * SELECT is not free of effects (it clears \Recent) */
+    if (e->opts.command != SYNC_DEFAULT || e->opts.nmailboxes || e->cfg->list_mailbox_count ||
+        (e->cfg->list_select_opts && *e->cfg->list_select_opts) || ignored(e, "INBOX", 5))
+        return NULL;
+    struct mbox_work w = {.key = "INBOX", .keylen = 5};
+    bool sub;
+    if (state_db_mailbox_find(e->db, w.key, w.keylen, &w.idx, &sub) != 1)
+        return NULL;
+    struct mbox_ctx *m = mbox_new(e, &w, false);
+    if (m && !m->known)
+        mbox_free(&m);
+    return m;
+}
+
+/* Takes the speculatively selected INBOX: first in `todo` if it is there,
+ * else its SELECTs are waited for (their answers must not reach the next
+ * mailbox's handler) and dropped. */
+struct mbox_ctx *take_speculative(struct sync_engine *e, const struct mbox_work *work, size_t *todo,
+                                  size_t ntodo)
+{
+    struct mbox_ctx *m = e->spec;
+    for (size_t k = 0; m && k < ntodo; k++) {
+        if (work[todo[k]].idx != m->idx)
+            continue;
+        size_t first = todo[k];
+        memmove(todo + 1, todo, k * sizeof *todo);
+        todo[0] = first;
+        e->spec = NULL;
+        return m;
+    }
+    drop_speculative(e);
+    return NULL;
+}
+
+/* Lets the speculative INBOX go once its SELECTs are answered: until then
+ * their responses would reach whatever handler comes next. */
+void drop_speculative(struct sync_engine *e)
+{
+    if (!e->spec)
+        return;
+    for (int s = 0; s < 2; s++)
+        if (e->spec->select[s])
+            imap_cmd_wait(e->spec->select[s]);
+    mbox_free(&e->spec);
+}

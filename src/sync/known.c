@@ -171,6 +171,213 @@ const struct change *change_find(const struct side_state *st, uint32_t uid)
     return NULL;
 }
 
+/* What one round of sync_known works on: a snapshot of what both sides
+ * reported, and what it decided to send. */
+struct known_round {
+    struct uidset vanished[2]; /* known messages the side reported gone */
+    struct side_state snap[2]; /* the side's changes, taken from its state */
+    struct uidset remove[2];   /* counterparts to expunge on that side */
+    struct flag_plan plan[2];  /* flag stores for that side */
+    struct uidset modified[2]; /* stores refused by UNCHANGEDSINCE */
+};
+
+/* Takes what was reported so far; responses to our own commands
+ * accumulate for the next round. Returns whether there is anything. */
+static bool round_take(struct mbox_ctx *m, struct known_round *r)
+{
+    bool any = false;
+    memset(r, 0, sizeof *r);
+    for (int s = 0; s < 2; s++) {
+        struct side_state *st = &m->st[s];
+        r->vanished[s] = st->vanished;
+        uidset_init(&st->vanished);
+        r->snap[s] = *st;
+        st->changes = NULL;
+        st->nchanges = st->capchanges = 0;
+        uidset_normalize(&r->vanished[s]);
+        changes_compact(&r->snap[s]);
+        /* only UIDs below the replicated UIDNEXT are known messages */
+        struct uidset *v = &r->vanished[s];
+        size_t o = 0;
+        for (size_t i = 0; i < v->count; i++)
+            if (v->uids[i] < m->uidnext[s])
+                v->uids[o++] = v->uids[i];
+        v->count = o;
+        if (v->count || r->snap[s].nchanges)
+            any = true;
+        uidset_init(&r->remove[s]);
+        uidset_init(&r->modified[s]);
+    }
+    return any;
+}
+
+static void round_fini(struct known_round *r)
+{
+    for (int s = 0; s < 2; s++) {
+        plan_fini(&r->plan[s]);
+        uidset_fini(&r->modified[s]);
+        uidset_fini(&r->remove[s]);
+        uidset_fini(&r->vanished[s]);
+        for (size_t i = 0; i < r->snap[s].nchanges; i++)
+            free(r->snap[s].changes[i].flags);
+        free(r->snap[s].changes);
+    }
+}
+
+/* Vanished on one side: remove the counterpart on the other, and forget
+ * the pair. */
+static int plan_removals(struct mbox_ctx *m, struct known_round *r)
+{
+    for (int s = 0; s < 2; s++) {
+        for (size_t i = 0; i < r->vanished[s].count; i++) {
+            uint32_t uid = r->vanished[s].uids[i], other;
+            int f = state_db_mapping_lookup(m->e->db, m->idx, (enum side)s, uid, &other);
+            if (f < 0)
+                return ERR_DB;
+            if (f == 0)
+                continue; /* not ours (or already forgotten) */
+            if (!uidset_contains(&r->vanished[OTHER(s)], other))
+                uidset_add(&r->remove[OTHER(s)], other);
+            state_db_mapping_delete(m->e->db, m->idx, (enum side)s, uid);
+        }
+    }
+    return 0;
+}
+
+/* One flag change reported by side s: propagate it, or set both to the
+ * union when the other side changed the same pair. */
+static int plan_flag_change(struct mbox_ctx *m, struct known_round *r, enum side s,
+                            const struct change *ch)
+{
+    struct sync_engine *e = m->e;
+    if (ch->uid >= m->uidnext[s] || uidset_contains(&r->vanished[s], ch->uid))
+        return 0;
+    uint32_t other;
+    int f = state_db_mapping_lookup(e->db, m->idx, s, ch->uid, &other);
+    if (f < 0)
+        return ERR_DB;
+    if (f == 0) {
+        log_warn(e->log, side_name[OTHER(s)], m->st[OTHER(s)].mailbox,
+                 "No match for modified %s UID %" PRIu32 ". Try '--repair'.", side_name[s],
+                 ch->uid);
+        return 0;
+    }
+    if (uidset_contains(&r->vanished[OTHER(s)], other) ||
+        uidset_contains(&r->remove[OTHER(s)], other))
+        return 0;
+    const struct change *och = change_find(&r->snap[OTHER(s)], other);
+    if (!och) {
+        plan_add(&r->plan[OTHER(s)], ch->flags, other);
+        return 0;
+    }
+    if (s == SIDE_REMOTE || flags_equal(ch->flags, och->flags))
+        return 0; /* the pair was handled from the local side, or agrees */
+    char *u = flags_union(ch->flags, och->flags);
+    if (!u)
+        return -ENOMEM;
+    log_warn(e->log, NULL, NULL,
+             "Conflicting flag update in %s for local UID %" PRIu32 " (%s) and remote UID %" PRIu32
+             " (%s). Setting both to the union (%s).",
+             m->pretty, ch->uid, ch->flags, other, och->flags, u);
+    m->conflicts++;
+    plan_add(&r->plan[s], u, ch->uid);
+    plan_add(&r->plan[OTHER(s)], u, other);
+    free(u);
+    return 0;
+}
+
+static int plan_flag_changes(struct mbox_ctx *m, struct known_round *r)
+{
+    for (int s = 0; s < 2; s++)
+        for (size_t i = 0; i < r->snap[s].nchanges; i++) {
+            int rc = plan_flag_change(m, r, (enum side)s, &r->snap[s].changes[i]);
+            if (rc)
+                return rc;
+        }
+    return 0;
+}
+
+/* Removals and stores touch different messages: all of them go to both
+ * servers at once, in one write each, and are waited for together.
+ * UNCHANGEDSINCE protects a change made by someone else after what we have
+ * seen (it comes back MODIFIED). */
+static int round_send(struct mbox_ctx *m, struct known_round *r, bool may_release)
+{
+    int rc = 0;
+    uint64_t seen[2] = {m->st[0].max_modseq, m->st[1].max_modseq};
+    struct cmd_batch batch[2] = {{0}, {0}};
+    for (int s = 0; s < 2; s++)
+        imap_client_hold(m->st[s].c);
+    for (int s = 0; s < 2; s++) {
+        if (r->remove[s].count) {
+            removal_send(&m->st[s], &r->remove[s], &batch[s]);
+            m->removed[s] += (unsigned)r->remove[s].count;
+        }
+        if (r->plan[s].count)
+            flags_send(&m->st[s], &r->plan[s], seen[s], &batch[s]);
+    }
+    if (may_release && (batch[0].n || batch[1].n))
+        mbox_release(m);
+    for (int s = 0; s < 2; s++)
+        imap_client_push(m->st[s].c);
+    for (int s = 0; s < 2; s++) {
+        int w = batch_wait(&batch[s], &m->st[s], &r->modified[s]);
+        if (w < 0)
+            rc = w;
+    }
+    /* the VANISHED our own expunges caused need nothing more */
+    for (int s = 0; s < 2; s++) {
+        struct uidset *v = &m->st[s].vanished;
+        uidset_normalize(&r->remove[s]);
+        size_t o = 0;
+        for (size_t i = 0; i < v->count; i++)
+            if (!uidset_contains(&r->remove[s], v->uids[i]))
+                v->uids[o++] = v->uids[i];
+        v->count = o;
+    }
+    return rc;
+}
+
+/* Our own stores may come back as FETCH responses carrying the flags we
+ * set: they need no propagation. */
+static void drop_echoes(struct side_state *st, const struct flag_plan *plan)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < st->nchanges; i++) {
+        const struct change *ch = &st->changes[i];
+        bool echo = false;
+        for (size_t g = 0; g < plan->count && !echo; g++)
+            echo = flags_equal(plan->groups[g].flags, ch->flags) &&
+                   uidset_contains(&plan->groups[g].uids, ch->uid);
+        if (echo) {
+            free(st->changes[i].flags);
+            continue;
+        }
+        st->changes[o++] = st->changes[i];
+    }
+    st->nchanges = o;
+}
+
+/* Messages changed behind our back (MODIFIED) are fetched again for the
+ * next round, unless the next mailbox is selected already. */
+static int refetch_modified(struct mbox_ctx *m, struct side_state *st, struct uidset *modified)
+{
+    if (!modified->count)
+        return 0;
+    if (m->released)
+        return MAILBOX_AGAIN;
+    uidset_normalize(modified);
+    size_t pos = 0;
+    char *set;
+    while ((set = uidset_format(modified, &pos, UIDSET_TEXT_MAX))) {
+        int r = imap_client_run(st->c, "UID FETCH %a (UID MODSEQ FLAGS)", set);
+        free(set);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
 /*
  * Propagates what both sides reported (vanished messages and flag changes
  * for known UIDs) until neither reports anything new. With `may_release`,
@@ -178,198 +385,27 @@ const struct change *change_find(const struct side_state *st, uint32_t uid)
  */
 int sync_known(struct mbox_ctx *m, bool may_release)
 {
-    struct sync_engine *e = m->e;
     for (int round = 0; round < 100; round++) {
-        /* take a snapshot of what was reported so far; responses to our own
-         * commands accumulate for the next round */
-        struct uidset vanished[2];
-        struct side_state snap[2];
-        bool any = false;
-        for (int s = 0; s < 2; s++) {
-            struct side_state *st = &m->st[s];
-            vanished[s] = st->vanished;
-            uidset_init(&st->vanished);
-            snap[s] = *st;
-            st->changes = NULL;
-            st->nchanges = st->capchanges = 0;
-            uidset_normalize(&vanished[s]);
-            changes_compact(&snap[s]);
-            /* only UIDs below the replicated UIDNEXT are known messages */
-            size_t o = 0;
-            for (size_t i = 0; i < vanished[s].count; i++)
-                if (vanished[s].uids[i] < m->uidnext[s])
-                    vanished[s].uids[o++] = vanished[s].uids[i];
-            vanished[s].count = o;
-            if (vanished[s].count || snap[s].nchanges)
-                any = true;
-        }
+        struct known_round r;
+        bool any = round_take(m, &r);
         if (!any || m->released) {
-            for (int s = 0; s < 2; s++) {
-                uidset_fini(&vanished[s]);
-                for (size_t i = 0; i < snap[s].nchanges; i++)
-                    free(snap[s].changes[i].flags);
-                free(snap[s].changes);
-            }
+            round_fini(&r);
             /* news after the next mailbox was selected: do this one again */
             return any ? MAILBOX_AGAIN : 0;
         }
-
-        /* vanished on one side: remove the counterpart on the other */
-        struct uidset remove[2];
-        uidset_init(&remove[0]);
-        uidset_init(&remove[1]);
-        int rc = 0;
+        int rc = plan_removals(m, &r);
+        if (rc == 0)
+            rc = plan_flag_changes(m, &r);
+        for (int s = 0; s < 2; s++)
+            for (size_t g = 0; g < r.plan[s].count; g++)
+                m->updated[s] += (unsigned)r.plan[s].groups[g].uids.count;
+        if (rc == 0)
+            rc = round_send(m, &r, may_release);
         for (int s = 0; s < 2 && rc == 0; s++) {
-            for (size_t i = 0; i < vanished[s].count; i++) {
-                uint32_t other;
-                int f = state_db_mapping_lookup(e->db, m->idx, (enum side)s, vanished[s].uids[i],
-                                                &other);
-                if (f < 0) {
-                    rc = ERR_DB;
-                    break;
-                }
-                if (f == 0)
-                    continue; /* not ours (or already forgotten) */
-                if (!uidset_contains(&vanished[OTHER(s)], other))
-                    uidset_add(&remove[OTHER(s)], other);
-                state_db_mapping_delete(e->db, m->idx, (enum side)s, vanished[s].uids[i]);
-            }
+            drop_echoes(&m->st[s], &r.plan[s]);
+            rc = refetch_modified(m, &m->st[s], &r.modified[s]);
         }
-
-        /* flag changes: propagate, or set both to the union on conflict */
-        struct flag_plan plan[2] = {{0}, {0}};
-        for (int s = 0; s < 2 && rc == 0; s++) {
-            for (size_t i = 0; i < snap[s].nchanges; i++) {
-                const struct change *ch = &snap[s].changes[i];
-                if (ch->uid >= m->uidnext[s] || uidset_contains(&vanished[s], ch->uid))
-                    continue;
-                uint32_t other;
-                int f = state_db_mapping_lookup(e->db, m->idx, (enum side)s, ch->uid, &other);
-                if (f < 0) {
-                    rc = ERR_DB;
-                    break;
-                }
-                if (f == 0) {
-                    log_warn(e->log, side_name[OTHER(s)], m->st[OTHER(s)].mailbox,
-                             "No match for modified %s UID %" PRIu32 ". Try '--repair'.",
-                             side_name[s], ch->uid);
-                    continue;
-                }
-                if (uidset_contains(&vanished[OTHER(s)], other) ||
-                    uidset_contains(&remove[OTHER(s)], other))
-                    continue;
-                const struct change *och = change_find(&snap[OTHER(s)], other);
-                if (och) {
-                    if (s == SIDE_REMOTE)
-                        continue; /* the pair was handled from the local side */
-                    if (flags_equal(ch->flags, och->flags))
-                        continue;
-                    char *u = flags_union(ch->flags, och->flags);
-                    if (!u) {
-                        rc = -ENOMEM;
-                        break;
-                    }
-                    log_warn(e->log, NULL, NULL,
-                             "Conflicting flag update in %s for local UID %" PRIu32
-                             " (%s) and remote UID %" PRIu32 " (%s). Setting both to the union "
-                             "(%s).",
-                             m->pretty, ch->uid, ch->flags, other, och->flags, u);
-                    m->conflicts++;
-                    plan_add(&plan[s], u, ch->uid);
-                    plan_add(&plan[OTHER(s)], u, other);
-                    free(u);
-                } else {
-                    plan_add(&plan[OTHER(s)], ch->flags, other);
-                }
-            }
-        }
-        /* both servers store at once; UNCHANGEDSINCE protects a change made
-         * by someone else after what we have seen (it comes back MODIFIED) */
-        struct uidset modified[2];
-        for (int s = 0; s < 2; s++) {
-            uidset_init(&modified[s]);
-            for (size_t g = 0; g < plan[s].count; g++)
-                m->updated[s] += (unsigned)plan[s].groups[g].uids.count;
-        }
-        uint64_t seen[2] = {m->st[0].max_modseq, m->st[1].max_modseq};
-        /* removals and stores touch different messages: all of them go to
-         * both servers at once, and are waited for together */
-        if (rc == 0) {
-            struct cmd_batch batch[2] = {{0}, {0}};
-            for (int s = 0; s < 2; s++)
-                imap_client_hold(m->st[s].c); /* one write per server */
-            for (int s = 0; s < 2; s++) {
-                if (remove[s].count) {
-                    removal_send(&m->st[s], &remove[s], &batch[s]);
-                    m->removed[s] += (unsigned)remove[s].count;
-                }
-                if (plan[s].count)
-                    flags_send(&m->st[s], &plan[s], seen[s], &batch[s]);
-            }
-            if (may_release && (batch[0].n || batch[1].n))
-                mbox_release(m);
-            for (int s = 0; s < 2; s++)
-                imap_client_push(m->st[s].c);
-            for (int s = 0; s < 2; s++) {
-                int r = batch_wait(&batch[s], &m->st[s], &modified[s]);
-                if (r < 0)
-                    rc = r;
-            }
-            /* the VANISHED our own expunges caused need nothing more */
-            for (int s = 0; s < 2; s++) {
-                struct uidset *v = &m->st[s].vanished;
-                uidset_normalize(&remove[s]);
-                size_t o = 0;
-                for (size_t i = 0; i < v->count; i++)
-                    if (!uidset_contains(&remove[s], v->uids[i]))
-                        v->uids[o++] = v->uids[i];
-                v->count = o;
-            }
-        }
-        /* Our own stores may come back as FETCH responses carrying the
-         * flags we set: they need no propagation. Messages changed behind
-         * our back (MODIFIED) are fetched again for the next round. */
-        for (int s = 0; s < 2 && rc == 0; s++) {
-            struct side_state *st = &m->st[s];
-            size_t o = 0;
-            for (size_t i = 0; i < st->nchanges; i++) {
-                const struct change *ch = &st->changes[i];
-                bool echo = false;
-                for (size_t g = 0; g < plan[s].count && !echo; g++)
-                    echo = flags_equal(plan[s].groups[g].flags, ch->flags) &&
-                           uidset_contains(&plan[s].groups[g].uids, ch->uid);
-                if (echo) {
-                    free(st->changes[i].flags);
-                    continue;
-                }
-                st->changes[o++] = st->changes[i];
-            }
-            st->nchanges = o;
-            if (modified[s].count && m->released) {
-                rc = MAILBOX_AGAIN; /* the next mailbox is selected already */
-            } else if (modified[s].count) {
-                uidset_normalize(&modified[s]);
-                size_t pos = 0;
-                char *set;
-                while ((set = uidset_format(&modified[s], &pos, UIDSET_TEXT_MAX))) {
-                    int r = imap_client_run(st->c, "UID FETCH %a (UID MODSEQ FLAGS)", set);
-                    free(set);
-                    if (r < 0) {
-                        rc = r;
-                        break;
-                    }
-                }
-            }
-        }
-        for (int s = 0; s < 2; s++) {
-            plan_fini(&plan[s]);
-            uidset_fini(&modified[s]);
-            uidset_fini(&remove[s]);
-            uidset_fini(&vanished[s]);
-            for (size_t i = 0; i < snap[s].nchanges; i++)
-                free(snap[s].changes[i].flags);
-            free(snap[s].changes);
-        }
+        round_fini(&r);
         if (rc != 0)
             return rc;
     }

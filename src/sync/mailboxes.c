@@ -79,115 +79,131 @@ static int set_subscription(struct sync_engine *e, enum side s, const char *key,
     return r;
 }
 
-/* Merges both listings into the work list, creating and subscribing as
- * needed, and recording mailboxes in the database. */
-int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size_t *nout)
+/* The mailbox list being merged: the work list, and the CREATEs in
+ * flight for one-sided mailboxes. */
+struct list_merge {
+    struct sync_engine *e;
+    struct mbox_work *work;
+    size_t n;
+    struct pending_create *creates;
+    size_t ncreate;
+};
+
+static bool merge_has(const struct list_merge *mg, const char *key, size_t keylen)
 {
-    size_t cap = e->listing[0].count + e->listing[1].count + 1, n = 0, ncreate = 0;
-    struct mbox_work *work = calloc(cap, sizeof *work);
-    struct pending_create *creates = calloc(cap, sizeof *creates);
-    if (!work || !creates) {
-        free(work);
-        free(creates);
-        return -ENOMEM;
-    }
-    int rc = 0;
-    for (int s = 0; s < 2 && rc == 0; s++) {
-        for (size_t i = 0; i < e->listing[s].count; i++) {
-            struct listed *it = &e->listing[s].items[i];
-            bool seen = false;
-            for (size_t k = 0; k < n; k++)
-                if (work[k].keylen == it->keylen && memcmp(work[k].key, it->key, it->keylen) == 0)
-                    seen = true;
-            if (seen || ignored(e, it->key, it->keylen))
-                continue;
-            struct listed *l = listing_find(&e->listing[SIDE_LOCAL], it->key, it->keylen);
-            struct listed *r = listing_find(&e->listing[SIDE_REMOTE], it->key, it->keylen);
-            bool lex = l && l->selectable, rex = r && r->selectable;
-            if (!lex && !rex)
-                continue;
-            char *pretty = pretty_name(e, it->key, it->keylen);
-            int64_t idx = 0;
-            bool dbsub = false;
-            int found = state_db_mailbox_find(e->db, it->key, it->keylen, &idx, &dbsub);
-            if (found < 0) {
-                log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
-                free(pretty);
-                rc = ERR_DB;
-                break;
-            }
-            if (lex && rex) {
-                bool ls = l->subscribed, rs = r->subscribed;
-                if (found) {
-                    if (ls != rs) {
-                        /* one side changed: follow it */
-                        bool want = !dbsub;
-                        enum side fix = (ls == want) ? SIDE_REMOTE : SIDE_LOCAL;
-                        if (set_subscription(e, fix, it->key, it->keylen, want) == 0)
-                            state_db_mailbox_set_subscribed(e->db, idx, want);
-                    } else if (ls != dbsub) {
-                        state_db_mailbox_set_subscribed(e->db, idx, ls);
-                    }
-                } else {
-                    bool sub = ls || rs;
-                    if (state_db_mailbox_insert(e->db, it->key, it->keylen, sub, &idx) < 0) {
-                        log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
-                        free(pretty);
-                        rc = ERR_DB;
-                        break;
-                    }
-                    log_info(e->log, "database", NULL, "Created mailbox %s", pretty);
-                    if (sub && !ls)
-                        set_subscription(e, SIDE_LOCAL, it->key, it->keylen, true);
-                    if (sub && !rs)
-                        set_subscription(e, SIDE_REMOTE, it->key, it->keylen, true);
-                }
-            } else {
-                enum side have = lex ? SIDE_LOCAL : SIDE_REMOTE;
-                if (found) {
-                    log_error(e->log, "database", NULL,
-                              "Mailbox %s exists on the %s server only (was it deleted or "
-                              "renamed on the other?). Run `interimap --target=database "
-                              "--delete %s` to forget it, or --rename/--delete to act on both",
-                              pretty, side_name[have], pretty);
-                    free(pretty);
-                    e->failed_mailboxes++;
-                    continue;
-                }
-                /* created below, once every CREATE has been answered */
-                struct pending_create *pc = &creates[ncreate++];
-                pc->work = n;
-                pc->side = OTHER(have);
-                pc->subscribe = (lex ? l : r)->subscribed;
-                if (create_send(e, pc, it->key, it->keylen) < 0) {
-                    free(pretty);
-                    rc = -ENOMEM;
-                    break;
-                }
-                idx = -1;
-            }
-            free(pretty);
-            if (idx >= 0 && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)) {
-                log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
-                rc = ERR_DB;
-                break;
-            }
-            work[n].key = malloc(it->keylen + 1);
-            if (!work[n].key) {
-                rc = -ENOMEM;
-                break;
-            }
-            memcpy(work[n].key, it->key, it->keylen + 1);
-            work[n].keylen = it->keylen;
-            work[n].idx = idx;
-            n++;
+    for (size_t k = 0; k < mg->n; k++)
+        if (mg->work[k].keylen == keylen && memcmp(mg->work[k].key, key, keylen) == 0)
+            return true;
+    return false;
+}
+
+static int db_failed(struct sync_engine *e)
+{
+    log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+    return ERR_DB;
+}
+
+/* A mailbox on both sides: keep subscriptions in step (one side changed:
+ * follow it), and record it if the database does not know it yet. */
+static int merge_both(struct sync_engine *e, const struct listed *l, const struct listed *r,
+                      int found, bool dbsub, const char *pretty, int64_t *idx)
+{
+    bool ls = l->subscribed, rs = r->subscribed;
+    if (found) {
+        if (ls != rs) {
+            bool want = !dbsub;
+            enum side fix = (ls == want) ? SIDE_REMOTE : SIDE_LOCAL;
+            if (set_subscription(e, fix, l->key, l->keylen, want) == 0)
+                state_db_mailbox_set_subscribed(e->db, *idx, want);
+        } else if (ls != dbsub) {
+            state_db_mailbox_set_subscribed(e->db, *idx, ls);
         }
+        return 0;
     }
-    /* every CREATE is answered, even after a failure, so none is left in
-     * flight; a mailbox enters the database only once it exists on both */
-    for (size_t k = 0; k < ncreate; k++) {
-        struct pending_create *pc = &creates[k];
-        struct mbox_work *w = &work[pc->work];
+    bool sub = ls || rs;
+    if (state_db_mailbox_insert(e->db, l->key, l->keylen, sub, idx) < 0)
+        return db_failed(e);
+    log_info(e->log, "database", NULL, "Created mailbox %s", pretty);
+    if (sub && !ls)
+        set_subscription(e, SIDE_LOCAL, l->key, l->keylen, true);
+    if (sub && !rs)
+        set_subscription(e, SIDE_REMOTE, l->key, l->keylen, true);
+    return 0;
+}
+
+/* A mailbox on one side only: created on the other (answered later, in
+ * merge_settle_creates), unless the database knows it, in which case it
+ * was deleted or renamed there and only the user can say which.
+ * Returns 1 when the mailbox is left out. */
+static int merge_one_sided(struct list_merge *mg, const struct listed *it, enum side have,
+                           int found, const char *pretty)
+{
+    struct sync_engine *e = mg->e;
+    if (found) {
+        log_error(e->log, "database", NULL,
+                  "Mailbox %s exists on the %s server only (was it deleted or "
+                  "renamed on the other?). Run `interimap --target=database "
+                  "--delete %s` to forget it, or --rename/--delete to act on both",
+                  pretty, side_name[have], pretty);
+        e->failed_mailboxes++;
+        return 1;
+    }
+    struct pending_create *pc = &mg->creates[mg->ncreate++];
+    pc->work = mg->n;
+    pc->side = OTHER(have);
+    pc->subscribe = it->subscribed;
+    return create_send(e, pc, it->key, it->keylen) < 0 ? -ENOMEM : 0;
+}
+
+/* Merges one listed name into the work list. */
+static int merge_one(struct list_merge *mg, const struct listed *it)
+{
+    struct sync_engine *e = mg->e;
+    if (merge_has(mg, it->key, it->keylen) || ignored(e, it->key, it->keylen))
+        return 0;
+    struct listed *l = listing_find(&e->listing[SIDE_LOCAL], it->key, it->keylen);
+    struct listed *r = listing_find(&e->listing[SIDE_REMOTE], it->key, it->keylen);
+    bool lex = l && l->selectable, rex = r && r->selectable;
+    if (!lex && !rex)
+        return 0;
+    int64_t idx = 0;
+    bool dbsub = false;
+    int found = state_db_mailbox_find(e->db, it->key, it->keylen, &idx, &dbsub);
+    if (found < 0)
+        return db_failed(e);
+    char *pretty = pretty_name(e, it->key, it->keylen);
+    int rc;
+    if (lex && rex) {
+        rc = merge_both(e, l, r, found, dbsub, pretty ? pretty : "", &idx);
+    } else {
+        rc = merge_one_sided(mg, lex ? l : r, lex ? SIDE_LOCAL : SIDE_REMOTE, found,
+                             pretty ? pretty : "");
+        idx = -1; /* created in merge_settle_creates */
+    }
+    free(pretty);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    if (idx >= 0 && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0))
+        return db_failed(e);
+    struct mbox_work *w = &mg->work[mg->n];
+    w->key = malloc(it->keylen + 1);
+    if (!w->key)
+        return -ENOMEM;
+    memcpy(w->key, it->key, it->keylen + 1);
+    w->keylen = it->keylen;
+    w->idx = idx;
+    mg->n++;
+    return 0;
+}
+
+/* Every CREATE is answered, even after a failure, so none is left in
+ * flight; a mailbox enters the database only once it exists on both. */
+static int merge_settle_creates(struct list_merge *mg, int rc)
+{
+    struct sync_engine *e = mg->e;
+    for (size_t k = 0; k < mg->ncreate; k++) {
+        struct pending_create *pc = &mg->creates[k];
+        struct mbox_work *w = &mg->work[pc->work];
         int r = create_wait(e, pc);
         if (rc < 0)
             continue;
@@ -198,28 +214,51 @@ int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size_t *nou
         w->created[pc->side] = true;
         if (state_db_mailbox_insert(e->db, w->key, w->keylen, pc->subscribe, &w->idx) < 0 ||
             state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0) {
-            log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
-            rc = ERR_DB;
+            rc = db_failed(e);
             continue;
         }
         char *pretty = pretty_name(e, w->key, w->keylen);
         log_info(e->log, "database", NULL, "Created mailbox %s", pretty ? pretty : "");
         free(pretty);
     }
-    free(creates);
-    /* drop the mailboxes that could not be created */
+    return rc;
+}
+
+/*
+ * Merges both listings into the list of mailboxes to synchronize:
+ * mailboxes on one side only are created on the other (all CREATEs at
+ * once), subscriptions are kept in step, new mailboxes recorded. A mailbox
+ * that could not be created is left out.
+ */
+int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size_t *nout)
+{
+    size_t cap = e->listing[0].count + e->listing[1].count + 1;
+    struct list_merge mg = {.e = e};
+    mg.work = calloc(cap, sizeof *mg.work);
+    mg.creates = calloc(cap, sizeof *mg.creates);
+    if (!mg.work || !mg.creates) {
+        free(mg.work);
+        free(mg.creates);
+        return -ENOMEM;
+    }
+    int rc = 0;
+    for (int s = 0; s < 2 && rc == 0; s++)
+        for (size_t i = 0; i < e->listing[s].count && rc == 0; i++)
+            rc = merge_one(&mg, &e->listing[s].items[i]);
+    rc = merge_settle_creates(&mg, rc);
+    free(mg.creates);
     size_t o = 0;
-    for (size_t k = 0; k < n; k++) {
-        if (rc == 0 && work[k].idx >= 0)
-            work[o++] = work[k];
+    for (size_t k = 0; k < mg.n; k++) {
+        if (rc == 0 && mg.work[k].idx >= 0)
+            mg.work[o++] = mg.work[k];
         else
-            free(work[k].key);
+            free(mg.work[k].key);
     }
     if (rc < 0) {
-        free(work);
+        free(mg.work);
         return rc;
     }
-    *out = work;
+    *out = mg.work;
     *nout = o;
     return 0;
 }

@@ -10,21 +10,29 @@
 #ifndef INTERIMAP_ERRORS_H
 #define INTERIMAP_ERRORS_H
 
+/* Every code with its description, in one list: the enum and err_str()
+ * are both generated from it. */
+#define ERR_LIST(X)                                                                                \
+    X(ERR_PROTOCOL, "protocol error")                       /* the peer broke the protocol */      \
+    X(ERR_TLS, "TLS error")                                 /* handshake or record failure */      \
+    X(ERR_AUTH, "authentication failed")                    /* authentication refused */           \
+    X(ERR_BYE, "server closed the session")                 /* the server sent BYE */              \
+    X(ERR_NO, "command refused by the server")              /* a tagged NO */                      \
+    X(ERR_BAD, "command rejected by the server as invalid") /* a tagged BAD */                     \
+    X(ERR_EOF, "connection closed by the server")           /* closed unexpectedly */              \
+    X(ERR_CONFIG, "configuration error")                    /* configuration or command line */    \
+    X(ERR_UNSUPPORTED, "unsupported by the server")         /* a capability is missing */          \
+    X(ERR_TOO_BIG, "response too large") /* a line, literal or nesting too big */                  \
+    X(ERR_DB, "database error")          /* SQLite failure */                                      \
+    X(ERR_STATE_MISMATCH, "state database inconsistent with the server")                           \
+    X(ERR_SOCKS, "SOCKS5 proxy error") /* the SOCKS5 proxy refused or failed */
+
+#define ERR_ENUM_ITEM(name, text) name,
 enum {
-    ERR_PROTOCOL = -10000, /* the peer broke the protocol (malformed data) */
-    ERR_TLS,               /* TLS handshake or record failure */
-    ERR_AUTH,              /* authentication refused */
-    ERR_BYE,               /* the server closed the session (BYE) */
-    ERR_NO,                /* a tagged NO */
-    ERR_BAD,               /* a tagged BAD */
-    ERR_EOF,               /* the peer closed the connection unexpectedly */
-    ERR_CONFIG,            /* invalid configuration or command line */
-    ERR_UNSUPPORTED,       /* a required capability is missing */
-    ERR_TOO_BIG,           /* a line, literal or nesting beyond our limits */
-    ERR_DB,                /* SQLite failure */
-    ERR_STATE_MISMATCH,    /* the state database disagrees with a server */
-    ERR_SOCKS,             /* the SOCKS5 proxy refused or failed */
+    ERR_BASE = -10001, /* codes count up from -10000, below every errno */
+    ERR_LIST(ERR_ENUM_ITEM)
 };
+#undef ERR_ENUM_ITEM
 
 /* Short description of a code (negative errno or ERR_*); never NULL. */
 const char *err_str(int code);

@@ -71,28 +71,12 @@ int log_prefix_expand(const char *tmpl, const char *component, const char *mailb
 int log_prefix_check(const char *tmpl);
 
 /*
- * Writes into buf (NUL-terminated, truncated like snprintf) the form of a
- * line the client sent that is safe to log below debug level 2, and returns
- * the length the full result needs:
- *   - "TAG LOGIN ..." becomes "TAG LOGIN [REDACTED]";
- *   - "TAG AUTHENTICATE MECH INITIAL-RESPONSE" becomes
- *     "TAG AUTHENTICATE MECH [REDACTED]";
- *   - a line the caller flags as sensitive (a SASL response sent after a
- *     "+" continuation, or a line that continues a LOGIN after a literal)
- *     becomes "[REDACTED]";
- *   - anything else is copied unchanged.
- * Command names are matched without regard to case.
+ * Logs one line of a protocol trace at debug level 1 or more, as the prefix
+ * followed by the line, unchanged: what must not appear (credentials) is
+ * the caller's to remove (see imap/trace.h).
  */
-size_t log_redact_imap_line(const char *line, size_t len, bool sensitive, char *buf, size_t buflen);
-
-/*
- * Logs one line of IMAP traffic (without its CRLF) at debug level 1 or
- * more, as "C: line" (sent by us) or "S: line" (from the server). Below
- * level 2, lines we sent are passed through log_redact_imap_line, and a
- * server line flagged sensitive is replaced by "[REDACTED]".
- */
-void log_imap_traffic(struct logger *lg, const char *component, bool from_server, const char *line,
-                      size_t len, bool sensitive);
+void log_trace_line(struct logger *lg, const char *component, const char *prefix, const char *line,
+                    size_t len);
 
 /* Formats a logfile timestamp for the time tv_sec/tv_nsec (exposed for
  * tests). Returns the length written, or -1 if buflen is too small. */

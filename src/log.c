@@ -529,95 +529,17 @@ void log_debug(struct logger *lg, const char *component, const char *mailbox, co
     va_end(ap);
 }
 
-/* ---- IMAP traffic ---- */
+/* ---- protocol traces ---- */
 
-/* Length of the word at s[i] (up to a space or the end). */
-static size_t word_len(const char *s, size_t len, size_t i)
+void log_trace_line(struct logger *lg, const char *component, const char *prefix, const char *line,
+                    size_t len)
 {
-    size_t j = i;
-
-    while (j < len && s[j] != ' ')
-        j++;
-    return j - i;
-}
-
-static size_t copy_out(char *buf, size_t buflen, const char *a, size_t alen, const char *b)
-{
-    size_t blen = b != NULL ? strlen(b) : 0, total = alen + blen, n;
-
-    if (buflen == 0)
-        return total;
-    n = alen < buflen - 1 ? alen : buflen - 1;
-    memcpy(buf, a, n);
-    if (blen > 0 && n < buflen - 1) {
-        size_t m = blen < buflen - 1 - n ? blen : buflen - 1 - n;
-        memcpy(buf + n, b, m);
-        n += m;
-    }
-    buf[n] = '\0';
-    return total;
-}
-
-size_t log_redact_imap_line(const char *line, size_t len, bool sensitive, char *buf, size_t buflen)
-{
-    static const char redacted[] = "[REDACTED]";
-    size_t tag, cmd, at;
-
-    if (sensitive)
-        return copy_out(buf, buflen, redacted, sizeof(redacted) - 1, NULL);
-
-    tag = word_len(line, len, 0);
-    if (tag == 0 || tag >= len)
-        goto unchanged;
-    at = tag + 1;
-    cmd = word_len(line, len, at);
-    if (cmd == 5 && strncasecmp(line + at, "LOGIN", 5) == 0) {
-        at += cmd;
-        if (at >= len)
-            goto unchanged;
-        /* Keep "TAG LOGIN ", drop the credentials. */
-        return copy_out(buf, buflen, line, at + 1, redacted);
-    }
-    if (cmd == 12 && strncasecmp(line + at, "AUTHENTICATE", 12) == 0) {
-        at += cmd;
-        if (at >= len)
-            goto unchanged;
-        at += 1 + word_len(line, len, at + 1); /* the mechanism */
-        if (at >= len)
-            goto unchanged; /* no initial response: nothing secret */
-        return copy_out(buf, buflen, line, at + 1, redacted);
-    }
-unchanged:
-    return copy_out(buf, buflen, line, len, NULL);
-}
-
-void log_imap_traffic(struct logger *lg, const char *component, bool from_server, const char *line,
-                      size_t len, bool sensitive)
-{
-    int level = logger_debug_level(lg);
     struct strbuf body = {0};
 
-    if (level < 1)
+    if (logger_debug_level(lg) < 1)
         return;
-    sb_addz(&body, from_server ? "S: " : "C: ");
-    if (level >= 2) {
-        sb_add(&body, line, len);
-    } else if (from_server) {
-        if (sensitive)
-            sb_addz(&body, "[REDACTED]");
-        else
-            sb_add(&body, line, len);
-    } else {
-        size_t need = log_redact_imap_line(line, len, sensitive, NULL, 0);
-        char *tmp = malloc(need + 1);
-        if (tmp != NULL) {
-            log_redact_imap_line(line, len, sensitive, tmp, need + 1);
-            sb_add(&body, tmp, need);
-            free(tmp);
-        } else {
-            body.failed = true;
-        }
-    }
+    sb_addz(&body, prefix);
+    sb_add(&body, line, len);
     if (!body.failed)
         log_emit(lg, DEST_DEBUG, component, NULL, "", body.data, body.len);
     sb_free(&body);

@@ -35,14 +35,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "side.h"
+
 struct uidset;
-
-#ifndef INTERIMAP_ENUM_SIDE
-#define INTERIMAP_ENUM_SIDE
-/* The two servers. Stored as 0/1 in the `pending` table: keep the values. */
-enum side { SIDE_LOCAL = 0, SIDE_REMOTE = 1 };
-#endif
-
 struct state_db;
 
 /* One side's row of the `local` or `remote` table. */

@@ -17,7 +17,7 @@
 #include <sqlite3.h>
 
 #include "errors.h"
-#include "imap/uidset.h"
+#include "util/uidset.h"
 
 enum {
     SCHEMA_VERSION = 1,

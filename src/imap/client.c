@@ -17,6 +17,7 @@
 #include "coro/coro.h"
 #include "errors.h"
 #include "log.h"
+#include "imap/trace.h"
 #include "net/compress.h"
 #include "net/socks5.h"
 #include "net/stream.h"
@@ -237,7 +238,7 @@ static void dbg_flush(struct imap_client *c)
     while (c->dbg_len && (c->dbg[c->dbg_len - 1] == '\n' || c->dbg[c->dbg_len - 1] == '\r'))
         c->dbg_len--;
     c->dbg[c->dbg_len] = '\0';
-    log_imap_traffic(c->log, c->cfg->name, true, c->dbg, c->dbg_len, false);
+    imap_trace_line(c->log, c->cfg->name, true, c->dbg, c->dbg_len, false);
     c->dbg_len = 0;
 }
 
@@ -265,7 +266,7 @@ static void dbg_client_line(struct imap_client *c, const char *line, size_t len)
         return;
     while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
         len--;
-    log_imap_traffic(c->log, c->cfg->name, false, line, len, false);
+    imap_trace_line(c->log, c->cfg->name, false, line, len, false);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1318,7 +1319,7 @@ static int client_authenticate(struct imap_client *c)
             }
             if (cmd && c->cont_pending) {
                 c->cont_pending = false;
-                log_imap_traffic(c->log, cfg->name, false, b64, strlen(b64), true);
+                imap_trace_line(c->log, cfg->name, false, b64, strlen(b64), true);
                 client_write(c, b64, strlen(b64));
                 client_write(c, "\r\n", 2);
             }

@@ -35,7 +35,7 @@
 #include "db/state.h"
 #include "errors.h"
 #include "imap/client.h"
-#include "imap/uidset.h"
+#include "util/uidset.h"
 #include "log.h"
 #include "sync/flags.h"
 

@@ -8,6 +8,7 @@
  * when perl or its module is missing.
  */
 #include "log.h"
+#include "imap/trace.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -304,14 +305,14 @@ static void test_redact(void)
 
     for (size_t i = 0; i < sizeof(redact_cases) / sizeof(redact_cases[0]); i++) {
         const struct redact_case *c = &redact_cases[i];
-        size_t n = log_redact_imap_line(c->line, strlen(c->line), c->sensitive, buf, sizeof(buf));
+        size_t n = imap_trace_redact(c->line, strlen(c->line), c->sensitive, buf, sizeof(buf));
         CHECK(n == strlen(c->want));
         CHECK_STR(buf, c->want);
     }
     /* Truncated output, full length returned; the secret never appears. */
-    CHECK(log_redact_imap_line("a1 LOGIN u p", 12, false, small, sizeof(small)) == 19);
+    CHECK(imap_trace_redact("a1 LOGIN u p", 12, false, small, sizeof(small)) == 19);
     CHECK_STR(small, "a1 LOGI");
-    CHECK(log_redact_imap_line("a1 LOGIN u p", 12, false, NULL, 0) == 19);
+    CHECK(imap_trace_redact("a1 LOGIN u p", 12, false, NULL, 0) == 19);
 }
 
 static void test_traffic(void)
@@ -321,15 +322,15 @@ static void test_traffic(void)
     const char *out;
 
     capture_stderr();
-    log_imap_traffic(lg, "remote", false, "a1 LOGIN u p", 12, false); /* level 0: nothing */
+    imap_trace_line(lg, "remote", false, "a1 LOGIN u p", 12, false); /* level 0: nothing */
     logger_set_debug(lg, 1);
-    log_imap_traffic(lg, "remote", false, "a1 LOGIN u p", 12, false);
-    log_imap_traffic(lg, "remote", true, "a1 OK done", 10, false);
-    log_imap_traffic(lg, "remote", false, "c2VjcmV0", 8, true);
-    log_imap_traffic(lg, "remote", true, "+ chall", 7, true);
+    imap_trace_line(lg, "remote", false, "a1 LOGIN u p", 12, false);
+    imap_trace_line(lg, "remote", true, "a1 OK done", 10, false);
+    imap_trace_line(lg, "remote", false, "c2VjcmV0", 8, true);
+    imap_trace_line(lg, "remote", true, "+ chall", 7, true);
     logger_set_debug(lg, 2);
-    log_imap_traffic(lg, "local", false, "a1 LOGIN u p", 12, false);
-    log_imap_traffic(lg, "local", false, "c2VjcmV0", 8, true);
+    imap_trace_line(lg, "local", false, "a1 LOGIN u p", 12, false);
+    imap_trace_line(lg, "local", false, "c2VjcmV0", 8, true);
     out = release_stderr();
     CHECK_STR(out, "remote: C: a1 LOGIN [REDACTED]\n"
                    "remote: S: a1 OK done\n"

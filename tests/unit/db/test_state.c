@@ -24,7 +24,7 @@
 #include <sqlite3.h>
 
 #include "errors.h"
-#include "imap/uidset.h"
+#include "util/uidset.h"
 
 static int failures;
 static const char *perl_helper, *perl_tool;

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "imap/parser.h"
-#include "imap/uidset.h"
+#include "util/uidset.h"
 #include "sync/flags.h"
 
 static int failures;

@@ -1,4 +1,4 @@
-#include "imap/uidset.h"
+#include "util/uidset.h"
 
 #include <errno.h>
 #include <inttypes.h>

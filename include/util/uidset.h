@@ -3,8 +3,8 @@
  * sequence-set syntax ("1:4,7,9:12"). Memory belongs to the set;
  * uidset_fini releases it.
  */
-#ifndef INTERIMAP_IMAP_UIDSET_H
-#define INTERIMAP_IMAP_UIDSET_H
+#ifndef INTERIMAP_UTIL_UIDSET_H
+#define INTERIMAP_UTIL_UIDSET_H
 
 #include <stdbool.h>
 #include <stddef.h>

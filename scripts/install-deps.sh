@@ -9,4 +9,5 @@ $SUDO apt-get update
 $SUDO apt-get install -y --no-install-recommends \
     meson ninja-build pkg-config gcc clang libclang-rt-14-dev \
     libuv1-dev libssl-dev libsqlite3-dev zlib1g-dev libpcre2-dev \
-    dovecot-imapd openssl microsocks interimap sqlite3 python3 ca-certificates time
+    dovecot-imapd openssl microsocks interimap sqlite3 python3 ca-certificates time \
+    clang-format clang-tidy

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 meson setup build --wipe -Dwerror=true >/dev/null 2>&1 || meson setup build -Dwerror=true
 ninja -C build
+./scripts/lint.sh build
 meson test -C build --print-errorlogs --num-processes 2
 meson setup build-asan --wipe -Dwerror=true -Db_sanitize=address,undefined \
     -Db_lundef=false >/dev/null 2>&1 ||

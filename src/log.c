@@ -54,9 +54,9 @@ struct strbuf {
 
 static void sb_add(struct strbuf *b, const char *s, size_t n)
 {
-    if (b->failed)
+    if (b->failed || n == 0)
         return;
-    if (b->len + n + 1 > b->cap) {
+    if (!b->data || b->len + n + 1 > b->cap) {
         size_t ncap = b->cap ? b->cap : 128;
         char *nd;
         while (ncap < b->len + n + 1)

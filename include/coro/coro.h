@@ -36,7 +36,7 @@ typedef void coro_fn(struct coro *self, void *arg);
 
 struct coro_sched *coro_sched_new(uv_loop_t *loop);
 /* Accepts NULL; clears the pointer. */
-void coro_sched_free(struct coro_sched **sched);
+void coro_sched_free(struct coro_sched **ps);
 uv_loop_t *coro_sched_loop(const struct coro_sched *sched);
 
 /* The running coroutine, or NULL when called from the loop itself. */

@@ -100,6 +100,7 @@ static void asan_start(void **fake_save, const void *bottom, size_t size)
 #endif
 }
 
+/* NOLINTNEXTLINE(readability-non-const-parameter): ASan's interface writes it */
 static void asan_finish(void *fake_save, const void **bottom_old, size_t *size_old)
 {
 #ifdef CORO_ASAN
@@ -297,7 +298,7 @@ void coro_sched_free(struct coro_sched **ps)
     /* Coroutines still here never finished (the caller gave up on them):
      * their stacks go, whatever their frames still referenced leaks. */
     while (s->all)
-        coro_release(s->all);
+        coro_release(s->all); // NOLINT(clang-analyzer-unix.Malloc): it unlinks itself first
     for (size_t i = 0; i < s->pool_len; i++)
         munmap(s->pool[i].map, s->pool[i].map_len);
     uv_close((uv_handle_t *)s->idle, sched_idle_closed);

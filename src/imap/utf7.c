@@ -248,10 +248,10 @@ char *utf7_decode(const char *mutf7, size_t len)
                 high = 0;
             } else if (unit >= 0xd800 && unit <= 0xdbff) {
                 high = unit;
-            } else if (unit >= 0xdc00 && unit <= 0xdfff) {
+            } else if ((unit >= 0xdc00 && unit <= 0xdfff) || unit == 0 || is_direct(unit)) {
+                /* a lone low surrogate, or a character that must be written
+                 * directly (or not at all) */
                 goto invalid;
-            } else if (unit == 0 || is_direct(unit)) {
-                goto invalid; /* must be written directly (or not at all) */
             } else {
                 n += utf8_put(out + n, unit);
             }

@@ -90,7 +90,7 @@ char *flags_union(const char *a, const char *b)
     char *copy = malloc(la + lb + 2);
     if (!copy)
         return NULL;
-    memcpy(copy, a, la);
+    memcpy(copy, a, la + 1);
     copy[la] = ' ';
     memcpy(copy + la + 1, b, lb + 1);
     char *out = flags_from_words(copy);

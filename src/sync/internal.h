@@ -35,6 +35,7 @@
 #include "db/state.h"
 #include "errors.h"
 #include "imap/client.h"
+#include "util/array.h"
 #include "util/uidset.h"
 #include "log.h"
 #include "sync/flags.h"
@@ -182,9 +183,13 @@ struct mbox_ctx {
 
 /* Commands sent together and waited for together, each with what to say
  * should it fail. */
+struct batched {
+    struct imap_cmd *cmd;
+    const char *what;
+};
+
 struct cmd_batch {
-    struct imap_cmd **cmds;
-    const char **what;
+    struct batched *items;
     size_t n, cap;
     bool nomem;
 };

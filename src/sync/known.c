@@ -6,24 +6,16 @@
 
 static void batch_add(struct cmd_batch *b, struct imap_cmd *cmd, const char *what)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 16;
-        struct imap_cmd **nc = realloc(b->cmds, cap * sizeof *nc);
-        const char **nw = nc ? realloc(b->what, cap * sizeof *nw) : NULL;
-        if (nc)
-            b->cmds = nc;
-        if (!nc || !nw) {
-            b->nomem = true;
-            imap_cmd_free(&cmd); /* answered later, ignored */
-            return;
-        }
-        b->what = nw;
-        b->cap = cap;
+    struct batched *grown = array_reserve(b->items, &b->cap, b->n + 1, sizeof *grown, 16);
+    if (!grown) {
+        b->nomem = true;
+        imap_cmd_free(&cmd); /* answered later, ignored */
+        return;
     }
+    b->items = grown;
     if (!cmd)
         b->nomem = true;
-    b->what[b->n] = what;
-    b->cmds[b->n++] = cmd;
+    b->items[b->n++] = (struct batched){cmd, what};
 }
 
 /* Waits for every command of the batch and frees them. UIDs a UID STORE
@@ -33,21 +25,20 @@ int batch_wait(struct cmd_batch *b, struct side_state *st, struct uidset *modifi
 {
     int rc = b->nomem ? -ENOMEM : 0;
     for (size_t i = 0; i < b->n; i++) {
-        int r = b->cmds[i] ? imap_cmd_wait(b->cmds[i]) : -ENOMEM;
-        const char *code = b->cmds[i] ? imap_cmd_code(b->cmds[i]) : NULL;
+        int r = b->items[i].cmd ? imap_cmd_wait(b->items[i].cmd) : -ENOMEM;
+        const char *code = b->items[i].cmd ? imap_cmd_code(b->items[i].cmd) : NULL;
         if (r == 0 && modified && code && strcasecmp(code, "MODIFIED") == 0) {
-            const char *a = imap_cmd_code_args(b->cmds[i]);
+            const char *a = imap_cmd_code_args(b->items[i].cmd);
             uidset_parse(modified, a, strlen(a), 10u * 1000 * 1000);
         }
         if (r < 0 && rc == 0) {
-            log_error(st->e->log, side_name[st->side], st->mailbox, "%s: %s", b->what[i],
+            log_error(st->e->log, side_name[st->side], st->mailbox, "%s: %s", b->items[i].what,
                       imap_client_error(st->c));
             rc = r;
         }
-        imap_cmd_free(&b->cmds[i]);
+        imap_cmd_free(&b->items[i].cmd);
     }
-    free(b->cmds);
-    free(b->what);
+    free(b->items);
     memset(b, 0, sizeof *b);
     return rc;
 }
@@ -79,14 +70,10 @@ int plan_add(struct flag_plan *p, const char *flags, uint32_t uid)
     for (size_t i = 0; i < p->count; i++)
         if (flags_equal(p->groups[i].flags, flags))
             return uidset_add(&p->groups[i].uids, uid);
-    if (p->count == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 8;
-        struct flag_group *g = realloc(p->groups, cap * sizeof *g);
-        if (!g)
-            return -ENOMEM;
-        p->groups = g;
-        p->cap = cap;
-    }
+    struct flag_group *grown = array_reserve(p->groups, &p->cap, p->count + 1, sizeof *grown, 8);
+    if (!grown)
+        return -ENOMEM;
+    p->groups = grown;
     struct flag_group *g = &p->groups[p->count];
     g->flags = strdup(flags);
     if (!g->flags)
@@ -147,7 +134,8 @@ void changes_compact(struct side_state *st)
     size_t o = 0;
     for (size_t i = 0; i < st->nchanges; i++) {
         if (o && st->changes[o - 1].uid == st->changes[i].uid) {
-            free(st->changes[o - 1].flags);
+            /* each entry owns its own flags: no two share a pointer */
+            free(st->changes[o - 1].flags); // NOLINT(clang-analyzer-unix.Malloc)
             st->changes[o - 1] = st->changes[i];
         } else {
             st->changes[o++] = st->changes[i];

@@ -101,16 +101,12 @@ static void list_untagged(void *ctx, const struct imap_response *r)
         size_t rl = strlen(ref);
         if (nlen < rl || memcmp(n, ref, rl) != 0)
             return; /* outside the reference: not ours */
-        if (l->count == l->cap) {
-            size_t cap = l->cap ? l->cap * 2 : 32;
-            struct listed *it = realloc(l->items, cap * sizeof *it);
-            if (!it) {
-                l->failed = true;
-                return;
-            }
-            l->items = it;
-            l->cap = cap;
+        struct listed *grown = array_reserve(l->items, &l->cap, l->count + 1, sizeof *grown, 32);
+        if (!grown) {
+            l->failed = true;
+            return;
         }
+        l->items = grown;
         struct listed *it = &l->items[l->count];
         memset(it, 0, sizeof *it);
         it->server_name = strndup(n, nlen);
@@ -203,8 +199,10 @@ static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st, 
             /* command-line names use the local delimiter: make it NUL, then the
              * side's own */
             char *tmp = strdup(m);
-            if (!tmp)
+            if (!tmp) {
+                free(patterns);
                 return NULL;
+            }
             size_t tl = strlen(tmp);
             char ld = e->listing[SIDE_LOCAL].delimiter;
             if (ld)
@@ -213,14 +211,18 @@ static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st, 
                         tmp[k] = '\0';
             int r = append_pattern(&patterns, &plen, tmp, tl, delim, n > 0);
             free(tmp);
-            if (r < 0)
+            if (r < 0) {
+                free(patterns);
                 return NULL;
+            }
         }
     } else if (e->cfg->list_mailbox_count) {
         for (size_t i = 0; i < e->cfg->list_mailbox_count; i++, n++)
             if (append_pattern(&patterns, &plen, e->cfg->list_mailbox[i].data,
-                               e->cfg->list_mailbox[i].len, delim, n > 0) < 0)
+                               e->cfg->list_mailbox[i].len, delim, n > 0) < 0) {
+                free(patterns);
                 return NULL;
+            }
     } else {
         patterns = strdup("\"*\"");
         n = 1;

@@ -27,16 +27,12 @@ static void side_state_fini(struct side_state *st)
 
 static int change_add(struct side_state *st, uint32_t uid, uint64_t modseq, char *flags)
 {
-    if (st->nchanges == st->capchanges) {
-        size_t cap = st->capchanges ? st->capchanges * 2 : 64;
-        struct change *c = realloc(st->changes, cap * sizeof *c);
-        if (!c) {
-            free(flags);
-            return -ENOMEM;
-        }
-        st->changes = c;
-        st->capchanges = cap;
+    struct change *c = array_reserve(st->changes, &st->capchanges, st->nchanges + 1, sizeof *c, 64);
+    if (!c) {
+        free(flags);
+        return -ENOMEM;
     }
+    st->changes = c;
     st->changes[st->nchanges++] = (struct change){uid, modseq, flags};
     return 0;
 }

@@ -187,14 +187,11 @@ static void fp_untagged(void *ctx, const struct imap_response *r)
     }
     if (hdrv)
         imap_value_string(hdrv, &hdr, &hdrlen);
-    if (fl->count == fl->cap) {
-        size_t cap = fl->cap ? fl->cap * 2 : 32;
-        struct fingerprint *it = realloc(fl->items, cap * sizeof *it);
-        if (!it)
-            return;
-        fl->items = it;
-        fl->cap = cap;
-    }
+    struct fingerprint *grown =
+        array_reserve(fl->items, &fl->cap, fl->count + 1, sizeof *grown, 32);
+    if (!grown)
+        return;
+    fl->items = grown;
     fl->items[fl->count++] =
         (struct fingerprint){uid, size, strndup(date, datelen), strndup(hdr, hdrlen), false};
 }

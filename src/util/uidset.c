@@ -1,5 +1,7 @@
 #include "util/uidset.h"
 
+#include "util/array.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -24,16 +26,12 @@ void uidset_clear(struct uidset *s)
 
 static int uidset_reserve(struct uidset *s, size_t extra)
 {
-    if (s->count + extra <= s->cap)
-        return 0;
-    size_t cap = s->cap ? s->cap : 64;
-    while (cap < s->count + extra)
-        cap *= 2;
-    uint32_t *u = realloc(s->uids, cap * sizeof *u);
+    if (extra > SIZE_MAX - s->count)
+        return -ENOMEM;
+    uint32_t *u = array_reserve(s->uids, &s->cap, s->count + extra, sizeof *u, 64);
     if (!u)
         return -ENOMEM;
     s->uids = u;
-    s->cap = cap;
     return 0;
 }
 

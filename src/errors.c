@@ -1,3 +1,6 @@
+/*
+ * Descriptions of the error codes (see errors.h).
+ */
 #include "errors.h"
 
 #include <string.h>

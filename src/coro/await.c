@@ -1,3 +1,7 @@
+/*
+ * libuv operations awaited from a coroutine: timers, connects, writes, process
+ * exits, and the buffered reader with back-pressure (see coro/await.h).
+ */
 #include "coro/await.h"
 
 #include <errno.h>

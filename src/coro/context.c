@@ -1,3 +1,7 @@
+/*
+ * Machine context switching for coroutines: a hand-written switch on
+ * x86-64 and aarch64, ucontext elsewhere (see context.h).
+ */
 #include "context.h"
 
 #include <stdint.h>

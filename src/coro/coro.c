@@ -1,3 +1,7 @@
+/*
+ * The coroutine scheduler: stacks from a pool with guard pages, start,
+ * yield and resume, cancellation, and the AddressSanitizer fiber hooks.
+ */
 #include "coro/coro.h"
 
 #include <assert.h>

@@ -1,3 +1,7 @@
+/*
+ * The byte-stream interface every layer implements (transport, SOCKS5,
+ * TLS, COMPRESS): dispatch to a layer's operations and error texts.
+ */
 #include "net/stream.h"
 
 #include <stdio.h>

@@ -14,6 +14,7 @@
 #include "coro/coro.h"
 #include "errors.h"
 #include "net/stream.h"
+#include "util/array.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -244,17 +245,13 @@ static int tls_pins_parse(const char *list, struct tls_pin **out, size_t *nout, 
         if (!*p)
             break;
         size_t len = strcspn(p, " \t");
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 4;
-            struct tls_pin *np = realloc(pins, ncap * sizeof *np);
-            if (!np) {
-                rc = -ENOMEM;
-                snprintf(err, errlen, "out of memory");
-                goto fail;
-            }
-            pins = np;
-            cap = ncap;
+        struct tls_pin *np = array_reserve(pins, &cap, n + 1, sizeof *np, 4);
+        if (!np) {
+            rc = -ENOMEM;
+            snprintf(err, errlen, "out of memory");
+            goto fail;
         }
+        pins = np;
         rc = tls_pin_parse(p, len, &pins[n], err, errlen);
         if (rc < 0)
             goto fail;

@@ -1,3 +1,7 @@
+/*
+ * Transports under every stream: TCP connections (with the connect
+ * timeout and address fallback) and tunnel commands run as a child process.
+ */
 #include "net/transport.h"
 
 #include <ctype.h>

@@ -1,8 +1,14 @@
+/*
+ * Flag lists as the engine compares and stores them: normalized (sorted,
+ * without duplicates or \Recent), compared, and merged on conflict.
+ */
 #include "sync/flags.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include "util/array.h"
 
 static int cmp_flag(const void *a, const void *b)
 {
@@ -42,15 +48,12 @@ static char *flags_from_words(char *copy)
     for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
         if (strcasecmp(w, "\\Recent") == 0)
             continue;
-        if (n == cap) {
-            cap *= 2;
-            char **nv = realloc(v, cap * sizeof *nv);
-            if (!nv) {
-                free(v);
-                return NULL;
-            }
-            v = nv;
+        char **nv = array_reserve(v, &cap, n + 1, sizeof *nv, 8);
+        if (!nv) {
+            free(v);
+            return NULL;
         }
+        v = nv;
         v[n++] = w;
     }
     qsort(v, n, sizeof *v, cmp_flag);

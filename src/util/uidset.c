@@ -1,12 +1,16 @@
+/*
+ * UID sets: growing, normalizing, searching, and the IMAP sequence-set
+ * text in both directions (see util/uidset.h).
+ */
 #include "util/uidset.h"
-
-#include "util/array.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "util/array.h"
 
 void uidset_init(struct uidset *s)
 {

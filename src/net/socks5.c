@@ -249,14 +249,11 @@ static int socks5_authenticate(struct stream *s, const struct socks5_proxy *prox
     return 0;
 }
 
-int socks5_connect(struct stream *s, const struct socks5_proxy *proxy, const char *host,
-                   uint16_t port)
+/* Method negotiation: no authentication, plus RFC 1929 when we have
+ * credentials, and the sub-negotiation if the proxy picks it. */
+static int socks5_negotiate(struct stream *s, const struct socks5_proxy *proxy)
 {
-    int rc;
-    unsigned char buf[4 + 1 + 255 + 2];
-
-    /* method negotiation: no authentication, plus RFC 1929 when we have
-     * credentials */
+    unsigned char buf[4];
     size_t n = 0;
     buf[n++] = 0x05;
     if (proxy->username) {
@@ -267,7 +264,7 @@ int socks5_connect(struct stream *s, const struct socks5_proxy *proxy, const cha
         buf[n++] = 1;
         buf[n++] = 0x00;
     }
-    rc = socks5_send(s, buf, n);
+    int rc = socks5_send(s, buf, n);
     if (rc < 0)
         return rc;
     rc = socks5_recv(s, buf, 2);
@@ -275,24 +272,28 @@ int socks5_connect(struct stream *s, const struct socks5_proxy *proxy, const cha
         return rc;
     if (buf[0] != 0x05)
         return socks5_fail(s, "SOCKS5 proxy: %s", "not a SOCKS5 server (bad version in reply)");
-    if (buf[1] == 0x02 && proxy->username) {
-        rc = socks5_authenticate(s, proxy);
-        if (rc < 0)
-            return rc;
-    } else if (buf[1] != 0x00) {
+    if (buf[1] == 0x02 && proxy->username)
+        return socks5_authenticate(s, proxy);
+    if (buf[1] != 0x00)
         return socks5_fail(s, "SOCKS5 proxy: %s",
                            buf[1] == 0x02 ? "the proxy requires a user name and password"
                                           : "no acceptable authentication method");
-    }
+    return 0;
+}
 
-    /* CONNECT request */
+/* Sends the CONNECT request: an IP address as such, a name only when the
+ * proxy resolves names (socks5h). */
+static int socks5_request(struct stream *s, const struct socks5_proxy *proxy, const char *host,
+                          uint16_t port)
+{
+    unsigned char buf[4 + 1 + 255 + 2];
     char bare[256];
     size_t hl = strlen(host);
     if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']')
         snprintf(bare, sizeof bare, "%.*s", (int)(hl - 2), host + 1);
     else
         snprintf(bare, sizeof bare, "%s", host);
-    n = 0;
+    size_t n = 0;
     buf[n++] = 0x05;
     buf[n++] = 0x01; /* CONNECT */
     buf[n++] = 0x00;
@@ -321,12 +322,15 @@ int socks5_connect(struct stream *s, const struct socks5_proxy *proxy, const cha
     }
     buf[n++] = (unsigned char)(port >> 8);
     buf[n++] = (unsigned char)(port & 0xff);
-    rc = socks5_send(s, buf, n);
-    if (rc < 0)
-        return rc;
+    return socks5_send(s, buf, n);
+}
 
-    /* reply: VER REP RSV ATYP, then an address whose size ATYP gives */
-    rc = socks5_recv(s, buf, 4);
+/* Reads the reply: VER REP RSV ATYP, then an address whose size ATYP
+ * gives, and the port (both ignored). */
+static int socks5_reply(struct stream *s)
+{
+    unsigned char buf[255 + 2];
+    int rc = socks5_recv(s, buf, 4);
     if (rc < 0)
         return rc;
     if (buf[0] != 0x05)
@@ -356,7 +360,17 @@ int socks5_connect(struct stream *s, const struct socks5_proxy *proxy, const cha
     default:
         return socks5_fail(s, "SOCKS5 proxy: %s", "invalid address type in CONNECT reply");
     }
-    rc = socks5_recv(s, buf, alen + 2); /* bound address and port, ignored */
+    return socks5_recv(s, buf, alen + 2);
+}
+
+int socks5_connect(struct stream *s, const struct socks5_proxy *proxy, const char *host,
+                   uint16_t port)
+{
+    int rc = socks5_negotiate(s, proxy);
+    if (rc >= 0)
+        rc = socks5_request(s, proxy, host, port);
+    if (rc >= 0)
+        rc = socks5_reply(s);
     if (rc < 0)
         return rc;
     s->error[0] = '\0';

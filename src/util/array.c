@@ -16,7 +16,7 @@ void *array_reserve(void *items, size_t *cap, size_t need, size_t size, size_t m
             return NULL;
         ncap *= 2;
     }
-    if (size && ncap > SIZE_MAX / size)
+    if (size == 0 || ncap > SIZE_MAX / size)
         return NULL;
     void *n = realloc(items, ncap * size);
     if (!n)

@@ -1246,6 +1246,22 @@ static char *base64_encode(const unsigned char *in, size_t len)
     return out;
 }
 
+/* ENABLE and the caller's first commands go out together right after the
+ * login command (or its success), uncompressed, instead of a round trip
+ * later; should the login fail they fail too, harmlessly. COMPRESS goes
+ * out right behind them: a server without it answers BAD. */
+static void client_send_after_login(struct imap_client *c)
+{
+    if (c->login_hook && !c->broken) {
+        struct imap_cmd *enable = imap_client_send(c, "ENABLE QRESYNC");
+        imap_cmd_free(&enable);
+        c->enable_sent = true;
+        c->login_hook(c, c->login_hook_ctx);
+    }
+    if (c->cfg->compress && !c->broken)
+        c->compress_cmd = imap_client_send(c, "COMPRESS DEFLATE");
+}
+
 /* Picks the first configured mechanism the server offers: LOGIN is the
  * plain LOGIN command (always offered unless LOGINDISABLED), PLAIN needs
  * AUTH=PLAIN. */
@@ -1329,20 +1345,16 @@ static int client_authenticate(struct imap_client *c)
     }
     if (!cmd)
         return -ENOMEM;
-    /* ENABLE and the caller's first commands go out right behind the
-     * credentials, uncompressed, instead of a round trip later; should the
-     * login fail they fail too, harmlessly. */
-    if (c->login_hook && !c->broken) {
-        struct imap_cmd *enable = imap_client_send(c, "ENABLE QRESYNC");
-        imap_cmd_free(&enable);
-        c->enable_sent = true;
-        c->login_hook(c, c->login_hook_ctx);
-    }
-    /* COMPRESS goes out right behind them: if the login fails it fails
-     * too, and a server without COMPRESS answers BAD. */
-    if (cfg->compress && !c->broken)
-        c->compress_cmd = imap_client_send(c, "COMPRESS DEFLATE");
+    /* Behind LOGIN the first commands share its round trip. Nothing may
+     * follow an AUTHENTICATE before its tagged reply: the server reads the
+     * lines after it as the SASL exchange (Cyrus misreads them even after
+     * the exchange ends), and a security layer could start right after. */
+    bool sasl = strcmp(mech, "LOGIN") != 0;
+    if (!sasl)
+        client_send_after_login(c);
     int r = imap_cmd_wait(cmd);
+    if (sasl && r == 0)
+        client_send_after_login(c);
     bool caps_in_reply = cmd->code && strcasecmp(cmd->code, "CAPABILITY") == 0;
     if (r == ERR_NO || r == ERR_BAD) {
         client_set_error(c, "%s: authentication failed: %s", cfg->name, imap_cmd_text(cmd));

@@ -33,7 +33,8 @@ struct server_config {
     char *auth;    /* default "PLAIN LOGIN" */
     char *username;
     char *password;
-    bool compress; /* default false for local, true for remote */
+    char *password_command; /* the password is the first line it prints */
+    bool compress;          /* default false for local, true for remote */
     bool null_stderr;
     char *list_reference; /* default "" */
 

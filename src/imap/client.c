@@ -18,6 +18,7 @@
 #include "errors.h"
 #include "log.h"
 #include "imap/trace.h"
+#include "net/command.h"
 #include "net/compress.h"
 #include "net/socks5.h"
 #include "net/stream.h"
@@ -31,6 +32,9 @@ enum {
     READ_CHUNK = 64 * 1024,
     OBUF_SIZE = 64 * 1024,
     MAX_WAITERS = 64,
+    /* long enough for a helper that asks the user, or refreshes a token
+     * over the network */
+    SECRET_COMMAND_TIMEOUT_MS = 2 * 60 * 1000,
 };
 
 struct imap_cmd {
@@ -1262,6 +1266,33 @@ static void client_send_after_login(struct imap_client *c)
         c->compress_cmd = imap_client_send(c, "COMPRESS DEFLATE");
 }
 
+static void secret_free(char **secret)
+{
+    if (*secret) {
+        explicit_bzero(*secret, strlen(*secret));
+        free(*secret);
+        *secret = NULL;
+    }
+}
+
+/* The password: the configured one, or what password-command prints, run
+ * again on every connection (the user may have changed it meanwhile). The
+ * caller frees it with secret_free(). */
+static int client_password(struct imap_client *c, char **out)
+{
+    const struct server_config *cfg = c->cfg;
+    if (!cfg->password_command) {
+        *out = strdup(cfg->password);
+        return *out ? 0 : -ENOMEM;
+    }
+    char why[256];
+    int r = command_read_line(c->sched, cfg->password_command, SECRET_COMMAND_TIMEOUT_MS, out, why,
+                              sizeof why);
+    if (r < 0)
+        client_set_error(c, "%s: password-command %s", cfg->name, why);
+    return r;
+}
+
 /* Picks the first configured mechanism the server offers: LOGIN is the
  * plain LOGIN command (always offered unless LOGINDISABLED), PLAIN needs
  * AUTH=PLAIN. */
@@ -1295,41 +1326,49 @@ static int client_authenticate(struct imap_client *c)
         client_set_error(c, "%s: the server disables logins (LOGINDISABLED)", cfg->name);
         return ERR_AUTH;
     }
-    if (!cfg->username || !cfg->password) {
+    if (!cfg->username || (!cfg->password && !cfg->password_command)) {
         client_set_error(c, "%s: missing option %s", cfg->name,
-                         !cfg->username ? "username" : "password");
+                         !cfg->username ? "username" : "password (or password-command)");
         return ERR_CONFIG;
     }
+    char *password = NULL;
+    int r = client_password(c, &password);
+    if (r < 0)
+        return r;
 
     struct imap_cmd *cmd;
     char *b64 = NULL;
     if (strcmp(mech, "LOGIN") == 0) {
         /* LOGIN takes astrings; 8-bit passwords would need a literal */
-        cmd = imap_client_send(c, "LOGIN %s %s", cfg->username, cfg->password);
+        cmd = imap_client_send(c, "LOGIN %s %s", cfg->username, password);
     } else {
-        size_t ul = strlen(cfg->username), pl = strlen(cfg->password);
+        size_t ul = strlen(cfg->username), pl = strlen(password);
         unsigned char *raw = malloc(ul + pl + 2);
-        if (!raw)
+        if (!raw) {
+            secret_free(&password);
             return -ENOMEM;
+        }
         raw[0] = '\0';
         memcpy(raw + 1, cfg->username, ul);
         raw[1 + ul] = '\0';
-        memcpy(raw + 2 + ul, cfg->password, pl);
+        memcpy(raw + 2 + ul, password, pl);
         b64 = base64_encode(raw, ul + pl + 2);
         explicit_bzero(raw, ul + pl + 2);
         free(raw);
-        if (!b64)
+        if (!b64) {
+            secret_free(&password);
             return -ENOMEM;
+        }
         if (imap_client_has_cap(c, "SASL-IR")) {
             cmd = imap_client_send(c, "AUTHENTICATE PLAIN %a", b64);
         } else {
             cmd = imap_client_send(c, "AUTHENTICATE PLAIN");
             /* wait for "+ " then send the credentials on their own line */
             while (cmd && !cmd->done && !c->cont_pending && !c->broken) {
-                const struct imap_response *r;
-                int rc = client_read_response(c, &r);
+                const struct imap_response *resp;
+                int rc = client_read_response(c, &resp);
                 if (rc == 0)
-                    rc = client_dispatch(c, r);
+                    rc = client_dispatch(c, resp);
                 if (rc < 0)
                     client_break(c, rc);
             }
@@ -1343,6 +1382,7 @@ static int client_authenticate(struct imap_client *c)
         explicit_bzero(b64, strlen(b64));
         free(b64);
     }
+    secret_free(&password);
     if (!cmd)
         return -ENOMEM;
     /* Behind LOGIN the first commands share its round trip. Nothing may
@@ -1352,7 +1392,7 @@ static int client_authenticate(struct imap_client *c)
     bool sasl = strcmp(mech, "LOGIN") != 0;
     if (!sasl)
         client_send_after_login(c);
-    int r = imap_cmd_wait(cmd);
+    r = imap_cmd_wait(cmd);
     if (sasl && r == 0)
         client_send_after_login(c);
     bool caps_in_reply = cmd->code && strcasecmp(cmd->code, "CAPABILITY") == 0;

@@ -553,6 +553,7 @@ static const struct option_desc options[] = {
     {"username", CHECK_ASCII_PLUS, SRV_STR(username), false},
     {"password", CHECK_ASCII_PLUS, SRV_STR(password), true},
     {"password-command", CHECK_NONCTRL_PLUS, SRV_STR(password_command), false},
+    {"oauth-token-command", CHECK_NONCTRL_PLUS, SRV_STR(oauth_token_command), false},
     {"auth", CHECK_AUTH, SRV_STR(auth), false},
     {"command", CHECK_NONCTRL_PLUS, SRV_STR(command), false},
     {"null-stderr", CHECK_YESNO, SRV_BOOL(null_stderr), false},
@@ -840,6 +841,7 @@ static void server_fini(struct server_config *s)
                         &s->username,
                         &s->password,
                         &s->password_command,
+                        &s->oauth_token_command,
                         &s->list_reference,
                         &s->ssl_cafile,
                         &s->ssl_capath,
@@ -966,6 +968,47 @@ static const struct ini_entry *server_entry(const struct ini *ini, enum ini_sect
     return found;
 }
 
+/* Whether the auth list names an OAuth 2.0 mechanism. */
+static bool auth_wants_token(const char *auth)
+{
+    char *list = strdup(auth);
+    bool found = false;
+    char *save = NULL;
+    if (list == NULL)
+        return false;
+    for (char *m = strtok_r(list, " ", &save); m && !found; m = strtok_r(NULL, " ", &save))
+        found = strcasecmp(m, "OAUTHBEARER") == 0 || strcasecmp(m, "XOAUTH2") == 0;
+    free(list);
+    return found;
+}
+
+/* A token command is of use only with an OAuth 2.0 mechanism, and such a
+ * mechanism is of no use without one (tunnels do not log in). */
+static int server_check_oauth(const struct server_config *s, enum ini_section section,
+                              const struct ini *ini, const char *path, char *err, size_t errlen)
+{
+    if (s->type == SERVER_TUNNEL)
+        return 0;
+    bool wants = auth_wants_token(s->auth);
+    if (wants && s->oauth_token_command == NULL) {
+        const struct ini_entry *auth = server_entry(ini, section, "auth");
+        set_err(err, errlen,
+                "%s:%d: option 'auth' names an OAuth 2.0 mechanism but [%s] has no "
+                "'oauth-token-command' to get a token",
+                path, auth ? auth->line : 0, s->name);
+        return ERR_CONFIG;
+    }
+    if (!wants && s->oauth_token_command != NULL) {
+        const struct ini_entry *cmd = server_entry(ini, section, "oauth-token-command");
+        set_err(err, errlen,
+                "%s:%d: option 'oauth-token-command' is set but option 'auth' of [%s] names "
+                "neither OAUTHBEARER nor XOAUTH2",
+                path, cmd ? cmd->line : 0, s->name);
+        return ERR_CONFIG;
+    }
+    return 0;
+}
+
 /* Options that exclude each other: the one in the server's own section
  * overrides the other from the default section; both at the same level
  * is an error. */
@@ -990,7 +1033,7 @@ static int server_check(struct server_config *s, enum ini_section section, const
             return ERR_CONFIG;
         }
     }
-    return 0;
+    return server_check_oauth(s, section, ini, path, err, errlen);
 }
 
 static int check_regex(const struct ini_entry *e, const char *path, char *err, size_t errlen)

@@ -3,7 +3,9 @@
  *
  * imap_client_connect() runs the whole opening sequence in the calling
  * coroutine (transport, SOCKS5, TLS or STARTTLS, greeting, capabilities,
- * authentication, COMPRESS, ENABLE QRESYNC), then starts a reader coroutine
+ * authentication with LOGIN or a SASL mechanism of imap/sasl.h, its secret
+ * from the configuration or a helper command of net/command.h, COMPRESS,
+ * ENABLE QRESYNC), then starts a reader coroutine
  * that parses every response the server sends and routes it:
  *   - tagged responses complete their command (imap_cmd_wait wakes up);
  *   - continuation requests release the writer waiting for one;

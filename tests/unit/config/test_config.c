@@ -229,6 +229,14 @@ static void verify_password_command(const struct config *c)
     CHECK(c->remote.password_command == NULL);
 }
 
+static void verify_oauth(const struct config *c)
+{
+    CHECK_STR(c->remote.auth, "xoauth2 PLAIN");
+    CHECK_STR(c->remote.oauth_token_command, "get-token --for jane");
+    CHECK(c->local.oauth_token_command == NULL);
+    CHECK_STR(c->local.auth, "OAUTHBEARER");
+}
+
 static const struct ok_case ok_cases[] = {
     {"minimal file gives the documented defaults", "[local]\n[remote]\n", verify_defaults},
     {"options of the default section are inherited and can be overridden",
@@ -276,6 +284,10 @@ static const struct ok_case ok_cases[] = {
     {"password-command overrides an inherited password, and the other way round",
      "password = a\n[local]\npassword-command = pass show mail | head -1\n[remote]\n",
      verify_password_command},
+    {"OAuth mechanisms with a token command; a tunnel needs none",
+     "auth = OAUTHBEARER\n[local]\ntype = tunnel\ncommand = imapd\n[remote]\n"
+     "auth = xoauth2 PLAIN\noauth-token-command = get-token --for jane\n",
+     verify_oauth},
     {"IP literal host, custom auth list",
      "[local]\nauth = CRAM-MD5 PLAIN\n[remote]\nhost = [::1]\n", verify_ip_literal},
 };
@@ -345,6 +357,12 @@ static const struct err_case err_cases[] = {
     {"[local]\n[remote]\npassword-command =\n",
      "@:3: invalid value for option 'password-command': '' (expected a non-empty value without "
      "control characters)"},
+    {"[local]\n[remote]\nauth = PLAIN OAUTHBEARER\n",
+     "@:3: option 'auth' names an OAuth 2.0 mechanism but [remote] has no 'oauth-token-command' "
+     "to get a token"},
+    {"[local]\noauth-token-command = get-token\n[remote]\n",
+     "@:2: option 'oauth-token-command' is set but option 'auth' of [local] names neither "
+     "OAUTHBEARER nor XOAUTH2"},
     /* Line numbers: CR, CRLF and CRCRLF each end one line. */
     {"a1=\r\rfoo = 2\n[local]\n[remote]\n", "@:1: unknown option 'a1'"},
     {"[local]\r\r\n\rfoo = 2\n[remote]\n", "@:3: unknown option 'foo'"},

@@ -23,7 +23,7 @@
 struct coro_sched;
 
 /* The output kept (a longer first line is an error). */
-#define COMMAND_MAX_OUTPUT (64u * 1024u)
+#define COMMAND_MAX_OUTPUT ((size_t)64 * 1024)
 
 /* timeout_ms bounds the whole run; on expiry the command gets SIGTERM. */
 int command_read_line(struct coro_sched *sched, const char *command, uint64_t timeout_ms,

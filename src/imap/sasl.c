@@ -125,9 +125,10 @@ void sasl_free(struct sasl **ps)
 
 int sasl_set_nonce(struct sasl *s, const char *nonce)
 {
-    if (strlen(nonce) >= sizeof s->nonce || strchr(nonce, ','))
+    size_t len = strlen(nonce);
+    if (len >= sizeof s->nonce || strchr(nonce, ','))
         return -EINVAL;
-    strcpy(s->nonce, nonce);
+    memcpy(s->nonce, nonce, len + 1);
     return 0;
 }
 

@@ -46,7 +46,7 @@ static void command_exit_cb(uv_process_t *proc, int64_t status, int term_signal)
 
 static uint64_t now_ms(void)
 {
-    return uv_hrtime() / 1000000u;
+    return uv_hrtime() / 1000000U;
 }
 
 /* Reads the whole output into buf (up to cap bytes; the rest is read and
@@ -96,7 +96,7 @@ static int command_check_output(const char *buf, size_t len, size_t *line_len, c
 {
     const char *nl = memchr(buf, '\n', len);
     if (!nl && len == COMMAND_MAX_OUTPUT) {
-        snprintf(err, errlen, "printed a first line longer than %u bytes", COMMAND_MAX_OUTPUT);
+        snprintf(err, errlen, "printed a first line longer than %zu bytes", COMMAND_MAX_OUTPUT);
         return ERR_COMMAND;
     }
     size_t n = nl ? (size_t)(nl - buf) : len;

@@ -25,7 +25,8 @@
     X(ERR_TOO_BIG, "response too large") /* a line, literal or nesting too big */                  \
     X(ERR_DB, "database error")          /* SQLite failure */                                      \
     X(ERR_STATE_MISMATCH, "state database inconsistent with the server")                           \
-    X(ERR_SOCKS, "SOCKS5 proxy error") /* the SOCKS5 proxy refused or failed */
+    X(ERR_SOCKS, "SOCKS5 proxy error")      /* the SOCKS5 proxy refused or failed */               \
+    X(ERR_COMMAND, "helper command failed") /* a password or token command failed */
 
 #define ERR_ENUM_ITEM(name, text) name,
 enum {

@@ -552,6 +552,8 @@ static const struct option_desc options[] = {
     {"STARTTLS", CHECK_YESNO, SRV_BOOL(starttls), false},
     {"username", CHECK_ASCII_PLUS, SRV_STR(username), false},
     {"password", CHECK_ASCII_PLUS, SRV_STR(password), true},
+    {"password-command", CHECK_NONCTRL_PLUS, SRV_STR(password_command), false},
+    {"oauth-token-command", CHECK_NONCTRL_PLUS, SRV_STR(oauth_token_command), false},
     {"auth", CHECK_AUTH, SRV_STR(auth), false},
     {"command", CHECK_NONCTRL_PLUS, SRV_STR(command), false},
     {"null-stderr", CHECK_YESNO, SRV_BOOL(null_stderr), false},
@@ -838,6 +840,8 @@ static void server_fini(struct server_config *s)
                         &s->auth,
                         &s->username,
                         &s->password,
+                        &s->password_command,
+                        &s->oauth_token_command,
                         &s->list_reference,
                         &s->ssl_cafile,
                         &s->ssl_capath,
@@ -944,6 +948,92 @@ static int server_build(struct server_config *s, const char *name, enum ini_sect
     if (s->port == NULL && s->type != SERVER_TUNNEL)
         return replace_string(&s->port, s->type == SERVER_IMAPS ? "993" : "143");
     return 0;
+}
+
+/* The entry in effect for a server's option: its own section's, else the
+ * default section's; NULL when unset. */
+static const struct ini_entry *server_entry(const struct ini *ini, enum ini_section section,
+                                            const char *name)
+{
+    const struct ini_entry *found = NULL;
+    for (size_t k = 0; k < ini->n; k++) {
+        const struct ini_entry *e = &ini->v[k];
+        if (e->opt == NULL || strcmp(e->opt->name, name) != 0 || !entry_is_effective(ini, k))
+            continue;
+        if (e->section == section)
+            return e;
+        if (e->section == SECTION_DEFAULT)
+            found = e;
+    }
+    return found;
+}
+
+/* Whether the auth list names an OAuth 2.0 mechanism. */
+static bool auth_wants_token(const char *auth)
+{
+    char *list = strdup(auth);
+    bool found = false;
+    char *save = NULL;
+    if (list == NULL)
+        return false;
+    for (char *m = strtok_r(list, " ", &save); m && !found; m = strtok_r(NULL, " ", &save))
+        found = strcasecmp(m, "OAUTHBEARER") == 0 || strcasecmp(m, "XOAUTH2") == 0;
+    free(list);
+    return found;
+}
+
+/* A token command is of use only with an OAuth 2.0 mechanism, and such a
+ * mechanism is of no use without one (tunnels do not log in). */
+static int server_check_oauth(const struct server_config *s, enum ini_section section,
+                              const struct ini *ini, const char *path, char *err, size_t errlen)
+{
+    if (s->type == SERVER_TUNNEL)
+        return 0;
+    bool wants = auth_wants_token(s->auth);
+    if (wants && s->oauth_token_command == NULL) {
+        const struct ini_entry *auth = server_entry(ini, section, "auth");
+        set_err(err, errlen,
+                "%s:%d: option 'auth' names an OAuth 2.0 mechanism but [%s] has no "
+                "'oauth-token-command' to get a token",
+                path, auth ? auth->line : 0, s->name);
+        return ERR_CONFIG;
+    }
+    if (!wants && s->oauth_token_command != NULL) {
+        const struct ini_entry *cmd = server_entry(ini, section, "oauth-token-command");
+        set_err(err, errlen,
+                "%s:%d: option 'oauth-token-command' is set but option 'auth' of [%s] names "
+                "neither OAUTHBEARER nor XOAUTH2",
+                path, cmd ? cmd->line : 0, s->name);
+        return ERR_CONFIG;
+    }
+    return 0;
+}
+
+/* Options that exclude each other: the one in the server's own section
+ * overrides the other from the default section; both at the same level
+ * is an error. */
+static int server_check(struct server_config *s, enum ini_section section, const struct ini *ini,
+                        const char *path, char *err, size_t errlen)
+{
+    const struct ini_entry *pw = server_entry(ini, section, "password");
+    const struct ini_entry *cmd = server_entry(ini, section, "password-command");
+    if (pw && cmd) {
+        if (pw->section != cmd->section) {
+            char **loser = pw->section == section ? &s->password_command : &s->password;
+            if (*loser)
+                explicit_bzero(*loser, strlen(*loser));
+            free(*loser);
+            *loser = NULL;
+        } else {
+            set_err(err, errlen,
+                    "%s:%d: options 'password' and 'password-command' exclude each other "
+                    "(in [%s])",
+                    path, (pw->line > cmd->line ? pw : cmd)->line,
+                    pw->section == SECTION_DEFAULT ? "_" : s->name);
+            return ERR_CONFIG;
+        }
+    }
+    return server_check_oauth(s, section, ini, path, err, errlen);
 }
 
 static int check_regex(const struct ini_entry *e, const char *path, char *err, size_t errlen)
@@ -1111,6 +1201,9 @@ int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
     if (server_build(&cfg->local, "local", SECTION_LOCAL, &ini) < 0 ||
         server_build(&cfg->remote, "remote", SECTION_REMOTE, &ini) < 0)
         goto fail_nomem;
+    if ((r = server_check(&cfg->local, SECTION_LOCAL, &ini, path, err, errlen)) < 0 ||
+        (r = server_check(&cfg->remote, SECTION_REMOTE, &ini, path, err, errlen)) < 0)
+        goto fail;
     if ((r = globals_build(cfg, &ini, path, err, errlen)) < 0)
         goto fail;
 

@@ -3,7 +3,9 @@
  *
  * imap_client_connect() runs the whole opening sequence in the calling
  * coroutine (transport, SOCKS5, TLS or STARTTLS, greeting, capabilities,
- * authentication, COMPRESS, ENABLE QRESYNC), then starts a reader coroutine
+ * authentication with LOGIN or a SASL mechanism of imap/sasl.h, its secret
+ * from the configuration or a helper command of net/command.h, COMPRESS,
+ * ENABLE QRESYNC), then starts a reader coroutine
  * that parses every response the server sends and routes it:
  *   - tagged responses complete their command (imap_cmd_wait wakes up);
  *   - continuation requests release the writer waiting for one;
@@ -88,12 +90,13 @@ bool imap_client_has_cap(const struct imap_client *c, const char *cap);
 bool imap_client_is_broken(const struct imap_client *c);
 
 /*
- * Called during imap_client_connect() once the login command is sent,
- * before its reply, with ENABLE QRESYNC already behind it: commands the
- * hook sends (with imap_client_send, not waited for there) share the
- * login's round trip. They run with the pre-login capabilities, so they
- * must cope with failing (a failed login fails them too). Not called when
- * the server greets with PREAUTH.
+ * Called during imap_client_connect() once a LOGIN command is sent,
+ * before its reply, or once an AUTHENTICATE succeeded (nothing may follow
+ * that command before its reply), with ENABLE QRESYNC already sent:
+ * commands the hook sends (with imap_client_send, not waited for there)
+ * share the login's round trip, or the one after it. They may run with the
+ * pre-login capabilities, so they must cope with failing (a failed login
+ * fails them too). Not called when the server greets with PREAUTH.
  */
 typedef void (*imap_login_hook_fn)(struct imap_client *c, void *ctx);
 void imap_client_on_login(struct imap_client *c, imap_login_hook_fn fn, void *ctx);

@@ -17,7 +17,9 @@
 #include "coro/coro.h"
 #include "errors.h"
 #include "log.h"
+#include "imap/sasl.h"
 #include "imap/trace.h"
+#include "net/command.h"
 #include "net/compress.h"
 #include "net/socks5.h"
 #include "net/stream.h"
@@ -31,6 +33,9 @@ enum {
     READ_CHUNK = 64 * 1024,
     OBUF_SIZE = 64 * 1024,
     MAX_WAITERS = 64,
+    /* long enough for a helper that asks the user, or refreshes a token
+     * over the network */
+    SECRET_COMMAND_TIMEOUT_MS = 2 * 60 * 1000,
 };
 
 struct imap_cmd {
@@ -1222,129 +1227,242 @@ static int client_capability(struct imap_client *c)
     return imap_client_run(c, "CAPABILITY");
 }
 
-static const char base64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static char *base64_encode(const unsigned char *in, size_t len)
+/* ENABLE and the caller's first commands go out together right after the
+ * login command (or its success), uncompressed, instead of a round trip
+ * later; should the login fail they fail too, harmlessly. COMPRESS goes
+ * out right behind them: a server without it answers BAD. */
+static void client_send_after_login(struct imap_client *c)
 {
-    char *out = malloc((len + 2) / 3 * 4 + 1);
-    if (!out)
-        return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[o++] = base64_alphabet[(v >> 18) & 63];
-        out[o++] = base64_alphabet[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? base64_alphabet[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? base64_alphabet[v & 63] : '=';
-    }
-    out[o] = '\0';
-    return out;
-}
-
-/* Picks the first configured mechanism the server offers: LOGIN is the
- * plain LOGIN command (always offered unless LOGINDISABLED), PLAIN needs
- * AUTH=PLAIN. */
-static int client_authenticate(struct imap_client *c)
-{
-    const struct server_config *cfg = c->cfg;
-    char *list = strdup(cfg->auth ? cfg->auth : "PLAIN LOGIN");
-    if (!list)
-        return -ENOMEM;
-    const char *mech = NULL;
-    char *save = NULL;
-    for (char *m = strtok_r(list, " \t", &save); m; m = strtok_r(NULL, " \t", &save)) {
-        if (strcasecmp(m, "LOGIN") == 0) {
-            mech = "LOGIN";
-            break;
-        }
-        if (strcasecmp(m, "PLAIN") == 0 && imap_client_has_cap(c, "AUTH=PLAIN")) {
-            mech = "PLAIN";
-            break;
-        }
-    }
-    free(list);
-    if (!mech) {
-        client_set_error(c,
-                         "%s: no configured authentication mechanism (auth = %s) is offered "
-                         "by the server",
-                         cfg->name, cfg->auth ? cfg->auth : "PLAIN LOGIN");
-        return ERR_AUTH;
-    }
-    if (imap_client_has_cap(c, "LOGINDISABLED")) {
-        client_set_error(c, "%s: the server disables logins (LOGINDISABLED)", cfg->name);
-        return ERR_AUTH;
-    }
-    if (!cfg->username || !cfg->password) {
-        client_set_error(c, "%s: missing option %s", cfg->name,
-                         !cfg->username ? "username" : "password");
-        return ERR_CONFIG;
-    }
-
-    struct imap_cmd *cmd;
-    char *b64 = NULL;
-    if (strcmp(mech, "LOGIN") == 0) {
-        /* LOGIN takes astrings; 8-bit passwords would need a literal */
-        cmd = imap_client_send(c, "LOGIN %s %s", cfg->username, cfg->password);
-    } else {
-        size_t ul = strlen(cfg->username), pl = strlen(cfg->password);
-        unsigned char *raw = malloc(ul + pl + 2);
-        if (!raw)
-            return -ENOMEM;
-        raw[0] = '\0';
-        memcpy(raw + 1, cfg->username, ul);
-        raw[1 + ul] = '\0';
-        memcpy(raw + 2 + ul, cfg->password, pl);
-        b64 = base64_encode(raw, ul + pl + 2);
-        explicit_bzero(raw, ul + pl + 2);
-        free(raw);
-        if (!b64)
-            return -ENOMEM;
-        if (imap_client_has_cap(c, "SASL-IR")) {
-            cmd = imap_client_send(c, "AUTHENTICATE PLAIN %a", b64);
-        } else {
-            cmd = imap_client_send(c, "AUTHENTICATE PLAIN");
-            /* wait for "+ " then send the credentials on their own line */
-            while (cmd && !cmd->done && !c->cont_pending && !c->broken) {
-                const struct imap_response *r;
-                int rc = client_read_response(c, &r);
-                if (rc == 0)
-                    rc = client_dispatch(c, r);
-                if (rc < 0)
-                    client_break(c, rc);
-            }
-            if (cmd && c->cont_pending) {
-                c->cont_pending = false;
-                imap_trace_line(c->log, cfg->name, false, b64, strlen(b64), true);
-                client_write(c, b64, strlen(b64));
-                client_write(c, "\r\n", 2);
-            }
-        }
-        explicit_bzero(b64, strlen(b64));
-        free(b64);
-    }
-    if (!cmd)
-        return -ENOMEM;
-    /* ENABLE and the caller's first commands go out right behind the
-     * credentials, uncompressed, instead of a round trip later; should the
-     * login fail they fail too, harmlessly. */
     if (c->login_hook && !c->broken) {
         struct imap_cmd *enable = imap_client_send(c, "ENABLE QRESYNC");
         imap_cmd_free(&enable);
         c->enable_sent = true;
         c->login_hook(c, c->login_hook_ctx);
     }
-    /* COMPRESS goes out right behind them: if the login fails it fails
-     * too, and a server without COMPRESS answers BAD. */
-    if (cfg->compress && !c->broken)
+    if (c->cfg->compress && !c->broken)
         c->compress_cmd = imap_client_send(c, "COMPRESS DEFLATE");
-    int r = imap_cmd_wait(cmd);
+}
+
+static void secret_free(char **secret)
+{
+    if (*secret) {
+        explicit_bzero(*secret, strlen(*secret));
+        free(*secret);
+        *secret = NULL;
+    }
+}
+
+/* The secret a login needs: the configured password, or what
+ * password-command or oauth-token-command prints, run again on every
+ * connection (so that a reconnection in --watch mode gets a fresh token).
+ * The caller frees it with secret_free(). */
+static int client_secret(struct imap_client *c, bool token, char **out)
+{
+    const struct server_config *cfg = c->cfg;
+    const char *option = token ? "oauth-token-command" : "password-command";
+    const char *command = token ? cfg->oauth_token_command : cfg->password_command;
+    *out = NULL;
+    if (!command && !token) {
+        *out = strdup(cfg->password);
+        return *out ? 0 : -ENOMEM;
+    }
+    char why[256];
+    int r = command_read_line(c->sched, command, SECRET_COMMAND_TIMEOUT_MS, out, why, sizeof why);
+    if (r < 0)
+        client_set_error(c, "%s: %s %s", cfg->name, option, why);
+    return r;
+}
+
+/* Sends a SASL response on its own line; "*" cancels the exchange. */
+static void client_sasl_send(struct imap_client *c, const unsigned char *data, size_t len,
+                             bool cancel)
+{
+    char *b64 = cancel ? strdup("*") : sasl_base64_encode(data, len);
+    if (!b64) {
+        client_set_error(c, "%s: out of memory", c->cfg->name);
+        client_break(c, -ENOMEM);
+        return;
+    }
+    imap_trace_line(c->log, c->cfg->name, false, b64, strlen(b64), !cancel);
+    client_write(c, b64, strlen(b64));
+    client_write(c, "\r\n", 2);
+    explicit_bzero(b64, strlen(b64));
+    free(b64);
+}
+
+/*
+ * Answers one server challenge of an AUTHENTICATE exchange. *first holds
+ * the client's first message while the server has not asked for it (no
+ * SASL-IR). A challenge we cannot answer cancels the exchange; why is kept
+ * in sasl_err for the message after the server's reply.
+ */
+static void client_sasl_answer(struct imap_client *c, struct sasl *sasl, const char *text,
+                               unsigned char **first, size_t first_len, char *sasl_err,
+                               size_t errlen)
+{
+    if (*first) {
+        client_sasl_send(c, *first, first_len, false);
+        sasl_secret_free(first, first_len);
+        return;
+    }
+    unsigned char *challenge = NULL, *out = NULL;
+    size_t clen = 0, outlen = 0;
+    int r = sasl_base64_decode(text, strlen(text), &challenge, &clen);
+    if (r < 0) {
+        snprintf(sasl_err, errlen, "the server's challenge is not base64");
+    } else {
+        r = sasl_step(sasl, challenge, clen, &out, &outlen, sasl_err, errlen);
+        free(challenge);
+    }
+    client_sasl_send(c, out, outlen, r < 0);
+    sasl_secret_free(&out, outlen);
+}
+
+/*
+ * AUTHENTICATE with a SASL mechanism: the command (with the client's first
+ * message when the server takes it on the same line, RFC 4959), then every
+ * challenge answered until the tagged reply. Responses are read here: the
+ * reader coroutine does not run yet.
+ */
+static struct imap_cmd *client_sasl(struct imap_client *c, enum sasl_mech mech, const char *secret,
+                                    char *sasl_err, size_t errlen)
+{
+    const struct server_config *cfg = c->cfg;
+    struct sasl *sasl = sasl_new(mech, cfg->username, secret);
+    if (!sasl)
+        return NULL;
+    unsigned char *first = NULL;
+    size_t first_len = 0;
+    struct imap_cmd *cmd = NULL;
+    if (sasl_step(sasl, NULL, 0, &first, &first_len, sasl_err, errlen) < 0) {
+        client_set_error(c, "%s: %s: %s", cfg->name, sasl_mech_name(mech), sasl_err);
+        cmd = cmd_failed(c, ERR_AUTH);
+        goto out;
+    }
+    if (imap_client_has_cap(c, "SASL-IR")) {
+        char *b64 = first_len ? sasl_base64_encode(first, first_len) : strdup("=");
+        if (!b64)
+            goto out;
+        cmd = imap_client_send(c, "AUTHENTICATE %a %a", sasl_mech_name(mech), b64);
+        explicit_bzero(b64, strlen(b64));
+        free(b64);
+        sasl_secret_free(&first, first_len);
+    } else {
+        cmd = imap_client_send(c, "AUTHENTICATE %a", sasl_mech_name(mech));
+    }
+    while (cmd && !cmd->done && !c->broken) {
+        const struct imap_response *resp;
+        int rc = client_read_response(c, &resp);
+        if (rc == 0 && resp->kind == IMAP_RESP_CONTINUATION)
+            client_sasl_answer(c, sasl, resp->text, &first, first_len, sasl_err, errlen);
+        else if (rc == 0)
+            rc = client_dispatch(c, resp);
+        if (rc < 0)
+            client_break(c, rc);
+    }
+    if (cmd && cmd->done && cmd->result == 0 && sasl_finish(sasl, sasl_err, errlen) < 0) {
+        /* the server said OK without proving itself: not to be trusted */
+        client_set_error(c, "%s: authentication failed (%s): %s", cfg->name, sasl_mech_name(mech),
+                         sasl_err);
+        client_break(c, ERR_AUTH);
+        cmd->result = ERR_AUTH;
+    } else if (sasl_server_error(sasl) && !sasl_err[0]) {
+        snprintf(sasl_err, errlen, "the server refused the token (%s)", sasl_server_error(sasl));
+    }
+out:
+    sasl_secret_free(&first, first_len);
+    sasl_free(&sasl);
+    return cmd;
+}
+
+/*
+ * Picks the first configured mechanism the server offers: LOGIN is the
+ * plain LOGIN command (always offered unless LOGINDISABLED); the SASL
+ * mechanisms need their AUTH= capability. Names we do not implement are
+ * passed over.
+ */
+static int client_pick_mechanism(struct imap_client *c, bool *sasl, enum sasl_mech *mech)
+{
+    const struct server_config *cfg = c->cfg;
+    char *list = strdup(cfg->auth ? cfg->auth : "PLAIN LOGIN");
+    if (!list)
+        return -ENOMEM;
+    bool found = false;
+    char *save = NULL;
+    for (char *m = strtok_r(list, " \t", &save); m && !found; m = strtok_r(NULL, " \t", &save)) {
+        char cap[64];
+        snprintf(cap, sizeof cap, "AUTH=%s", m);
+        if (strcasecmp(m, "LOGIN") == 0) {
+            *sasl = false;
+            found = true;
+        } else if (sasl_mech_from_name(m, mech) && imap_client_has_cap(c, cap)) {
+            *sasl = true;
+            found = true;
+        }
+    }
+    free(list);
+    if (!found) {
+        client_set_error(c,
+                         "%s: no configured authentication mechanism (auth = %s) is offered "
+                         "by the server",
+                         cfg->name, cfg->auth ? cfg->auth : "PLAIN LOGIN");
+        return ERR_AUTH;
+    }
+    if ((!*sasl || *mech == SASL_PLAIN) && imap_client_has_cap(c, "LOGINDISABLED")) {
+        client_set_error(c, "%s: the server disables logins (LOGINDISABLED)", cfg->name);
+        return ERR_AUTH;
+    }
+    return 0;
+}
+
+static int client_authenticate(struct imap_client *c)
+{
+    const struct server_config *cfg = c->cfg;
+    bool sasl = false;
+    enum sasl_mech mech = SASL_PLAIN;
+    int r = client_pick_mechanism(c, &sasl, &mech);
+    if (r < 0)
+        return r;
+    bool token = sasl && sasl_mech_takes_token(mech);
+    if (!cfg->username || (!token && !cfg->password && !cfg->password_command) ||
+        (token && !cfg->oauth_token_command)) {
+        client_set_error(c, "%s: missing option %s", cfg->name,
+                         !cfg->username ? "username"
+                         : token        ? "oauth-token-command"
+                                        : "password (or password-command)");
+        return ERR_CONFIG;
+    }
+    char *secret = NULL;
+    r = client_secret(c, token, &secret);
+    if (r < 0)
+        return r;
+
+    char sasl_err[256] = "";
+    struct imap_cmd *cmd;
+    if (!sasl) {
+        /* LOGIN takes astrings; 8-bit passwords would need a literal */
+        cmd = imap_client_send(c, "LOGIN %s %s", cfg->username, secret);
+    } else {
+        cmd = client_sasl(c, mech, secret, sasl_err, sizeof sasl_err);
+    }
+    secret_free(&secret);
+    if (!cmd)
+        return -ENOMEM;
+    /* Behind LOGIN the first commands share its round trip. Nothing may
+     * follow an AUTHENTICATE before its tagged reply: the server reads the
+     * lines after it as the SASL exchange (Cyrus misreads them even after
+     * the exchange ends), and a security layer could start right after. */
+    if (!sasl)
+        client_send_after_login(c);
+    r = imap_cmd_wait(cmd);
+    if (sasl && r == 0)
+        client_send_after_login(c);
     bool caps_in_reply = cmd->code && strcasecmp(cmd->code, "CAPABILITY") == 0;
-    if (r == ERR_NO || r == ERR_BAD) {
+    if ((r == ERR_NO || r == ERR_BAD) && sasl_err[0]) {
+        client_set_error(c, "%s: authentication failed (%s): %s; the server said: %s", cfg->name,
+                         sasl_mech_name(mech), sasl_err, imap_cmd_text(cmd));
+        r = ERR_AUTH;
+    } else if (r == ERR_NO || r == ERR_BAD) {
         client_set_error(c, "%s: authentication failed: %s", cfg->name, imap_cmd_text(cmd));
         r = ERR_AUTH;
     }

@@ -265,6 +265,33 @@ def test_stop_leaves_no_process():
         c.sock.close()
 
 
+def test_cyrus_starts_and_stops():
+    from imapfixture import cyrus
+    if not cyrus.available():
+        if os.environ.get("CI"):
+            raise AssertionError("Cyrus missing in CI: " + cyrus.missing())
+        skip("Cyrus IMAP is not installed: missing " + cyrus.missing())
+    for sep in (".", "/"):
+        srv = cyrus.Cyrus(separator=sep).start()
+        try:
+            c = srv.login()
+            caps = c.capability()[1][0].decode().split()
+            check("QRESYNC" in caps and "LIST-STATUS" in caps, "after login: %r" % caps)
+            mail.create(c, "Parent%sÉté" % sep)
+            names = [n for _a, _d, n in mail._parse_list(c.list()[1])]
+            check("Parent%s&AMk-t&AOk-" % sep in names, "nested non-ASCII name: %r" % names)
+            c.logout()
+            # idled's socket, without which IDLE falls back to polling
+            check(os.path.exists(os.path.join(srv.conf_dir, "socket", "idle")),
+                  "IDLE socket under configdirectory")
+            pid, kids = srv.pid, util.descendants(srv.pid)
+            check(len(kids) >= 1, "master has children: %r" % kids)
+        finally:
+            srv.stop()
+        check_eq(util.wait_pids_gone([pid] + kids, timeout=5), [], "processes left")
+        check(not os.path.exists(srv.root), "temp dir removed")
+
+
 def test_fake_server_starttls_injection():
     script = [greeting(), *respond(rb"CAPABILITY", b"* CAPABILITY IMAP4rev1 STARTTLS\r\n"),
               command(rb"STARTTLS"),

@@ -220,6 +220,23 @@ static void verify_ip_literal(const struct config *c)
     CHECK_STR(c->local.auth, "CRAM-MD5 PLAIN");
 }
 
+static void verify_password_command(const struct config *c)
+{
+    /* the server section's choice overrides the default section's */
+    CHECK(c->local.password == NULL);
+    CHECK_STR(c->local.password_command, "pass show mail | head -1");
+    CHECK_STR(c->remote.password, "a");
+    CHECK(c->remote.password_command == NULL);
+}
+
+static void verify_oauth(const struct config *c)
+{
+    CHECK_STR(c->remote.auth, "xoauth2 PLAIN");
+    CHECK_STR(c->remote.oauth_token_command, "get-token --for jane");
+    CHECK(c->local.oauth_token_command == NULL);
+    CHECK_STR(c->local.auth, "OAUTHBEARER");
+}
+
 static const struct ok_case ok_cases[] = {
     {"minimal file gives the documented defaults", "[local]\n[remote]\n", verify_defaults},
     {"options of the default section are inherited and can be overridden",
@@ -264,6 +281,13 @@ static const struct ok_case ok_cases[] = {
      verify_abs_db},
     {"a tunnel remote still names the database after its host",
      "[local]\n[remote]\ntype = tunnel\ncommand = /usr/bin/imapd\n", verify_tunnel_db},
+    {"password-command overrides an inherited password, and the other way round",
+     "password = a\n[local]\npassword-command = pass show mail | head -1\n[remote]\n",
+     verify_password_command},
+    {"OAuth mechanisms with a token command; a tunnel needs none",
+     "auth = OAUTHBEARER\n[local]\ntype = tunnel\ncommand = imapd\n[remote]\n"
+     "auth = xoauth2 PLAIN\noauth-token-command = get-token --for jane\n",
+     verify_oauth},
     {"IP literal host, custom auth list",
      "[local]\nauth = CRAM-MD5 PLAIN\n[remote]\nhost = [::1]\n", verify_ip_literal},
 };
@@ -326,6 +350,19 @@ static const struct err_case err_cases[] = {
     {"log-prefix = %x\n[local]\n[remote]\n",
      "@:1: invalid value for option 'log-prefix' (a '%' that is not part of %%, %n, %m or a "
      "complete %?X?then&else? conditional)"},
+    {"[local]\npassword = a\npassword-command = echo b\n[remote]\n",
+     "@:3: options 'password' and 'password-command' exclude each other (in [local])"},
+    {"password-command = echo b\n[local]\n[remote]\npassword = x\n[_]\npassword = a\n",
+     "@:6: options 'password' and 'password-command' exclude each other (in [_])"},
+    {"[local]\n[remote]\npassword-command =\n",
+     "@:3: invalid value for option 'password-command': '' (expected a non-empty value without "
+     "control characters)"},
+    {"[local]\n[remote]\nauth = PLAIN OAUTHBEARER\n",
+     "@:3: option 'auth' names an OAuth 2.0 mechanism but [remote] has no 'oauth-token-command' "
+     "to get a token"},
+    {"[local]\noauth-token-command = get-token\n[remote]\n",
+     "@:2: option 'oauth-token-command' is set but option 'auth' of [local] names neither "
+     "OAUTHBEARER nor XOAUTH2"},
     /* Line numbers: CR, CRLF and CRCRLF each end one line. */
     {"a1=\r\rfoo = 2\n[local]\n[remote]\n", "@:1: unknown option 'a1'"},
     {"[local]\r\r\n\rfoo = 2\n[remote]\n", "@:3: unknown option 'foo'"},

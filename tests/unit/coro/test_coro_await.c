@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -390,5 +391,5 @@ int main(void)
     test_sleep_woken(&loop);
     test_resolve(&loop);
     CHECK_INT(uv_loop_close(&loop), 0);
-    return 0;
+    return check_finish();
 }

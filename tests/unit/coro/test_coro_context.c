@@ -56,5 +56,5 @@ int main(void)
     CHECK(y > 1.99 && y < 2.01);
     CHECK_INT(sum, 100000L * 99999L / 2);
     free(stack); /* the context is abandoned mid-loop: nothing else refers to it */
-    return 0;
+    return check_finish();
 }

@@ -11,7 +11,9 @@
  * (its runtime lets a program install its own SIGSEGV handler).
  */
 #include <signal.h>
+#include <stdio.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -100,5 +102,5 @@ int main(void)
     coro_sched_free(&sched);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT(uv_loop_close(&loop), 0);
-    return 0;
+    return check_finish();
 }

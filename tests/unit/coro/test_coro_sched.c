@@ -398,5 +398,5 @@ int main(void)
     test_deadlock(&loop);
     test_outside(&loop);
     CHECK_INT(uv_loop_close(&loop), 0);
-    return 0;
+    return check_finish();
 }

@@ -8,6 +8,7 @@
  * The Perl comparisons are skipped (reported, not failed) when the helper
  * says DBI/DBD::SQLite or the tool is missing; the rest always runs.
  */
+#include "check.h"
 #include "db/state.h"
 
 #include <errno.h>
@@ -26,26 +27,8 @@
 #include "errors.h"
 #include "util/uidset.h"
 
-static int failures;
 static const char *perl_helper, *perl_tool;
 static char tmpdir[] = "/tmp/test_state.XXXXXX";
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_RC(expr)                                                                             \
-    do {                                                                                           \
-        int rc_ = (expr);                                                                          \
-        if (rc_ < 0) {                                                                             \
-            fprintf(stderr, "%s:%d: %s returned %d\n", __FILE__, __LINE__, #expr, rc_);            \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 static char *tmp_path(const char *name)
 {
@@ -78,16 +61,13 @@ static struct state_db *open_prepared(const char *path, char ld, char rd)
     char err[512];
     struct state_db *db = NULL;
     int rc = state_db_open(path, &db, err, sizeof err);
-    if (rc < 0) {
-        fprintf(stderr, "open %s: %s\n", path, err);
-        failures++;
+    if (!CHECK(rc >= 0)) {
+        fprintf(stderr, "  open %s: %s\n", path, err);
         return NULL;
     }
     rc = state_db_prepare(db, ld, rd, err, sizeof err);
-    if (rc < 0) {
-        fprintf(stderr, "prepare %s: %s\n", path, err);
-        failures++;
-    }
+    if (!CHECK(rc >= 0))
+        fprintf(stderr, "  prepare %s: %s\n", path, err);
     return db;
 }
 
@@ -302,10 +282,8 @@ static void test_lock(void)
     if (!perl_available())
         return;
     int in[2], out[2];
-    if (pipe(in) < 0 || pipe(out) < 0) {
-        failures++;
+    if (!CHECK(pipe(in) == 0 && pipe(out) == 0))
         return;
-    }
     pid_t pid = fork();
     if (pid == 0) {
         dup2(in[0], 0);
@@ -340,8 +318,8 @@ static void test_mailboxes_sides_mapping(void)
     if (!db)
         return;
     int64_t inbox, work, other;
-    CHECK_RC(state_db_mailbox_insert(db, "INBOX", 5, true, &inbox));
-    CHECK_RC(state_db_mailbox_insert(db, "work\0mail", 9, false, &work));
+    CHECK_INT(state_db_mailbox_insert(db, "INBOX", 5, true, &inbox), 0);
+    CHECK_INT(state_db_mailbox_insert(db, "work\0mail", 9, false, &work), 0);
     CHECK(work > inbox);
     CHECK(state_db_mailbox_insert(db, "INBOX", 5, true, &other) == ERR_DB);
     CHECK(strstr(state_db_error(db), "UNIQUE") != NULL);
@@ -353,36 +331,36 @@ static void test_mailboxes_sides_mapping(void)
     CHECK(idx == work && !sub);
     CHECK(state_db_mailbox_find(db, "work", 4, &idx, &sub) == 0);
     CHECK(state_db_mailbox_find(db, "work/mail", 9, &idx, &sub) == 0);
-    CHECK_RC(state_db_mailbox_set_subscribed(db, work, true));
+    CHECK_INT(state_db_mailbox_set_subscribed(db, work, true), 0);
     CHECK(state_db_mailbox_find(db, "work\0mail", 9, &idx, &sub) == 1 && sub);
 
     /* sides */
     struct state_side s;
     CHECK(state_db_side_get(db, inbox, SIDE_LOCAL, &s) == 0);
-    CHECK_RC(state_db_side_insert(db, inbox, SIDE_LOCAL, 1111));
-    CHECK_RC(state_db_side_insert(db, inbox, SIDE_REMOTE, 2222));
+    CHECK_INT(state_db_side_insert(db, inbox, SIDE_LOCAL, 1111), 0);
+    CHECK_INT(state_db_side_insert(db, inbox, SIDE_REMOTE, 2222), 0);
     CHECK(state_db_side_insert(db, inbox, SIDE_REMOTE, 2222) == ERR_DB);
     CHECK(state_db_side_insert(db, 9999, SIDE_LOCAL, 1) == ERR_DB); /* foreign key */
     CHECK(state_db_side_insert(db, work, SIDE_LOCAL, 0) == ERR_DB); /* UIDVALIDITY > 0 */
     CHECK(state_db_side_get(db, inbox, SIDE_LOCAL, &s) == 1);
     CHECK(s.uidvalidity == 1111 && s.uidnext == 0 && s.highestmodseq == 0);
     uint64_t big = UINT64_MAX - 5; /* beyond INT64_MAX: stored negative, like Perl */
-    CHECK_RC(state_db_side_update(db, inbox, SIDE_LOCAL, 4000000000u, big));
-    CHECK_RC(state_db_side_update(db, inbox, SIDE_REMOTE, 17, 99));
+    CHECK_INT(state_db_side_update(db, inbox, SIDE_LOCAL, 4000000000u, big), 0);
+    CHECK_INT(state_db_side_update(db, inbox, SIDE_REMOTE, 17, 99), 0);
     CHECK(state_db_side_get(db, inbox, SIDE_LOCAL, &s) == 1);
     CHECK(s.uidvalidity == 1111 && s.uidnext == 4000000000u && s.highestmodseq == big);
-    CHECK_RC(state_db_side_set_highestmodseq(db, inbox, SIDE_REMOTE, 12345));
+    CHECK_INT(state_db_side_set_highestmodseq(db, inbox, SIDE_REMOTE, 12345), 0);
     CHECK(state_db_side_get(db, inbox, SIDE_REMOTE, &s) == 1);
     CHECK(s.uidvalidity == 2222 && s.uidnext == 17 && s.highestmodseq == 12345);
     CHECK(state_db_side_get(db, inbox, (enum side)7, &s) == -EINVAL);
 
     /* mapping */
     for (uint32_t i = 1; i <= 20; i++)
-        CHECK_RC(state_db_mapping_insert(db, inbox, i, 100 + i));
+        CHECK_INT(state_db_mapping_insert(db, inbox, i, 100 + i), 0);
     CHECK(state_db_mapping_insert(db, inbox, 1, 500) == ERR_DB);  /* PRIMARY KEY (idx,lUID) */
     CHECK(state_db_mapping_insert(db, inbox, 50, 101) == ERR_DB); /* UNIQUE (idx,rUID) */
     CHECK(state_db_mapping_insert(db, 9999, 1, 1) == ERR_DB);     /* foreign key */
-    CHECK_RC(state_db_mapping_insert(db, work, 1, 101));          /* another mailbox: independent */
+    CHECK_INT(state_db_mapping_insert(db, work, 1, 101), 0);      /* another mailbox: independent */
     uint32_t o = 0;
     CHECK(state_db_mapping_lookup(db, inbox, SIDE_LOCAL, 7, &o) == 1 && o == 107);
     CHECK(state_db_mapping_lookup(db, inbox, SIDE_REMOTE, 107, &o) == 1 && o == 7);
@@ -420,11 +398,11 @@ static void test_mailboxes_sides_mapping(void)
     /* interrupted syncs: mapping at or above the stored UIDNEXT */
     int64_t *ints = NULL;
     size_t nints = 9;
-    CHECK_RC(state_db_side_update(db, inbox, SIDE_LOCAL, 21, 5));
-    CHECK_RC(state_db_side_update(db, inbox, SIDE_REMOTE, 121, 5));
+    CHECK_INT(state_db_side_update(db, inbox, SIDE_LOCAL, 21, 5), 0);
+    CHECK_INT(state_db_side_update(db, inbox, SIDE_REMOTE, 121, 5), 0);
     CHECK(state_db_interrupted_list(db, &ints, &nints) == 0 && nints == 0);
     free(ints);
-    CHECK_RC(state_db_side_update(db, inbox, SIDE_LOCAL, 18, 5));
+    CHECK_INT(state_db_side_update(db, inbox, SIDE_LOCAL, 18, 5), 0);
     CHECK(state_db_interrupted_list(db, &ints, &nints) == 0 && nints == 1 && ints[0] == inbox);
     free(ints);
     struct uidset l, r;
@@ -440,7 +418,7 @@ static void test_mailboxes_sides_mapping(void)
     uidset_fini(&r);
 
     /* list with states */
-    CHECK_RC(state_db_side_insert(db, work, SIDE_LOCAL, 3)); /* half known */
+    CHECK_INT(state_db_side_insert(db, work, SIDE_LOCAL, 3), 0); /* half known */
     struct state_mailbox *list = NULL;
     size_t n = 0;
     CHECK(state_db_mailbox_list(db, &list, &n) == 0);
@@ -487,7 +465,7 @@ static void test_mailboxes_sides_mapping(void)
     CHECK(state_db_mapping_count(db, inbox, &count) == 0 && count == 0);
     CHECK(state_db_mapping_lookup(db, work, SIDE_LOCAL, 1, &o) == 1 && o == 101);
     int64_t again;
-    CHECK_RC(state_db_mailbox_insert(db, "INBOX", 5, true, &again));
+    CHECK_INT(state_db_mailbox_insert(db, "INBOX", 5, true, &again), 0);
     CHECK(again > other);
     /* only the other mailbox's pair is left in the file */
     state_db_close(&db);
@@ -510,8 +488,8 @@ static void test_rename(void)
     };
     int64_t idx[6];
     for (int i = 0; i < 6; i++)
-        CHECK_RC(state_db_mailbox_insert(db, names[i].n, names[i].len, i % 2 == 0, &idx[i]));
-    CHECK_RC(state_db_mapping_insert(db, idx[1], 4, 5));
+        CHECK_INT(state_db_mailbox_insert(db, names[i].n, names[i].len, i % 2 == 0, &idx[i]), 0);
+    CHECK_INT(state_db_mapping_insert(db, idx[1], 4, 5), 0);
 
     CHECK(state_db_mailbox_rename(db, "a", 1, "z\0q", 3) == 3);
     int64_t got;
@@ -663,8 +641,8 @@ static void test_intents(void)
     if (!db)
         return;
     int64_t a, b;
-    CHECK_RC(state_db_mailbox_insert(db, "a", 1, false, &a));
-    CHECK_RC(state_db_mailbox_insert(db, "b", 1, false, &b));
+    CHECK_INT(state_db_mailbox_insert(db, "a", 1, false, &a), 0);
+    CHECK_INT(state_db_mailbox_insert(db, "b", 1, false, &b), 0);
     unsigned char hash[8] = {0xde, 0xad, 0, 0xbe, 0xef, 0, 1, 2};
     struct state_intent in = {
         .idx = a,
@@ -676,17 +654,17 @@ static void test_intents(void)
         .hash = hash,
         .hashlen = sizeof hash,
     };
-    CHECK_RC(state_db_intent_add(db, &in));
+    CHECK_INT(state_db_intent_add(db, &in), 0);
     in.source = SIDE_LOCAL;
     in.source_uid = 43;
-    CHECK_RC(state_db_intent_add(db, &in));
+    CHECK_INT(state_db_intent_add(db, &in), 0);
     in.idx = b;
     in.hash = NULL;
     in.hashlen = 0;
-    CHECK_RC(state_db_intent_add(db, &in));
+    CHECK_INT(state_db_intent_add(db, &in), 0);
     /* UID 0 is the engine's per-mailbox batch marker: accepted */
     in.source_uid = 0;
-    CHECK_RC(state_db_intent_add(db, &in));
+    CHECK_INT(state_db_intent_add(db, &in), 0);
     CHECK(state_db_intent_delete(db, b, SIDE_LOCAL, 0) == 1);
 
     struct state_intent *list = NULL;
@@ -713,7 +691,7 @@ static void test_intents(void)
     in.source = SIDE_REMOTE;
     in.source_uid = 42;
     in.size = 7;
-    CHECK_RC(state_db_intent_add(db, &in));
+    CHECK_INT(state_db_intent_add(db, &in), 0);
     CHECK(state_db_intent_list(db, a, &list, &n) == 0 && n == 2);
     if (n == 2)
         CHECK(list[1].size == 7);
@@ -726,7 +704,7 @@ static void test_intents(void)
     CHECK(state_db_intent_list(db, a, &list, &n) == 0 && n == 1);
     state_db_intent_list_free(&list, n);
     /* a resolve that cannot insert the mapping keeps the intent */
-    CHECK_RC(state_db_mapping_insert(db, a, 5, 6));
+    CHECK_INT(state_db_mapping_insert(db, a, 5, 6), 0);
     CHECK(state_db_intent_resolve(db, a, SIDE_LOCAL, 43, 6) == ERR_DB); /* rUID 6 taken */
     CHECK(state_db_intent_list(db, a, &list, &n) == 0 && n == 1);
     state_db_intent_list_free(&list, n);
@@ -749,7 +727,7 @@ static void test_intents(void)
      * holding intents: the table has no foreign key to trip on */
     in.idx = a;
     in.source_uid = 50;
-    CHECK_RC(state_db_intent_add(db, &in));
+    CHECK_INT(state_db_intent_add(db, &in), 0);
     state_db_close(&db);
     char sql[512];
     snprintf(sql, sizeof sql,
@@ -787,9 +765,9 @@ int main(int argc, char **argv)
     test_rename();
     test_migration();
     test_intents();
-    if (failures)
-        fprintf(stderr, "%d failure(s); files kept in %s\n", failures, tmpdir);
+    if (check_failures())
+        fprintf(stderr, "files kept in %s\n", tmpdir);
     else
         rm_rf(tmpdir);
-    return failures ? 1 : 0;
+    return check_finish();
 }

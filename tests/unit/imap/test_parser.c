@@ -4,6 +4,7 @@
  * must give the same responses; every input is placed so that it ends
  * exactly at an unmapped page, so a read past its end crashes the test.
  */
+#include "check.h"
 #include "imap/parser.h"
 #include "parse_harness.h"
 
@@ -13,16 +14,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 /* A copy of the input ending at the first byte of a PROT_NONE page. */
 struct guarded {
@@ -67,10 +58,9 @@ static char *parse_every_way(const char *name, const char *in, size_t len,
     for (size_t k = 1; k < len; k++) {
         struct dstr split = {0};
         harness_run(g.data, len, lim, HARNESS_SPLIT, k, lit, &split);
-        if (strcmp(split.s ? split.s : "", whole.s ? whole.s : "") != 0) {
+        if (!CHECK(strcmp(split.s ? split.s : "", whole.s ? whole.s : "") == 0)) {
             fprintf(stderr, "%s: split at %zu differs:\n%s--- whole:\n%s", name, k, split.s,
                     whole.s);
-            failures++;
             dstr_free(&split);
             break;
         }
@@ -78,10 +68,8 @@ static char *parse_every_way(const char *name, const char *in, size_t len,
     }
     struct dstr bytes = {0};
     harness_run(g.data, len, lim, HARNESS_BYTES, 0, lit, &bytes);
-    if (strcmp(bytes.s ? bytes.s : "", whole.s ? whole.s : "") != 0) {
+    if (!CHECK(strcmp(bytes.s ? bytes.s : "", whole.s ? whole.s : "") == 0))
         fprintf(stderr, "%s: byte-at-a-time differs:\n%s--- whole:\n%s", name, bytes.s, whole.s);
-        failures++;
-    }
     dstr_free(&bytes);
     guarded_fini(&g);
     return whole.s ? whole.s : strdup("");
@@ -290,10 +278,8 @@ static void test_ok_cases(void)
         const struct ok_case *c = &ok_cases[i];
         size_t len = c->len ? c->len : strlen(c->in);
         char *got = parse_every_way(c->name, c->in, len, NULL, c->lit);
-        if (strcmp(got, c->expect) != 0) {
+        if (!CHECK(strcmp(got, c->expect) == 0))
             fprintf(stderr, "%s: got:\n%s--- expected:\n%s", c->name, got, c->expect);
-            failures++;
-        }
         free(got);
         /* the other literal policies must agree across chunkings too */
         for (size_t k = 0; k < 3; k++)
@@ -307,11 +293,9 @@ static void test_bad_cases(void)
     for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
         const struct bad_case *c = &bad_cases[i];
         char *got = parse_every_way(c->in, c->in, strlen(c->in), NULL, HARNESS_INLINE);
-        if (strncmp(got, "ERROR: ", 7) != 0 || !strstr(got, c->msg)) {
+        if (!CHECK(strncmp(got, "ERROR: ", 7) == 0 && strstr(got, c->msg)))
             fprintf(stderr, "bad case %zu (%s): got \"%s\", want error with \"%s\"\n", i, c->in,
                     got, c->msg);
-            failures++;
-        }
         free(got);
     }
 }
@@ -414,11 +398,9 @@ static void test_limits(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *got =
             parse_every_way(cases[i].in, cases[i].in, strlen(cases[i].in), &lim, HARNESS_INLINE);
-        if (strncmp(got, cases[i].expect, strlen(cases[i].expect)) != 0) {
+        if (!CHECK(strncmp(got, cases[i].expect, strlen(cases[i].expect)) == 0))
             fprintf(stderr, "limit case %zu: got \"%s\", want prefix \"%s\"\n", i, got,
                     cases[i].expect);
-            failures++;
-        }
         free(got);
     }
     /* streamed literals are not bound by the inline limit nor the line */
@@ -561,10 +543,5 @@ int main(void)
     test_long_tokens();
     test_accessors();
     test_response_fields();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("all parser tests passed\n");
-    return 0;
+    return check_finish();
 }

@@ -1,6 +1,7 @@
 /* SASL client mechanisms: the exact bytes of every first message, the
  * SCRAM-SHA-256 exchange of RFC 7677 section 3, refused OAuth tokens,
  * servers that break the rules, and strict base64. */
+#include "check.h"
 #include "imap/sasl.h"
 
 #include <errno.h>
@@ -9,18 +10,6 @@
 #include <string.h>
 
 #include "errors.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-        }                                                                                          \
-    } while (0)
 
 /* One step; returns the answer as a string (static), or NULL on error
  * with the message in err_out. */
@@ -256,6 +245,5 @@ int main(void)
     test_oauthbearer();
     test_xoauth2();
     test_scram();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_finish();
 }

@@ -1,20 +1,11 @@
 /* Unit tests of the modified UTF-7 codec (RFC 3501 section 5.1.3). */
+#include "check.h"
 #include "imap/utf7.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 struct pair {
     const char *utf8, *mutf7;
@@ -84,16 +75,10 @@ static void test_pairs(void)
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
         char *enc = utf7_encode(pairs[i].utf8, strlen(pairs[i].utf8));
         char *dec = utf7_decode(pairs[i].mutf7, strlen(pairs[i].mutf7));
-        if (!enc || strcmp(enc, pairs[i].mutf7) != 0) {
-            fprintf(stderr, "encode pair %zu: got \"%s\", want \"%s\"\n", i, enc ? enc : "NULL",
-                    pairs[i].mutf7);
-            failures++;
-        }
-        if (!dec || strcmp(dec, pairs[i].utf8) != 0) {
-            fprintf(stderr, "decode pair %zu (%s): got \"%s\"\n", i, pairs[i].mutf7,
-                    dec ? dec : "NULL");
-            failures++;
-        }
+        if (!CHECK_STR(enc, pairs[i].mutf7))
+            fprintf(stderr, "  encoding pair %zu\n", i);
+        if (!CHECK_STR(dec, pairs[i].utf8))
+            fprintf(stderr, "  decoding pair %zu (%s)\n", i, pairs[i].mutf7);
         free(enc);
         free(dec);
     }
@@ -104,20 +89,16 @@ static void test_rejects(void)
     for (size_t i = 0; i < sizeof bad_utf8 / sizeof bad_utf8[0]; i++) {
         errno = 0;
         char *r = utf7_encode(bad_utf8[i], strlen(bad_utf8[i]));
-        if (r || errno != EINVAL) {
-            fprintf(stderr, "encode should reject bad UTF-8 %zu\n", i);
-            failures++;
-        }
+        if (!CHECK(r == NULL && errno == EINVAL))
+            fprintf(stderr, "  encode should reject bad UTF-8 %zu\n", i);
         free(r);
     }
     for (size_t i = 0; i < sizeof bad_mutf7 / sizeof bad_mutf7[0]; i++) {
         errno = 0;
         char *r = utf7_decode(bad_mutf7[i], strlen(bad_mutf7[i]));
-        if (r || errno != EINVAL) {
-            fprintf(stderr, "decode should reject \"%s\", got \"%s\"\n", bad_mutf7[i],
+        if (!CHECK(r == NULL && errno == EINVAL))
+            fprintf(stderr, "  decode should reject \"%s\", got \"%s\"\n", bad_mutf7[i],
                     r ? r : "NULL");
-            failures++;
-        }
         free(r);
     }
     /* an embedded NUL is refused both ways; len is authoritative */
@@ -160,9 +141,8 @@ static void test_round_trips(void)
         u[n++] = 'y';
         char *enc = utf7_encode((const char *)u, n);
         char *dec = enc ? utf7_decode(enc, strlen(enc)) : NULL;
-        if (!dec || strlen(dec) != n || memcmp(dec, u, n) != 0) {
-            fprintf(stderr, "round trip of U+%04X failed (%s)\n", cp, enc ? enc : "NULL");
-            failures++;
+        if (!CHECK(dec && strlen(dec) == n && memcmp(dec, u, n) == 0)) {
+            fprintf(stderr, "  round trip of U+%04X (%s)\n", cp, enc ? enc : "NULL");
             free(enc);
             free(dec);
             return;
@@ -190,10 +170,5 @@ int main(void)
     test_pairs();
     test_rejects();
     test_round_trips();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("all utf7 tests passed\n");
-    return 0;
+    return check_finish();
 }

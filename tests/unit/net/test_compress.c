@@ -105,7 +105,7 @@ done:
     return NULL;
 }
 
-static struct stream *start(struct test_counts *tc, struct peer *pe)
+static struct stream *start(struct peer *pe)
 {
     int fds[2];
     test_socketpair(fds);
@@ -114,7 +114,7 @@ static struct stream *start(struct test_counts *tc, struct peer *pe)
         abort();
     struct stream *low = fd_stream_new(fds[0]), *s = NULL;
     char err[128];
-    CHECK(tc, compress_stream_new(low, &s, err, sizeof err) == 0);
+    CHECK(compress_stream_new(low, &s, err, sizeof err) == 0);
     if (!s)
         abort();
     return s;
@@ -133,38 +133,38 @@ static size_t read_exact(struct stream *s, unsigned char *buf, size_t len)
     return got;
 }
 
-static void test_small(struct test_counts *tc)
+static void test_small(void)
 {
     struct peer pe = {.mode = PEER_ECHO};
-    struct stream *s = start(tc, &pe);
+    struct stream *s = start(&pe);
     /* each command goes out whole, flushed, so the peer answers at once */
     for (int i = 0; i < 200; i++) {
         char cmd[64], back[64];
         int n = snprintf(cmd, sizeof cmd, "a%03d NOOP\r\n", i);
-        CHECK(tc, stream_write(s, cmd, (size_t)n) == 0);
-        CHECK(tc, read_exact(s, (unsigned char *)back, (size_t)n) == (size_t)n);
-        CHECK(tc, memcmp(cmd, back, (size_t)n) == 0);
+        CHECK(stream_write(s, cmd, (size_t)n) == 0);
+        CHECK(read_exact(s, (unsigned char *)back, (size_t)n) == (size_t)n);
+        CHECK(memcmp(cmd, back, (size_t)n) == 0);
     }
     /* one-byte writes and a zero-length write */
-    CHECK(tc, stream_write(s, "", 0) == 0);
+    CHECK(stream_write(s, "", 0) == 0);
     for (int i = 0; i < 10; i++) {
         char c = (char)('0' + i), back = 0;
-        CHECK(tc, stream_write(s, &c, 1) == 0);
-        CHECK(tc, stream_read(s, &back, 1) == 1 && back == c);
+        CHECK(stream_write(s, &c, 1) == 0);
+        CHECK(stream_read(s, &back, 1) == 1 && back == c);
     }
     stream_free(&s);
     pthread_join(pe.thread, NULL);
-    CHECK(tc, pe.ok);
-    CHECK(tc, pe.received == 200 * 11 + 10);
+    CHECK(pe.ok);
+    CHECK(pe.received == 200 * 11 + 10);
 }
 
-static void test_large(struct test_counts *tc)
+static void test_large(void)
 {
     /* half compressible text, half noise; several MB in odd-sized writes */
     const size_t total = 9 * 1024 * 1024 + 77;
     static unsigned char buf[1 << 20], want[1 << 20];
     struct peer pe = {.mode = PEER_ECHO};
-    struct stream *s = start(tc, &pe);
+    struct stream *s = start(&pe);
     /* write and read in turns, since the peer echoes as it inflates */
     size_t off = 0, got = 0, step = 1000;
     bool same = true;
@@ -189,12 +189,12 @@ static void test_large(struct test_counts *tc)
         if (step > 100000)
             step = 333;
     }
-    CHECK(tc, off == total && got == total && same);
+    CHECK(off == total && got == total && same);
     stream_free(&s);
     pthread_join(pe.thread, NULL);
-    CHECK(tc, pe.ok && pe.received == total);
+    CHECK(pe.ok && pe.received == total);
     /* the compressible half did shrink on the wire */
-    CHECK(tc, pe.wire_in < total * 3 / 4);
+    CHECK(pe.wire_in < total * 3 / 4);
 }
 
 /* Fills buf with base64 of noise (an attachment) or with words (text). */
@@ -226,7 +226,7 @@ static size_t wire_in(struct peer *pe)
     return __atomic_load_n(&pe->wire_in, __ATOMIC_ACQUIRE);
 }
 
-static void test_adaptive(struct test_counts *tc)
+static void test_adaptive(void)
 {
     /* attachments and text in turns, in 60 KB writes like the client's:
      * every byte comes back intact across the strategy switches, and text
@@ -234,7 +234,7 @@ static void test_adaptive(struct test_counts *tc)
     static unsigned char buf[60000], back[60000];
     const size_t phase = 1200000;
     struct peer pe = {.mode = PEER_ECHO};
-    struct stream *s = start(tc, &pe);
+    struct stream *s = start(&pe);
     bool same = true;
     size_t off = 0;
     for (int k = 0; k < 6; k++) {
@@ -252,15 +252,15 @@ static void test_adaptive(struct test_counts *tc)
                 same = false;
         }
         size_t pct = (wire_in(&pe) - wire_before) * 100 / phase;
-        CHECK(tc, pct < (base64 ? 80u : 45u));
+        CHECK(pct < (base64 ? 80u : 45u));
         if (pct >= (base64 ? 80u : 45u))
             fprintf(stderr, "  phase %d (%s): %zu%% on the wire\n", k, base64 ? "base64" : "text",
                     pct);
     }
-    CHECK(tc, same);
+    CHECK(same);
     stream_free(&s);
     pthread_join(pe.thread, NULL);
-    CHECK(tc, pe.ok && pe.received == off);
+    CHECK(pe.ok && pe.received == off);
 }
 
 static long max_rss_kib(void)
@@ -270,19 +270,19 @@ static long max_rss_kib(void)
     return ru.ru_maxrss;
 }
 
-static void test_bomb(struct test_counts *tc)
+static void test_bomb(void)
 {
     const size_t bomb = (size_t)512 << 20; /* 512 MiB of zeros, ~0.5 MiB compressed */
     struct peer pe = {.mode = PEER_BOMB, .bomb = bomb};
     long rss_before = max_rss_kib();
-    struct stream *s = start(tc, &pe);
+    struct stream *s = start(&pe);
     static unsigned char buf[8192];
     size_t total = 0, largest = 0;
     bool zeros = true;
     for (;;) {
         ssize_t n = stream_read(s, buf, sizeof buf);
         if (n <= 0) {
-            CHECK(tc, n == 0);
+            CHECK(n == 0);
             break;
         }
         if ((size_t)n > largest)
@@ -294,57 +294,55 @@ static void test_bomb(struct test_counts *tc)
     }
     stream_free(&s);
     pthread_join(pe.thread, NULL);
-    CHECK(tc, total == bomb && zeros);
-    CHECK(tc, largest <= sizeof buf);
+    CHECK(total == bomb && zeros);
+    CHECK(largest <= sizeof buf);
     /* a few MiB at most for stacks, zlib and buffers, not hundreds */
     long grown = max_rss_kib() - rss_before;
-    CHECK(tc, grown < 32 * 1024);
+    CHECK(grown < 32 * 1024);
     if (grown >= 32 * 1024)
         fprintf(stderr, "  peak RSS grew by %ld KiB\n", grown);
 }
 
-static void test_garbage(struct test_counts *tc)
+static void test_garbage(void)
 {
     struct peer pe = {.mode = PEER_GARBAGE};
-    struct stream *s = start(tc, &pe);
+    struct stream *s = start(&pe);
     char buf[64];
     ssize_t n = stream_read(s, buf, sizeof buf);
-    CHECK(tc, n == ERR_PROTOCOL);
-    CHECK(tc, strncmp(s->error, "COMPRESS: invalid compressed data", 33) == 0);
+    CHECK(n == ERR_PROTOCOL);
+    CHECK(strncmp(s->error, "COMPRESS: invalid compressed data", 33) == 0);
     /* the failure sticks */
-    CHECK(tc, stream_read(s, buf, sizeof buf) == ERR_PROTOCOL);
+    CHECK(stream_read(s, buf, sizeof buf) == ERR_PROTOCOL);
     stream_free(&s);
     pthread_join(pe.thread, NULL);
 }
 
-static void test_eof_and_lower_error(struct test_counts *tc)
+static void test_eof_and_lower_error(void)
 {
     int fds[2];
     test_socketpair(fds);
     struct stream *low = fd_stream_new(fds[0]), *s = NULL;
     char err[128];
-    CHECK(tc, compress_stream_new(low, &s, err, sizeof err) == 0);
+    CHECK(compress_stream_new(low, &s, err, sizeof err) == 0);
     close(fds[1]);
     char buf[16];
-    CHECK(tc, stream_read(s, buf, sizeof buf) == 0);
+    CHECK(stream_read(s, buf, sizeof buf) == 0);
     int rc = stream_write(s, "x", 1);
-    CHECK(tc, rc == -EPIPE);
-    CHECK(tc, strncmp(s->error, "COMPRESS: write: ", 17) == 0);
+    CHECK(rc == -EPIPE);
+    CHECK(strncmp(s->error, "COMPRESS: write: ", 17) == 0);
     stream_free(&s);
-    CHECK(tc, s == NULL);
+    CHECK(s == NULL);
 }
 
 int main(void)
 {
     /* a peer may write after the other end hung up, in failure cases */
     signal(SIGPIPE, SIG_IGN);
-    struct test_counts tc = {0};
-    test_small(&tc);
-    test_large(&tc);
-    test_adaptive(&tc);
-    test_bomb(&tc);
-    test_garbage(&tc);
-    test_eof_and_lower_error(&tc);
-    printf("compress: %d checks, %d failures\n", tc.checks, tc.failures);
-    return tc.failures ? 1 : 0;
+    test_small();
+    test_large();
+    test_adaptive();
+    test_bomb();
+    test_garbage();
+    test_eof_and_lower_error();
+    return check_finish();
 }

@@ -22,37 +22,37 @@
 
 /* ---- URL parsing -------------------------------------------------------- */
 
-static void test_parse(struct test_counts *tc)
+static void test_parse(void)
 {
     struct socks5_proxy p;
     char err[256];
 
-    CHECK(tc, socks5_proxy_parse("socks5://proxy.example", &p, err, sizeof err) == 0);
-    CHECK(tc, !p.remote_dns && strcmp(p.host, "proxy.example") == 0);
-    CHECK(tc, strcmp(p.port, "1080") == 0 && !p.username && !p.password);
+    CHECK(socks5_proxy_parse("socks5://proxy.example", &p, err, sizeof err) == 0);
+    CHECK(!p.remote_dns && strcmp(p.host, "proxy.example") == 0);
+    CHECK(strcmp(p.port, "1080") == 0 && !p.username && !p.password);
     socks5_proxy_fini(&p);
-    CHECK(tc, p.host == NULL);
+    CHECK(p.host == NULL);
 
-    CHECK(tc, socks5_proxy_parse("socks5h://127.0.0.1:9050", &p, err, sizeof err) == 0);
-    CHECK(tc, p.remote_dns && strcmp(p.host, "127.0.0.1") == 0 && strcmp(p.port, "9050") == 0);
-    socks5_proxy_fini(&p);
-
-    CHECK(tc, socks5_proxy_parse("socks5h://[::1]:1081", &p, err, sizeof err) == 0);
-    CHECK(tc, strcmp(p.host, "[::1]") == 0 && strcmp(p.port, "1081") == 0);
+    CHECK(socks5_proxy_parse("socks5h://127.0.0.1:9050", &p, err, sizeof err) == 0);
+    CHECK(p.remote_dns && strcmp(p.host, "127.0.0.1") == 0 && strcmp(p.port, "9050") == 0);
     socks5_proxy_fini(&p);
 
-    CHECK(tc, socks5_proxy_parse("socks5://[fe80::1]", &p, err, sizeof err) == 0);
-    CHECK(tc, strcmp(p.host, "[fe80::1]") == 0 && strcmp(p.port, "1080") == 0);
+    CHECK(socks5_proxy_parse("socks5h://[::1]:1081", &p, err, sizeof err) == 0);
+    CHECK(strcmp(p.host, "[::1]") == 0 && strcmp(p.port, "1081") == 0);
+    socks5_proxy_fini(&p);
+
+    CHECK(socks5_proxy_parse("socks5://[fe80::1]", &p, err, sizeof err) == 0);
+    CHECK(strcmp(p.host, "[fe80::1]") == 0 && strcmp(p.port, "1080") == 0);
     socks5_proxy_fini(&p);
 
     /* the password runs to the last '@' and may contain ':' */
-    CHECK(tc, socks5_proxy_parse("socks5://alice:s3:cr@t@gw:socks", &p, err, sizeof err) == 0);
-    CHECK(tc, strcmp(p.username, "alice") == 0 && strcmp(p.password, "s3:cr@t") == 0);
-    CHECK(tc, strcmp(p.host, "gw") == 0 && strcmp(p.port, "socks") == 0);
+    CHECK(socks5_proxy_parse("socks5://alice:s3:cr@t@gw:socks", &p, err, sizeof err) == 0);
+    CHECK(strcmp(p.username, "alice") == 0 && strcmp(p.password, "s3:cr@t") == 0);
+    CHECK(strcmp(p.host, "gw") == 0 && strcmp(p.port, "socks") == 0);
     socks5_proxy_fini(&p);
 
-    CHECK(tc, socks5_proxy_parse("socks5://bob@gw/", &p, err, sizeof err) == 0);
-    CHECK(tc, strcmp(p.username, "bob") == 0 && strcmp(p.password, "") == 0);
+    CHECK(socks5_proxy_parse("socks5://bob@gw/", &p, err, sizeof err) == 0);
+    CHECK(strcmp(p.username, "bob") == 0 && strcmp(p.password, "") == 0);
     socks5_proxy_fini(&p);
 
     const char *bad[] = {
@@ -63,14 +63,14 @@ static void test_parse(struct test_counts *tc)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
         int rc = socks5_proxy_parse(bad[i], &p, err, sizeof err);
-        CHECK(tc, rc == ERR_CONFIG && err[0] != '\0');
+        CHECK(rc == ERR_CONFIG && err[0] != '\0');
         if (rc == 0) {
             fprintf(stderr, "  accepted: %s\n", bad[i]);
             socks5_proxy_fini(&p);
         }
     }
-    CHECK(tc, socks5_proxy_parse("ftp://x", &p, err, sizeof err) == ERR_CONFIG &&
-                  strstr(err, "'ftp'") != NULL);
+    CHECK(socks5_proxy_parse("ftp://x", &p, err, sizeof err) == ERR_CONFIG &&
+          strstr(err, "'ftp'") != NULL);
 }
 
 /* ---- scripted proxy ------------------------------------------------------ */
@@ -178,8 +178,8 @@ done:
 
 /* Runs a handshake against the fake; on success checks the greeting that
  * follows it arrives intact. */
-static int fake_run(struct test_counts *tc, struct fake *f, const char *url, const char *host,
-                    uint16_t port, char *err, size_t errlen)
+static int fake_run(struct fake *f, const char *url, const char *host, uint16_t port, char *err,
+                    size_t errlen)
 {
     int fds[2];
     test_socketpair(fds);
@@ -189,7 +189,7 @@ static int fake_run(struct test_counts *tc, struct fake *f, const char *url, con
     struct stream *s = fd_stream_new(fds[0]);
     struct socks5_proxy p;
     int rc = socks5_proxy_parse(url, &p, err, errlen);
-    CHECK(tc, rc == 0);
+    CHECK(rc == 0);
     if (rc == 0) {
         rc = socks5_connect(s, &p, host, port);
         snprintf(err, errlen, "%s", s->error);
@@ -202,7 +202,7 @@ static int fake_run(struct test_counts *tc, struct fake *f, const char *url, con
                     break;
                 got += (size_t)n;
             }
-            CHECK(tc, got == 15 && memcmp(buf, "* OK greeting\r\n", 15) == 0);
+            CHECK(got == 15 && memcmp(buf, "* OK greeting\r\n", 15) == 0);
         }
     }
     socks5_proxy_fini(&p);
@@ -211,58 +211,56 @@ static int fake_run(struct test_counts *tc, struct fake *f, const char *url, con
     return rc;
 }
 
-static void test_handshake(struct test_counts *tc)
+static void test_handshake(void)
 {
     char err[256];
 
     /* no authentication, domain name sent as is, IPv4 bound address */
     struct fake f1 = {.reply_atyp = 1};
-    CHECK(tc, fake_run(tc, &f1, "socks5h://proxy", "imap.example.org", 993, err, sizeof err) == 0);
-    CHECK(tc, f1.nmethods == 1 && f1.methods[0] == 0);
-    CHECK(tc, f1.atyp == 3 && strcmp(f1.dest, "imap.example.org") == 0 && f1.port == 993);
+    CHECK(fake_run(&f1, "socks5h://proxy", "imap.example.org", 993, err, sizeof err) == 0);
+    CHECK(f1.nmethods == 1 && f1.methods[0] == 0);
+    CHECK(f1.atyp == 3 && strcmp(f1.dest, "imap.example.org") == 0 && f1.port == 993);
 
     /* socks5 with an IPv4 destination; domain-name bound address */
     struct fake f2 = {.reply_atyp = 3};
-    CHECK(tc, fake_run(tc, &f2, "socks5://proxy", "192.0.2.7", 143, err, sizeof err) == 0);
-    CHECK(tc, f2.atyp == 1 && strcmp(f2.dest, "192.0.2.7") == 0 && f2.port == 143);
+    CHECK(fake_run(&f2, "socks5://proxy", "192.0.2.7", 143, err, sizeof err) == 0);
+    CHECK(f2.atyp == 1 && strcmp(f2.dest, "192.0.2.7") == 0 && f2.port == 143);
 
     /* IPv6 destination, bracketed, even with socks5h; IPv6 bound address */
     struct fake f3 = {.reply_atyp = 4};
-    CHECK(tc, fake_run(tc, &f3, "socks5h://proxy", "[2001:db8::5]", 65535, err, sizeof err) == 0);
-    CHECK(tc, f3.atyp == 4 && strcmp(f3.dest, "2001:db8::5") == 0 && f3.port == 65535);
+    CHECK(fake_run(&f3, "socks5h://proxy", "[2001:db8::5]", 65535, err, sizeof err) == 0);
+    CHECK(f3.atyp == 4 && strcmp(f3.dest, "2001:db8::5") == 0 && f3.port == 65535);
 
     /* socks5 refuses a name it would have to send */
     struct fake f4 = {.reply_atyp = 1};
-    CHECK(tc, fake_run(tc, &f4, "socks5://proxy", "imap.example.org", 993, err, sizeof err) ==
-                  ERR_SOCKS);
-    CHECK(tc, strstr(err, "not an IP address") != NULL);
+    CHECK(fake_run(&f4, "socks5://proxy", "imap.example.org", 993, err, sizeof err) == ERR_SOCKS);
+    CHECK(strstr(err, "not an IP address") != NULL);
 
     /* user/pass accepted */
     struct fake f5 = {.user = "alice", .pass = "p:w@d", .reply_atyp = 1};
-    CHECK(tc, fake_run(tc, &f5, "socks5h://alice:p:w@d@proxy", "imap", 143, err, sizeof err) == 0);
-    CHECK(tc, f5.nmethods == 2 && f5.methods[0] == 0 && f5.methods[1] == 2);
-    CHECK(tc, strcmp(f5.got_user, "alice") == 0 && strcmp(f5.got_pass, "p:w@d") == 0);
+    CHECK(fake_run(&f5, "socks5h://alice:p:w@d@proxy", "imap", 143, err, sizeof err) == 0);
+    CHECK(f5.nmethods == 2 && f5.methods[0] == 0 && f5.methods[1] == 2);
+    CHECK(strcmp(f5.got_user, "alice") == 0 && strcmp(f5.got_pass, "p:w@d") == 0);
 
     /* wrong password */
     struct fake f6 = {.user = "alice", .pass = "right", .reply_atyp = 1};
-    CHECK(tc, fake_run(tc, &f6, "socks5h://alice:wrong@proxy", "imap", 143, err, sizeof err) ==
-                  ERR_SOCKS);
-    CHECK(tc, strcmp(err, "SOCKS5 proxy: authentication failed (user name or password "
-                          "rejected)") == 0);
+    CHECK(fake_run(&f6, "socks5h://alice:wrong@proxy", "imap", 143, err, sizeof err) == ERR_SOCKS);
+    CHECK(strcmp(err, "SOCKS5 proxy: authentication failed (user name or password "
+                      "rejected)") == 0);
 
     /* credentials required but none configured */
     struct fake f7 = {.user = "alice", .pass = "right", .reply_atyp = 1};
-    CHECK(tc, fake_run(tc, &f7, "socks5h://proxy", "imap", 143, err, sizeof err) == ERR_SOCKS);
-    CHECK(tc, strcmp(err, "SOCKS5 proxy: no acceptable authentication method") == 0);
+    CHECK(fake_run(&f7, "socks5h://proxy", "imap", 143, err, sizeof err) == ERR_SOCKS);
+    CHECK(strcmp(err, "SOCKS5 proxy: no acceptable authentication method") == 0);
 
     /* the destination refused the connection */
     struct fake f8 = {.reply_code = 5, .reply_atyp = 1};
-    CHECK(tc, fake_run(tc, &f8, "socks5h://proxy", "imap", 143, err, sizeof err) == ERR_SOCKS);
-    CHECK(tc, strcmp(err, "SOCKS5 proxy: connection refused by destination host") == 0);
+    CHECK(fake_run(&f8, "socks5h://proxy", "imap", 143, err, sizeof err) == ERR_SOCKS);
+    CHECK(strcmp(err, "SOCKS5 proxy: connection refused by destination host") == 0);
 
     struct fake f9 = {.reply_code = 0x42, .reply_atyp = 1};
-    CHECK(tc, fake_run(tc, &f9, "socks5h://proxy", "imap", 143, err, sizeof err) == ERR_SOCKS);
-    CHECK(tc, strcmp(err, "SOCKS5 proxy: unknown reply code 66") == 0);
+    CHECK(fake_run(&f9, "socks5h://proxy", "imap", 143, err, sizeof err) == ERR_SOCKS);
+    CHECK(strcmp(err, "SOCKS5 proxy: unknown reply code 66") == 0);
 }
 
 /* A proxy that hangs up after the method reply. */
@@ -276,7 +274,7 @@ static void *hangup_main(void *arg)
     return NULL;
 }
 
-static void test_hangup(struct test_counts *tc)
+static void test_hangup(void)
 {
     int fds[2];
     test_socketpair(fds);
@@ -285,8 +283,8 @@ static void test_hangup(struct test_counts *tc)
     struct stream *s = fd_stream_new(fds[0]);
     struct socks5_proxy p = {.remote_dns = true};
     int rc = socks5_connect(s, &p, "imap", 143);
-    CHECK(tc, rc < 0);
-    CHECK(tc, strncmp(s->error, "SOCKS5 proxy: ", 14) == 0);
+    CHECK(rc < 0);
+    CHECK(strncmp(s->error, "SOCKS5 proxy: ", 14) == 0);
     stream_free(&s);
     pthread_join(th, NULL);
 }
@@ -332,22 +330,21 @@ static void *greeter_main(void *arg)
     return NULL;
 }
 
-static void through_microsocks(struct test_counts *tc, uint16_t proxy_port, const char *url,
-                               const char *host)
+static void through_microsocks(uint16_t proxy_port, const char *url, const char *host)
 {
     uint16_t dport;
     int lfd = listen_loopback(&dport);
     pthread_t th;
     pthread_create(&th, NULL, greeter_main, &lfd);
     int fd = connect_loopback(proxy_port);
-    CHECK(tc, fd >= 0);
+    CHECK(fd >= 0);
     if (fd >= 0) {
         struct stream *s = fd_stream_new(fd);
         struct socks5_proxy p;
         char err[256];
-        CHECK(tc, socks5_proxy_parse(url, &p, err, sizeof err) == 0);
+        CHECK(socks5_proxy_parse(url, &p, err, sizeof err) == 0);
         int rc = socks5_connect(s, &p, host, dport);
-        CHECK(tc, rc == 0);
+        CHECK(rc == 0);
         if (rc != 0)
             fprintf(stderr, "  microsocks: %s\n", s->error);
         char buf[32];
@@ -358,9 +355,9 @@ static void through_microsocks(struct test_counts *tc, uint16_t proxy_port, cons
                 break;
             got += (size_t)n;
         }
-        CHECK(tc, got == 11 && memcmp(buf, "* OK real\r\n", 11) == 0);
-        CHECK(tc, stream_write(s, "x", 1) == 0);
-        CHECK(tc, stream_read(s, buf, sizeof buf) == 1 && buf[0] == 'x');
+        CHECK(got == 11 && memcmp(buf, "* OK real\r\n", 11) == 0);
+        CHECK(stream_write(s, "x", 1) == 0);
+        CHECK(stream_read(s, buf, sizeof buf) == 1 && buf[0] == 'x');
         socks5_proxy_fini(&p);
         stream_free(&s);
     } else {
@@ -373,7 +370,7 @@ static void through_microsocks(struct test_counts *tc, uint16_t proxy_port, cons
     close(lfd);
 }
 
-static void test_microsocks(struct test_counts *tc)
+static void test_microsocks(void)
 {
     const char *bin = "/usr/bin/microsocks";
     if (access(bin, X_OK) != 0) {
@@ -395,7 +392,7 @@ static void test_microsocks(struct test_counts *tc)
         execl(bin, bin, "-i", "127.0.0.1", "-p", portstr, (char *)NULL);
         _exit(127);
     }
-    CHECK(tc, pid > 0);
+    CHECK(pid > 0);
     if (pid <= 0)
         return;
     /* wait until it listens */
@@ -405,11 +402,11 @@ static void test_microsocks(struct test_counts *tc)
         if (fd < 0)
             nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
     }
-    CHECK(tc, fd >= 0);
+    CHECK(fd >= 0);
     if (fd >= 0) {
         close(fd);
-        through_microsocks(tc, port, "socks5://127.0.0.1", "127.0.0.1");
-        through_microsocks(tc, port, "socks5h://127.0.0.1", "localhost");
+        through_microsocks(port, "socks5://127.0.0.1", "127.0.0.1");
+        through_microsocks(port, "socks5h://127.0.0.1", "localhost");
     }
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);
@@ -418,11 +415,9 @@ static void test_microsocks(struct test_counts *tc)
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
-    struct test_counts tc = {0};
-    test_parse(&tc);
-    test_handshake(&tc);
-    test_hangup(&tc);
-    test_microsocks(&tc);
-    printf("socks5: %d checks, %d failures\n", tc.checks, tc.failures);
-    return tc.failures ? 1 : 0;
+    test_parse();
+    test_handshake();
+    test_hangup();
+    test_microsocks();
+    return check_finish();
 }

@@ -250,26 +250,25 @@ static int client_start(struct server *sv, const struct tls_options *o, struct s
 }
 
 /* A whole session with the ping exchange: returns the handshake result. */
-static int session(struct test_counts *tc, struct server *sv, const struct tls_options *o,
-                   char *err, size_t errlen)
+static int session(struct server *sv, const struct tls_options *o, char *err, size_t errlen)
 {
     struct stream *s = NULL;
     err[0] = '\0';
     int rc = client_start(sv, o, &s, err, errlen);
     if (rc == 0) {
-        CHECK(tc, stream_write(s, "ping\r\n", 6) == 0);
+        CHECK(stream_write(s, "ping\r\n", 6) == 0);
         char buf[16];
         ssize_t n = stream_read(s, buf, sizeof buf);
-        CHECK(tc, n == 6 && memcmp(buf, "pong\r\n", 6) == 0);
+        CHECK(n == 6 && memcmp(buf, "pong\r\n", 6) == 0);
         n = stream_read(s, buf, sizeof buf);
-        CHECK(tc, n == 0); /* close_notify, or the socket's end */
+        CHECK(n == 0); /* close_notify, or the socket's end */
     }
     stream_free(&s);
     pthread_join(sv->thread, NULL);
     if (rc == 0)
-        CHECK(tc, sv->data_ok);
+        CHECK(sv->data_ok);
     else
-        CHECK(tc, !sv->handshake_ok || !sv->data_ok);
+        CHECK(!sv->handshake_ok || !sv->data_ok);
     if (rc != 0)
         fprintf(stderr, "  (handshake failed as: %s)\n", err);
     return rc;
@@ -285,40 +284,40 @@ static struct tls_options opts_default(const struct certs *c)
     return o;
 }
 
-static void test_trusted(struct test_counts *tc, const struct certs *c)
+static void test_trusted(const struct certs *c)
 {
     struct server sv = {.cert = c->leaf, .key = c->leaf_key};
     struct tls_options o = opts_default(c);
     char err[256];
-    CHECK(tc, session(tc, &sv, &o, err, sizeof err) == 0);
-    CHECK(tc, strcmp(sv.sni, "localhost") == 0);
+    CHECK(session(&sv, &o, err, sizeof err) == 0);
+    CHECK(strcmp(sv.sni, "localhost") == 0);
 
     /* host given as an IP: checked against the IP SAN, no SNI sent */
     struct server sv2 = {.cert = c->leaf, .key = c->leaf_key};
     o.host = "127.0.0.1";
     o.sni = "127.0.0.1";
-    CHECK(tc, session(tc, &sv2, &o, err, sizeof err) == 0);
-    CHECK(tc, sv2.handshake_ok && sv2.sni[0] == '\0');
+    CHECK(session(&sv2, &o, err, sizeof err) == 0);
+    CHECK(sv2.handshake_ok && sv2.sni[0] == '\0');
 
     /* no SNI at all when asked */
     struct server sv3 = {.cert = c->leaf, .key = c->leaf_key};
     o.host = "localhost";
     o.sni = "";
-    CHECK(tc, session(tc, &sv3, &o, err, sizeof err) == 0);
-    CHECK(tc, sv3.handshake_ok && sv3.sni[0] == '\0');
+    CHECK(session(&sv3, &o, err, sizeof err) == 0);
+    CHECK(sv3.handshake_ok && sv3.sni[0] == '\0');
 
     /* a server that hangs up without close_notify: plain end of stream */
     struct server sv5 = {.cert = c->leaf, .key = c->leaf_key, .abrupt = true};
-    CHECK(tc, session(tc, &sv5, &o, err, sizeof err) == 0);
+    CHECK(session(&sv5, &o, err, sizeof err) == 0);
 
     /* an explicit SNI different from the host */
     struct server sv4 = {.cert = c->leaf, .key = c->leaf_key};
     o.sni = "imap.example.org";
-    CHECK(tc, session(tc, &sv4, &o, err, sizeof err) == 0);
-    CHECK(tc, strcmp(sv4.sni, "imap.example.org") == 0);
+    CHECK(session(&sv4, &o, err, sizeof err) == 0);
+    CHECK(strcmp(sv4.sni, "imap.example.org") == 0);
 }
 
-static void test_untrusted(struct test_counts *tc, const struct certs *c)
+static void test_untrusted(const struct certs *c)
 {
     char err[256];
     struct tls_options o = opts_default(c);
@@ -326,58 +325,57 @@ static void test_untrusted(struct test_counts *tc, const struct certs *c)
     /* the system store does not know our CA; the server sends its CA too */
     struct server sv = {.cert = c->leaf_chain, .key = c->leaf_key};
     o.cafile = NULL;
-    CHECK(tc, session(tc, &sv, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strcmp(err, "certificate verify failed: self-signed certificate in certificate "
-                          "chain") == 0);
+    CHECK(session(&sv, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strcmp(err, "certificate verify failed: self-signed certificate in certificate "
+                      "chain") == 0);
 
     /* only the leaf: its issuer is unknown */
     struct server sv2 = {.cert = c->leaf, .key = c->leaf_key};
-    CHECK(tc, session(tc, &sv2, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc,
-          strcmp(err, "certificate verify failed: unable to get local issuer certificate") == 0);
+    CHECK(session(&sv2, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strcmp(err, "certificate verify failed: unable to get local issuer certificate") == 0);
 
     /* a self-signed leaf */
     struct server sv3 = {.cert = c->self, .key = c->self_key};
     o.cafile = c->ca;
-    CHECK(tc, session(tc, &sv3, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strcmp(err, "certificate verify failed: self-signed certificate") == 0);
+    CHECK(session(&sv3, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strcmp(err, "certificate verify failed: self-signed certificate") == 0);
 
     /* an expired certificate */
     struct server sv4 = {.cert = c->expired, .key = c->expired_key};
-    CHECK(tc, session(tc, &sv4, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strcmp(err, "certificate verify failed: certificate has expired") == 0);
+    CHECK(session(&sv4, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strcmp(err, "certificate verify failed: certificate has expired") == 0);
 
     /* verify off accepts all of them */
     o.verify = false;
     o.cafile = NULL;
     struct server sv5 = {.cert = c->self, .key = c->self_key};
-    CHECK(tc, session(tc, &sv5, &o, err, sizeof err) == 0);
+    CHECK(session(&sv5, &o, err, sizeof err) == 0);
     struct server sv6 = {.cert = c->expired, .key = c->expired_key};
     o.host = "wrong.example";
-    CHECK(tc, session(tc, &sv6, &o, err, sizeof err) == 0);
+    CHECK(session(&sv6, &o, err, sizeof err) == 0);
 }
 
-static void test_wrong_host(struct test_counts *tc, const struct certs *c)
+static void test_wrong_host(const struct certs *c)
 {
     char err[256];
     struct tls_options o = opts_default(c);
     o.host = "foo.example";
     struct server sv = {.cert = c->leaf, .key = c->leaf_key};
-    CHECK(tc, session(tc, &sv, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strcmp(err, "certificate does not match host name 'foo.example'") == 0);
+    CHECK(session(&sv, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strcmp(err, "certificate does not match host name 'foo.example'") == 0);
 
     o.host = "127.0.0.2";
     struct server sv2 = {.cert = c->leaf, .key = c->leaf_key};
-    CHECK(tc, session(tc, &sv2, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strcmp(err, "certificate does not match host name '127.0.0.2'") == 0);
+    CHECK(session(&sv2, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strcmp(err, "certificate does not match host name '127.0.0.2'") == 0);
 
     o.host = "[::1]";
     struct server sv3 = {.cert = c->leaf, .key = c->leaf_key};
-    CHECK(tc, session(tc, &sv3, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strcmp(err, "certificate does not match host name '::1'") == 0);
+    CHECK(session(&sv3, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strcmp(err, "certificate does not match host name '::1'") == 0);
 }
 
-static void test_fingerprints(struct test_counts *tc, const struct certs *c)
+static void test_fingerprints(const struct certs *c)
 {
     char err[512], cmd[512], spki_self[160], spki_leaf[160], sha1_self[160], pin[600];
     /* digests computed the way the manual tells users to */
@@ -394,8 +392,8 @@ static void test_fingerprints(struct test_counts *tc, const struct certs *c)
     snprintf(cmd, sizeof cmd, "openssl x509 -in %s -noout -fingerprint -sha1 | cut -d= -f2",
              c->self);
     shell_digest(cmd, sha1_self, sizeof sha1_self);
-    CHECK(tc, strlen(spki_self) == 64 && strlen(spki_leaf) == 64);
-    CHECK(tc, strlen(sha1_self) == 59); /* AB:CD:... */
+    CHECK(strlen(spki_self) == 64 && strlen(spki_leaf) == 64);
+    CHECK(strlen(sha1_self) == 59); /* AB:CD:... */
 
     struct tls_options o = opts_default(c);
 
@@ -404,66 +402,66 @@ static void test_fingerprints(struct test_counts *tc, const struct certs *c)
     o.cafile = NULL;
     o.fingerprints = spki_self;
     struct server sv = {.cert = c->self, .key = c->self_key};
-    CHECK(tc, session(tc, &sv, &o, err, sizeof err) == 0);
+    CHECK(session(&sv, &o, err, sizeof err) == 0);
 
     /* the whole-certificate digest, another algorithm, colons, upper case,
      * among non-matching pins */
     snprintf(pin, sizeof pin, "sha256$%s sha1$%s", spki_leaf, sha1_self);
     o.fingerprints = pin;
     struct server sv2 = {.cert = c->self, .key = c->self_key};
-    CHECK(tc, session(tc, &sv2, &o, err, sizeof err) == 0);
+    CHECK(session(&sv2, &o, err, sizeof err) == 0);
 
     /* mismatch: the message names the server's SPKI digest */
     o.fingerprints = spki_leaf;
     struct server sv3 = {.cert = c->self, .key = c->self_key};
-    CHECK(tc, session(tc, &sv3, &o, err, sizeof err) == ERR_TLS);
+    CHECK(session(&sv3, &o, err, sizeof err) == ERR_TLS);
     char want[300];
     snprintf(want, sizeof want,
              "server certificate fingerprint does not match any SSL_fingerprint (SPKI sha256 "
              "is %s)",
              spki_self);
-    CHECK(tc, strcmp(err, want) == 0);
+    CHECK(strcmp(err, want) == 0);
 
     /* verify on with a trusted chain: the pin must match as well */
     o = opts_default(c);
     o.fingerprints = spki_leaf;
     struct server sv4 = {.cert = c->leaf, .key = c->leaf_key};
-    CHECK(tc, session(tc, &sv4, &o, err, sizeof err) == 0);
+    CHECK(session(&sv4, &o, err, sizeof err) == 0);
     o.fingerprints = spki_self;
     struct server sv5 = {.cert = c->leaf, .key = c->leaf_key};
-    CHECK(tc, session(tc, &sv5, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strstr(err, "does not match any SSL_fingerprint") != NULL);
+    CHECK(session(&sv5, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strstr(err, "does not match any SSL_fingerprint") != NULL);
 
     /* verify on: a matching pin does not excuse an untrusted chain (the
      * older tool checks both) */
     o.fingerprints = spki_self;
     struct server sv6 = {.cert = c->self, .key = c->self_key};
-    CHECK(tc, session(tc, &sv6, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strcmp(err, "certificate verify failed: self-signed certificate") == 0);
+    CHECK(session(&sv6, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strcmp(err, "certificate verify failed: self-signed certificate") == 0);
     /* ...nor a wrong host name */
     o.fingerprints = spki_leaf;
     o.host = "foo.example";
     struct server sv7 = {.cert = c->leaf, .key = c->leaf_key};
-    CHECK(tc, session(tc, &sv7, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strcmp(err, "certificate does not match host name 'foo.example'") == 0);
+    CHECK(session(&sv7, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strcmp(err, "certificate does not match host name 'foo.example'") == 0);
 }
 
-static void test_protocols(struct test_counts *tc, const struct certs *c)
+static void test_protocols(const struct certs *c)
 {
     char err[256], desc[128];
     struct tls_options o = opts_default(c);
 
     o.protocol_max = "TLSv1.2";
     struct server sv = {.cert = c->leaf, .key = c->leaf_key, .min_version = TLS1_3_VERSION};
-    CHECK(tc, session(tc, &sv, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strncmp(err, "TLS handshake: ", 15) == 0);
-    CHECK(tc, strstr(err, "protocol version") || strstr(err, "unsupported protocol"));
+    CHECK(session(&sv, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strncmp(err, "TLS handshake: ", 15) == 0);
+    CHECK(strstr(err, "protocol version") || strstr(err, "unsupported protocol"));
 
     o.protocol_max = NULL;
     o.protocol_min = "TLSv1.3";
     struct server sv2 = {.cert = c->leaf, .key = c->leaf_key, .max_version = TLS1_2_VERSION};
-    CHECK(tc, session(tc, &sv2, &o, err, sizeof err) == ERR_TLS);
-    CHECK(tc, strncmp(err, "TLS handshake: ", 15) == 0);
+    CHECK(session(&sv2, &o, err, sizeof err) == ERR_TLS);
+    CHECK(strncmp(err, "TLS handshake: ", 15) == 0);
 
     /* deprecated list forms */
     o.protocol_min = NULL;
@@ -472,10 +470,10 @@ static void test_protocols(struct test_counts *tc, const struct certs *c)
         o.protocols = forms[i];
         struct server s3 = {.cert = c->leaf, .key = c->leaf_key};
         struct stream *s = NULL;
-        CHECK(tc, client_start(&s3, &o, &s, err, sizeof err) == 0);
+        CHECK(client_start(&s3, &o, &s, err, sizeof err) == 0);
         if (s) {
             tls_stream_describe(s, desc, sizeof desc);
-            CHECK(tc, strncmp(desc, "TLSv1.2 ", 8) == 0);
+            CHECK(strncmp(desc, "TLSv1.2 ", 8) == 0);
             stream_write(s, "ping\r\n", 6);
             char buf[8];
             stream_read(s, buf, sizeof buf);
@@ -488,9 +486,9 @@ static void test_protocols(struct test_counts *tc, const struct certs *c)
     o.protocol_min = "TLSv1.3";
     struct server s4 = {.cert = c->leaf, .key = c->leaf_key};
     struct stream *s = NULL;
-    CHECK(tc, client_start(&s4, &o, &s, err, sizeof err) == 0);
+    CHECK(client_start(&s4, &o, &s, err, sizeof err) == 0);
     if (s) {
-        CHECK(tc, strncmp(tls_stream_describe(s, desc, sizeof desc), "TLSv1.3 ", 8) == 0);
+        CHECK(strncmp(tls_stream_describe(s, desc, sizeof desc), "TLSv1.3 ", 8) == 0);
         stream_write(s, "ping\r\n", 6);
         char buf[8];
         stream_read(s, buf, sizeof buf);
@@ -502,10 +500,10 @@ static void test_protocols(struct test_counts *tc, const struct certs *c)
     o = opts_default(c);
     o.ciphersuites = "TLS_CHACHA20_POLY1305_SHA256";
     struct server s5 = {.cert = c->leaf, .key = c->leaf_key};
-    CHECK(tc, client_start(&s5, &o, &s, err, sizeof err) == 0);
+    CHECK(client_start(&s5, &o, &s, err, sizeof err) == 0);
     if (s) {
         tls_stream_describe(s, desc, sizeof desc);
-        CHECK(tc, strcmp(desc, "TLSv1.3 TLS_CHACHA20_POLY1305_SHA256") == 0);
+        CHECK(strcmp(desc, "TLSv1.3 TLS_CHACHA20_POLY1305_SHA256") == 0);
         stream_write(s, "ping\r\n", 6);
         char buf[8];
         stream_read(s, buf, sizeof buf);
@@ -514,14 +512,14 @@ static void test_protocols(struct test_counts *tc, const struct certs *c)
     pthread_join(s5.thread, NULL);
 }
 
-static void test_large(struct test_counts *tc, const struct certs *c)
+static void test_large(const struct certs *c)
 {
     const size_t total = 6 * 1024 * 1024 + 12345;
     char err[256];
     struct tls_options o = opts_default(c);
     struct server sv = {.cert = c->leaf, .key = c->leaf_key, .mode = SRV_LARGE, .large = total};
     struct stream *s = NULL;
-    CHECK(tc, client_start(&sv, &o, &s, err, sizeof err) == 0);
+    CHECK(client_start(&sv, &o, &s, err, sizeof err) == 0);
     if (s) {
         static unsigned char buf[300000], want[300000];
         /* uneven write sizes, some larger than the layer's chunk */
@@ -536,7 +534,7 @@ static void test_large(struct test_counts *tc, const struct certs *c)
             if (step > sizeof buf)
                 step = 1;
         }
-        CHECK(tc, off == total);
+        CHECK(off == total);
         size_t got = 0;
         bool same = true;
         while (got < total) {
@@ -548,19 +546,19 @@ static void test_large(struct test_counts *tc, const struct certs *c)
                 same = false;
             got += (size_t)n;
         }
-        CHECK(tc, got == total && same);
-        CHECK(tc, stream_read(s, buf, sizeof buf) == 0);
+        CHECK(got == total && same);
+        CHECK(stream_read(s, buf, sizeof buf) == 0);
     }
     stream_free(&s);
     pthread_join(sv.thread, NULL);
-    CHECK(tc, sv.data_ok);
+    CHECK(sv.data_ok);
 }
 
-static void test_options_check(struct test_counts *tc)
+static void test_options_check(void)
 {
     char err[256];
     struct tls_options o = {.verify = true};
-    CHECK(tc, tls_options_check(&o, err, sizeof err) == 0);
+    CHECK(tls_options_check(&o, err, sizeof err) == 0);
 
     o.protocol_min = "TLSv1.2";
     o.protocol_max = "TLSv1.3";
@@ -569,57 +567,55 @@ static void test_options_check(struct test_counts *tc)
                      "sha1$00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00:11:22:33";
     o.cipherlist = "HIGH:!aNULL";
     o.ciphersuites = "TLS_AES_256_GCM_SHA384";
-    CHECK(tc, tls_options_check(&o, err, sizeof err) == 0);
+    CHECK(tls_options_check(&o, err, sizeof err) == 0);
 
     struct tls_options b = o;
     b.protocol_min = "TLSv1.4";
-    CHECK(tc, tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
-    CHECK(tc, strstr(err, "TLSv1.4") != NULL);
+    CHECK(tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
+    CHECK(strstr(err, "TLSv1.4") != NULL);
     b = o;
     b.protocol_max = "tls1.2";
-    CHECK(tc, tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
+    CHECK(tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
     b = o;
     b.protocols = "!SSLv3 TLSv9";
-    CHECK(tc, tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
-    CHECK(tc, strstr(err, "TLSv9") != NULL);
+    CHECK(tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
+    CHECK(strstr(err, "TLSv9") != NULL);
     b = o;
     b.fingerprints = "nodigest$00";
-    CHECK(tc, tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
-    CHECK(tc, strstr(err, "nodigest") != NULL);
+    CHECK(tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
+    CHECK(strstr(err, "nodigest") != NULL);
     b = o;
     b.fingerprints = "0123456789abcdefg";
-    CHECK(tc, tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
-    CHECK(tc, strstr(err, "'g'") != NULL);
+    CHECK(tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
+    CHECK(strstr(err, "'g'") != NULL);
     b = o;
     b.fingerprints = "sha256$abc";
-    CHECK(tc, tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
+    CHECK(tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
     b = o;
     b.fingerprints = "sha256$0011"; /* valid hex, wrong size for sha256 */
-    CHECK(tc, tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
-    CHECK(tc, strstr(err, "32") != NULL);
+    CHECK(tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
+    CHECK(strstr(err, "32") != NULL);
     b = o;
     b.cipherlist = "NO-SUCH-CIPHER";
-    CHECK(tc, tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
+    CHECK(tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
     b = o;
     b.ciphersuites = "TLS_NOPE";
-    CHECK(tc, tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
+    CHECK(tls_options_check(&b, err, sizeof err) == ERR_CONFIG);
 }
 
 int main(void)
 {
     /* a peer may write after the other end hung up, in failure cases */
     signal(SIGPIPE, SIG_IGN);
-    struct test_counts tc = {0};
     struct certs c;
     certs_make(&c);
-    test_options_check(&tc);
-    test_trusted(&tc, &c);
-    test_untrusted(&tc, &c);
-    test_wrong_host(&tc, &c);
-    test_fingerprints(&tc, &c);
-    test_protocols(&tc, &c);
-    test_large(&tc, &c);
+    test_options_check();
+    test_trusted(&c);
+    test_untrusted(&c);
+    test_wrong_host(&c);
+    test_fingerprints(&c);
+    test_protocols(&c);
+    test_large(&c);
     certs_remove(&c);
-    printf("tls: %d checks, %d failures\n", tc.checks, tc.failures);
-    return tc.failures ? 1 : 0;
+    return check_finish();
 }

@@ -1,29 +1,16 @@
 /*
  * Helpers shared by the net unit tests: a stream over a blocking file
- * descriptor (the layers under test only need read/write/free), and a
- * minimal check macro.
+ * descriptor (the layers under test only need read/write/free), socket
+ * pairs, blocking I/O and a deterministic byte pattern.
  */
 #ifndef INTERIMAP_TEST_NET_UTIL_H
 #define INTERIMAP_TEST_NET_UTIL_H
 
+#include "check.h"
 #include "net/stream.h"
 
 #include <stdio.h>
 #include <stdlib.h>
-
-struct test_counts {
-    int checks;
-    int failures;
-};
-
-#define CHECK(tc, cond)                                                                            \
-    do {                                                                                           \
-        (tc)->checks++;                                                                            \
-        if (!(cond)) {                                                                             \
-            (tc)->failures++;                                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-        }                                                                                          \
-    } while (0)
 
 /* A stream over fd (owned: closed by free); sched is NULL. */
 struct stream *fd_stream_new(int fd);

@@ -273,5 +273,5 @@ int main(void)
     coro_sched_free(&sched);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT(uv_loop_close(&loop), 0);
-    return 0;
+    return check_finish();
 }

@@ -193,5 +193,5 @@ int main(void)
     /* no child left behind, not even a zombie */
     CHECK_INT(waitpid(-1, NULL, WNOHANG), -1);
     CHECK_INT(errno, ECHILD);
-    return 0;
+    return check_finish();
 }

@@ -3,6 +3,7 @@
  * directory, each with the values it must produce or the exact error line;
  * XDG path resolution; list-mailbox decoding.
  */
+#include "check.h"
 #include "config.h"
 #include "errors.h"
 
@@ -13,30 +14,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-        }                                                                                          \
-    } while (0)
-
-#define CHECK_STR(got, want)                                                                       \
-    do {                                                                                           \
-        const char *g_ = (got), *w_ = (want);                                                      \
-        if ((g_ == NULL && w_ == NULL) || (g_ != NULL && w_ != NULL && strcmp(g_, w_) == 0)) {     \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "%s:%d: %s: got '%s', want '%s'\n", __FILE__, __LINE__, #got,          \
-                    g_ ? g_ : "(null)", w_ ? w_ : "(null)");                                       \
-        }                                                                                          \
-    } while (0)
 
 static char tmpdir[256];
 static char cfgpath[512];
@@ -378,14 +355,14 @@ static void test_table(void)
 
     for (size_t i = 0; i < sizeof(ok_cases) / sizeof(ok_cases[0]); i++) {
         struct config cfg;
-        int before = failed;
+        int before = check_failures();
         int r = load(&cfg, ok_cases[i].content, err, sizeof(err));
         CHECK(r == 0);
         if (r == 0)
             ok_cases[i].verify(&cfg);
         else
             fprintf(stderr, "  error: %s\n", err);
-        if (failed != before)
+        if (check_failures() != before)
             fprintf(stderr, "  in case: %s\n", ok_cases[i].name);
         config_fini(&cfg);
         config_fini(&cfg); /* twice: must be harmless */
@@ -646,6 +623,5 @@ int main(void)
         if (system(cmd) != 0)
             fprintf(stderr, "could not remove %s\n", tmpdir);
     }
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_finish();
 }

@@ -91,5 +91,5 @@ int main(void)
     CHECK_INT(uv_loop_close(&loop), 0);
     CHECK_INT(waitpid(-1, NULL, WNOHANG), -1);
     CHECK_INT(errno, ECHILD);
-    return 0;
+    return check_finish();
 }

@@ -14,4 +14,4 @@ meson setup build-asan --wipe -Dwerror=true -Db_sanitize=address,undefined \
 ninja -C build-asan
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     meson test -C build-asan --print-errorlogs --num-processes 2 --suite unit --suite fuzz \
-    --suite integration
+    --suite transcript --suite integration

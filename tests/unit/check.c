@@ -54,13 +54,13 @@ bool check_str(const char *got, const char *want, const char *file, int line, co
 
 bool check_failf(const char *file, int line, const char *fmt, ...)
 {
+    char msg[512];
     va_list ap;
-    check_count(false);
-    fprintf(stderr, "%s:%d: check failed: ", file, line);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    check_count(false);
+    fprintf(stderr, "%s:%d: check failed: %s\n", file, line, msg);
     return false;
 }
 

@@ -318,10 +318,12 @@ static void co_entry(void *arg)
 int main(void)
 {
     fprintf(stderr, "context switch: %s\n", coro_ctx_kind());
-    size_t size = 64 * 1024;
+    size_t size = (size_t)64 * 1024;
     char *stack = malloc(size);
-    if (!CHECK(stack != NULL))
+    if (stack == NULL) {
+        CHECK_FAIL("no memory for the stack");
         return check_finish();
+    }
     struct shared p = {0};
 #ifdef CONTROL_WORDS
     uint32_t mx = mxcsr_get();

@@ -100,9 +100,10 @@ class Conversation:
         got = bytes(fake.sessions[0].received)
         want = b"".join(TAG + b" " + re.escape(c) + b"\r\n" for c in self.commands)
         if not re.fullmatch(want, got, re.S):
-            raise AssertionError("%s: commands differ\n--- expected (tags aside):\n%s\n--- sent:\n%s"
-                                 % (self.name, b"\n".join(self.commands).decode(errors="replace"),
-                                    got.decode(errors="replace")))
+            expected = b"\n".join(self.commands).decode(errors="replace")
+            sent = got.decode(errors="replace")
+            raise AssertionError("%s: commands differ\n--- expected (tags aside):\n%s\n"
+                                 "--- sent:\n%s" % (self.name, expected, sent))
 
 
 class Run:
@@ -158,12 +159,13 @@ class Run:
 
     def state(self):
         """(mapping pairs, {side: (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ)}) of INBOX."""
-        pairs = self.rows("SELECT lUID, rUID FROM mapping JOIN mailboxes USING (idx) "
-                          "WHERE mailbox = CAST('INBOX' AS BLOB) ORDER BY lUID")
+        inbox = "JOIN mailboxes USING (idx) WHERE mailbox = CAST('INBOX' AS BLOB)"
+        check_eq(self.rows("SELECT count(*) FROM mailboxes"), [(1,)], "mailboxes in the database")
+        pairs = self.rows("SELECT lUID, rUID FROM mapping %s ORDER BY lUID" % inbox)
         sides = {}
         for side in ("local", "remote"):
-            sides[side] = self.rows("SELECT UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ FROM %s "
-                                    "JOIN mailboxes USING (idx) WHERE mailbox = CAST('INBOX' AS BLOB)" % side)
+            sides[side] = self.rows("SELECT UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ FROM %s %s"
+                                    % (side, inbox))
         return pairs, sides
 
 

@@ -209,7 +209,7 @@ def test_bye_mid_command():
         # ENABLE and the LISTs ride along with the login
         command(rb"ENABLE"),
         Send(b"* BYE server shutting down for maintenance\r\n"),
-        Close(),
+        Close(linger=5),
     ]
     with FakeImapServer(script) as fake, Pair() as p:
         fake_pair(fake, p, starttls="NO")

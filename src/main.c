@@ -36,7 +36,10 @@ static const char usage_long[] =
     "  --debug              log IMAP traffic (twice: including credentials)\n"
     "  -h, --help           this help\n"
     "  --version            print the version\n"
-    "Consult the manpage for more information.\n";
+    "\n"
+    "Manual: " INTERIMAP_MANDIR "/man1/interimap.1 (man 1 interimap)\n"
+    "Configuration file: " INTERIMAP_MANDIR "/man5/interimap.5 (man 5 interimap)\n"
+    "Getting started: " INTERIMAP_DOCDIR "/getting-started.md\n";
 
 struct cli {
     const char *config;

@@ -5,7 +5,7 @@
 # both sides. Servers and data live in a temporary folder, removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "${SKIP_DEPS:-}" ] || ./scripts/install-deps.sh
+[ "${SKIP_DEPS:-}" ] || ./scripts/install-deps.sh --tests
 [ -d build ] || meson setup build
 ninja -C build
 dir=$(mktemp -d /tmp/interimap-demo.XXXXXX)

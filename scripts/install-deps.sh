@@ -1,16 +1,52 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages needed to build interimap and run its
-# tests (run as root, or through sudo).
+# Installs the Debian 12 packages interimap needs (run as root, or through
+# sudo).
+#
+#   scripts/install-deps.sh           to build, install and run it
+#   scripts/install-deps.sh --tests   the same, plus what the tests, the
+#                                     demo and the benchmark need
 set -euo pipefail
+
+# Building and running: the compiler and build tools, and the five
+# libraries (their -dev packages pull in the shared libraries the program
+# runs with).
+build_deps=(
+    meson ninja-build pkg-config gcc
+    libuv1-dev libssl-dev libsqlite3-dev zlib1g-dev libpcre2-dev
+)
+
+# Tests (scripts/test-all.sh), scripts/demo.sh and bench/: real Dovecot
+# servers and certificates made at test time, the Perl interimap to compare
+# with, a SOCKS5 proxy, clang for the fuzz targets, clang-format and
+# clang-tidy for scripts/lint.sh, man and systemd-analyze for the
+# installation check, /usr/bin/time for memory measurements. Cyrus comes
+# after these (see below).
+test_deps=(
+    dovecot-imapd openssl ca-certificates python3 sqlite3
+    interimap microsocks clang libclang-rt-14-dev clang-format clang-tidy
+    man-db groff-base systemd time
+)
+
+packages=("${build_deps[@]}")
+tests=
+case "${1:-}" in
+--tests)
+    packages+=("${test_deps[@]}")
+    tests=1
+    ;;
+"") ;;
+*)
+    echo "usage: $0 [--tests]" >&2
+    exit 2
+    ;;
+esac
+
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends \
-    meson ninja-build pkg-config gcc clang libclang-rt-14-dev \
-    libuv1-dev libssl-dev libsqlite3-dev zlib1g-dev libpcre2-dev \
-    dovecot-imapd openssl microsocks interimap sqlite3 python3 ca-certificates time \
-    clang-format clang-tidy
+$SUDO apt-get install -y --no-install-recommends "${packages[@]}"
+[ "$tests" ] || exit 0
 
 # Tests only: Cyrus IMAP as a second real server. Debian's cyrus-imapd
 # conflicts with dovecot-imapd (both provide imap-server), so it is not

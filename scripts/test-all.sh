@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs dependencies, builds (plain and sanitized) and runs every test
-# suite. Exit status is non-zero if anything fails.
+# Installs dependencies, builds (plain and sanitized), runs every test
+# suite, and checks what `meson install` delivers (scripts/check-install.sh).
+# Exit status is non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install-deps.sh
+./scripts/install-deps.sh --tests
 meson setup build --wipe -Dwerror=true >/dev/null 2>&1 || meson setup build -Dwerror=true
 ninja -C build
 ./scripts/lint.sh build
+./scripts/check-install.sh build
 meson test -C build --print-errorlogs --num-processes 2
 meson setup build-asan --wipe -Dwerror=true -Db_sanitize=address,undefined \
     -Db_lundef=false >/dev/null 2>&1 ||

@@ -33,9 +33,8 @@ struct logger;
 struct logger *logger_new(const char *logfile, const char *prefix, char *err, size_t errlen);
 void logger_free(struct logger **lg);
 
-/* Quiet (-q) drops informational messages and warnings: only errors are
- * printed (the reference tool keeps warnings; our manual promises errors
- * only, which is what scripts running it from cron want). */
+/* Quiet (-q) drops informational messages: warnings and errors are still
+ * printed, as by the reference tool. */
 void logger_set_quiet(struct logger *lg, bool quiet);
 /* 0: off, 1: traffic with credentials redacted, 2+: everything. */
 void logger_set_debug(struct logger *lg, int level);
@@ -47,7 +46,7 @@ void log_info(struct logger *lg, const char *component, const char *mailbox, con
 void log_warn(struct logger *lg, const char *component, const char *mailbox, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* log_warn prefixes the message with "WARNING: ", log_error with
- * "ERROR: " (after the log-prefix). Errors are printed even with -q. */
+ * "ERROR: " (after the log-prefix). Both are printed even with -q. */
 void log_error(struct logger *lg, const char *component, const char *mailbox, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void log_debug(struct logger *lg, const char *component, const char *mailbox, const char *fmt, ...)

@@ -501,9 +501,8 @@ void log_warn(struct logger *lg, const char *component, const char *mailbox, con
 {
     va_list ap;
 
-    /* -q keeps errors only */
-    if (lg != NULL && lg->quiet)
-        return;
+    /* -q keeps warnings, as the reference tool does: they are about
+     * something the user may have to act on */
     va_start(ap, fmt);
     log_vemit(lg, DEST_BOTH, component, mailbox, "WARNING: ", fmt, ap);
     va_end(ap);

@@ -30,9 +30,10 @@ static const char usage_long[] =
     "  --config=FILE        configuration file (relative to $XDG_CONFIG_HOME/interimap)\n"
     "  --target=TARGET      local, remote or database (with --delete or --rename;\n"
     "                       repeatable, comma-separated)\n"
-    "  --watch[=SECONDS]    keep synchronizing (default every 60 s, 900 s with --notify)\n"
+    "  --watch[=SECONDS]    keep synchronizing (default every 60 s, 900 s with --notify);\n"
+    "                       also --watch SECONDS\n"
     "  --notify             wait for server notifications (NOTIFY, or IDLE) between syncs\n"
-    "  -q, --quiet          only print errors\n"
+    "  -q, --quiet          only print warnings and errors\n"
     "  --debug              log IMAP traffic (twice: including credentials)\n"
     "  -h, --help           this help\n"
     "  --version            print the version\n"
@@ -70,6 +71,47 @@ static const char *opt_value(const char *arg, const char *name, int *i, int argc
             return argv[++*i];
     }
     return NULL;
+}
+
+/*
+ * What the reference tool's option parser (Getopt::Long, optional
+ * integer) takes as a number: an optional sign, then digits with
+ * underscores allowed between and before them ("1_000" is 1000).
+ */
+static bool watch_is_number(const char *v)
+{
+    const char *p = v + (*v == '+' || *v == '-');
+    while (*p == '_')
+        p++;
+    if (*p < '0' || *p > '9')
+        return false;
+    for (; *p; p++)
+        if ((*p < '0' || *p > '9') && *p != '_')
+            return false;
+    return true;
+}
+
+/* --watch's value: empty means the default (as 0 does); a negative value
+ * or one beyond INT_MAX seconds is refused, where the reference tool
+ * accepts any integer. */
+static int watch_parse(const char *v, int *seconds)
+{
+    long long s = 0;
+    if (!*v) {
+        *seconds = 0;
+        return 0;
+    }
+    if (!watch_is_number(v) || *v == '-')
+        return -EINVAL;
+    for (const char *p = v; *p; p++) {
+        if (*p < '0' || *p > '9')
+            continue;
+        s = s * 10 + (*p - '0');
+        if (s > INT_MAX)
+            return -EINVAL;
+    }
+    *seconds = (int)s;
+    return 0;
 }
 
 static int parse_targets(const char *v, unsigned *targets)
@@ -141,17 +183,20 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
             if (parse_targets(v, &cli->targets) < 0)
                 return -EINVAL;
         } else if (strcmp(a, "--watch") == 0 || strncmp(a, "--watch=", 8) == 0) {
+            /* the value is optional: after '=', or the next argument when
+             * that one reads as a number (anything else is left for what
+             * follows: a mailbox name, another option) */
+            const char *value = a[7] == '=' ? a + 8 : NULL;
+            if (!value && i + 1 < argc && watch_is_number(argv[i + 1]))
+                value = argv[++i];
             cli->watch = true;
             cli->watch_seconds = 0;
-            if (a[7] == '=' && a[8]) {
-                char *end;
-                errno = 0;
-                long s = strtol(a + 8, &end, 10);
-                if (*end || errno || s < 0 || s > INT_MAX) {
-                    fprintf(stderr, "interimap: invalid --watch value '%s'\n", a + 8);
-                    return -EINVAL;
-                }
-                cli->watch_seconds = (int)s;
+            if (value && watch_parse(value, &cli->watch_seconds) < 0) {
+                fprintf(stderr,
+                        "interimap: invalid --watch value '%s' (a number of seconds, "
+                        "0 to %d)\n",
+                        value, INT_MAX);
+                return -EINVAL;
             }
         } else if (strcmp(a, "--notify") == 0) {
             cli->notify = true;

@@ -176,7 +176,7 @@ static void test_output_stderr_only(void)
     log_warn(lg, "database", NULL, "careful");
     logger_set_quiet(lg, true);
     log_info(lg, "local", NULL, "dropped by -q");
-    log_warn(lg, "local", NULL, "dropped by -q too");
+    log_warn(lg, "local", NULL, "kept by -q");
     log_error(lg, NULL, NULL, "fatal");
     /* A NULL logger prints with the default prefix. */
     log_info(NULL, "remote", "Sent", "without logger");
@@ -186,6 +186,7 @@ static void test_output_stderr_only(void)
                    "no prefix\n"
                    "remote: debug shown\n"
                    "database: WARNING: careful\n"
+                   "local: WARNING: kept by -q\n"
                    "ERROR: fatal\n"
                    "remote(Sent): without logger\n");
     CHECK(logger_debug_level(lg) == 1);

@@ -86,6 +86,20 @@ int imap_client_logout(struct imap_client *c);
 
 const char *imap_client_name(const struct imap_client *c); /* "local" / "remote" */
 const char *imap_client_error(const struct imap_client *c);
+/* The same without the leading "local: " or "remote: ", for a logger whose
+ * prefix names the server already. Does not yield. */
+const char *imap_client_reason(const struct imap_client *c);
+
+/* Bytes exchanged so far: IMAP data (before compression) each way and,
+ * with COMPRESS active, what went over the connection in compressed form
+ * (the IMAP byte counts before COMPRESS began, plus the compressed ones
+ * after). TLS records and handshakes are not counted. Does not yield. */
+struct imap_traffic {
+    uint64_t in, out;
+    uint64_t raw_in, raw_out;
+    bool compressed;
+};
+void imap_client_traffic(const struct imap_client *c, struct imap_traffic *t);
 bool imap_client_has_cap(const struct imap_client *c, const char *cap);
 bool imap_client_is_broken(const struct imap_client *c);
 

@@ -11,9 +11,14 @@
 #define INTERIMAP_NET_COMPRESS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct stream;
 
 int compress_stream_new(struct stream *lower, struct stream **out, char *err, size_t errlen);
+
+/* Compressed bytes read from and written to the stream below so far. `s`
+ * must be a stream made by compress_stream_new(). Does not yield. */
+void compress_stream_totals(const struct stream *s, uint64_t *raw_in, uint64_t *raw_out);
 
 #endif

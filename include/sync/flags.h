@@ -14,5 +14,9 @@
 char *flags_normalize(const struct imap_value *list);
 char *flags_union(const char *a, const char *b);
 bool flags_equal(const char *a, const char *b);
+/* A canonical list as the reference tool prints it in its log lines:
+ * sorted byte by byte ("$Todo Junk \\Seen"), where the canonical order
+ * ignores case. */
+char *flags_display(const char *canonical);
 
 #endif

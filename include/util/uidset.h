@@ -41,4 +41,13 @@ int uidset_parse(struct uidset *s, const char *text, size_t len, size_t max_rang
  */
 char *uidset_format(const struct uidset *s, size_t *pos, size_t max_len);
 
+/*
+ * Writes the UIDs in the order held, runs of consecutive UIDs going up or
+ * down as ranges ("4:6,2,9:8"), the way the reference tool lists the
+ * UIDs of an APPEND in its log: the direction is the one of the first two
+ * UIDs. Returns a malloc'd string ("" for an empty set), NULL when out of
+ * memory.
+ */
+char *uidset_format_list(const struct uidset *s);
+
 #endif

@@ -111,6 +111,12 @@ struct imap_client {
         struct imap_cmd *cmd;
     } next;
 
+    /* traffic, as the summary at the end of a run reports it: IMAP bytes
+     * (before compression) and, with COMPRESS, the compressed bytes */
+    uint64_t bytes_in, bytes_out;
+    uint64_t raw_base_in, raw_base_out; /* IMAP bytes when COMPRESS began */
+    struct stream *zstream;             /* the COMPRESS layer, once active */
+
     bool broken;
     bool logging_out; /* a BYE is expected */
     int broken_code;
@@ -317,6 +323,8 @@ static int client_write_now(struct imap_client *c, const void *buf, size_t len)
     if (c->broken)
         return c->broken_code;
     int r = stream_write(c->stream, buf, len);
+    if (r == 0)
+        c->bytes_out += len;
     if (r < 0) {
         char why[sizeof c->error];
         snprintf(why, sizeof why, "%s: write failed: %s", c->cfg->name,
@@ -709,6 +717,7 @@ ssize_t imap_literal_read(struct imap_literal *lit, void *buf, size_t cap)
         return (int)n;
     }
     lit->remaining -= (uint64_t)n;
+    c->bytes_in += (uint64_t)n;
     return n;
 }
 
@@ -748,6 +757,7 @@ static int client_fill(struct imap_client *c)
         return (int)n;
     }
     c->rlen += (size_t)n;
+    c->bytes_in += (uint64_t)n;
     return 0;
 }
 
@@ -1503,6 +1513,9 @@ static int client_enable_compress(struct imap_client *c)
         return r;
     }
     c->stream = z;
+    c->zstream = z;
+    c->raw_base_in = c->bytes_in;
+    c->raw_base_out = c->bytes_out;
     log_debug(c->log, c->cfg->name, NULL, "COMPRESS=DEFLATE active");
     return 0;
 }
@@ -1678,6 +1691,30 @@ const char *imap_client_name(const struct imap_client *c)
 const char *imap_client_error(const struct imap_client *c)
 {
     return c->error[0] ? c->error : "unknown error";
+}
+
+const char *imap_client_reason(const struct imap_client *c)
+{
+    const char *e = imap_client_error(c);
+    size_t n = strlen(c->cfg->name);
+    if (strncmp(e, c->cfg->name, n) == 0 && e[n] == ':' && e[n + 1] == ' ')
+        return e + n + 2;
+    return e;
+}
+
+void imap_client_traffic(const struct imap_client *c, struct imap_traffic *t)
+{
+    t->in = c->bytes_in;
+    t->out = c->bytes_out;
+    t->compressed = c->zstream != NULL;
+    t->raw_in = t->in;
+    t->raw_out = t->out;
+    if (c->zstream) {
+        uint64_t zin, zout;
+        compress_stream_totals(c->zstream, &zin, &zout);
+        t->raw_in = c->raw_base_in + zin;
+        t->raw_out = c->raw_base_out + zout;
+    }
 }
 
 bool imap_client_is_broken(const struct imap_client *c)

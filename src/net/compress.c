@@ -212,3 +212,12 @@ int compress_stream_new(struct stream *lower, struct stream **out, char *err, si
     *out = &cs->base;
     return 0;
 }
+
+void compress_stream_totals(const struct stream *s, uint64_t *raw_in, uint64_t *raw_out)
+{
+    const struct compress_stream *cs = (const struct compress_stream *)s;
+    /* zlib counts what inflate consumed and deflate produced: every byte
+     * read from below is consumed, every byte produced is written */
+    *raw_in = cs->in.total_in;
+    *raw_out = cs->out.total_out;
+}

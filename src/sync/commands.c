@@ -45,11 +45,11 @@ int command_delete(struct sync_engine *e)
                 continue;
             if (imap_client_run(e->client[s], "DELETE %m", it->server_name) < 0) {
                 log_error(e->log, side_name[s], it->server_name, "cannot delete mailbox: %s",
-                          imap_client_error(e->client[s]));
+                          imap_client_reason(e->client[s]));
                 status = EXIT_PARTIAL;
                 continue;
             }
-            log_info(e->log, side_name[s], it->server_name, "Deleted mailbox");
+            log_info(e->log, side_name[s], NULL, "Deleted mailbox %s", it->server_name);
         }
         if (t & SYNC_TARGET_DATABASE) {
             int64_t idx;
@@ -122,10 +122,10 @@ int command_rename(struct sync_engine *e)
         }
         if (imap_client_run(e->client[s], "RENAME %m %m", it->server_name, dest) < 0) {
             log_error(e->log, side_name[s], it->server_name, "cannot rename to %s: %s", dest,
-                      imap_client_error(e->client[s]));
+                      imap_client_reason(e->client[s]));
             status = EXIT_PARTIAL;
         } else {
-            log_info(e->log, side_name[s], it->server_name, "Renamed to %s", dest);
+            log_info(e->log, side_name[s], NULL, "Renamed mailbox %s to %s", it->server_name, dest);
         }
         free(dest);
     }

@@ -106,6 +106,22 @@ fail:
     return r;
 }
 
+/* "Added 2 UID(s) 4:5 <- 1:2" on the target side: local UIDs on the
+ * left, remote ones on the right, the arrow pointing to the target, in the
+ * order of the APPEND (the reference tool's line, one per APPEND). */
+static void log_added(struct mbox_ctx *m, enum side dst, const struct uidset *src_uids,
+                      const struct uidset *dst_uids)
+{
+    const struct uidset *l = dst == SIDE_LOCAL ? dst_uids : src_uids;
+    const struct uidset *r = dst == SIDE_LOCAL ? src_uids : dst_uids;
+    char *ltext = uidset_format_list(l), *rtext = uidset_format_list(r);
+    if (ltext && rtext)
+        log_info(m->e->log, side_name[dst], m->st[dst].mailbox, "Added %zu UID(s) %s %s %s",
+                 dst_uids->count, ltext, dst == SIDE_LOCAL ? "<-" : "->", rtext);
+    free(ltext);
+    free(rtext);
+}
+
 /* Waits for the APPENDs and records the new pairs. Returns the number of
  * messages mapped or a negative error. */
 int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended)
@@ -118,7 +134,7 @@ int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended
         int r = imap_cmd_wait(b->cmd);
         if (r < 0) {
             log_error(e->log, side_name[dst], m->st[dst].mailbox, "APPEND failed: %s",
-                      imap_client_error(m->st[dst].c));
+                      imap_client_reason(m->st[dst].c));
             if (rc == 0)
                 rc = r;
         } else {
@@ -149,6 +165,7 @@ int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended
                     uidset_add(appended, tu);
                 }
                 m->added[dst] += (unsigned)tuids.count;
+                log_added(m, dst, &b->src_uids, &tuids);
             }
             uidset_fini(&tuids);
         }
@@ -251,14 +268,14 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             int r = imap_cmd_wait(fetch[s]);
             if (r < 0) {
                 log_error(e->log, side_name[s], m->st[s].mailbox, "FETCH failed: %s",
-                          imap_client_error(m->st[s].c));
+                          imap_client_reason(m->st[s].c));
                 rc = r;
             }
             imap_cmd_free(&fetch[s]);
             m->st[s].copy = NULL;
             if (cp[s].error && rc == 0) {
                 log_error(e->log, side_name[OTHER(s)], m->st[OTHER(s)].mailbox,
-                          "copying new messages failed: %s", imap_client_error(m->st[OTHER(s)].c));
+                          "copying new messages failed: %s", imap_client_reason(m->st[OTHER(s)].c));
                 rc = cp[s].error;
             }
         }

@@ -63,7 +63,7 @@ static int engine_connect(struct sync_engine *e)
     for (int s = 0; s < 2; s++) {
         imap_client_on_login(e->client[s], NULL, NULL);
         if (jobs[s].result < 0) {
-            log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
+            log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
             rc = jobs[s].result;
         }
     }
@@ -101,6 +101,56 @@ struct sync_engine *sync_engine_new(struct coro_sched *sched, const struct confi
     return e;
 }
 
+/* "1023", "1.00K", "3.25M", "1.50G": the reference tool's units. */
+static void traffic_format(uint64_t n, char *buf, size_t len)
+{
+    if (n < 1024)
+        snprintf(buf, len, "%" PRIu64, n);
+    else if (n < 1048576)
+        snprintf(buf, len, "%.2fK", (double)n / 1024.);
+    else if (n < 1073741824)
+        snprintf(buf, len, "%.2fM", (double)n / 1048576.);
+    else
+        snprintf(buf, len, "%.2fG", (double)n / 1073741824.);
+}
+
+static void traffic_add(char *line, size_t len, const char *dir, uint64_t n, uint64_t raw,
+                        bool compressed)
+{
+    char a[32], b[32];
+    size_t o = strlen(line);
+    traffic_format(n, a, sizeof a);
+    if (compressed && n > 0) {
+        traffic_format(raw, b, sizeof b);
+        snprintf(line + o, len - o, " %s %s (compr. %s, factor %.2f)", dir, a, b,
+                 (double)raw / (double)n);
+    } else {
+        snprintf(line + o, len - o, " %s %s", dir, a);
+    }
+}
+
+/* What a connection exchanged, in the line the reference tool prints when
+ * it lets one go (not with -q): log watchers and users know it. */
+static void log_traffic(struct sync_engine *e, enum side s)
+{
+    struct imap_traffic t;
+    char line[160] = "";
+    imap_client_traffic(e->client[s], &t);
+    traffic_add(line, sizeof line, "recv", t.in, t.raw_in, t.compressed);
+    traffic_add(line, sizeof line, "sent", t.out, t.raw_out, t.compressed);
+    log_info(e->log, side_name[s], NULL, "IMAP traffic (bytes):%s", line);
+}
+
+/* Lets both connections go, each with its traffic line. */
+static void engine_close(struct sync_engine *e)
+{
+    for (int s = 0; s < 2; s++)
+        if (e->client[s])
+            log_traffic(e, (enum side)s);
+    for (int s = 0; s < 2; s++)
+        imap_client_free(&e->client[s]);
+}
+
 void sync_engine_free(struct sync_engine **pe)
 {
     if (!pe || !*pe)
@@ -109,8 +159,8 @@ void sync_engine_free(struct sync_engine **pe)
     *pe = NULL;
     early_list_free(e); /* before the clients they belong to */
     mbox_free(&e->spec);
+    engine_close(e);
     for (int s = 0; s < 2; s++) {
-        imap_client_free(&e->client[s]);
         listing_fini(&e->listing[s]);
     }
     if (e->ignore_re)
@@ -124,8 +174,7 @@ static int engine_open(struct sync_engine *e)
 {
     early_list_free(e);
     mbox_free(&e->spec);
-    for (int s = 0; s < 2; s++)
-        imap_client_free(&e->client[s]);
+    engine_close(e);
     int r = engine_connect(e);
     e->connected = r == 0;
     if (r < 0)
@@ -338,6 +387,18 @@ int sync_engine_run(struct sync_engine *e)
                          err, sizeof err) < 0) {
         log_error(e->log, "database", NULL, "%s", err);
         return EXIT_FAILURE_GENERIC;
+    }
+    int from_version;
+    switch (state_db_schema_action(e->db, &from_version)) {
+    case STATE_DB_SCHEMA_CREATED:
+        log_info(e->log, NULL, NULL, "Creating new schema in database file %s",
+                 state_db_path(e->db));
+        break;
+    case STATE_DB_SCHEMA_UPGRADED:
+        log_info(e->log, NULL, NULL, "Upgrading database version from %d", from_version);
+        break;
+    case STATE_DB_SCHEMA_CURRENT:
+        break;
     }
     if (state_db_begin(e->db) < 0) {
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));

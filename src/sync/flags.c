@@ -101,6 +101,48 @@ char *flags_union(const char *a, const char *b)
     return out;
 }
 
+static int cmp_flag_bytes(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+char *flags_display(const char *canonical)
+{
+    char *copy = strdup(canonical);
+    size_t n = 0, cap = 8;
+    char **v = malloc(cap * sizeof *v);
+    char *out = NULL;
+    if (!copy || !v)
+        goto done;
+    char *save = NULL;
+    for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+        if (n == cap) {
+            char **nv = realloc(v, (cap *= 2) * sizeof *v);
+            if (!nv)
+                goto done;
+            v = nv;
+        }
+        v[n++] = w;
+    }
+    qsort(v, n, sizeof *v, cmp_flag_bytes);
+    out = malloc(strlen(canonical) + 1);
+    if (!out)
+        goto done;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(v[i]);
+        if (i)
+            out[o++] = ' ';
+        memcpy(out + o, v[i], l);
+        o += l;
+    }
+    out[o] = '\0';
+done:
+    free(v);
+    free(copy);
+    return out;
+}
+
 bool flags_equal(const char *a, const char *b)
 {
     return strcasecmp(a, b) == 0;

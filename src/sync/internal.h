@@ -221,6 +221,8 @@ int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size_t *nou
 /* known.c: known messages */
 int batch_wait(struct cmd_batch *b, struct side_state *st, struct uidset *modified);
 int remove_messages(struct side_state *st, struct uidset *uids);
+void log_removed(struct side_state *st, struct uidset *uids);
+void log_stored(struct side_state *st, const struct flag_plan *p, struct uidset *modified);
 int plan_add(struct flag_plan *p, const char *flags, uint32_t uid);
 void plan_fini(struct flag_plan *p);
 void flags_send(struct side_state *st, struct flag_plan *p, uint64_t unchangedsince,

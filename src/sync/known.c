@@ -33,7 +33,7 @@ int batch_wait(struct cmd_batch *b, struct side_state *st, struct uidset *modifi
         }
         if (r < 0 && rc == 0) {
             log_error(st->e->log, side_name[st->side], st->mailbox, "%s: %s", b->items[i].what,
-                      imap_client_error(st->c));
+                      imap_client_reason(st->c));
             rc = r;
         }
         imap_cmd_free(&b->items[i].cmd);
@@ -62,7 +62,58 @@ int remove_messages(struct side_state *st, struct uidset *uids)
 {
     struct cmd_batch b = {0};
     removal_send(st, uids, &b);
-    return batch_wait(&b, st, NULL);
+    int rc = batch_wait(&b, st, NULL);
+    if (rc == 0)
+        log_removed(st, uids);
+    return rc;
+}
+
+/* The reference tool's lines for what a side did, once its commands
+ * succeeded: "Removed 3 UID(s) 4:6" ... */
+void log_removed(struct side_state *st, struct uidset *uids)
+{
+    if (!uids->count)
+        return;
+    uidset_normalize(uids);
+    size_t pos = 0;
+    char *set = uidset_format(uids, &pos, SIZE_MAX);
+    if (set)
+        log_info(st->e->log, side_name[st->side], st->mailbox, "Removed %zu UID(s) %s", uids->count,
+                 set);
+    free(set);
+}
+
+/* ... and "Updated flags (\\Seen) for UID 4,7" per flag list, the UIDs a
+ * store left alone because they changed meanwhile (MODIFIED) apart. */
+void log_stored(struct side_state *st, const struct flag_plan *p, struct uidset *modified)
+{
+    uidset_normalize(modified);
+    for (size_t i = 0; i < p->count; i++) {
+        const struct flag_group *g = &p->groups[i];
+        struct uidset ok, refused;
+        uidset_init(&ok);
+        uidset_init(&refused);
+        for (size_t k = 0; k < g->uids.count; k++)
+            uidset_add(uidset_contains(modified, g->uids.uids[k]) ? &refused : &ok,
+                       g->uids.uids[k]);
+        uidset_normalize(&ok);
+        uidset_normalize(&refused);
+        char *flags = flags_display(g->flags);
+        size_t pos = 0, rpos = 0;
+        char *set = ok.count ? uidset_format(&ok, &pos, SIZE_MAX) : NULL;
+        char *rset = refused.count ? uidset_format(&refused, &rpos, SIZE_MAX) : NULL;
+        if (flags && set)
+            log_info(st->e->log, side_name[st->side], st->mailbox, "Updated flags (%s) for UID %s",
+                     flags, set);
+        if (flags && rset)
+            log_info(st->e->log, side_name[st->side], st->mailbox,
+                     "Couldn't update flags (%s) for UID %s, will try again later", flags, rset);
+        free(set);
+        free(rset);
+        free(flags);
+        uidset_fini(&ok);
+        uidset_fini(&refused);
+    }
 }
 
 int plan_add(struct flag_plan *p, const char *flags, uint32_t uid)
@@ -263,10 +314,14 @@ static int plan_flag_change(struct mbox_ctx *m, struct known_round *r, enum side
     char *u = flags_union(ch->flags, och->flags);
     if (!u)
         return -ENOMEM;
-    log_warn(e->log, NULL, NULL,
-             "Conflicting flag update in %s for local UID %" PRIu32 " (%s) and remote UID %" PRIu32
-             " (%s). Setting both to the union (%s).",
-             m->pretty, ch->uid, ch->flags, other, och->flags, u);
+    char *shown[3] = {flags_display(ch->flags), flags_display(och->flags), flags_display(u)};
+    if (shown[0] && shown[1] && shown[2])
+        log_warn(e->log, NULL, NULL,
+                 "Conflicting flag update in %s for local UID %" PRIu32 " (%s) and remote UID "
+                 "%" PRIu32 " (%s). Setting both to the union (%s).",
+                 m->pretty, ch->uid, shown[0], other, shown[1], shown[2]);
+    for (int i = 0; i < 3; i++)
+        free(shown[i]);
     m->conflicts++;
     plan_add(&r->plan[s], u, ch->uid);
     plan_add(&r->plan[OTHER(s)], u, other);
@@ -310,8 +365,12 @@ static int round_send(struct mbox_ctx *m, struct known_round *r, bool may_releas
         imap_client_push(m->st[s].c);
     for (int s = 0; s < 2; s++) {
         int w = batch_wait(&batch[s], &m->st[s], &r->modified[s]);
-        if (w < 0)
+        if (w < 0) {
             rc = w;
+            continue;
+        }
+        log_removed(&m->st[s], &r->remove[s]);
+        log_stored(&m->st[s], &r->plan[s], &r->modified[s]);
     }
     /* the VANISHED our own expunges caused need nothing more */
     for (int s = 0; s < 2; s++) {

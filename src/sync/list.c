@@ -310,7 +310,7 @@ int engine_relist(struct sync_engine *e)
         int r = imap_cmd_wait(dcmd[s]);
         imap_cmd_free(&dcmd[s]);
         if (r < 0) {
-            log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
+            log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
             rc = r;
         }
     }
@@ -340,7 +340,7 @@ int engine_relist(struct sync_engine *e)
             imap_cmd_free(&again[1]);
         }
         if (r < 0) {
-            log_error(e->log, NULL, NULL, "%s", imap_client_error(e->client[s]));
+            log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
             rc = r;
         }
         if (e->listing[s].failed)

@@ -245,7 +245,7 @@ static int select_wait_sides(struct mbox_ctx *m, const bool want[2])
         imap_cmd_free(&m->select[s]);
         if (r < 0) {
             log_error(e->log, side_name[s], m->st[s].mailbox, "cannot select: %s",
-                      imap_client_error(m->st[s].c));
+                      imap_client_reason(m->st[s].c));
             rc = r;
         }
         again[s] = imap_client_select_missed(m->st[s].c);
@@ -264,7 +264,7 @@ static int select_wait_sides(struct mbox_ctx *m, const bool want[2])
             imap_cmd_free(&m->select[s]);
             if (r < 0) {
                 log_error(e->log, side_name[s], m->st[s].mailbox, "cannot select: %s",
-                          imap_client_error(m->st[s].c));
+                          imap_client_reason(m->st[s].c));
                 rc = r;
             }
         }

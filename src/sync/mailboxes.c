@@ -49,14 +49,16 @@ static int create_wait(struct sync_engine *e, struct pending_create *pc)
     int r = pc->create ? imap_cmd_wait(pc->create) : -ENOMEM;
     if (r < 0)
         log_error(e->log, side_name[pc->side], pc->name, "cannot create mailbox: %s",
-                  imap_client_error(c));
+                  imap_client_reason(c));
     else
-        log_info(e->log, side_name[pc->side], pc->name, "Created mailbox");
+        log_info(e->log, side_name[pc->side], NULL, "Created mailbox %s", pc->name);
     if (pc->subscribe) {
         int rs = pc->sub ? imap_cmd_wait(pc->sub) : -ENOMEM;
         if (r == 0 && rs < 0)
             log_error(e->log, side_name[pc->side], pc->name, "cannot subscribe: %s",
-                      imap_client_error(c));
+                      imap_client_reason(c));
+        else if (r == 0)
+            log_info(e->log, side_name[pc->side], NULL, "Subscribe to %s", pc->name);
     }
     imap_cmd_free(&pc->create);
     imap_cmd_free(&pc->sub);
@@ -74,7 +76,10 @@ static int set_subscription(struct sync_engine *e, enum side s, const char *key,
     int r = imap_client_run(e->client[s], subscribe ? "SUBSCRIBE %m" : "UNSUBSCRIBE %m", name);
     if (r < 0)
         log_error(e->log, side_name[s], name, "cannot %s: %s",
-                  subscribe ? "subscribe" : "unsubscribe", imap_client_error(e->client[s]));
+                  subscribe ? "subscribe" : "unsubscribe", imap_client_reason(e->client[s]));
+    else /* sic: the reference tool's wording */
+        log_info(e->log, side_name[s], NULL, "%s to %s", subscribe ? "Subscribe" : "Unsubscribe",
+                 name);
     free(name);
     return r;
 }

@@ -95,11 +95,16 @@ int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
                     rc = -ENOMEM;
                     break;
                 }
-                log_warn(e->log, NULL, NULL,
-                         "%s flag update in %s for local UID %" PRIu32 " (%s) and remote UID "
-                         "%" PRIu32 " (%s). Setting both to the union (%s).",
-                         lnew ? "Conflicting" : "Missed", m->pretty, u[0], c[0]->flags, u[1],
-                         c[1]->flags, un);
+                char *shown[3] = {flags_display(c[0]->flags), flags_display(c[1]->flags),
+                                  flags_display(un)};
+                if (shown[0] && shown[1] && shown[2])
+                    log_warn(e->log, NULL, NULL,
+                             "%s flag update in %s for local UID %" PRIu32 " (%s) and remote UID "
+                             "%" PRIu32 " (%s). Setting both to the union (%s).",
+                             lnew ? "Conflicting" : "Missed", m->pretty, u[0], shown[0], u[1],
+                             shown[1], shown[2]);
+                for (int k = 0; k < 3; k++)
+                    free(shown[k]);
                 plan_add(&plan[0], un, u[0]);
                 plan_add(&plan[1], un, u[1]);
                 free(un);
@@ -142,6 +147,8 @@ int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
             struct cmd_batch b = {0};
             flags_send(&st[s], &plan[s], 0, &b);
             rc = batch_wait(&b, &st[s], &modified);
+            if (rc == 0)
+                log_stored(&st[s], &plan[s], &modified);
         }
         uidset_fini(&modified);
     }

@@ -187,3 +187,54 @@ char *uidset_format(const struct uidset *s, size_t *pos, size_t max_len)
     *pos = i;
     return out;
 }
+
+static int list_item(char **out, size_t *len, size_t *cap, uint32_t from, uint32_t to)
+{
+    char item[32];
+    int n = from == to
+                ? snprintf(item, sizeof item, "%s%" PRIu32, *len ? "," : "", from)
+                : snprintf(item, sizeof item, "%s%" PRIu32 ":%" PRIu32, *len ? "," : "", from, to);
+    if (*len + (size_t)n + 1 > *cap) {
+        size_t ncap = (*len + (size_t)n + 1) * 2;
+        char *o = realloc(*out, ncap);
+        if (!o)
+            return -ENOMEM;
+        *out = o;
+        *cap = ncap;
+    }
+    memcpy(*out + *len, item, (size_t)n + 1);
+    *len += (size_t)n;
+    return 0;
+}
+
+char *uidset_format_list(const struct uidset *s)
+{
+    size_t cap = 64, len = 0;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    if (!s->count)
+        return out;
+    uint32_t from = s->uids[0], to = from;
+    int dir = 0; /* fixed by the second UID, as in the reference tool */
+    for (size_t i = 1; i < s->count; i++) {
+        uint32_t k = s->uids[i];
+        if (!dir)
+            dir = k < to ? -1 : 1;
+        if (k != to && (int64_t)k == (int64_t)to + dir) {
+            to = k;
+            continue;
+        }
+        if (list_item(&out, &len, &cap, from, to) < 0) {
+            free(out);
+            return NULL;
+        }
+        from = to = k;
+    }
+    if (list_item(&out, &len, &cap, from, to) < 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}

@@ -66,10 +66,22 @@ static void test_equal(void)
     CHECK(flags_equal("", ""));
 }
 
+/* Log lines sort byte by byte, as the reference tool does. */
+static void test_display(void)
+{
+    char *d = flags_display("$Todo \\Answered Junk \\Seen");
+    CHECK_STR(d, "$Todo Junk \\Answered \\Seen");
+    free(d);
+    char *d0 = flags_display("");
+    CHECK_STR(d0, "");
+    free(d0);
+}
+
 int main(void)
 {
     test_normalize();
     test_union();
     test_equal();
+    test_display();
     return check_finish();
 }

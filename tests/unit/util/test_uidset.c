@@ -1,5 +1,6 @@
 /* Unit tests of UID sets (src/util/uidset.c): parsing sequence sets in the
- * order given, rejecting malformed or oversized ones, compact formatting. */
+ * order given, rejecting malformed or oversized ones, compact formatting,
+ * and the order-keeping list of log lines. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,10 +84,39 @@ static void test_format_compacts_and_splits(void)
     uidset_fini(&s);
 }
 
+static void check_list(const uint32_t *uids, size_t n, const char *want)
+{
+    struct uidset s;
+    uidset_init(&s);
+    for (size_t i = 0; i < n; i++)
+        uidset_add(&s, uids[i]);
+    char *text = uidset_format_list(&s);
+    CHECK_STR(text, want);
+    free(text);
+    uidset_fini(&s);
+}
+
+/* The order is kept and runs go either way, with the direction set by
+ * the first two UIDs (what the reference tool's compact_list prints). */
+static void test_format_list(void)
+{
+    check_list(NULL, 0, "");
+    check_list((const uint32_t[]){5}, 1, "5");
+    check_list((const uint32_t[]){1, 2, 3}, 3, "1:3");
+    check_list((const uint32_t[]){4, 5, 1, 2}, 4, "4:5,1:2");
+    check_list((const uint32_t[]){9, 8, 7, 2}, 4, "9:7,2");
+    /* down first: a later upward run is not a range */
+    check_list((const uint32_t[]){3, 2, 5, 6}, 4, "3:2,5,6");
+    check_list((const uint32_t[]){1, 2, 3, 7, 6}, 5, "1:3,7,6");
+    check_list((const uint32_t[]){7, 7, 8}, 3, "7,7:8");
+    check_list((const uint32_t[]){4294967294u, 4294967295u, 1}, 3, "4294967294:4294967295,1");
+}
+
 int main(void)
 {
     test_parse_order_and_ranges();
     test_parse_rejects();
     test_format_compacts_and_splits();
+    test_format_list();
     return check_finish();
 }

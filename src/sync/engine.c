@@ -424,7 +424,19 @@ int sync_engine_run(struct sync_engine *e)
         unsigned backoff = 1;
         while (!e->stop) {
             if (engine_broken(e)) {
-                log_warn(e->log, NULL, NULL, "connection lost; reconnecting in %u s", backoff);
+                /* name the server that went away (a failed reconnection
+                 * was reported by engine_connect already) */
+                bool named = false;
+                for (int s = 0; s < 2; s++) {
+                    if (e->connected && e->client[s] && imap_client_is_broken(e->client[s])) {
+                        log_warn(e->log, side_name[s], NULL,
+                                 "connection lost (%s); reconnecting in %u s",
+                                 imap_client_reason(e->client[s]), backoff);
+                        named = true;
+                    }
+                }
+                if (!named)
+                    log_warn(e->log, NULL, NULL, "reconnecting in %u s", backoff);
                 engine_sleep(e, backoff * 1000ull, false);
                 if (e->stop)
                     break;

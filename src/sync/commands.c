@@ -30,7 +30,7 @@ int command_delete(struct sync_engine *e)
     for (size_t i = 0; i < e->opts.nmailboxes; i++) {
         const char *arg = e->opts.mailboxes[i];
         if (strcasecmp(arg, "INBOX") == 0) {
-            log_error(e->log, NULL, NULL, "INBOX cannot be deleted");
+            log_error(e->log, NULL, NULL, "INBOX can't be deleted");
             return EXIT_USAGE;
         }
         size_t keylen;

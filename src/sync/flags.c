@@ -108,26 +108,23 @@ static int cmp_flag_bytes(const void *a, const void *b)
 
 char *flags_display(const char *canonical)
 {
+    /* as many words as blanks plus one, at most */
+    size_t words = 1;
+    for (const char *p = canonical; *p; p++)
+        words += *p == ' ';
     char *copy = strdup(canonical);
-    size_t n = 0, cap = 8;
-    char **v = malloc(cap * sizeof *v);
-    char *out = NULL;
-    if (!copy || !v)
+    char **v = malloc(words * sizeof *v);
+    char *out = malloc(strlen(canonical) + 1);
+    if (!copy || !v || !out) {
+        free(out);
+        out = NULL;
         goto done;
-    char *save = NULL;
-    for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
-        if (n == cap) {
-            char **nv = realloc(v, (cap *= 2) * sizeof *v);
-            if (!nv)
-                goto done;
-            v = nv;
-        }
-        v[n++] = w;
     }
+    size_t n = 0;
+    char *save = NULL;
+    for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save))
+        v[n++] = w;
     qsort(v, n, sizeof *v, cmp_flag_bytes);
-    out = malloc(strlen(canonical) + 1);
-    if (!out)
-        goto done;
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(v[i]);

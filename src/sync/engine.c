@@ -191,6 +191,28 @@ static bool engine_broken(const struct sync_engine *e)
            imap_client_is_broken(e->client[1]);
 }
 
+/* The line that ends a cycle: how many mailboxes, how long, what changed.
+ * With --watch only when something did. */
+static void log_totals(struct sync_engine *e, uint64_t started_ns)
+{
+    bool any = e->totals.added || e->totals.removed || e->totals.updated || e->failed_mailboxes;
+    if (!any && e->opts.watch_seconds >= 0)
+        return;
+    double secs = (double)(uv_hrtime() - started_ns) / 1e9;
+    char failed[64] = "";
+    if (e->failed_mailboxes)
+        snprintf(failed, sizeof failed, ", %d mailbox(es) failed", e->failed_mailboxes);
+    if (!any)
+        log_info(e->log, NULL, NULL, "Done: %zu mailbox(es) in %.2f s, nothing to do",
+                 e->totals.mailboxes, secs);
+    else
+        log_info(e->log, NULL, NULL,
+                 "Done: %zu mailbox(es) in %.2f s: %llu message(s) added, %llu expunged, %llu flag "
+                 "update(s)%s",
+                 e->totals.mailboxes, secs, e->totals.added, e->totals.removed, e->totals.updated,
+                 failed);
+}
+
 /* One synchronization of every mailbox; returns an exit status. */
 static int engine_cycle(struct sync_engine *e)
 {
@@ -198,9 +220,12 @@ static int engine_cycle(struct sync_engine *e)
     size_t nwork = 0;
     int status = EXIT_IN_STEP;
     bool repair = e->opts.command == SYNC_REPAIR;
+    uint64_t started = uv_hrtime();
     e->failed_mailboxes = 0;
+    memset(&e->totals, 0, sizeof e->totals);
     if (sync_mailbox_list(e, &work, &nwork) < 0)
         return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
+    e->totals.mailboxes = nwork;
     /* the mailboxes to do, in order; one done again (MAILBOX_AGAIN) goes
      * to the end, once */
     size_t *todo = malloc((2 * nwork + 1) * sizeof *todo), ntodo = 0;
@@ -259,6 +284,8 @@ static int engine_cycle(struct sync_engine *e)
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
         status = EXIT_FAILURE_GENERIC;
     }
+    if (status != EXIT_CONNECTION && status != EXIT_FAILURE_GENERIC)
+        log_totals(e, started);
     return status;
 }
 

@@ -138,6 +138,11 @@ struct sync_engine {
     struct coro *sleeper;              /* the engine while it sleeps between cycles */
     bool notify_set;
     bool connected; /* both connections are up */
+    /* what a cycle did, for the line that ends it */
+    struct {
+        size_t mailboxes;
+        unsigned long long added, removed, updated;
+    } totals;
     char errbuf[512];
 };
 

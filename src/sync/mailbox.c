@@ -318,9 +318,16 @@ int select_wait_target(struct mbox_ctx *m)
     return select_wait_sides(m, want);
 }
 
+/* The mailbox's line per side that changed, and its share of the line
+ * that ends the cycle. */
 static void log_summary(struct mbox_ctx *m)
 {
     struct sync_engine *e = m->e;
+    for (int s = 0; s < 2; s++) {
+        e->totals.added += m->added[s];
+        e->totals.removed += m->removed[s];
+        e->totals.updated += m->updated[s];
+    }
     for (int s = 0; s < 2; s++) {
         if (!m->added[s] && !m->removed[s] && !m->updated[s])
             continue;

@@ -5,7 +5,8 @@ servers holding the same mail, and what they print is compared line by
 line, modulo the differences the manual lists (COMPATIBILITY in
 interimap(1), doc/interimap.md):
 
-  - our per-mailbox summary lines are an addition, and are left out;
+  - our per-mailbox summary lines and the line that ends a run are
+    additions, and are left out;
   - lines may come in another order (both servers are worked on at once),
     so the lines are compared as sorted lists;
   - the byte counts of the traffic lines differ (the commands differ);
@@ -28,6 +29,7 @@ from imapfixture import check, check_eq, main, mail, skip  # noqa: E402
 from imapfixture.mail import MessageGenerator  # noqa: E402
 
 SUMMARY = re.compile(r"\d+ message\(s\) added, \d+ expunged, \d+ flag update\(s\)$")
+DONE = re.compile(r"^Done: \d+ mailbox\(es\) in \d+\.\d\d s(, nothing to do|: )")
 TRAFFIC = re.compile(r"IMAP traffic \(bytes\): recv \S+( \(compr\. \S+, factor \S+\))?"
                      r" sent \S+( \(compr\. \S+, factor \S+\))?$")
 BOUND = 30.0  # seconds for a --watch change to travel; generous on a shared machine
@@ -43,7 +45,7 @@ def normalize(text, pair):
     our summary lines dropped, traffic byte counts masked."""
     out = []
     for line in text.splitlines():
-        if not line.strip() or SUMMARY.search(line):
+        if not line.strip() or SUMMARY.search(line) or DONE.search(line):
             continue
         line = line.replace(pair.dir, "DIR")
         m = TRAFFIC.search(line)

@@ -4,6 +4,7 @@ final contents of both servers (bodies and flags per mailbox) and the
 database."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,9 @@ def test_initial_local_to_empty_remote():
         check_eq(b.total(), 40, "messages on remote")
         check("Archive/2024" in b.names(), "nested mailbox created on remote")
         check("added" in r.err, "a summary line is printed: %r" % r.err)
+        check(re.search(r"^Done: 3 mailbox\(es\) in \d+\.\d\d s: 40 message\(s\) added, "
+                        r"0 expunged, 0 flag update\(s\)$", r.err, re.M),
+              "the line that ends the run counts everything: %r" % r.err)
         # a second run has nothing to do and changes nothing
         r2 = p.run()
         check("added" not in r2.err, "second run reports nothing: %r" % r2.err)
@@ -293,7 +297,6 @@ def test_server_without_literalplus_or_multiappend():
 def test_delivery_during_append_is_not_lost():
     """A message delivered to the target while we append there gets a UID
     among ours: it must still be copied back (now or on the next run)."""
-    import re
     with Pair() as p:
         # large enough that the APPEND is still streaming when the other
         # delivery commits (Dovecot numbers a MULTIAPPEND at its end)
@@ -318,7 +321,6 @@ def test_next_select_sent_ahead_and_late_delivery_done_in_same_run():
     """The next mailbox's SELECT goes out behind the current mailbox's
     APPEND; a message delivered to the current mailbox meanwhile makes the
     run come back to that mailbox before it ends."""
-    import re
     with Pair() as p:
         gen = MessageGenerator(3)
         # A is large enough that its APPEND is still streaming when the
@@ -358,7 +360,6 @@ def test_inbox_selected_behind_the_login():
     """INBOX is selected speculatively behind the LISTs that ride along
     with the login: used first when it changed, let go when it did not,
     and in both cases every change is propagated."""
-    import re
     with Pair() as p:
         fill(p.local, {"INBOX": 8, "A": 6, "B": 4})
         p.run()
@@ -393,7 +394,9 @@ def test_inbox_selected_behind_the_login():
         check_eq(b.total(), 15, "messages on remote after the second expunge")
         r = p.run()
         said = [l for l in r.err.splitlines() if "IMAP traffic (bytes):" not in l]
-        check_eq(said, [], "a run with nothing to do says nothing but the traffic")
+        check_eq(len(said), 1, "one line besides the traffic: %r" % said)
+        check(re.match(r"Done: 3 mailbox\(es\) in \d+\.\d\d s, nothing to do$", said[0]),
+              "a run with nothing to do says so: %r" % said)
         r = p.run("-q")
         check_eq(r.err, "", "nor anything with -q")
 

@@ -36,6 +36,11 @@ void logger_free(struct logger **lg);
 /* Quiet (-q) drops informational messages: warnings and errors are still
  * printed, as by the reference tool. */
 void logger_set_quiet(struct logger *lg, bool quiet);
+/* fn(ctx, true) is called before a line is written to standard error and
+ * fn(ctx, false) after: a display sharing the terminal (the progress line)
+ * gets out of the way. NULL removes it. */
+typedef void (*logger_tty_guard_fn)(void *ctx, bool before);
+void logger_set_tty_guard(struct logger *lg, logger_tty_guard_fn fn, void *ctx);
 /* 0: off, 1: traffic with credentials redacted, 2+: everything. */
 void logger_set_debug(struct logger *lg, int level);
 int logger_debug_level(const struct logger *lg);

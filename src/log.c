@@ -42,6 +42,8 @@ struct logger {
     char *prefix;
     bool quiet;
     int debug;
+    logger_tty_guard_fn guard;
+    void *guard_ctx;
 };
 
 /* ---- growable buffer ---- */
@@ -381,6 +383,14 @@ void logger_set_quiet(struct logger *lg, bool quiet)
         lg->quiet = quiet;
 }
 
+void logger_set_tty_guard(struct logger *lg, logger_tty_guard_fn fn, void *ctx)
+{
+    if (lg != NULL) {
+        lg->guard = fn;
+        lg->guard_ctx = ctx;
+    }
+}
+
 void logger_set_debug(struct logger *lg, int level)
 {
     if (lg != NULL)
@@ -465,8 +475,13 @@ static void log_emit(struct logger *lg, enum log_dest dest, const char *componen
 
     if (fd >= 0)
         write_all(fd, line.data, line.len);
-    if (dest == DEST_BOTH || fd < 0)
+    if (dest == DEST_BOTH || fd < 0) {
+        if (lg != NULL && lg->guard != NULL)
+            lg->guard(lg->guard_ctx, true);
         write_all(STDERR_FILENO, line.data + ts_len, line.len - ts_len);
+        if (lg != NULL && lg->guard != NULL)
+            lg->guard(lg->guard_ctx, false);
+    }
 out:
     sb_free(&line);
 }

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "config.h"
@@ -18,6 +19,7 @@
 #include "imap/client.h"
 #include "interimap-version.h"
 #include "log.h"
+#include "progress.h"
 #include "sync/sync.h"
 
 static const char usage_long[] =
@@ -280,6 +282,16 @@ static int check_cli(struct cli *cli, struct sync_options *opts)
     return 0;
 }
 
+/* The logger's guard: the progress line leaves the terminal while a log
+ * line is written there. */
+static void progress_guard(void *ctx, bool before)
+{
+    if (before)
+        progress_hide(ctx);
+    else
+        progress_show(ctx);
+}
+
 struct run {
     struct sync_engine *engine;
     int status;
@@ -348,6 +360,13 @@ int main(int argc, char **argv)
     }
     logger_set_quiet(log, cli.quiet);
     logger_set_debug(log, cli.debug);
+    /* a progress line only for a person watching a terminal */
+    struct progress *progress = NULL;
+    if (!cli.quiet && isatty(STDOUT_FILENO))
+        progress = progress_new(STDOUT_FILENO);
+    if (progress && isatty(STDERR_FILENO))
+        logger_set_tty_guard(log, progress_guard, progress);
+    opts.progress = progress;
 
     /* a peer closing the connection must show up as an error, not kill us */
     signal(SIGPIPE, SIG_IGN);
@@ -368,6 +387,7 @@ int main(int argc, char **argv)
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     logger_free(&log);
+    progress_free(&progress);
     config_fini(&cfg);
     free(cli.args);
     return run.status;

@@ -44,6 +44,7 @@ struct sync_options {
     int watch_seconds; /* < 0: no --watch */
     bool notify;
     bool quiet;
+    struct progress *progress; /* the terminal display, or NULL; main's */
 };
 
 struct sync_engine *sync_engine_new(struct coro_sched *sched, const struct config *cfg,

@@ -98,6 +98,7 @@ int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_val
     cp->open_count++;
     cp->open_bytes += size;
     cp->copied++;
+    progress_copied(e->opts.progress, size);
     free(flags);
     return 0;
 fail:

@@ -254,6 +254,7 @@ static int engine_cycle(struct sync_engine *e)
         int r = -ENOMEM;
         if (cur) {
             cur->next = next;
+            progress_mailbox(e->opts.progress, cur->pretty, k + 1, ntodo);
             r = sync_one(cur);
         }
         if (r == MAILBOX_AGAIN && !again[todo[k]]) {
@@ -284,6 +285,7 @@ static int engine_cycle(struct sync_engine *e)
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
         status = EXIT_FAILURE_GENERIC;
     }
+    progress_end(e->opts.progress);
     if (status != EXIT_CONNECTION && status != EXIT_FAILURE_GENERIC)
         log_totals(e, started);
     return status;

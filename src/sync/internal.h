@@ -38,6 +38,7 @@
 #include "util/array.h"
 #include "util/uidset.h"
 #include "log.h"
+#include "progress.h"
 #include "sync/flags.h"
 
 #define OTHER(s) ((enum side)(1 - (s)))

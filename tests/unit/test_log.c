@@ -241,6 +241,43 @@ static void test_output_logfile(void)
     CHECK_STR(err, "invalid log-prefix template");
 }
 
+/* The guard records its calls in a string: '<' before a write to
+ * standard error, '>' after. */
+static void record_guard(void *ctx, bool before)
+{
+    char *calls = ctx;
+    size_t n = strlen(calls);
+    if (n + 1 < 16) {
+        calls[n] = before ? '<' : '>';
+        calls[n + 1] = '\0';
+    }
+}
+
+static void test_tty_guard(void)
+{
+    char err[256], path[512], calls[16] = "";
+    snprintf(path, sizeof(path), "%s/guard.log", tmpdir);
+    struct logger *lg = logger_new(path, NULL, err, sizeof(err));
+    CHECK(lg != NULL);
+    if (lg == NULL)
+        return;
+    logger_set_tty_guard(lg, record_guard, calls);
+    logger_set_debug(lg, 1);
+    capture_stderr();
+    log_info(lg, "local", NULL, "one");
+    CHECK_STR(calls, "<>");
+    /* a debug line goes to the logfile only: the terminal is not touched */
+    log_debug(lg, "local", NULL, "two");
+    CHECK_STR(calls, "<>");
+    log_error(lg, NULL, NULL, "three");
+    CHECK_STR(calls, "<><>");
+    logger_set_tty_guard(lg, NULL, NULL);
+    log_warn(lg, NULL, NULL, "four");
+    CHECK_STR(calls, "<><>");
+    release_stderr();
+    logger_free(&lg);
+}
+
 static void test_timestamp(void)
 {
     char buf[64];
@@ -397,6 +434,7 @@ int main(int argc, char **argv)
         test_expand();
         test_output_stderr_only();
         test_output_logfile();
+        test_tty_guard();
         test_timestamp();
         test_trace_line();
     }

@@ -35,6 +35,7 @@ static const char usage_long[] =
     "  --watch[=SECONDS]    keep synchronizing (default every 60 s, 900 s with --notify);\n"
     "                       also --watch SECONDS\n"
     "  --notify             wait for server notifications (NOTIFY, or IDLE) between syncs\n"
+    "  --dry-run            report what a synchronization would do; change nothing\n"
     "  -q, --quiet          only print warnings and errors\n"
     "  --debug              log IMAP traffic (twice: including credentials)\n"
     "  -h, --help           this help\n"
@@ -46,7 +47,7 @@ static const char usage_long[] =
 
 struct cli {
     const char *config;
-    bool quiet, help, version, notify, watch;
+    bool quiet, help, version, notify, watch, dry_run;
     int watch_seconds;
     int debug;
     unsigned targets;
@@ -202,6 +203,8 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
             }
         } else if (strcmp(a, "--notify") == 0) {
             cli->notify = true;
+        } else if (strcmp(a, "--dry-run") == 0) {
+            cli->dry_run = true;
         } else if (strcmp(a, "--quiet") == 0) {
             cli->quiet = true;
         } else if (strcmp(a, "--debug") == 0) {
@@ -243,6 +246,11 @@ static int check_cli(struct cli *cli, struct sync_options *opts)
         fprintf(stderr, "interimap: --watch and --notify cannot be combined with a command\n");
         return -EINVAL;
     }
+    if (cli->dry_run && (ncommands || cli->watch || cli->notify)) {
+        fprintf(stderr, "interimap: --dry-run only goes with a synchronization (no --watch, "
+                        "--notify, --repair, --delete or --rename)\n");
+        return -EINVAL;
+    }
     if (cli->targets && !(cli->delete || cli->rename)) {
         fprintf(stderr, "interimap: --target only applies to --delete and --rename\n");
         return -EINVAL;
@@ -274,6 +282,7 @@ static int check_cli(struct cli *cli, struct sync_options *opts)
     opts->nmailboxes = cli->nargs;
     opts->targets = cli->targets ? cli->targets : SYNC_TARGET_ALL;
     opts->notify = cli->notify;
+    opts->dry_run = cli->dry_run;
     opts->quiet = cli->quiet;
     opts->watch_seconds = -1;
     if (cli->watch || cli->notify)

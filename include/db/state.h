@@ -52,6 +52,11 @@ enum {
     /* Fail if the file does not exist (the Perl tool never creates the
      * database in --watch mode). */
     STATE_DB_NO_CREATE = 1,
+    /* Read only (--dry-run): the file must exist and is never written;
+     * a shared lock is held instead, so an instance writing to the
+     * database makes the open fail (-EBUSY) and none can start writing
+     * while it is held. Implies STATE_DB_NO_CREATE. */
+    STATE_DB_READ_ONLY = 2,
 };
 
 /* What state_db_prepare() did to the schema. */
@@ -88,6 +93,9 @@ int state_db_prepare(struct state_db *db, char ldelim, char rdelim, char *err, s
 /* What the last state_db_prepare() did; *from_version (may be NULL) gets
  * the version found in the file. */
 enum state_db_schema_action state_db_schema_action(const struct state_db *db, int *from_version);
+/* Reads the schema version in the file and whether it holds any table,
+ * without changing anything (what state_db_prepare() would do). */
+int state_db_schema_read(struct state_db *db, int *version, bool *tables);
 
 /* Rolls back any open transaction, closes, releases the lock. NULL-safe. */
 void state_db_close(struct state_db **db);

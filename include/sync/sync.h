@@ -44,6 +44,7 @@ struct sync_options {
     int watch_seconds; /* < 0: no --watch */
     bool notify;
     bool quiet;
+    bool dry_run;              /* report what a synchronization would do; change nothing */
     struct progress *progress; /* the terminal display, or NULL; main's */
 };
 

@@ -356,6 +356,8 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
     }
     int rc;
     struct stat sb;
+    if (flags & STATE_DB_READ_ONLY)
+        flags |= STATE_DB_NO_CREATE;
     if (stat(path, &sb) < 0) {
         if (errno != ENOENT || (flags & STATE_DB_NO_CREATE)) {
             rc = -errno;
@@ -378,7 +380,9 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
     }
     /* read-write only: the file exists by now, and SQLite would create a
      * missing one with the umask's mode */
-    if (sqlite3_open_v2(path, &db->h, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+    bool ro = flags & STATE_DB_READ_ONLY;
+    if (sqlite3_open_v2(path, &db->h, ro ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE, NULL) !=
+        SQLITE_OK) {
         set_msg(err, errlen, "cannot open database %s: %s", path,
                 db->h ? sqlite3_errmsg(db->h) : "out of memory");
         rc = ERR_DB;
@@ -395,7 +399,11 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
         rc = ERR_DB;
         goto fail;
     }
-    int r = sqlite3_exec(db->h, "BEGIN EXCLUSIVE", NULL, NULL, NULL);
+    /* read only: a read inside a transaction takes the shared lock, which
+     * the locking mode then keeps */
+    int r =
+        sqlite3_exec(db->h, ro ? "BEGIN; SELECT COUNT(*) FROM sqlite_master" : "BEGIN EXCLUSIVE",
+                     NULL, NULL, NULL);
     if (r == SQLITE_BUSY || r == SQLITE_LOCKED) {
         set_msg(err, errlen, "database %s is locked by another interimap instance", path);
         rc = -EBUSY;
@@ -521,6 +529,14 @@ static int has_tables(struct state_db *db, bool *yes)
                         " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
                         &n);
     *yes = n > 0;
+    return rc;
+}
+
+int state_db_schema_read(struct state_db *db, int *version, bool *tables)
+{
+    int rc = pragma_int(db, "PRAGMA user_version", version);
+    if (rc == 0)
+        rc = has_tables(db, tables);
     return rc;
 }
 

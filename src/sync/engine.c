@@ -4,6 +4,8 @@
  */
 #include "internal.h"
 
+#include <unistd.h>
+
 const char *const side_name[2] = {"local", "remote"};
 
 /* ------------------------------------------------------------------ */
@@ -36,7 +38,7 @@ static int engine_connect(struct sync_engine *e)
     struct coro *self = coro_current(e->sched);
     /* the listing rides along with the login unless its patterns need the
      * delimiter, which only a first LIST tells */
-    bool early = !patterns_need_delimiter(e);
+    bool early = !e->opts.dry_run && !patterns_need_delimiter(e);
     for (int s = 0; s < 2; s++) {
         const struct server_config *sc = s == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
         bool keepalive = e->opts.watch_seconds >= 0 && sc->type != SERVER_TUNNEL;
@@ -398,11 +400,52 @@ static void engine_logout(struct sync_engine *e)
             coro_join(coro_current(e->sched), co[s]);
 }
 
+/* --dry-run: the database is read as it is, if there is one, and never
+ * written; the servers are only read. */
+static int engine_dry_run(struct sync_engine *e)
+{
+    char err[512];
+    if (access(e->cfg->database, F_OK) == 0) {
+        int r = state_db_open_flags(e->cfg->database, STATE_DB_READ_ONLY, &e->db, err, sizeof err);
+        if (r < 0) {
+            log_error(e->log, "database", NULL, "%s", err);
+            return EXIT_FAILURE_GENERIC;
+        }
+        int version = 0;
+        bool tables = false;
+        if (state_db_schema_read(e->db, &version, &tables) < 0) {
+            log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+            return EXIT_FAILURE_GENERIC;
+        }
+        if (version != 1 && tables) {
+            log_error(e->log, "database", NULL,
+                      "the database has schema version %d: run once without --dry-run to "
+                      "upgrade it",
+                      version);
+            return EXIT_FAILURE_GENERIC;
+        }
+        if (!tables)
+            state_db_close(&e->db); /* empty: as if there were none */
+    }
+    if (!e->db)
+        log_info(e->log, NULL, NULL, "Would create the database file %s", e->cfg->database);
+    if (engine_connect(e) < 0)
+        return EXIT_CONNECTION;
+    e->connected = true;
+    if (engine_relist(e) < 0)
+        return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
+    int status = dry_run(e);
+    engine_logout(e);
+    return status;
+}
+
 int sync_engine_run(struct sync_engine *e)
 {
     char err[512];
     if (compile_ignore(e) < 0)
         return EXIT_USAGE;
+    if (e->opts.dry_run)
+        return engine_dry_run(e);
     if (state_db_open(e->cfg->database, &e->db, err, sizeof err) < 0) {
         log_error(e->log, "database", NULL, "%s", err);
         return EXIT_FAILURE_GENERIC;

@@ -271,6 +271,9 @@ int recover_appends(struct mbox_ctx *m, enum side dst, uint32_t bound);
 /* repair.c: repair */
 int repair_pairs(struct mbox_ctx *m, struct uidset skip[2]);
 
+/* dryrun.c: --dry-run */
+int dry_run(struct sync_engine *e);
+
 /* commands.c: commands */
 int command_delete(struct sync_engine *e);
 int command_rename(struct sync_engine *e);

@@ -311,6 +311,70 @@ static void test_lock(void)
     state_db_close(&b);
 }
 
+/* The whole file, to check it was not written. */
+static char *file_bytes(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = malloc(1 << 20);
+    *len = buf ? fread(buf, 1, 1 << 20, f) : 0;
+    fclose(f);
+    return buf;
+}
+
+/* --dry-run's database: read, never written, and locked against writers
+ * (and by them) for as long as it is open. */
+static void test_read_only(void)
+{
+    const char *path = tmp_path("ro.db");
+    char err[512];
+    struct state_db *w = open_prepared(path, '/', '/');
+    if (!w)
+        return;
+    int64_t idx = 0;
+    CHECK(state_db_begin(w) == 0);
+    CHECK(state_db_mailbox_insert(w, "INBOX", 5, true, &idx) == 0);
+    CHECK(state_db_commit(w) == 0);
+    struct state_db *r = NULL;
+    /* a writer holds it: refused */
+    CHECK(state_db_open_flags(path, STATE_DB_READ_ONLY, &r, err, sizeof err) == -EBUSY);
+    CHECK(r == NULL);
+    state_db_close(&w);
+
+    size_t len0 = 0, len1 = 0;
+    char *before = file_bytes(path, &len0);
+    struct stat sb0, sb1;
+    CHECK(stat(path, &sb0) == 0);
+    CHECK(state_db_open_flags(path, STATE_DB_READ_ONLY, &r, err, sizeof err) == 0);
+    int version = -1;
+    bool tables = false;
+    CHECK(r && state_db_schema_read(r, &version, &tables) == 0 && version == 1 && tables);
+    int64_t found_idx = 0;
+    bool sub = false;
+    CHECK(r && state_db_mailbox_find(r, "INBOX", 5, &found_idx, &sub) == 1 && found_idx == idx &&
+          sub);
+    /* writes fail */
+    CHECK(r && state_db_begin(r) == 0 && state_db_mailbox_insert(r, "Other", 5, false, NULL) < 0);
+    if (r)
+        state_db_rollback(r);
+    /* and a writer cannot start while it is open */
+    CHECK(state_db_open(path, &w, err, sizeof err) == -EBUSY);
+    state_db_close(&r);
+    char *after = file_bytes(path, &len1);
+    CHECK(stat(path, &sb1) == 0);
+    CHECK(before && after && len0 == len1 && memcmp(before, after, len0) == 0);
+    CHECK(sb0.st_mtim.tv_sec == sb1.st_mtim.tv_sec && sb0.st_mtim.tv_nsec == sb1.st_mtim.tv_nsec);
+    free(before);
+    free(after);
+
+    /* a missing file is not created */
+    const char *missing = tmp_path("ro-missing/x.db");
+    CHECK(state_db_open_flags(missing, STATE_DB_READ_ONLY, &r, err, sizeof err) == -ENOENT);
+    struct stat sb;
+    CHECK(stat(tmp_path("ro-missing"), &sb) < 0 && errno == ENOENT);
+}
+
 static void test_mailboxes_sides_mapping(void)
 {
     const char *path = tmp_path("crud.db");
@@ -761,6 +825,7 @@ int main(int argc, char **argv)
     test_create_modes_and_schema();
     test_no_create();
     test_lock();
+    test_read_only();
     test_mailboxes_sides_mapping();
     test_rename();
     test_migration();

@@ -129,7 +129,8 @@ def set_option(p, section, line, drop_password=True):
 
 
 def error_lines(r):
-    return [l for l in r.err.splitlines() if l.strip()]
+    """Lines of stderr but the traffic summary each connection ends with."""
+    return [l for l in r.err.splitlines() if l.strip() and "IMAP traffic (bytes):" not in l]
 
 
 def check_one_error(r, *needles):
@@ -164,15 +165,15 @@ def test_password_command_failing():
     with secret_pair() as p:
         set_option(p, "remote", "password-command = echo %s; exit 4" % SECRET[::-1])
         r = p.run(expect=None)
-        check_one_error(r, "remote: password-command exited with status 4")
+        check_one_error(r, "remote: ERROR: password-command exited with status 4")
         check_eq(r.code, 3, "the exit status of a failed login")
         set_option(p, "remote", "password-command = true")
         r = p.run(expect=None)
-        check_one_error(r, "remote: password-command printed nothing")
+        check_one_error(r, "remote: ERROR: password-command printed nothing")
         # the command's output is the password, right or wrong
         set_option(p, "remote", "password-command = echo wrong-%s" % SECRET)
         r = p.run(expect=None)
-        check_one_error(r, "remote: authentication failed")
+        check_one_error(r, "remote: ERROR: authentication failed")
         check("wrong-" not in r.err, "wrong password not printed either")
         # with both options in one section the configuration is refused
         set_option(p, "remote", "password = %s" % SECRET, drop_password=False)
@@ -228,7 +229,7 @@ def test_oauth_wrong_token():
             asked = len(idp.requests)
             r = p.run(expect=None)
             check_eq(idp.requests[asked:], ["expired-" + TOKEN], "the server checked it")
-            check_one_error(r, "remote: authentication failed (%s)" % mech,
+            check_one_error(r, "remote: ERROR: authentication failed (%s)" % mech,
                             "the server refused the token")
             check("expired-" not in r.err, "token not printed")
             check_eq(r.code, 3, "exit status of a refused login")
@@ -240,11 +241,11 @@ def test_oauth_token_command_failing():
         r = p.run(expect=None)
         lines = error_lines(r)
         check_eq(lines[-1:], [l for l in lines if "oauth-token-command" in l], "last line: %r" % r.err)
-        check("remote: oauth-token-command exited with status 7" in lines[-1], r.err)
+        check("remote: ERROR: oauth-token-command exited with status 7" in lines[-1], r.err)
         check(r.code != 0, "failed")
         set_option(p, "remote", "auth = XOAUTH2\noauth-token-command = printf '\\n'")
         r = p.run(expect=None)
-        check_one_error(r, "remote: oauth-token-command printed nothing")
+        check_one_error(r, "remote: ERROR: oauth-token-command printed nothing")
         check_eq(idp.requests, [], "no token reached the server")
         # a token command with no OAuth mechanism to use it, and the reverse
         set_option(p, "remote", "auth = PLAIN LOGIN\noauth-token-command = true")
@@ -333,7 +334,7 @@ def test_scram_sha_256():
         check_eq(b.total(), 2, "messages copied")
         set_option(p, "local", "password-command = echo wrong-%s" % SECRET)
         r = p.run(expect=None)
-        check_one_error(r, "local: authentication failed")
+        check_one_error(r, "local: ERROR: authentication failed")
         check_eq(r.code, 3, "exit status of a refused login")
 
 
@@ -368,11 +369,11 @@ def test_scram_server_that_does_not_know_the_password():
         reply(status=b"BAD", text=b"Authentication aborted by client"),
     ]), section="auth = SCRAM-SHA-256")
     check_eq(fake.errors, [], "script ran to its end")
-    check_one_error(r, "local: authentication failed (SCRAM-SHA-256)", "signature is wrong")
+    check_one_error(r, "local: ERROR: authentication failed (SCRAM-SHA-256)", "signature is wrong")
     fake, r = run_against(scram_script([reply(text=b"logged in")]),
                           section="auth = SCRAM-SHA-256")
     check_eq(fake.errors, [], "script ran to its end")
-    check_one_error(r, "local: authentication failed (SCRAM-SHA-256)",
+    check_one_error(r, "local: ERROR: authentication failed (SCRAM-SHA-256)",
                     "without proving that it knows the password")
     fake.assert_never(rb"ENABLE|LIST|SELECT")
 

@@ -438,6 +438,51 @@ static void write_all(int fd, const char *s, size_t len)
     }
 }
 
+/*
+ * Appends s[0..len) with everything that could end the line or drive a
+ * terminal shown as \xHH: C0 controls (CR, LF, ESC, BEL, TAB...), DEL,
+ * bytes that are not UTF-8, and UTF-8 encodings of C1 controls (U+0080 to
+ * U+009F, which some terminals obey). Mailbox names, response texts and
+ * protocol lines come from the servers: without this a server could
+ * forge log lines or rewrite the user's terminal.
+ */
+static void sb_add_escaped(struct strbuf *b, const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0, run = 0;
+
+    while (i < len) {
+        unsigned char c = p[i];
+        size_t n = 0; /* length of a valid, printable UTF-8 sequence at i */
+        if (c >= 0x20 && c < 0x7f) {
+            n = 1;
+        } else if (c >= 0xc2 && c <= 0xf4) {
+            size_t want = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+            uint32_t cp = c & (want == 2 ? 0x1f : want == 3 ? 0x0f : 0x07);
+            size_t k = 1;
+            while (k < want && i + k < len && (p[i + k] & 0xc0) == 0x80)
+                cp = cp << 6 | (p[i + k++] & 0x3f);
+            bool ok = k == want && !(want == 3 && cp < 0x800) && !(want == 4 && cp < 0x10000) &&
+                      cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff) &&
+                      !(cp >= 0x80 && cp <= 0x9f);
+            if (ok)
+                n = want;
+        }
+        if (n) {
+            run += n;
+            i += n;
+            continue;
+        }
+        sb_add(b, s + i - run, run);
+        run = 0;
+        char hex[5];
+        snprintf(hex, sizeof(hex), "\\x%02X", c);
+        sb_add(b, hex, 4);
+        i++;
+    }
+    sb_add(b, s + len - run, run);
+}
+
 enum log_dest {
     DEST_BOTH,  /* logfile (if any) and standard error */
     DEST_DEBUG, /* logfile if any, else standard error */
@@ -465,10 +510,19 @@ static void log_emit(struct logger *lg, enum log_dest dest, const char *componen
             ts_len = line.len;
         }
     }
+    /* the mailbox name and the message may hold what a server sent */
+    struct strbuf safe_mailbox = {0};
+    if (mailbox != NULL) {
+        sb_add_escaped(&safe_mailbox, mailbox, strlen(mailbox));
+        sb_add(&safe_mailbox, "", 0);
+        if (safe_mailbox.failed)
+            goto out;
+        mailbox = safe_mailbox.data;
+    }
     if (prefix_expand(tmpl, component, mailbox, &line) < 0)
         goto out;
     sb_addz(&line, tag);
-    sb_add(&line, body, body_len);
+    sb_add_escaped(&line, body, body_len);
     sb_addc(&line, '\n');
     if (line.failed)
         goto out;
@@ -483,6 +537,7 @@ static void log_emit(struct logger *lg, enum log_dest dest, const char *componen
             lg->guard(lg->guard_ctx, false);
     }
 out:
+    sb_free(&safe_mailbox);
     sb_free(&line);
 }
 

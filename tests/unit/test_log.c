@@ -278,6 +278,31 @@ static void test_tty_guard(void)
     logger_free(&lg);
 }
 
+/* Mailbox names and messages carry what servers sent: control bytes,
+ * bytes that are not UTF-8 and C1 controls come out as \xHH, so a server
+ * can neither forge a log line nor drive the terminal. */
+static void test_escape(void)
+{
+    char err[256];
+    struct logger *lg = logger_new(NULL, NULL, err, sizeof(err));
+    const char *out;
+
+    CHECK(lg != NULL);
+    capture_stderr();
+    log_error(lg, "remote", "a\r\nERROR: forged", "name \x1b[31mred\x07 tab\there");
+    log_info(lg, "local", "caf\xc3\xa9", "UTF-8 kept: \xe2\x82\xac, \xf0\x9f\x93\xa7");
+    log_info(lg, NULL, NULL, "bad: \xff \xc3( \xc2\x9b \xe0\x80\x80 \xed\xa0\x80 \x7f end");
+    log_info(lg, NULL, NULL, "truncated at the end \xe2\x82");
+    out = release_stderr();
+    CHECK_STR(out, "remote(a\\x0D\\x0AERROR: forged): ERROR: name \\x1B[31mred\\x07 "
+                   "tab\\x09here\n"
+                   "local(caf\xc3\xa9): UTF-8 kept: \xe2\x82\xac, \xf0\x9f\x93\xa7\n"
+                   "bad: \\xFF \\xC3( \\xC2\\x9B \\xE0\\x80\\x80 \\xED\\xA0\\x80 "
+                   "\\x7F end\n"
+                   "truncated at the end \\xE2\\x82\n");
+    logger_free(&lg);
+}
+
 static void test_timestamp(void)
 {
     char buf[64];
@@ -435,6 +460,7 @@ int main(int argc, char **argv)
         test_output_stderr_only();
         test_output_logfile();
         test_tty_guard();
+        test_escape();
         test_timestamp();
         test_trace_line();
     }

@@ -28,10 +28,36 @@ bool uidset_contains(const struct uidset *s, uint32_t uid);
 /*
  * Parses a sequence-set of explicit UIDs ("*" is rejected), appending in
  * the order written (APPENDUID and COPYUID rely on that order). Ranges
- * larger than max_range UIDs are rejected so a hostile server cannot make
- * us allocate without bound. 0 or -EINVAL.
+ * larger than max_range UIDs are rejected. 0 or -EINVAL.
  */
 int uidset_parse(struct uidset *s, const char *text, size_t len, size_t max_range);
+
+/*
+ * What a set parsed from a server's words may hold. A few bytes of text
+ * ("1:4294967295") stand for billions of UIDs, and the same range may be
+ * repeated: the bounds are checked on the merged ranges, before anything
+ * is allocated.
+ */
+struct uidset_bounds {
+    /* Keep the order written, repeats included (APPENDUID, COPYUID pair
+     * the n-th UID with the n-th message): then a UID above max_uid makes
+     * the set invalid. Otherwise the ranges are merged with each other and
+     * with what the set holds (which ends up sorted, without repeats), and
+     * UIDs above max_uid are dropped: they cannot name a message we know. */
+    bool in_order;
+    uint32_t max_uid;
+    /* The most UIDs the set may hold afterwards. */
+    size_t max_count;
+};
+
+/*
+ * Adds the UIDs of a sequence-set within the bounds. Returns 0, -EINVAL
+ * (not a sequence-set of nz-numbers, or a UID above max_uid in order),
+ * -E2BIG (the set would exceed max_count: it is left as it was) or
+ * -ENOMEM.
+ */
+int uidset_parse_bounded(struct uidset *s, const char *text, size_t len,
+                         const struct uidset_bounds *b);
 
 /*
  * Writes the UIDs of a normalized set from index *pos on, compacted into

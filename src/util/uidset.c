@@ -1,6 +1,7 @@
 /*
  * UID sets: growing, normalizing, searching, and the IMAP sequence-set
- * text in both directions (see util/uidset.h).
+ * text in both directions, bounded when it comes from a server (see
+ * util/uidset.h).
  */
 #include "util/uidset.h"
 
@@ -146,6 +147,171 @@ int uidset_parse(struct uidset *s, const char *text, size_t len, size_t max_rang
         }
     }
     return 0;
+}
+
+/* One range of a parsed sequence-set. */
+struct range {
+    uint32_t lo, hi;
+};
+
+static int cmp_range(const void *a, const void *b)
+{
+    const struct range *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* Parses text into ranges (lo <= hi), in the order written. *out is
+ * malloc'd; its length is bounded by the text's. */
+static int ranges_parse(const char *text, size_t len, struct range **out, size_t *n)
+{
+    const char *p = text, *end = text + len;
+    *out = NULL;
+    *n = 0;
+    if (p == end)
+        return -EINVAL;
+    /* each range takes at least two bytes of text but the last */
+    struct range *r = malloc((len / 2 + 1) * sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    size_t k = 0;
+    while (p < end) {
+        uint32_t lo, hi;
+        if (!parse_u32(&p, end, &lo))
+            goto bad;
+        hi = lo;
+        if (p < end && *p == ':') {
+            p++;
+            if (!parse_u32(&p, end, &hi))
+                goto bad;
+        }
+        r[k++] = lo <= hi ? (struct range){lo, hi} : (struct range){hi, lo};
+        if (p < end) {
+            if (*p != ',')
+                goto bad;
+            p++;
+            if (p == end)
+                goto bad;
+        }
+    }
+    *out = r;
+    *n = k;
+    return 0;
+bad:
+    free(r);
+    return -EINVAL;
+}
+
+/* Number of UIDs of the normalized set s within [lo, hi]. */
+static size_t count_within(const struct uidset *s, uint32_t lo, uint32_t hi)
+{
+    size_t a = 0, b = s->count;
+    while (a < b) { /* first index with uid >= lo */
+        size_t mid = a + (b - a) / 2;
+        if (s->uids[mid] < lo)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    size_t first = a;
+    b = s->count;
+    while (a < b) { /* first index with uid > hi */
+        size_t mid = a + (b - a) / 2;
+        if (s->uids[mid] <= hi)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    return a - first;
+}
+
+static int parse_in_order(struct uidset *s, struct range *r, size_t n,
+                          const struct uidset_bounds *b)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].hi > b->max_uid)
+            return -EINVAL;
+        total += (uint64_t)(r[i].hi - r[i].lo) + 1;
+    }
+    if (total > b->max_count || s->count + total > b->max_count)
+        return -E2BIG;
+    if (uidset_reserve(s, (size_t)total) < 0)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        for (uint64_t u = r[i].lo; u <= r[i].hi; u++)
+            s->uids[s->count++] = (uint32_t)u;
+    return 0;
+}
+
+static int parse_merged(struct uidset *s, struct range *r, size_t n, const struct uidset_bounds *b)
+{
+    /* drop what lies above max_uid, then sort and merge */
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].lo > b->max_uid)
+            continue;
+        if (r[i].hi > b->max_uid)
+            r[i].hi = b->max_uid;
+        r[k++] = r[i];
+    }
+    n = k;
+    qsort(r, n, sizeof *r, cmp_range);
+    k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (k && (uint64_t)r[i].lo <= (uint64_t)r[k - 1].hi + 1) {
+            if (r[i].hi > r[k - 1].hi)
+                r[k - 1].hi = r[i].hi;
+        } else {
+            r[k++] = r[i];
+        }
+    }
+    n = k;
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += (uint64_t)(r[i].hi - r[i].lo) + 1;
+    if (total > b->max_count)
+        return -E2BIG;
+    uidset_normalize(s);
+    uint64_t common = 0;
+    for (size_t i = 0; i < n; i++)
+        common += count_within(s, r[i].lo, r[i].hi);
+    uint64_t result = s->count + total - common;
+    if (result > b->max_count)
+        return -E2BIG;
+    /* merge the sorted set with the sorted ranges into a new array */
+    size_t cap = result ? (size_t)result : 1;
+    uint32_t *u = malloc(cap * sizeof *u);
+    if (!u)
+        return -ENOMEM;
+    size_t o = 0, j = 0;
+    for (size_t i = 0; i < n; i++) {
+        while (j < s->count && s->uids[j] < r[i].lo)
+            u[o++] = s->uids[j++];
+        for (uint64_t v = r[i].lo; v <= r[i].hi; v++)
+            u[o++] = (uint32_t)v;
+        while (j < s->count && s->uids[j] <= r[i].hi)
+            j++; /* already written from the range */
+    }
+    while (j < s->count)
+        u[o++] = s->uids[j++];
+    free(s->uids);
+    s->uids = u;
+    s->count = o;
+    s->cap = cap;
+    return 0;
+}
+
+int uidset_parse_bounded(struct uidset *s, const char *text, size_t len,
+                         const struct uidset_bounds *b)
+{
+    struct range *r;
+    size_t n;
+    int rc = ranges_parse(text, len, &r, &n);
+    if (rc < 0)
+        return rc;
+    rc = b->in_order ? parse_in_order(s, r, n, b) : parse_merged(s, r, n, b);
+    free(r);
+    return rc;
 }
 
 char *uidset_format(const struct uidset *s, size_t *pos, size_t max_len)

@@ -64,6 +64,67 @@ static void test_parse_rejects(void)
     uidset_fini(&s);
 }
 
+static int parse_b(struct uidset *s, const char *text, const struct uidset_bounds *b)
+{
+    return uidset_parse_bounded(s, text, strlen(text), b);
+}
+
+/* Sets parsed from a server's words: merged before anything is
+ * allocated, clipped, bounded in total. */
+static void test_parse_bounded(void)
+{
+    struct uidset s;
+    uidset_init(&s);
+    const struct uidset_bounds merged = {.max_uid = 100, .max_count = 50};
+    /* repeats and overlaps are merged; the result is sorted */
+    CHECK(parse_b(&s, "9:7,1,3:4,8,2,1", &merged) == 0);
+    CHECK(s.count == 7 && s.uids[0] == 1 && s.uids[3] == 4 && s.uids[4] == 7 && s.uids[6] == 9);
+    /* merged with what the set holds */
+    CHECK(parse_b(&s, "5:10", &merged) == 0);
+    CHECK(s.count == 10 && s.uids[4] == 5 && s.uids[9] == 10);
+    /* UIDs above max_uid are dropped, whatever their range says */
+    CHECK(parse_b(&s, "95:4294967295,200", &merged) == 0);
+    CHECK(s.count == 16 && s.uids[10] == 95 && s.uids[15] == 100);
+    /* the same range a thousand times counts once */
+    char text[16000];
+    size_t len = 0;
+    for (int i = 0; i < 1000; i++)
+        len += (size_t)snprintf(text + len, sizeof text - len, "%s1:9999999", i ? "," : "");
+    uidset_clear(&s);
+    const struct uidset_bounds big = {.max_uid = UINT32_MAX, .max_count = 10000000};
+    CHECK(uidset_parse_bounded(&s, text, len, &big) == 0);
+    CHECK(s.count == 9999999 && s.uids[9999998] == 9999999);
+    /* beyond max_count: refused, the set left as it was */
+    CHECK(parse_b(&s, "10000000:10000001", &big) == -E2BIG);
+    CHECK(s.count == 9999999);
+    /* overlapping what is there is not counted twice */
+    CHECK(parse_b(&s, "5:10000000", &big) == 0 && s.count == 10000000);
+    uidset_clear(&s);
+    const struct uidset_bounds small = {.max_uid = UINT32_MAX, .max_count = 1000};
+    CHECK(parse_b(&s, "1:4294967295", &small) == -E2BIG && s.count == 0);
+    CHECK(parse_b(&s, "1:*", &small) == -EINVAL && s.count == 0);
+    CHECK(parse_b(&s, "", &small) == -EINVAL);
+    uidset_fini(&s);
+
+    /* in order: APPENDUID pairs the n-th UID with the n-th message */
+    const struct uidset_bounds order = {.in_order = true, .max_uid = 1000, .max_count = 5};
+    uidset_init(&s);
+    CHECK(parse_b(&s, "7,3:5,2", &order) == 0);
+    CHECK(s.count == 5 && s.uids[0] == 7 && s.uids[1] == 3 && s.uids[4] == 2);
+    uidset_clear(&s);
+    CHECK(parse_b(&s, "1:3,1:3", &order) == -E2BIG && s.count == 0);
+    CHECK(parse_b(&s, "1001", &order) == -EINVAL && s.count == 0);
+    /* repeated huge ranges: refused before any allocation */
+    len = 0;
+    for (int i = 0; i < 1000; i++)
+        len += (size_t)snprintf(text + len, sizeof text - len, "%s1:16000000", i ? "," : "");
+    const struct uidset_bounds order_big = {
+        .in_order = true, .max_uid = UINT32_MAX, .max_count = 1000};
+    uidset_fini(&s);
+    CHECK(uidset_parse_bounded(&s, text, len, &order_big) == -E2BIG && s.count == 0 && s.cap == 0);
+    uidset_fini(&s);
+}
+
 static void test_format_compacts_and_splits(void)
 {
     struct uidset s;
@@ -116,6 +177,7 @@ int main(void)
 {
     test_parse_order_and_ranges();
     test_parse_rejects();
+    test_parse_bounded();
     test_format_compacts_and_splits();
     test_format_list();
     return check_finish();

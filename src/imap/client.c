@@ -16,6 +16,7 @@
 #include "coro/await.h"
 #include "coro/coro.h"
 #include "errors.h"
+#include "imap/command.h"
 #include "log.h"
 #include "imap/sasl.h"
 #include "imap/trace.h"
@@ -433,80 +434,6 @@ static void lb_puts(struct linebuf *b, const char *s)
     lb_put(b, s, strlen(s));
 }
 
-static bool is_atom_char(unsigned char ch)
-{
-    /* ATOM-CHAR: any CHAR except atom-specials ( ) { SP CTL % * " \ ] */
-    if (ch <= 0x20 || ch >= 0x7f)
-        return false;
-    return !strchr("(){%*\"\\]", ch);
-}
-
-/* Appends an astring: atom when possible, quoted otherwise. Returns false
- * for bytes a quoted string cannot carry (CR, LF, NUL, 8-bit): the caller
- * then needs a literal. */
-static bool lb_astring(struct linebuf *b, const char *s, size_t n, bool allow_wildcards)
-{
-    bool atom = n > 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == 0 || ch == '\r' || ch == '\n' || ch >= 0x80)
-            return false;
-        if (!is_atom_char(ch) && !(allow_wildcards && (ch == '%' || ch == '*')))
-            atom = false;
-    }
-    if (atom && !(n == 3 && strncasecmp(s, "NIL", 3) == 0)) {
-        lb_put(b, s, n);
-        return true;
-    }
-    lb_put(b, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '"' || s[i] == '\\')
-            lb_put(b, "\\", 1);
-        lb_put(b, &s[i], 1);
-    }
-    lb_put(b, "\"", 1);
-    return true;
-}
-
-/* Expands a command template (see imap_client_send). Literal segments are
- * not supported here: strings that need one make the build fail. */
-static int lb_vformat(struct linebuf *b, const char *fmt, va_list ap)
-{
-    for (const char *p = fmt; *p; p++) {
-        if (*p != '%') {
-            lb_put(b, p, 1);
-            continue;
-        }
-        char tmp[32];
-        switch (*++p) {
-        case 'a':
-            lb_puts(b, va_arg(ap, const char *));
-            break;
-        case 's':
-        case 'm': {
-            const char *s = va_arg(ap, const char *);
-            if (!lb_astring(b, s, strlen(s), *p == 'm'))
-                return -EINVAL;
-            break;
-        }
-        case 'u':
-            snprintf(tmp, sizeof tmp, "%" PRIu32, va_arg(ap, uint32_t));
-            lb_puts(b, tmp);
-            break;
-        case 'U':
-            snprintf(tmp, sizeof tmp, "%" PRIu64, va_arg(ap, uint64_t));
-            lb_puts(b, tmp);
-            break;
-        case '%':
-            lb_put(b, "%", 1);
-            break;
-        default:
-            return -EINVAL;
-        }
-    }
-    return b->oom ? -ENOMEM : 0;
-}
-
 static struct imap_cmd *cmd_new(struct imap_client *c)
 {
     struct imap_cmd *cmd = calloc(1, sizeof *cmd);
@@ -542,33 +469,40 @@ static struct imap_cmd *client_vbegin(struct imap_client *c, const char *fmt, va
 {
     if (c->broken)
         return cmd_failed(c, c->broken_code);
-    struct linebuf b = {0};
-    int r = lb_vformat(&b, fmt, ap);
+    /* the whole line is encoded before the command exists: a refused
+     * value sends nothing */
+    struct imap_cmdbuf line = {0};
+    char why[200];
+    int r = imap_cmdbuf_append(&line, why, sizeof why, "%a ", "0");
+    if (r == 0)
+        r = imap_cmdbuf_vappend(&line, why, sizeof why, fmt, ap);
     if (r < 0) {
-        free(b.data);
-        client_set_error(c, "%s: cannot encode command arguments", c->cfg->name);
+        imap_cmdbuf_fini(&line);
+        client_set_error(c, "%s: %s", c->cfg->name, why);
         return cmd_failed(c, r);
     }
     struct imap_cmd *cmd = cmd_new(c);
     if (!cmd) {
-        free(b.data);
+        imap_cmdbuf_fini(&line);
         return NULL;
     }
-    struct linebuf line = {0};
-    lb_puts(&line, cmd->tag);
-    lb_put(&line, " ", 1);
-    lb_put(&line, b.data ? b.data : "", b.len);
-    free(b.data);
-    if (line.oom) {
-        free(line.data);
+    /* the tag replaces the placeholder */
+    size_t taglen = strlen(cmd->tag);
+    char *text = malloc(taglen + line.len);
+    if (!text) {
+        imap_cmdbuf_fini(&line);
         client_set_error(c, "%s: out of memory", c->cfg->name);
         client_break(c, -ENOMEM);
         return cmd;
     }
-    dbg_client_line(c, line.data, line.len);
+    memcpy(text, cmd->tag, taglen);
+    memcpy(text + taglen, line.data + 1, line.len - 1);
+    size_t len = taglen + line.len - 1;
+    imap_cmdbuf_fini(&line);
+    dbg_client_line(c, text, len);
     c->corked = true;
-    client_write(c, line.data, line.len);
-    free(line.data);
+    client_write(c, text, len);
+    free(text);
     c->writing = cmd;
     return cmd;
 }
@@ -607,16 +541,19 @@ struct imap_cmd *imap_client_begin(struct imap_client *c, const char *fmt, ...)
 
 int imap_client_write_fmt(struct imap_client *c, const char *fmt, ...)
 {
-    struct linebuf b = {0};
+    struct imap_cmdbuf b = {0};
+    char why[200];
     va_list ap;
     va_start(ap, fmt);
-    int r = lb_vformat(&b, fmt, ap);
+    int r = imap_cmdbuf_vappend(&b, why, sizeof why, fmt, ap);
     va_end(ap);
+    if (r < 0)
+        client_set_error(c, "%s: %s", c->cfg->name, why);
     if (r == 0 && b.len) {
         dbg_client_line(c, b.data, b.len);
         r = client_write(c, b.data, b.len);
     }
-    free(b.data);
+    imap_cmdbuf_fini(&b);
     return r;
 }
 

@@ -39,6 +39,13 @@ struct server_config {
     bool null_stderr;
     char *list_reference; /* default "" */
 
+    /* Time limits (see doc/configuration.md), in seconds, and the slowest
+     * transfer accepted, in bytes per second. */
+    unsigned connect_timeout; /* each connection attempt; default 30 */
+    unsigned login_timeout;   /* connection to logged in; default 60 */
+    unsigned timeout;         /* silence while a reply is due; default 60 */
+    unsigned min_rate;        /* default 1024 */
+
     /* TLS */
     bool ssl_verify; /* default true */
     char *ssl_cafile, *ssl_capath;

@@ -24,6 +24,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -375,6 +376,8 @@ enum value_check {
     CHECK_TEXT_STAR,    /* TEXT-CHAR* */
     CHECK_TEXT_PLUS,    /* TEXT-CHAR+ */
     CHECK_SELECT_OPTS,  /* LIST selection option characters and spaces */
+    CHECK_SECONDS,      /* a whole number of seconds, 1 to 86400 */
+    CHECK_RATE,         /* a whole number of bytes per second, 1 to 1000000000 */
 };
 
 static bool all_match(const char *s, size_t len, bool (*pred)(unsigned char))
@@ -453,6 +456,28 @@ static bool word_is_fingerprint(const char *s, size_t len)
     return len > 0 && all_match(s, len, is_hex);
 }
 
+/* A decimal number without sign or leading zero, within [1, max]. */
+static bool number_in_range(const char *v, size_t len, unsigned long max, unsigned long *out)
+{
+    unsigned long n = 0;
+
+    if (len == 0 || len > 10 || v[0] == '0')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return false;
+        n = n * 10 + (unsigned long)(v[i] - '0');
+    }
+    if (n > max)
+        return false;
+    if (out != NULL)
+        *out = n;
+    return true;
+}
+
+#define MAX_SECONDS 86400ul
+#define MAX_RATE    1000000000ul
+
 static bool value_is_valid(enum value_check check, const char *v, size_t len)
 {
     switch (check) {
@@ -483,6 +508,10 @@ static bool value_is_valid(enum value_check check, const char *v, size_t len)
         return len > 0 && all_match(v, len, is_text_char);
     case CHECK_SELECT_OPTS:
         return all_match(v, len, is_select_opts_char);
+    case CHECK_SECONDS:
+        return number_in_range(v, len, MAX_SECONDS, NULL);
+    case CHECK_RATE:
+        return number_in_range(v, len, MAX_RATE, NULL);
     }
     return false;
 }
@@ -513,6 +542,10 @@ static const char *check_hint(enum value_check check)
         return " (expected 7-bit text)";
     case CHECK_SELECT_OPTS:
         return " (expected LIST selection options separated by spaces)";
+    case CHECK_SECONDS:
+        return " (expected a whole number of seconds from 1 to 86400)";
+    case CHECK_RATE:
+        return " (expected a whole number of bytes per second from 1 to 1000000000)";
     }
     return "";
 }
@@ -522,6 +555,7 @@ static const char *check_hint(enum value_check check)
 enum option_target {
     TARGET_SERVER_STRING, /* char * at offset in struct server_config */
     TARGET_SERVER_BOOL,   /* bool at offset in struct server_config */
+    TARGET_SERVER_NUMBER, /* unsigned at offset in struct server_config */
     TARGET_TYPE,
     TARGET_SSL_HOSTNAME,
     /* options read from the default section only */
@@ -543,6 +577,7 @@ struct option_desc {
 
 #define SRV_STR(field)  TARGET_SERVER_STRING, offsetof(struct server_config, field)
 #define SRV_BOOL(field) TARGET_SERVER_BOOL, offsetof(struct server_config, field)
+#define SRV_NUM(field)  TARGET_SERVER_NUMBER, offsetof(struct server_config, field)
 
 static const struct option_desc options[] = {
     {"host", CHECK_NONCTRL_PLUS, SRV_STR(host), false},
@@ -559,6 +594,10 @@ static const struct option_desc options[] = {
     {"null-stderr", CHECK_YESNO, SRV_BOOL(null_stderr), false},
     {"compress", CHECK_YESNO, SRV_BOOL(compress), false},
     {"list-reference", CHECK_TEXT_STAR, SRV_STR(list_reference), false},
+    {"timeout", CHECK_SECONDS, SRV_NUM(timeout), false},
+    {"connect-timeout", CHECK_SECONDS, SRV_NUM(connect_timeout), false},
+    {"login-timeout", CHECK_SECONDS, SRV_NUM(login_timeout), false},
+    {"min-rate", CHECK_RATE, SRV_NUM(min_rate), false},
     {"SSL_protocols", CHECK_PROTOCOLS, SRV_STR(ssl_protocols), false},
     {"SSL_protocol_min", CHECK_NONCTRL_PLUS, SRV_STR(ssl_protocol_min), false},
     {"SSL_protocol_max", CHECK_NONCTRL_PLUS, SRV_STR(ssl_protocol_max), false},
@@ -904,6 +943,12 @@ static int server_apply(struct server_config *s, const struct ini_entry *e)
     case TARGET_SERVER_BOOL:
         *(bool *)((char *)s + o->offset) = yes(e->value);
         return 0;
+    case TARGET_SERVER_NUMBER: {
+        unsigned long n = 0;
+        number_in_range(e->value, e->value_len, ULONG_MAX, &n); /* checked already */
+        *(unsigned *)((char *)s + o->offset) = (unsigned)n;
+        return 0;
+    }
     case TARGET_TYPE:
         s->type = strcmp(e->value, "imap") == 0    ? SERVER_IMAP
                   : strcmp(e->value, "imaps") == 0 ? SERVER_IMAPS
@@ -930,6 +975,15 @@ static int server_build(struct server_config *s, const char *name, enum ini_sect
     s->compress = section == SECTION_REMOTE;
     s->null_stderr = false;
     s->ssl_verify = true;
+    /* Long enough for a slow server on a slow link, short enough that a
+     * dead or hostile one is given up on in about a minute (the reference
+     * implementation gives every read 30 s). */
+    s->connect_timeout = 30;
+    s->login_timeout = 60;
+    s->timeout = 60;
+    /* Slower than any link still in use: only a server that trickles
+     * on purpose falls below it. */
+    s->min_rate = 1024;
     if ((r = replace_string(&s->host, "localhost")) < 0 ||
         (r = replace_string(&s->auth, "PLAIN LOGIN")) < 0 ||
         (r = replace_string(&s->list_reference, "")) < 0)

@@ -87,6 +87,16 @@ static void verify_defaults(const struct config *c)
     CHECK(c->logfile == NULL && c->log_prefix == NULL);
     CHECK(c->list_mailbox == NULL && c->list_mailbox_count == 0);
     CHECK(c->list_select_opts == NULL && c->ignore_mailbox == NULL);
+    CHECK(l->timeout == 60 && l->connect_timeout == 30 && l->login_timeout == 60);
+    CHECK(l->min_rate == 1024 && r->timeout == 60 && r->min_rate == 1024);
+}
+
+static void verify_timeouts(const struct config *c)
+{
+    CHECK(c->local.timeout == 5 && c->local.connect_timeout == 2 && c->local.login_timeout == 7);
+    CHECK(c->local.min_rate == 100);
+    CHECK(c->remote.timeout == 86400 && c->remote.connect_timeout == 2);
+    CHECK(c->remote.login_timeout == 60 && c->remote.min_rate == 1000000000);
 }
 
 static void verify_inherit(const struct config *c)
@@ -265,6 +275,10 @@ static const struct ok_case ok_cases[] = {
      "auth = OAUTHBEARER\n[local]\ntype = tunnel\ncommand = imapd\n[remote]\n"
      "auth = xoauth2 PLAIN\noauth-token-command = get-token --for jane\n",
      verify_oauth},
+    {"time limits: in the default section for both, overridden per server",
+     "timeout = 5\nconnect-timeout = 2\n[local]\nlogin-timeout = 7\nmin-rate = 100\n[remote]\n"
+     "timeout = 86400\nmin-rate = 1000000000\n",
+     verify_timeouts},
     {"IP literal host, custom auth list",
      "[local]\nauth = CRAM-MD5 PLAIN\n[remote]\nhost = [::1]\n", verify_ip_literal},
 };
@@ -340,6 +354,24 @@ static const struct err_case err_cases[] = {
     {"[local]\noauth-token-command = get-token\n[remote]\n",
      "@:2: option 'oauth-token-command' is set but option 'auth' of [local] names neither "
      "OAUTHBEARER nor XOAUTH2"},
+    {"[local]\ntimeout = 0\n[remote]\n",
+     "@:2: invalid value for option 'timeout': '0' (expected a whole number of seconds from 1 to "
+     "86400)"},
+    {"[local]\n[remote]\nlogin-timeout = 86401\n",
+     "@:3: invalid value for option 'login-timeout': '86401' (expected a whole number of seconds "
+     "from 1 to 86400)"},
+    {"connect-timeout = 1.5\n[local]\n[remote]\n",
+     "@:1: invalid value for option 'connect-timeout': '1.5' (expected a whole number of seconds "
+     "from 1 to 86400)"},
+    {"[local]\ntimeout = 030\n[remote]\n",
+     "@:2: invalid value for option 'timeout': '030' (expected a whole number of seconds from 1 "
+     "to 86400)"},
+    {"[local]\ntimeout = -5\n[remote]\n",
+     "@:2: invalid value for option 'timeout': '-5' (expected a whole number of seconds from 1 to "
+     "86400)"},
+    {"[local]\nmin-rate = 99999999999\n[remote]\n",
+     "@:2: invalid value for option 'min-rate': '99999999999' (expected a whole number of bytes "
+     "per second from 1 to 1000000000)"},
     /* Line numbers: CR, CRLF and CRCRLF each end one line. */
     {"a1=\r\rfoo = 2\n[local]\n[remote]\n", "@:1: unknown option 'a1'"},
     {"[local]\r\r\n\rfoo = 2\n[remote]\n", "@:3: unknown option 'foo'"},

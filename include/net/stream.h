@@ -16,6 +16,7 @@
 #define INTERIMAP_NET_STREAM_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -38,7 +39,11 @@ struct stream {
     struct coro_sched *sched;
     uint64_t read_timeout_ms;  /* 0: wait forever (IDLE, NOTIFY) */
     uint64_t write_timeout_ms; /* 0: wait forever */
-    char error[256];           /* last failure, "" if none */
+    /* Absolute limit on every wait (stream_clock_ms), whatever the
+     * timeouts allow: a peer that trickles bytes resets a timeout at each
+     * one, never a deadline. 0: none. */
+    uint64_t deadline_ms;
+    char error[256]; /* last failure, "" if none */
 };
 
 static inline ssize_t stream_read(struct stream *s, void *buf, size_t cap)
@@ -60,6 +65,18 @@ void stream_init(struct stream *s, const struct stream_ops *ops, struct stream *
 
 /* The timeouts apply to every layer down to the transport, which waits. */
 void stream_set_timeouts(struct stream *s, uint64_t read_ms, uint64_t write_ms);
+
+/* Sets the deadline of every layer down to the transport (0: none). */
+void stream_set_deadline(struct stream *s, uint64_t deadline_ms);
+
+/* Monotonic milliseconds, the clock of deadlines. */
+uint64_t stream_clock_ms(void);
+
+/* How long a wait with this timeout (0: none) may last given the
+ * deadline: at least 1 ms when one applies (a passed deadline times out at
+ * once), 0 for no limit. *by_deadline tells whether the deadline is the
+ * shorter. */
+uint64_t stream_wait_ms(const struct stream *s, uint64_t timeout_ms, bool *by_deadline);
 
 void stream_set_error(struct stream *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Copies the lower layer's message into s->error, prefixed by `what: `. */

@@ -1,11 +1,13 @@
 /*
  * The byte-stream interface every layer implements (transport, SOCKS5,
- * TLS, COMPRESS): dispatch to a layer's operations and error texts.
+ * TLS, COMPRESS): dispatch to a layer's operations, timeouts and the
+ * deadline they share, error texts.
  */
 #include "net/stream.h"
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 void stream_init(struct stream *s, const struct stream_ops *ops, struct stream *lower,
                  struct coro_sched *sched)
@@ -15,6 +17,7 @@ void stream_init(struct stream *s, const struct stream_ops *ops, struct stream *
     s->sched = sched;
     s->read_timeout_ms = lower ? lower->read_timeout_ms : 0;
     s->write_timeout_ms = lower ? lower->write_timeout_ms : 0;
+    s->deadline_ms = lower ? lower->deadline_ms : 0;
     s->error[0] = '\0';
 }
 
@@ -32,6 +35,32 @@ void stream_set_timeouts(struct stream *s, uint64_t read_ms, uint64_t write_ms)
         s->read_timeout_ms = read_ms;
         s->write_timeout_ms = write_ms;
     }
+}
+
+void stream_set_deadline(struct stream *s, uint64_t deadline_ms)
+{
+    for (; s; s = s->lower)
+        s->deadline_ms = deadline_ms;
+}
+
+uint64_t stream_clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint64_t stream_wait_ms(const struct stream *s, uint64_t timeout_ms, bool *by_deadline)
+{
+    *by_deadline = false;
+    if (!s->deadline_ms)
+        return timeout_ms;
+    uint64_t now = stream_clock_ms();
+    uint64_t left = s->deadline_ms > now ? s->deadline_ms - now : 1;
+    if (timeout_ms && timeout_ms <= left)
+        return timeout_ms;
+    *by_deadline = true;
+    return left;
 }
 
 void stream_set_error(struct stream *s, const char *fmt, ...)

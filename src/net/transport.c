@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,13 @@
 #include "coro/coro.h"
 #include "errors.h"
 #include "net/stream.h"
+
+/* A tunnel command still running once its connection is closed gets
+ * this long to exit on its own (it sees end of file), then SIGTERM, then
+ * this long again before SIGKILL: a command that ignores both its input
+ * closing and TERM cannot keep us running. */
+#define TUNNEL_EXIT_GRACE_MS 1000
+#define TUNNEL_TERM_GRACE_MS 2000
 
 /* Kept unread by keep-alive probes before the first one (as the reference
  * implementation does), in seconds. */
@@ -40,8 +48,8 @@ struct transport {
         uv_pipe_t pipe;
     } h;
     struct await_reader reader;
-    uv_process_t *proc; /* tunnel child while it runs; it outlives us if need be */
-    char peer[192];     /* "host:port" or "tunnel 'command'", for messages */
+    struct tunnel_child *child; /* while it runs; it outlives us if need be */
+    char peer[192];             /* "host:port" or "tunnel 'command'", for messages */
 };
 
 static uv_stream_t *transport_handle(struct transport *t)
@@ -60,10 +68,14 @@ static void format_duration(uint64_t ms, char *buf, size_t len)
 static ssize_t transport_read(struct stream *s, void *buf, size_t cap)
 {
     struct transport *t = (struct transport *)s;
-    ssize_t n = await_read(s->sched, &t->reader, buf, cap, s->read_timeout_ms);
+    bool by_deadline;
+    uint64_t wait = stream_wait_ms(s, s->read_timeout_ms, &by_deadline);
+    ssize_t n = await_read(s->sched, &t->reader, buf, cap, wait);
     if (n >= 0)
         return n;
-    if (n == -ETIMEDOUT) {
+    if (n == -ETIMEDOUT && by_deadline) {
+        stream_set_error(s, "gave up waiting for data from %s (time limit reached)", t->peer);
+    } else if (n == -ETIMEDOUT) {
         char d[32];
         format_duration(s->read_timeout_ms, d, sizeof d);
         stream_set_error(s, "timed out after %s waiting for data from %s", d, t->peer);
@@ -76,10 +88,14 @@ static ssize_t transport_read(struct stream *s, void *buf, size_t cap)
 static int transport_write(struct stream *s, const void *buf, size_t len)
 {
     struct transport *t = (struct transport *)s;
-    int r = await_write(s->sched, transport_handle(t), buf, len, s->write_timeout_ms);
+    bool by_deadline;
+    uint64_t wait = stream_wait_ms(s, s->write_timeout_ms, &by_deadline);
+    int r = await_write(s->sched, transport_handle(t), buf, len, wait);
     if (r >= 0)
         return 0;
-    if (r == -ETIMEDOUT) {
+    if (r == -ETIMEDOUT && by_deadline) {
+        stream_set_error(s, "gave up writing to %s (time limit reached)", t->peer);
+    } else if (r == -ETIMEDOUT) {
         char d[32];
         format_duration(s->write_timeout_ms, d, sizeof d);
         stream_set_error(s, "timed out after %s writing to %s", d, t->peer);
@@ -88,6 +104,9 @@ static int transport_write(struct stream *s, const void *buf, size_t len)
     }
     return r;
 }
+
+struct tunnel_child;
+static void tunnel_child_abandon(struct tunnel_child *ch);
 
 static void transport_closed_cb(uv_handle_t *h)
 {
@@ -98,8 +117,8 @@ static void transport_free(struct stream *s)
 {
     struct transport *t = (struct transport *)s;
     await_reader_fini(&t->reader);
-    if (t->proc)
-        t->proc->data = NULL; /* the child may exit after we are gone */
+    if (t->child)
+        tunnel_child_abandon(t->child); /* it may exit after we are gone */
     if (!t->handle_open) {
         free(t);
         return;
@@ -266,17 +285,54 @@ static char **command_split(const char *command)
     return argv;
 }
 
-static void process_closed_cb(uv_handle_t *h)
+/* The child process of a tunnel and the timer that ends it once its
+ * transport is gone; freed when both handles are closed. */
+struct tunnel_child {
+    uv_process_t proc;
+    uv_timer_t timer;
+    struct transport *t; /* NULL once abandoned */
+    bool term_sent;
+    int open_handles;
+};
+
+static void tunnel_child_closed_cb(uv_handle_t *h)
 {
-    free(h);
+    struct tunnel_child *ch = h->data;
+    if (--ch->open_handles == 0)
+        free(ch);
 }
 
-static void tunnel_exit_cb(uv_process_t *proc, int64_t status, int signal)
+static void tunnel_child_close(struct tunnel_child *ch)
 {
-    struct transport *t = proc->data;
-    if (t)
-        t->proc = NULL;
-    uv_close((uv_handle_t *)proc, process_closed_cb);
+    uv_timer_stop(&ch->timer);
+    uv_close((uv_handle_t *)&ch->proc, tunnel_child_closed_cb);
+    uv_close((uv_handle_t *)&ch->timer, tunnel_child_closed_cb);
+}
+
+static void tunnel_exit_cb(uv_process_t *proc, int64_t status, int term_signal)
+{
+    struct tunnel_child *ch = proc->data;
+    if (ch->t)
+        ch->t->child = NULL;
+    tunnel_child_close(ch);
+}
+
+static void tunnel_timer_cb(uv_timer_t *timer)
+{
+    struct tunnel_child *ch = timer->data;
+    if (!ch->term_sent) {
+        ch->term_sent = true;
+        uv_process_kill(&ch->proc, SIGTERM);
+        uv_timer_start(&ch->timer, tunnel_timer_cb, TUNNEL_TERM_GRACE_MS, 0);
+    } else {
+        uv_process_kill(&ch->proc, SIGKILL);
+    }
+}
+
+static void tunnel_child_abandon(struct tunnel_child *ch)
+{
+    ch->t = NULL;
+    uv_timer_start(&ch->timer, tunnel_timer_cb, TUNNEL_EXIT_GRACE_MS, 0);
 }
 
 int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool null_stderr,
@@ -286,7 +342,7 @@ int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool n
     int r, sv[2] = {-1, -1}, devnull = -1;
     char **argv = NULL;
     char *shell_argv[] = {"/bin/sh", "-c", (char *)command, NULL};
-    uv_process_t *proc = NULL;
+    struct tunnel_child *child = NULL;
     struct transport *t = transport_new(sched, TRANSPORT_TUNNEL);
     if (!t) {
         r = -ENOMEM;
@@ -342,22 +398,26 @@ int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool n
         .stdio_count = 3,
         .stdio = stdio,
     };
-    proc = calloc(1, sizeof *proc);
-    if (!proc) {
+    child = calloc(1, sizeof *child);
+    if (!child) {
         r = -ENOMEM;
         snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
         goto fail;
     }
-    r = uv_spawn(coro_sched_loop(sched), proc, &opts);
+    child->proc.data = child;
+    child->timer.data = child;
+    r = uv_spawn(coro_sched_loop(sched), &child->proc, &opts);
     if (r < 0) {
         snprintf(err, errlen, "cannot run tunnel command '%s': %s", command, err_str(r));
         /* a failed spawn still registered the handle with the loop */
-        uv_close((uv_handle_t *)proc, process_closed_cb);
-        proc = NULL;
+        child->open_handles = 1;
+        uv_close((uv_handle_t *)&child->proc, tunnel_child_closed_cb);
         goto fail;
     }
-    proc->data = t;
-    t->proc = proc;
+    uv_timer_init(coro_sched_loop(sched), &child->timer);
+    child->open_handles = 2;
+    child->t = t;
+    t->child = child;
     close(sv[1]);
     sv[1] = -1;
 

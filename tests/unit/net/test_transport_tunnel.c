@@ -167,6 +167,28 @@ static void test_failures(struct coro_sched *sched)
     stream_free(&s);
 }
 
+/* Commands that outlive their connection: one ignores its input
+ * closing, the other TERM as well. Both are ended (TERM, then KILL) once
+ * the stream is freed, so the loop does not wait for them forever. */
+static pid_t stubborn[2];
+
+static void test_stubborn(struct coro_sched *sched)
+{
+    const char *cmds[2] = {
+        "echo $$; exec 0<&- 1>&-; while :; do sleep 0.1; done",
+        "trap '' TERM; echo $$; exec 0<&- 1>&-; while :; do sleep 0.1; done",
+    };
+    for (int i = 0; i < 2; i++) {
+        struct stream *s = spawn_ok(sched, cmds[i], false);
+        char buf[32] = "";
+        size_t n = read_all(s, buf, sizeof buf - 1);
+        CHECK(n > 1);
+        stubborn[i] = (pid_t)atol(buf);
+        CHECK(stubborn[i] > 1 && kill(stubborn[i], 0) == 0);
+        stream_free(&s);
+    }
+}
+
 static void tunnel_main(struct coro *self, void *arg)
 {
     struct coro_sched *sched = arg;
@@ -175,6 +197,7 @@ static void tunnel_main(struct coro *self, void *arg)
     stderr_check(sched, true, "");
     stderr_check(sched, false, "to-stderr\n");
     test_failures(sched);
+    test_stubborn(sched);
 }
 
 int main(void)
@@ -190,6 +213,9 @@ int main(void)
     coro_sched_free(&sched);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT(uv_loop_close(&loop), 0);
+    /* the stubborn commands were ended and reaped */
+    for (int i = 0; i < 2; i++)
+        CHECK(stubborn[i] > 1 && kill(stubborn[i], 0) < 0 && errno == ESRCH);
     /* no child left behind, not even a zombie */
     CHECK_INT(waitpid(-1, NULL, WNOHANG), -1);
     CHECK_INT(errno, ECHILD);

@@ -42,7 +42,7 @@ struct server_config {
     /* Time limits (see doc/configuration.md), in seconds, and the slowest
      * transfer accepted, in bytes per second. */
     unsigned connect_timeout; /* each connection attempt; default 30 */
-    unsigned login_timeout;   /* connection to logged in; default 60 */
+    unsigned login_timeout;   /* connection to logged in; default 30 */
     unsigned timeout;         /* silence while a reply is due; default 60 */
     unsigned min_rate;        /* default 1024 */
 

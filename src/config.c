@@ -979,7 +979,7 @@ static int server_build(struct server_config *s, const char *name, enum ini_sect
      * dead or hostile one is given up on in about a minute (the reference
      * implementation gives every read 30 s). */
     s->connect_timeout = 30;
-    s->login_timeout = 60;
+    s->login_timeout = 30;
     s->timeout = 60;
     /* Slower than any link still in use: only a server that trickles
      * on purpose falls below it. */

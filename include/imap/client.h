@@ -85,10 +85,11 @@ int imap_client_check_config(const struct server_config *cfg, char *err, size_t 
 int imap_client_logout(struct imap_client *c);
 
 const char *imap_client_name(const struct imap_client *c); /* "local" / "remote" */
-const char *imap_client_error(const struct imap_client *c);
+/* The last error, one line. Handing it out marks it shown (see below). */
+const char *imap_client_error(struct imap_client *c);
 /* The same without the leading "local: " or "remote: ", for a logger whose
  * prefix names the server already. Does not yield. */
-const char *imap_client_reason(const struct imap_client *c);
+const char *imap_client_reason(struct imap_client *c);
 
 /* Bytes exchanged so far: IMAP data (before compression) each way and,
  * with COMPRESS active, what went over the connection in compressed form
@@ -100,6 +101,17 @@ struct imap_traffic {
     bool compressed;
 };
 void imap_client_traffic(const struct imap_client *c, struct imap_traffic *t);
+/* The connection broke and nobody asked for its error since: the caller
+ * should say why before giving up (every failure gets its message). */
+bool imap_client_error_unshown(const struct imap_client *c);
+/*
+ * Gives up on the connection: every pending and later command fails, and
+ * the connection is closed as soon as no coroutine uses it, so that
+ * nothing more reaches the server (a command cut short, an APPEND whose
+ * literal will never be complete, is then dropped by the server). `why`,
+ * if not NULL, becomes the error. Does not yield.
+ */
+void imap_client_abort(struct imap_client *c, const char *why);
 bool imap_client_has_cap(const struct imap_client *c, const char *cap);
 bool imap_client_is_broken(const struct imap_client *c);
 

@@ -28,15 +28,50 @@
 #include "net/transport.h"
 
 enum {
-    CONNECT_TIMEOUT_MS = 30 * 1000,
-    REPLY_TIMEOUT_MS = 5 * 60 * 1000,
-    WRITE_TIMEOUT_MS = 5 * 60 * 1000,
     READ_CHUNK = 64 * 1024,
     OBUF_SIZE = 64 * 1024,
     MAX_WAITERS = 64,
     /* long enough for a helper that asks the user, or refreshes a token
      * over the network */
     SECRET_COMMAND_TIMEOUT_MS = 2 * 60 * 1000,
+};
+
+/*
+ * What one server can make us hold or do. The time limits come from the
+ * configuration (config.h); these bounds are fixed.
+ */
+static const struct imap_parser_limits client_parser_limits = {
+    /* the longest line a server sends us in practice is a LIST-STATUS or
+     * a FETCH with many keywords: a few kilobytes */
+    .max_line = 1024 * 1024,
+    /* message bodies are streamed from FETCH to APPEND; what stays in
+     * memory is small (a Message-ID header, a body that a server sends
+     * before its flags), and this much per response is allowed */
+    .max_inline_literal = 16 * 1024 * 1024,
+    /* no response we ask for nests deeper than a few levels */
+    .max_depth = 32,
+    /* a value costs about 50 bytes of memory: 100 000 is 5 MiB, and more
+     * keywords or LIST items than that in one response is no real server */
+    .max_values = 100000,
+};
+
+/* Untagged responses the server may send between two tagged ones, per
+ * command in flight: a FETCH of new messages gives one per message, and
+ * no mailbox we can handle holds more than this many. A server that keeps
+ * talking without ever completing a command is cut off here. */
+#define MAX_UNTAGGED_PER_COMMAND (4u << 20)
+
+/*
+ * The watchdog: a timer that, while the reader runs, checks that a reply
+ * that is due makes progress (see the time limits in struct imap_client).
+ * It does not depend on the server sending anything, so no pattern of
+ * bytes can defeat it. When it fires it cancels the reader, which breaks
+ * the connection with the watchdog's explanation.
+ */
+struct client_watchdog {
+    uv_timer_t timer;
+    struct imap_client *c; /* NULL once the client is gone */
+    bool fired;
 };
 
 struct imap_cmd {
@@ -118,7 +153,27 @@ struct imap_client {
     uint64_t raw_base_in, raw_base_out; /* IMAP bytes when COMPRESS began */
     struct stream *zstream;             /* the COMPRESS layer, once active */
 
+    /* Time limits. While the reader runs, a watchdog timer checks that a
+     * reply that is due makes progress: no silence longer than `timeout`,
+     * and no more time waiting for data since the last completed command
+     * than `timeout` plus the bytes received at `min_rate`. Before that
+     * (the opening sequence), reads and writes carry the login deadline. */
+    uint64_t timeout_ms;
+    uint64_t login_deadline;
+    bool opening;
+    bool idling;             /* IDLE accepted: nothing is due while it is the only command */
+    size_t ninflight;        /* commands in flight */
+    uint64_t due_since;      /* when the current wait for a reply began */
+    uint64_t wait_ms;        /* time spent waiting for data since then */
+    uint64_t progress_bytes; /* bytes received since then */
+    uint64_t read_since;     /* the reader is waiting for data since (0: it is not) */
+    unsigned untagged;       /* untagged responses since the last tagged one */
+    struct imap_cmd *idle_cmd;
+    struct client_watchdog *watchdog;
+
     bool broken;
+    bool aborted;     /* given up on by the caller: the connection is closed */
+    bool error_shown; /* the current error was handed out by imap_client_error */
     bool logging_out; /* a BYE is expected */
     int broken_code;
     char error[512];
@@ -140,6 +195,30 @@ static void client_set_error(struct imap_client *c, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(c->error, sizeof c->error, fmt, ap);
     va_end(ap);
+    c->error_shown = false;
+}
+
+/* Something is due from the server: a command other than an accepted
+ * IDLE is waiting for its reply. */
+static bool client_due(const struct imap_client *c)
+{
+    return c->ninflight > (c->idling ? 1u : 0u);
+}
+
+/* A new wait for a reply begins (a command went out when nothing was
+ * due, or one completed): progress is measured from here. */
+static void progress_restart(struct imap_client *c)
+{
+    c->due_since = stream_clock_ms();
+    c->wait_ms = 0;
+    c->progress_bytes = 0;
+    c->untagged = 0;
+}
+
+static uint64_t login_left_ms(const struct imap_client *c)
+{
+    uint64_t now = stream_clock_ms();
+    return c->login_deadline > now ? c->login_deadline - now : 1;
 }
 
 static char *xstrdup(const char *s)
@@ -184,6 +263,9 @@ static void client_break(struct imap_client *c, int code)
     }
     struct imap_cmd *cmd = c->inflight;
     c->inflight = c->inflight_tail = NULL;
+    c->ninflight = 0;
+    c->idling = false;
+    c->idle_cmd = NULL;
     while (cmd) {
         struct imap_cmd *next = cmd->next;
         cmd->next = NULL;
@@ -285,6 +367,7 @@ static void dbg_client_line(struct imap_client *c, const char *line, size_t len)
 /* writing */
 
 static int client_read_response(struct imap_client *c, const struct imap_response **out);
+static void client_close_if_aborted(struct imap_client *c);
 static int client_dispatch(struct imap_client *c, const struct imap_response *r);
 
 /*
@@ -393,6 +476,7 @@ void imap_client_unlock_write(struct imap_client *c)
     if (!c->held)
         client_flush(c);
     c->write_owner = NULL;
+    client_close_if_aborted(c);
     if (c->write_waiters_count) {
         struct coro *next = c->write_waiters[c->write_waiters_head];
         c->write_waiters_head = (c->write_waiters_head + 1) % MAX_WAITERS;
@@ -443,6 +527,10 @@ static struct imap_cmd *cmd_new(struct imap_client *c)
     snprintf(cmd->tag, sizeof cmd->tag, "%u", ++c->next_tag);
     cmd->result = 1;
     /* in flight from now on: the reply may arrive as soon as bytes leave */
+    bool was_due = client_due(c);
+    c->ninflight++;
+    if (!was_due)
+        progress_restart(c);
     if (c->inflight_tail)
         c->inflight_tail->next = cmd;
     else
@@ -627,6 +715,56 @@ int imap_client_push(struct imap_client *c)
 /* ------------------------------------------------------------------ */
 /* reading */
 
+/*
+ * Every read from the server goes through here: it keeps the accounts the
+ * watchdog checks, and words the failures. During the opening sequence
+ * the stream's own timeouts and the login deadline limit the wait; after
+ * it, the read waits as long as it takes (nothing may be due: IDLE,
+ * NOTIFY) and the watchdog cancels it when a due reply does not come.
+ */
+static ssize_t client_read_some(struct imap_client *c, void *buf, size_t cap)
+{
+    if (c->broken)
+        return c->broken_code;
+    if (!c->stream)
+        return -ENOTCONN;
+    if (c->opening) {
+        stream_set_timeouts(c->stream, c->timeout_ms, c->timeout_ms);
+        stream_set_deadline(c->stream, c->login_deadline);
+    } else {
+        stream_set_timeouts(c->stream, 0, c->timeout_ms);
+        stream_set_deadline(c->stream, 0);
+    }
+    uint64_t start = stream_clock_ms();
+    c->read_since = start;
+    ssize_t n = stream_read(c->stream, buf, cap);
+    uint64_t now = stream_clock_ms();
+    c->read_since = 0;
+    if (n < 0 && c->watchdog && c->watchdog->fired)
+        return -ETIMEDOUT; /* its explanation is in c->error */
+    if (client_due(c)) {
+        uint64_t from = start > c->due_since ? start : c->due_since;
+        c->wait_ms += now > from ? now - from : 0;
+    }
+    if (n > 0) {
+        c->progress_bytes += (uint64_t)n;
+        return n;
+    }
+    if (n == 0 || c->broken)
+        return n == 0 ? 0 : c->broken_code; /* the watchdog said why */
+    const struct server_config *cfg = c->cfg;
+    if (n == -ETIMEDOUT && c->opening && now >= c->login_deadline)
+        client_set_error(c, "%s: no usable session after %u s (login-timeout)", cfg->name,
+                         cfg->login_timeout);
+    else if (n == -ETIMEDOUT)
+        client_set_error(c, "%s: no answer from the server for %u s (timeout)", cfg->name,
+                         cfg->timeout);
+    else
+        client_set_error(c, "%s: read failed: %s", cfg->name,
+                         c->stream->error[0] ? c->stream->error : err_str((int)n));
+    return n;
+}
+
 ssize_t imap_literal_read(struct imap_literal *lit, void *buf, size_t cap)
 {
     struct imap_client *c = lit->client;
@@ -643,16 +781,13 @@ ssize_t imap_literal_read(struct imap_literal *lit, void *buf, size_t cap)
         lit->remaining -= n;
         return (ssize_t)n;
     }
-    ssize_t n = stream_read(c->stream, buf, cap);
+    ssize_t n = client_read_some(c, buf, cap);
     if (n == 0) {
         client_set_error(c, "%s: connection closed in the middle of a literal", c->cfg->name);
         return ERR_EOF;
     }
-    if (n < 0) {
-        client_set_error(c, "%s: read failed: %s", c->cfg->name,
-                         c->stream->error[0] ? c->stream->error : err_str((int)n));
+    if (n < 0)
         return (int)n;
-    }
     lit->remaining -= (uint64_t)n;
     c->bytes_in += (uint64_t)n;
     return n;
@@ -678,21 +813,13 @@ static int client_fill(struct imap_client *c)
         client_set_error(c, "%s: read buffer full", c->cfg->name);
         return ERR_TOO_BIG;
     }
-    uint64_t timeout = c->inflight || !c->reader_running ? REPLY_TIMEOUT_MS : 0;
-    stream_set_timeouts(c->stream, timeout, WRITE_TIMEOUT_MS);
-    ssize_t n = stream_read(c->stream, c->rbuf + c->rlen, c->rcap - c->rlen);
+    ssize_t n = client_read_some(c, c->rbuf + c->rlen, c->rcap - c->rlen);
     if (n == 0) {
         client_set_error(c, "%s: connection closed by the server", c->cfg->name);
         return ERR_EOF;
     }
-    if (n < 0) {
-        if (n == -ETIMEDOUT)
-            client_set_error(c, "%s: timed out waiting for the server", c->cfg->name);
-        else
-            client_set_error(c, "%s: read failed: %s", c->cfg->name,
-                             c->stream->error[0] ? c->stream->error : err_str((int)n));
+    if (n < 0)
         return (int)n;
-    }
     c->rlen += (size_t)n;
     c->bytes_in += (uint64_t)n;
     return 0;
@@ -831,6 +958,12 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
         if (c->inflight_tail == cmd)
             c->inflight_tail = prev;
         cmd->next = NULL;
+        c->ninflight--;
+        if (cmd == c->idle_cmd) {
+            c->idling = false;
+            c->idle_cmd = NULL;
+        }
+        progress_restart(c);
         bool switch_after = c->next.pending && c->next.after == cmd;
         if (c->next.pending && c->next.cmd == cmd) {
             /* no [CLOSED] came: what the SELECT said went to the old
@@ -860,6 +993,13 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
         break;
     }
     case IMAP_RESP_UNTAGGED:
+        if (++c->untagged > MAX_UNTAGGED_PER_COMMAND * (c->ninflight ? c->ninflight : 1)) {
+            client_set_error(c,
+                             "%s: the server sent more than %u responses without completing a "
+                             "command; giving up",
+                             c->cfg->name, MAX_UNTAGGED_PER_COMMAND);
+            return ERR_TOO_BIG;
+        }
         if (r->status == IMAP_STATUS_BYE) {
             client_set_error(c, "%s: server closed the session: %s", c->cfg->name,
                              r->text ? r->text : "");
@@ -893,6 +1033,75 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
     return 0;
 }
 
+static void watchdog_closed_cb(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void watchdog_cb(uv_timer_t *timer)
+{
+    struct client_watchdog *wd = timer->data;
+    struct imap_client *c = wd->c;
+    if (!c || c->broken || !c->reader_running || !client_due(c) || !c->read_since)
+        return;
+    const struct server_config *cfg = c->cfg;
+    uint64_t now = stream_clock_ms();
+    uint64_t from = c->read_since > c->due_since ? c->read_since : c->due_since;
+    uint64_t silent = now > from ? now - from : 0;
+    uint64_t waited = c->wait_ms + silent;
+    uint64_t allowed = c->timeout_ms + c->progress_bytes * 1000 / cfg->min_rate;
+    if (silent >= c->timeout_ms)
+        client_set_error(c, "%s: no answer from the server for %u s (timeout)", cfg->name,
+                         cfg->timeout);
+    else if (waited > allowed)
+        client_set_error(c,
+                         "%s: the server is too slow: %" PRIu64 " bytes in %" PRIu64
+                         " s of waiting (min-rate is %u bytes/s)",
+                         cfg->name, c->progress_bytes, waited / 1000, cfg->min_rate);
+    else
+        return;
+    wd->fired = true;
+    uv_timer_stop(&wd->timer);
+    /* the reader unwinds now and breaks the connection; c is not touched
+     * after this (the engine may run and free it) */
+    coro_cancel(c->reader);
+}
+
+static int watchdog_start(struct imap_client *c)
+{
+    struct client_watchdog *wd = calloc(1, sizeof *wd);
+    if (!wd)
+        return -ENOMEM;
+    wd->c = c;
+    wd->timer.data = wd;
+    uv_timer_init(coro_sched_loop(c->sched), &wd->timer);
+    /* checked a few times per timeout, at most every second */
+    uint64_t tick = c->timeout_ms / 4;
+    tick = tick < 50 ? 50 : tick > 1000 ? 1000 : tick;
+    uv_timer_start(&wd->timer, watchdog_cb, tick, tick);
+    c->watchdog = wd;
+    return 0;
+}
+
+static void watchdog_stop(struct imap_client *c)
+{
+    struct client_watchdog *wd = c->watchdog;
+    if (!wd)
+        return;
+    c->watchdog = NULL;
+    wd->c = NULL;
+    uv_timer_stop(&wd->timer);
+    uv_close((uv_handle_t *)&wd->timer, watchdog_closed_cb);
+}
+
+/* After the caller gave up on the connection (imap_client_abort): close
+ * it once no coroutine is using the stream. */
+static void client_close_if_aborted(struct imap_client *c)
+{
+    if (c->aborted && !c->reader_running && !c->write_owner && c->stream)
+        stream_free(&c->stream);
+}
+
 static void reader_main(struct coro *self, void *arg)
 {
     struct imap_client *c = arg;
@@ -903,13 +1112,16 @@ static void reader_main(struct coro *self, void *arg)
         if (rc == 0)
             rc = client_dispatch(c, r);
         if (rc < 0) {
-            if (rc == -ECANCELED && !c->broken)
+            if (c->watchdog && c->watchdog->fired && !c->broken)
+                rc = -ETIMEDOUT; /* its explanation is in c->error */
+            else if (rc == -ECANCELED && !c->broken)
                 client_set_error(c, "%s: connection closed", c->cfg->name);
             client_break(c, rc);
             break;
         }
     }
     c->reader_running = false;
+    client_close_if_aborted(c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1014,12 +1226,23 @@ struct imap_cmd *imap_client_idle_begin(struct imap_client *c)
         if (r < 0)
             break;
     }
+    if (c->cont_pending && !cmd->done) {
+        /* accepted: no reply is due until DONE */
+        c->idle_cmd = cmd;
+        c->idling = true;
+    }
     c->cont_pending = false;
     return cmd;
 }
 
 int imap_client_idle_end(struct imap_client *c, struct imap_cmd *cmd)
 {
+    if (c->idle_cmd == cmd) {
+        /* its reply is due from now on */
+        c->idling = false;
+        c->idle_cmd = NULL;
+        progress_restart(c);
+    }
     if (!cmd->done && !c->broken) {
         int r = imap_client_lock_write(c);
         if (r == 0) {
@@ -1039,6 +1262,10 @@ static int client_open_transport(struct imap_client *c)
     const struct server_config *cfg = c->cfg;
     char err[256];
     int r;
+    /* each attempt within connect-timeout, all of it within the login's */
+    uint64_t connect_ms = (uint64_t)cfg->connect_timeout * 1000;
+    if (connect_ms > login_left_ms(c))
+        connect_ms = login_left_ms(c);
     if (cfg->type == SERVER_TUNNEL) {
         r = transport_tunnel_spawn(c->sched, cfg->command, cfg->null_stderr, &c->stream, err,
                                    sizeof err);
@@ -1053,14 +1280,16 @@ static int client_open_transport(struct imap_client *c)
             client_set_error(c, "%s: %s", cfg->name, err);
             return r;
         }
-        r = transport_tcp_connect(c->sched, proxy.host, proxy.port, c->keepalive,
-                                  CONNECT_TIMEOUT_MS, &c->stream, err, sizeof err);
+        r = transport_tcp_connect(c->sched, proxy.host, proxy.port, c->keepalive, connect_ms,
+                                  &c->stream, err, sizeof err);
         if (r < 0) {
             client_set_error(c, "%s: SOCKS5 proxy: %s", cfg->name, err);
             socks5_proxy_fini(&proxy);
             return r;
         }
-        stream_set_timeouts(c->stream, CONNECT_TIMEOUT_MS, CONNECT_TIMEOUT_MS);
+        /* the proxy's handshake is part of connecting */
+        stream_set_timeouts(c->stream, connect_ms, connect_ms);
+        stream_set_deadline(c->stream, c->login_deadline);
         char hostbuf[256];
         const char *target = cfg->host;
         char addr[INET6_ADDRSTRLEN + 2];
@@ -1068,7 +1297,7 @@ static int client_open_transport(struct imap_client *c)
             target = hostbuf;
         } else if (!proxy.remote_dns) {
             struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-            r = await_getaddrinfo(c->sched, cfg->host, NULL, &hints, &res, CONNECT_TIMEOUT_MS);
+            r = await_getaddrinfo(c->sched, cfg->host, NULL, &hints, &res, login_left_ms(c));
             if (r < 0 || !res) {
                 client_set_error(c, "%s: cannot resolve host %s: %s", cfg->name, cfg->host,
                                  err_str(r));
@@ -1089,8 +1318,8 @@ static int client_open_transport(struct imap_client *c)
             client_set_error(c, "%s: %s", cfg->name, c->stream->error);
         return r;
     }
-    r = transport_tcp_connect(c->sched, cfg->host, cfg->port, c->keepalive, CONNECT_TIMEOUT_MS,
-                              &c->stream, err, sizeof err);
+    r = transport_tcp_connect(c->sched, cfg->host, cfg->port, c->keepalive, connect_ms, &c->stream,
+                              err, sizeof err);
     if (r < 0)
         client_set_error(c, "%s: %s", cfg->name, err);
     return r;
@@ -1156,6 +1385,13 @@ static int client_start_tls(struct imap_client *c)
     char err[256];
     struct stream *tls = NULL;
     int r = tls_stream_new(c->stream, &opts, &tls, err, sizeof err);
+    if (r < 0 && stream_clock_ms() >= c->login_deadline) {
+        client_set_error(
+            c,
+            "%s: no usable session after %u s (login-timeout): TLS handshake with %s not finished",
+            cfg->name, cfg->login_timeout, cfg->host);
+        return -ETIMEDOUT;
+    }
     if (r < 0) {
         client_set_error(c, "%s: TLS handshake with %s failed: %s", cfg->name, cfg->host, err);
         return r;
@@ -1460,10 +1696,14 @@ static int client_enable_compress(struct imap_client *c)
 int imap_client_connect(struct imap_client *c)
 {
     const struct server_config *cfg = c->cfg;
+    c->timeout_ms = (uint64_t)cfg->timeout * 1000;
+    c->opening = true;
+    c->login_deadline = stream_clock_ms() + (uint64_t)cfg->login_timeout * 1000;
     int r = client_open_transport(c);
     if (r < 0)
         return r;
-    stream_set_timeouts(c->stream, CONNECT_TIMEOUT_MS, WRITE_TIMEOUT_MS);
+    stream_set_timeouts(c->stream, c->timeout_ms, c->timeout_ms);
+    stream_set_deadline(c->stream, c->login_deadline);
     if (cfg->type == SERVER_IMAPS) {
         r = client_start_tls(c);
         if (r < 0)
@@ -1541,7 +1781,13 @@ int imap_client_connect(struct imap_client *c)
         client_set_error(c, "%s: server lacks the QRESYNC extension (RFC 7162)", cfg->name);
         return ERR_UNSUPPORTED;
     }
-    /* From now on responses are read by a coroutine of their own. */
+    /* From now on responses are read by a coroutine of their own, watched
+     * by the watchdog; the login deadline no longer applies. */
+    c->opening = false;
+    stream_set_deadline(c->stream, 0);
+    stream_set_timeouts(c->stream, 0, c->timeout_ms);
+    if (watchdog_start(c) < 0)
+        return -ENOMEM;
     c->reader = coro_spawn(c->sched, reader_main, c, 0);
     if (!c->reader)
         return -ENOMEM;
@@ -1587,7 +1833,7 @@ struct imap_client *imap_client_new(struct coro_sched *sched, const struct serve
     c->rcap = 2 * READ_CHUNK;
     c->rbuf = malloc(c->rcap);
     c->obuf = malloc(OBUF_SIZE);
-    c->parser = imap_parser_new(NULL);
+    c->parser = imap_parser_new(&client_parser_limits);
     if (!c->rbuf || !c->obuf || !c->parser) {
         imap_client_free(&c);
         return NULL;
@@ -1610,6 +1856,7 @@ void imap_client_free(struct imap_client **pc)
         else
             coro_detach(c->reader);
     }
+    watchdog_stop(c);
     imap_cmd_free(&c->compress_cmd);
     client_break(c, -ECANCELED);
     stream_free(&c->stream);
@@ -1625,12 +1872,13 @@ const char *imap_client_name(const struct imap_client *c)
     return c->cfg->name;
 }
 
-const char *imap_client_error(const struct imap_client *c)
+const char *imap_client_error(struct imap_client *c)
 {
+    c->error_shown = true;
     return c->error[0] ? c->error : "unknown error";
 }
 
-const char *imap_client_reason(const struct imap_client *c)
+const char *imap_client_reason(struct imap_client *c)
 {
     const char *e = imap_client_error(c);
     size_t n = strlen(c->cfg->name);
@@ -1652,6 +1900,24 @@ void imap_client_traffic(const struct imap_client *c, struct imap_traffic *t)
         t->raw_in = c->raw_base_in + zin;
         t->raw_out = c->raw_base_out + zout;
     }
+}
+
+bool imap_client_error_unshown(const struct imap_client *c)
+{
+    return c->broken && !c->error_shown;
+}
+
+void imap_client_abort(struct imap_client *c, const char *why)
+{
+    if (!c->broken || why) {
+        if (why)
+            client_set_error(c, "%s: %s", c->cfg->name, why);
+        client_break(c, c->broken ? c->broken_code : ERR_PROTOCOL);
+    }
+    c->aborted = true;
+    if (c->reader_running && coro_current(c->sched) != c->reader)
+        coro_cancel(c->reader);
+    client_close_if_aborted(c);
 }
 
 bool imap_client_is_broken(const struct imap_client *c)

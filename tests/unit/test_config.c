@@ -87,7 +87,7 @@ static void verify_defaults(const struct config *c)
     CHECK(c->logfile == NULL && c->log_prefix == NULL);
     CHECK(c->list_mailbox == NULL && c->list_mailbox_count == 0);
     CHECK(c->list_select_opts == NULL && c->ignore_mailbox == NULL);
-    CHECK(l->timeout == 60 && l->connect_timeout == 30 && l->login_timeout == 60);
+    CHECK(l->timeout == 60 && l->connect_timeout == 30 && l->login_timeout == 30);
     CHECK(l->min_rate == 1024 && r->timeout == 60 && r->min_rate == 1024);
 }
 
@@ -96,7 +96,7 @@ static void verify_timeouts(const struct config *c)
     CHECK(c->local.timeout == 5 && c->local.connect_timeout == 2 && c->local.login_timeout == 7);
     CHECK(c->local.min_rate == 100);
     CHECK(c->remote.timeout == 86400 && c->remote.connect_timeout == 2);
-    CHECK(c->remote.login_timeout == 60 && c->remote.min_rate == 1000000000);
+    CHECK(c->remote.login_timeout == 30 && c->remote.min_rate == 1000000000);
 }
 
 static void verify_inherit(const struct config *c)

@@ -57,6 +57,10 @@ void log_error(struct logger *lg, const char *component, const char *mailbox, co
 void log_debug(struct logger *lg, const char *component, const char *mailbox, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* How many errors were logged so far (so a caller can tell whether a
+ * failure was explained already). */
+unsigned long logger_error_count(const struct logger *lg);
+
 /* Expands a log-prefix template (exposed for tests). Returns the number of
  * bytes written (truncated to buflen-1), or -1 if the template is invalid.
  * An empty component or mailbox counts as absent in conditionals. */

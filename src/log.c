@@ -44,6 +44,7 @@ struct logger {
     int debug;
     logger_tty_guard_fn guard;
     void *guard_ctx;
+    unsigned long errors; /* log_error calls so far */
 };
 
 /* ---- growable buffer ---- */
@@ -582,9 +583,16 @@ void log_error(struct logger *lg, const char *component, const char *mailbox, co
 {
     va_list ap;
 
+    if (lg != NULL)
+        lg->errors++;
     va_start(ap, fmt);
     log_vemit(lg, DEST_BOTH, component, mailbox, "ERROR: ", fmt, ap);
     va_end(ap);
+}
+
+unsigned long logger_error_count(const struct logger *lg)
+{
+    return lg != NULL ? lg->errors : 0;
 }
 
 void log_debug(struct logger *lg, const char *component, const char *mailbox, const char *fmt, ...)

@@ -13,8 +13,8 @@
  *       LF, NUL or 8-bit bytes (which would need a literal)
  *   %m  mailbox name: as %s; also refused if it holds other control
  *       characters
- *   %P  LIST pattern (list-mailbox): as %m, but the wildcards % and * stay
- *       unquoted in an atom
+ *   %P  LIST pattern (list-mailbox): as %m, always written as a quoted
+ *       string (the wildcards % and * are not atom characters)
  *   %F  flag list: flags (imap/values.h) separated by single spaces,
  *       possibly none
  *   %D  date-time without quotes (imap/values.h): written quoted, in the

@@ -84,8 +84,8 @@ static int put_astring(struct imap_cmdbuf *b, const char *s, enum astring_kind k
         if (kind != KIND_ASTRING && (ch < 0x20 || ch == 0x7f))
             return refuse(err, errlen, "cannot send a mailbox name holding control characters:", s,
                           n);
-        if (!is_atom_char(ch) && !(kind == KIND_PATTERN && (ch == '%' || ch == '*')))
-            atom = false;
+        if (!is_atom_char(ch) || kind == KIND_PATTERN)
+            atom = false; /* patterns are always quoted */
     }
     if (atom && !(n == 3 && strncasecmp(s, "NIL", 3) == 0))
         return put(b, s, n);

@@ -28,8 +28,15 @@ static int copy_close_batch(struct new_copy *cp)
     return 0;
 }
 
-int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_value *list,
-                        uint64_t size, struct imap_literal *lit, const char *inline_body)
+/*
+ * Appends one message (its FETCH items checked already, imap/values.h) to
+ * the target, streaming the body from the source's literal or writing it
+ * from memory. Should the body stop short (the source's connection broke,
+ * or the target's), the target has been promised bytes that will never
+ * come: its connection is given up, not used with a literal still open.
+ */
+int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_t size,
+                        struct imap_literal *lit, const char *inline_body)
 {
     struct sync_engine *e = cp->e;
     struct imap_client *t = cp->target->c;
@@ -37,28 +44,21 @@ int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_val
         return cp->error;
     if (size == 0) {
         log_warn(e->log, side_name[cp->src], NULL,
-                 "Ignoring new 0-length message (UID %" PRIu32 ")", uid);
+                 "Ignoring new 0-length message (UID %" PRIu32 ")", f->uid);
         return 0;
     }
-    const struct imap_value *flagsv = fetch_item(list, "FLAGS");
-    const struct imap_value *datev = fetch_item(list, "INTERNALDATE");
-    char *flags = flagsv && flagsv->type == IMAP_LIST ? flags_normalize(flagsv) : strdup("");
-    const char *date;
-    size_t datelen;
-    if (!flags || !datev || !imap_value_string(datev, &date, &datelen) || datelen > 64) {
-        free(flags);
-        cp->error = ERR_PROTOCOL;
+    char *flags = f->flags ? flags_normalize(f->flags) : strdup("");
+    if (!flags) {
+        cp->error = -ENOMEM;
         return cp->error;
     }
-    char datebuf[72];
-    memcpy(datebuf, date, datelen);
-    datebuf[datelen] = '\0';
 
     bool multi = imap_client_has_cap(t, "MULTIAPPEND");
     if (cp->append_open && (!multi || cp->open_count >= APPEND_BATCH_MESSAGES ||
                             cp->open_bytes + size > APPEND_BATCH_BYTES))
         copy_close_batch(cp);
     int r = 0;
+    bool literal_open = false;
     if (!cp->append_open) {
         r = imap_client_lock_write(t);
         if (r < 0)
@@ -67,11 +67,14 @@ int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_val
         cp->append_open = true;
         uidset_init(&cp->open_uids);
     }
-    r = imap_client_write_fmt(t, " (%a) \"%a\" ", flags, datebuf);
+    /* flags and date are encoded (and checked once more) before anything
+     * of this message is written */
+    r = imap_client_write_fmt(t, " (%F) %D ", flags, f->date);
     if (r == 0)
         r = imap_client_literal_begin(t, size);
     if (r < 0)
         goto fail;
+    literal_open = true;
     if (inline_body) {
         r = imap_client_write_raw(t, inline_body, (size_t)size);
     } else {
@@ -94,7 +97,10 @@ int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_val
     }
     if (r < 0)
         goto fail;
-    uidset_add(&cp->open_uids, uid);
+    if (uidset_add(&cp->open_uids, f->uid) < 0) {
+        r = -ENOMEM; /* written but not recorded: the APPEND must not complete */
+        goto fail;
+    }
     cp->open_count++;
     cp->open_bytes += size;
     cp->copied++;
@@ -104,6 +110,13 @@ int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_val
 fail:
     free(flags);
     cp->error = r;
+    if (literal_open) {
+        cp->target_aborted = true;
+        imap_client_abort(t, imap_client_is_broken(t)
+                                 ? NULL /* its own failure explains it */
+                                 : "the APPEND was abandoned with its message cut short: the "
+                                   "copy from the other server failed");
+    }
     return r;
 }
 
@@ -134,8 +147,10 @@ int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended
         next = b->next;
         int r = imap_cmd_wait(b->cmd);
         if (r < 0) {
-            log_error(e->log, side_name[dst], m->st[dst].mailbox, "APPEND failed: %s",
-                      imap_client_reason(m->st[dst].c));
+            /* after an abort, the failure of the source says it all */
+            if (!cp->target_aborted)
+                log_error(e->log, side_name[dst], m->st[dst].mailbox, "APPEND failed: %s",
+                          imap_client_reason(m->st[dst].c));
             if (rc == 0)
                 rc = r;
         } else {
@@ -145,8 +160,11 @@ int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended
             const char *args = imap_cmd_code_args(b->cmd);
             const char *sp = strchr(args, ' ');
             uint32_t uidvalidity = (uint32_t)strtoul(args, NULL, 10);
+            /* one UID per message, in order, or nothing is recorded */
+            const struct uidset_bounds bounds = {
+                .in_order = true, .max_uid = UINT32_MAX, .max_count = b->src_uids.count};
             if (!code || strcasecmp(code, "APPENDUID") != 0 || !sp ||
-                uidset_parse(&tuids, sp + 1, strlen(sp + 1), 1u << 24) < 0 ||
+                uidset_parse_bounded(&tuids, sp + 1, strlen(sp + 1), &bounds) < 0 ||
                 tuids.count != b->src_uids.count) {
                 log_error(e->log, side_name[dst], m->st[dst].mailbox,
                           "the server did not report the UIDs of appended messages (APPENDUID)");
@@ -256,9 +274,14 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             char *range = new_range(m->uidnext[s], &skip[s]);
             if (!range)
                 return -ENOMEM;
+            /* what the answer may hold: UIDs in that range, ascending */
+            m->st[s].fetch_from = m->uidnext[s];
+            m->st[s].fetch_skip = &skip[s];
+            m->st[s].last_new_uid = 0;
+            m->st[s].streamed_uid = 0;
             m->st[s].copy = &cp[s];
             fetch[s] = imap_client_send(
-                m->st[s].c, "UID FETCH %a (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", range);
+                m->st[s].c, "UID FETCH %S (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", range);
             free(range);
             if (!fetch[s])
                 rc = -ENOMEM;
@@ -274,6 +297,9 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             }
             imap_cmd_free(&fetch[s]);
             m->st[s].copy = NULL;
+            m->st[s].fetch_skip = NULL;
+            if (rc == 0)
+                rc = side_error(m);
             if (cp[s].error && rc == 0) {
                 log_error(e->log, side_name[OTHER(s)], m->st[OTHER(s)].mailbox,
                           "copying new messages failed: %s", imap_client_reason(m->st[OTHER(s)].c));

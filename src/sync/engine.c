@@ -215,6 +215,24 @@ static void log_totals(struct sync_engine *e, uint64_t started_ns)
                  failed);
 }
 
+/* What to say about a failure that nothing reported yet. */
+static const char *engine_failure_text(struct sync_engine *e, int r)
+{
+    for (int s = 0; s < 2; s++)
+        if (imap_client_is_broken(e->client[s]))
+            return imap_client_error(e->client[s]);
+    return err_str(r);
+}
+
+/* Says why a connection broke, if nobody did yet: no failure ends the
+ * run without its message. */
+static void engine_explain_broken(struct sync_engine *e)
+{
+    for (int s = 0; s < 2; s++)
+        if (e->client[s] && imap_client_error_unshown(e->client[s]))
+            log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
+}
+
 /* One synchronization of every mailbox; returns an exit status. */
 static int engine_cycle(struct sync_engine *e)
 {
@@ -223,10 +241,11 @@ static int engine_cycle(struct sync_engine *e)
     int status = EXIT_IN_STEP;
     bool repair = e->opts.command == SYNC_REPAIR;
     uint64_t started = uv_hrtime();
-    e->failed_mailboxes = 0;
+    /* names refused by the listing count as failed mailboxes */
+    e->failed_mailboxes = e->refused_names;
     memset(&e->totals, 0, sizeof e->totals);
     if (sync_mailbox_list(e, &work, &nwork) < 0)
-        return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
+        return EXIT_FAILURE_GENERIC;
     e->totals.mailboxes = nwork;
     /* the mailboxes to do, in order; one done again (MAILBOX_AGAIN) goes
      * to the end, once */
@@ -254,6 +273,7 @@ static int engine_cycle(struct sync_engine *e)
         if (cur && !repair && !again[todo[k]] && k + 1 < ntodo)
             next = mbox_new(e, &work[todo[k + 1]], repair);
         int r = -ENOMEM;
+        unsigned long logged = logger_error_count(e->log);
         if (cur) {
             cur->next = next;
             progress_mailbox(e->opts.progress, cur->pretty, k + 1, ntodo);
@@ -264,8 +284,14 @@ static int engine_cycle(struct sync_engine *e)
             todo[ntodo++] = todo[k];
         } else if (r != 0) {
             e->failed_mailboxes++;
+            /* every failure gets its message */
+            if (r < 0 && logger_error_count(e->log) == logged)
+                log_error(e->log, NULL, cur ? cur->pretty : work[todo[k]].key,
+                          "synchronization failed: %s", engine_failure_text(e, r));
             if (engine_broken(e)) {
-                status = EXIT_CONNECTION;
+                /* the connections were up: an error stopped the run,
+                 * whatever broke them (status 3 is for reaching them) */
+                status = EXIT_FAILURE_GENERIC;
                 break;
             }
         }
@@ -450,11 +476,16 @@ int sync_engine_run(struct sync_engine *e)
         log_error(e->log, "database", NULL, "%s", err);
         return EXIT_FAILURE_GENERIC;
     }
-    if (engine_connect(e) < 0)
+    if (engine_connect(e) < 0) {
+        engine_explain_broken(e);
         return EXIT_CONNECTION;
+    }
     e->connected = true;
-    if (engine_relist(e) < 0)
-        return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
+    /* from here on, both servers were reached: a failure is status 1 */
+    if (engine_relist(e) < 0) {
+        engine_explain_broken(e);
+        return EXIT_FAILURE_GENERIC;
+    }
     if (state_db_prepare(e->db, e->listing[SIDE_LOCAL].delimiter, e->listing[SIDE_REMOTE].delimiter,
                          err, sizeof err) < 0) {
         log_error(e->log, "database", NULL, "%s", err);
@@ -535,6 +566,7 @@ int sync_engine_run(struct sync_engine *e)
     }
 
     state_db_commit(e->db);
+    engine_explain_broken(e);
     engine_logout(e);
     return status;
 }

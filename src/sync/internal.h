@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,8 @@
 #include "db/state.h"
 #include "errors.h"
 #include "imap/client.h"
+#include "imap/command.h"
+#include "imap/values.h"
 #include "util/array.h"
 #include "util/uidset.h"
 #include "log.h"
@@ -52,6 +55,24 @@ enum {
     COPY_CHUNK = 64 * 1024,
 };
 
+/*
+ * What one server's responses may make us hold (doc/internals/trust.md).
+ * Per mailbox and side, the flag changes, vanished UIDs and new UIDs it
+ * reports are charged against a budget: a fixed part that no real
+ * mailbox's changes in one run come near, plus a part proportional to the
+ * messages the database pairs in it (which the other server holds too,
+ * so no server can inflate it alone). Beyond it the mailbox fails.
+ */
+#define SIDE_MEMORY_BASE        ((size_t)32 << 20)
+#define SIDE_MEMORY_PER_MESSAGE ((size_t)64)
+/* Mailboxes one server may list: each costs a few hundred bytes and the
+ * merge of both lists is quadratic; accounts with more folders than this
+ * are not known to exist. */
+#define LISTING_MAX 20000
+/* UIDs a MODIFIED response code may name: at most those of one UID STORE,
+ * whose text is bounded by UIDSET_TEXT_MAX, are really concerned. */
+#define MODIFIED_MAX ((size_t)1 << 20)
+
 /* ------------------------------------------------------------------ */
 /* mailbox listing */
 
@@ -62,6 +83,7 @@ struct listed {
     bool selectable;
     bool subscribed;
     bool has_status;
+    bool refused; /* the name cannot be represented on the other server */
     uint32_t uidvalidity, uidnext;
     uint64_t highestmodseq;
 };
@@ -72,6 +94,7 @@ struct listing {
     char delimiter; /* '\0' for a flat namespace (NIL) */
     bool delimiter_known;
     bool failed;
+    bool too_many; /* more than LISTING_MAX mailboxes */
 };
 
 /* A change reported for a known message. */
@@ -98,6 +121,16 @@ struct side_state {
     struct listing *listing;      /* while listing */
     struct new_copy *copy;        /* while copying new messages from this side */
     struct imap_mailbox_state ms; /* what SELECT and later responses said */
+
+    /* Checks on what this side reports (doc/internals/trust.md). */
+    uint32_t known_uidnext;          /* the database's UIDNEXT, as sent with QRESYNC */
+    uint32_t fetch_from;             /* the new-message FETCH asks for UIDs from here */
+    const struct uidset *fetch_skip; /* ... but not these (normalized) */
+    uint32_t last_new_uid;           /* the last new message accepted in this FETCH */
+    uint32_t streamed_uid;           /* its body was streamed (0: none) */
+    size_t mem_used, mem_limit;
+    unsigned refused; /* messages or changes refused (each reported) */
+    int error;        /* a response we cannot act on: the mailbox fails */
 };
 
 struct pending_batch {
@@ -119,6 +152,7 @@ struct new_copy {
     struct pending_batch *batches, **batches_tail;
     int error;
     unsigned copied;
+    bool target_aborted; /* a message was cut short: the target connection is given up */
 };
 
 struct sync_engine {
@@ -144,6 +178,7 @@ struct sync_engine {
         size_t mailboxes;
         unsigned long long added, removed, updated;
     } totals;
+    int refused_names; /* names of the last listing that cannot be synchronized */
     char errbuf[512];
 };
 
@@ -218,6 +253,7 @@ char *pretty_name(struct sync_engine *e, const char *key, size_t keylen);
 bool patterns_need_delimiter(const struct sync_engine *e);
 void early_list(struct imap_client *c, void *ctx);
 int engine_relist(struct sync_engine *e);
+void listing_check_names(struct sync_engine *e);
 int compile_ignore(struct sync_engine *e);
 
 /* mailboxes.c: mailbox list */
@@ -238,14 +274,17 @@ const struct change *change_find(const struct side_state *st, uint32_t uid);
 int sync_known(struct mbox_ctx *m, bool may_release);
 
 /* copy.c: copying */
-int copy_append_message(struct new_copy *cp, uint32_t uid, const struct imap_value *list,
-                        uint64_t size, struct imap_literal *lit, const char *inline_body);
+int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_t size,
+                        struct imap_literal *lit, const char *inline_body);
 int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended);
 int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release);
 
 /* mailbox.c: per-mailbox driver */
 void side_state_reset(struct side_state *st);
-const struct imap_value *fetch_item(const struct imap_value *list, const char *name);
+bool side_charge(struct side_state *st, size_t bytes);
+void side_fail(struct side_state *st, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int side_error(const struct mbox_ctx *m);
 void selected_untagged(void *ctx, const struct imap_response *r);
 extern const struct imap_handler selected_handler;
 void mbox_release(struct mbox_ctx *m);

@@ -29,7 +29,13 @@ int batch_wait(struct cmd_batch *b, struct side_state *st, struct uidset *modifi
         const char *code = b->items[i].cmd ? imap_cmd_code(b->items[i].cmd) : NULL;
         if (r == 0 && modified && code && strcasecmp(code, "MODIFIED") == 0) {
             const char *a = imap_cmd_code_args(b->items[i].cmd);
-            uidset_parse(modified, a, strlen(a), 10u * 1000 * 1000);
+            /* merged and bounded: at most one STORE's worth is meaningful */
+            const struct uidset_bounds bounds = {.max_uid = UINT32_MAX,
+                                                 .max_count = modified->count + MODIFIED_MAX};
+            if (uidset_parse_bounded(modified, a, strlen(a), &bounds) < 0)
+                side_fail(st, ERR_PROTOCOL,
+                          "the server sent an invalid or oversized MODIFIED "
+                          "response code");
         }
         if (r < 0 && rc == 0) {
             log_error(st->e->log, side_name[st->side], st->mailbox, "%s: %s", b->items[i].what,
@@ -51,9 +57,9 @@ static void removal_send(struct side_state *st, struct uidset *uids, struct cmd_
     size_t pos = 0;
     char *set;
     while ((set = uidset_format(uids, &pos, UIDSET_TEXT_MAX))) {
-        batch_add(b, imap_client_send(st->c, "UID STORE %a +FLAGS.SILENT (\\Deleted)", set),
+        batch_add(b, imap_client_send(st->c, "UID STORE %S +FLAGS.SILENT (\\Deleted)", set),
                   "cannot expunge messages");
-        batch_add(b, imap_client_send(st->c, "UID EXPUNGE %a", set), "cannot expunge messages");
+        batch_add(b, imap_client_send(st->c, "UID EXPUNGE %S", set), "cannot expunge messages");
         free(set);
     }
 }
@@ -158,10 +164,10 @@ void flags_send(struct side_state *st, struct flag_plan *p, uint64_t unchangedsi
         while ((set = uidset_format(&g->uids, &pos, UIDSET_TEXT_MAX))) {
             struct imap_cmd *cmd;
             if (unchangedsince)
-                cmd = imap_client_send(st->c, "UID STORE %a (UNCHANGEDSINCE %U) FLAGS.SILENT (%a)",
+                cmd = imap_client_send(st->c, "UID STORE %S (UNCHANGEDSINCE %U) FLAGS.SILENT (%F)",
                                        set, unchangedsince, g->flags);
             else
-                cmd = imap_client_send(st->c, "UID STORE %a FLAGS.SILENT (%a)", set, g->flags);
+                cmd = imap_client_send(st->c, "UID STORE %S FLAGS.SILENT (%F)", set, g->flags);
             batch_add(b, cmd, "cannot store flags");
             free(set);
         }
@@ -417,7 +423,7 @@ static int refetch_modified(struct mbox_ctx *m, struct side_state *st, struct ui
     size_t pos = 0;
     char *set;
     while ((set = uidset_format(modified, &pos, UIDSET_TEXT_MAX))) {
-        int r = imap_client_run(st->c, "UID FETCH %a (UID MODSEQ FLAGS)", set);
+        int r = imap_client_run(st->c, "UID FETCH %S (UID MODSEQ FLAGS)", set);
         free(set);
         if (r < 0)
             return r;
@@ -433,6 +439,10 @@ static int refetch_modified(struct mbox_ctx *m, struct side_state *st, struct ui
 int sync_known(struct mbox_ctx *m, bool may_release)
 {
     for (int round = 0; round < 100; round++) {
+        /* nothing is sent on the strength of responses we could not take */
+        int err = side_error(m);
+        if (err)
+            return err;
         struct known_round r;
         bool any = round_take(m, &r);
         if (!any || m->released) {

@@ -18,10 +18,13 @@ void listing_fini(struct listing *l)
     memset(l, 0, sizeof *l);
 }
 
+/* Refused names (listing_check_names) are not found: nothing is done
+ * with them on either side. */
 struct listed *listing_find(struct listing *l, const char *key, size_t keylen)
 {
     for (size_t i = 0; i < l->count; i++)
-        if (l->items[i].keylen == keylen && memcmp(l->items[i].key, key, keylen) == 0)
+        if (!l->items[i].refused && l->items[i].keylen == keylen &&
+            memcmp(l->items[i].key, key, keylen) == 0)
             return &l->items[i];
     return NULL;
 }
@@ -101,6 +104,10 @@ static void list_untagged(void *ctx, const struct imap_response *r)
         size_t rl = strlen(ref);
         if (nlen < rl || memcmp(n, ref, rl) != 0)
             return; /* outside the reference: not ours */
+        if (l->count >= LISTING_MAX) {
+            l->too_many = true;
+            return;
+        }
         struct listed *grown = array_reserve(l->items, &l->cap, l->count + 1, sizeof *grown, 32);
         if (!grown) {
             l->failed = true;
@@ -138,7 +145,9 @@ static void list_untagged(void *ctx, const struct imap_response *r)
         size_t nlen;
         if (!imap_value_string(&r->args[1], &n, &nlen))
             return;
-        for (size_t i = 0; i < l->count; i++) {
+        /* a STATUS follows its LIST line: look there first */
+        for (size_t j = 0; j < l->count; j++) {
+            size_t i = j == 0 ? l->count - 1 : j - 1;
             struct listed *it = &l->items[i];
             if (strlen(it->server_name) != nlen || memcmp(it->server_name, n, nlen) != 0)
                 continue;
@@ -159,27 +168,20 @@ static void list_untagged(void *ctx, const struct imap_response *r)
 
 static const struct imap_handler list_handler = {list_untagged, NULL};
 
-/* Builds "pattern" or ("p1" "p2") with NUL replaced by the delimiter. */
-static int append_pattern(char **out, size_t *len, const char *p, size_t plen, char delim,
-                          bool quote_sep)
+/* Appends one pattern, NUL replaced by the delimiter, as a quoted string
+ * (encoded by imap/command.h: a pattern that cannot be quoted fails). */
+static int append_pattern(struct imap_cmdbuf *b, const char *p, size_t plen, char delim, bool sep)
 {
-    size_t need = *len + plen * 2 + 4;
-    char *o = realloc(*out, need + 1);
-    if (!o)
+    char *tmp = malloc(plen + 1);
+    if (!tmp)
         return -ENOMEM;
-    *out = o;
-    if (quote_sep)
-        o[(*len)++] = ' ';
-    o[(*len)++] = '"';
-    for (size_t i = 0; i < plen; i++) {
-        char ch = p[i] == '\0' ? delim : p[i];
-        if (ch == '"' || ch == '\\')
-            o[(*len)++] = '\\';
-        o[(*len)++] = ch;
-    }
-    o[(*len)++] = '"';
-    o[*len] = '\0';
-    return 0;
+    for (size_t i = 0; i < plen; i++)
+        tmp[i] = p[i] == '\0' ? delim : p[i];
+    tmp[plen] = '\0';
+    char why[200];
+    int r = imap_cmdbuf_append(b, why, sizeof why, "%a%P", sep ? " " : "", tmp);
+    free(tmp);
+    return r;
 }
 
 /* Sends the LIST commands of one side; the caller waits. */
@@ -190,11 +192,11 @@ static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st, 
     const char *ref = sc->list_reference ? sc->list_reference : "";
     char delim = st->listing->delimiter;
 
-    char *patterns = NULL;
-    size_t plen = 0;
+    struct imap_cmdbuf patterns = {0};
     size_t n = 0;
+    int r = 0;
     if (e->opts.nmailboxes) {
-        for (size_t i = 0; i < e->opts.nmailboxes; i++, n++) {
+        for (size_t i = 0; i < e->opts.nmailboxes && r == 0; i++, n++) {
             const char *m = e->opts.mailboxes[i];
             /* command-line names use the local delimiter: make it NUL, then the
              * side's own */
@@ -209,26 +211,21 @@ static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st, 
                 for (size_t k = 0; k < tl; k++)
                     if (tmp[k] == ld)
                         tmp[k] = '\0';
-            int r = append_pattern(&patterns, &plen, tmp, tl, delim, n > 0);
+            r = append_pattern(&patterns, tmp, tl, delim, n > 0);
             free(tmp);
-            if (r < 0) {
-                free(patterns);
-                return NULL;
-            }
         }
     } else if (e->cfg->list_mailbox_count) {
-        for (size_t i = 0; i < e->cfg->list_mailbox_count; i++, n++)
-            if (append_pattern(&patterns, &plen, e->cfg->list_mailbox[i].data,
-                               e->cfg->list_mailbox[i].len, delim, n > 0) < 0) {
-                free(patterns);
-                return NULL;
-            }
+        for (size_t i = 0; i < e->cfg->list_mailbox_count && r == 0; i++, n++)
+            r = append_pattern(&patterns, e->cfg->list_mailbox[i].data, e->cfg->list_mailbox[i].len,
+                               delim, n > 0);
     } else {
-        patterns = strdup("\"*\"");
+        r = append_pattern(&patterns, "*", 1, delim, false);
         n = 1;
     }
-    if (!patterns)
+    if (r < 0 || !patterns.data) {
+        imap_cmdbuf_fini(&patterns);
         return NULL;
+    }
 
     char opts[512] = "";
     if (e->cfg->list_select_opts && *e->cfg->list_select_opts)
@@ -237,8 +234,8 @@ static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st, 
                           ? " RETURN (SUBSCRIBED STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))"
                           : " RETURN (SUBSCRIBED)";
     struct imap_cmd *cmd = imap_client_send(c, n > 1 ? "LIST %a%s (%a)%a" : "LIST %a%s %a%a", opts,
-                                            ref, patterns, ret);
-    free(patterns);
+                                            ref, patterns.data, ret);
+    imap_cmdbuf_fini(&patterns);
     return cmd;
 }
 
@@ -345,6 +342,11 @@ int engine_relist(struct sync_engine *e)
         }
         if (e->listing[s].failed)
             rc = -ENOMEM;
+        if (e->listing[s].too_many) {
+            log_error(e->log, side_name[s], NULL,
+                      "the server lists more than %d mailboxes; refusing them", LISTING_MAX);
+            rc = ERR_TOO_BIG;
+        }
         /* not set_handler(NULL): INBOX may be selected behind the LIST
          * already, with its own handler */
         imap_client_release(e->client[s], &st[s]);
@@ -363,7 +365,76 @@ int engine_relist(struct sync_engine *e)
                   "local and remote namespaces are not both flat or both hierarchical");
         return ERR_CONFIG;
     }
+    listing_check_names(e);
     return 0;
+}
+
+/* Why a listed name cannot be synchronized (buf may receive the reason),
+ * or NULL. */
+static const char *name_problem(struct sync_engine *e, enum side s, const struct listed *it,
+                                char *buf, size_t len)
+{
+    const char *p = imap_mailbox_name_problem(it->server_name, strlen(it->server_name));
+    if (p)
+        return p;
+    const char *k = it->key;
+    size_t n = it->keylen;
+    if (n == 0 || k[0] == '\0' || k[n - 1] == '\0' || memmem(k, n, "\0\0", 2))
+        return "has an empty hierarchy level";
+    /* on the other server, its delimiter would split the name in two */
+    char od = e->listing[OTHER(s)].delimiter;
+    if (od && memchr(k, od, n)) {
+        snprintf(buf, len, "contains '%c', the hierarchy delimiter of the %s server", od,
+                 side_name[OTHER(s)]);
+        return buf;
+    }
+    /* INBOX is case-insensitive: "Inbox" is INBOX to a server, so another
+     * spelling of it, or of a name below it, would name the same mailbox
+     * twice. A server that lists INBOX itself as "inbox" is taken at its
+     * word, unless it lists "INBOX" as well. */
+    size_t first = strnlen(k, n);
+    if (first == 5 && strncasecmp(k, "INBOX", 5) == 0) {
+        bool spelled = strncmp(it->server_name + strlen(it->server_name) - n, "INBOX", 5) == 0;
+        if (first < n && memcmp(k, "INBOX", 5) != 0)
+            return "differs from a name below INBOX only by the case of INBOX";
+        if (first == n && !spelled) {
+            const struct listing *l = &e->listing[s];
+            for (size_t i = 0; i < l->count; i++)
+                if (strcmp(l->items[i].server_name + strlen(l->items[i].server_name) -
+                               l->items[i].keylen,
+                           "INBOX") == 0)
+                    return "differs from INBOX only by case";
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Names that cannot be represented on the other server are refused, each
+ * with one error, and then ignored on both sides: nothing is created,
+ * selected or copied for them (listing_find does not see them).
+ */
+void listing_check_names(struct sync_engine *e)
+{
+    e->refused_names = 0;
+    for (int s = 0; s < 2; s++) {
+        struct listing *l = &e->listing[s];
+        for (size_t i = 0; i < l->count; i++) {
+            struct listed *it = &l->items[i];
+            /* only mailboxes are synchronized: the reference itself or a
+             * \NoSelect level is never acted on */
+            if (!it->selectable || it->keylen == 0)
+                continue;
+            char buf[120];
+            const char *why = name_problem(e, (enum side)s, it, buf, sizeof buf);
+            if (!why)
+                continue;
+            it->refused = true;
+            e->refused_names++;
+            log_error(e->log, side_name[s], NULL, "mailbox \"%s\" is not synchronized: its name %s",
+                      it->server_name, why);
+        }
+    }
 }
 
 int compile_ignore(struct sync_engine *e)

@@ -25,11 +25,56 @@ static void side_state_fini(struct side_state *st)
     st->mailbox = NULL;
 }
 
+/* Records the first reason why what side st reported cannot be acted on,
+ * and says it: the mailbox then fails without sending anything more. */
+void side_fail(struct side_state *st, int code, const char *fmt, ...)
+{
+    if (st->error)
+        return; /* one message per failure */
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    st->error = code;
+    log_error(st->e->log, side_name[st->side], st->mailbox, "%s", msg);
+}
+
+static void side_over_budget(struct side_state *st)
+{
+    side_fail(st, ERR_TOO_BIG,
+              "the server's responses for this mailbox need more than %zu MiB of memory; "
+              "refusing them (broken or hostile server?)",
+              st->mem_limit >> 20);
+}
+
+bool side_charge(struct side_state *st, size_t bytes)
+{
+    if (bytes <= st->mem_limit - st->mem_used) {
+        st->mem_used += bytes;
+        return true;
+    }
+    side_over_budget(st);
+    return false;
+}
+
+/* The first failure of either side of the mailbox, or 0. */
+int side_error(const struct mbox_ctx *m)
+{
+    return m->st[0].error ? m->st[0].error : m->st[1].error;
+}
+
 static int change_add(struct side_state *st, uint32_t uid, uint64_t modseq, char *flags)
 {
+    /* what a change costs, allocator overhead included */
+    if (!side_charge(st, sizeof(struct change) + strlen(flags) + 1 + 16)) {
+        free(flags);
+        return ERR_TOO_BIG;
+    }
     struct change *c = array_reserve(st->changes, &st->capchanges, st->nchanges + 1, sizeof *c, 64);
     if (!c) {
         free(flags);
+        side_fail(st, -ENOMEM, "out of memory");
         return -ENOMEM;
     }
     st->changes = c;
@@ -37,51 +82,126 @@ static int change_add(struct side_state *st, uint32_t uid, uint64_t modseq, char
     return 0;
 }
 
-/* Finds an item by name in a FETCH attribute list. */
-const struct imap_value *fetch_item(const struct imap_value *list, const char *name)
+/* Adds a UID to one of the side's sets, within its memory budget. */
+static void side_uid_add(struct side_state *st, struct uidset *set, uint32_t uid)
 {
-    if (!list || list->type != IMAP_LIST)
-        return NULL;
-    for (size_t i = 0; i + 1 < list->count; i += 2)
-        if (imap_value_is_atom(&list->items[i], name))
-            return &list->items[i + 1];
-    return NULL;
+    if (side_charge(st, sizeof uid) && uidset_add(set, uid) < 0)
+        side_fail(st, -ENOMEM, "out of memory");
 }
 
 /* ------------------------------------------------------------------ */
 /* untagged responses while a mailbox is selected */
 
-static void on_fetch(struct side_state *st, const struct imap_response *r)
+/*
+ * Whether a message a new-message FETCH returned is one to copy: its UID
+ * must be in the range asked for, not one we already replicated or are
+ * skipping, and above the previous one (servers answer in UID order; a
+ * repeat would be copied twice).
+ */
+static bool new_message_wanted(struct side_state *st, uint32_t uid)
 {
-    const struct imap_value *list = &r->args[2];
-    const struct imap_value *uidv = fetch_item(list, "UID");
-    uint32_t uid;
-    if (!uidv || !imap_value_u32(uidv, &uid))
+    if (uid < st->fetch_from || uid <= st->last_new_uid ||
+        (st->fetch_skip && uidset_contains(st->fetch_skip, uid))) {
+        st->refused++;
+        log_error(st->e->log, side_name[st->side], st->mailbox,
+                  "the server returned UID %" PRIu32 ", which was not asked for or came twice; "
+                  "not copied",
+                  uid);
+        return false;
+    }
+    st->last_new_uid = uid;
+    return true;
+}
+
+static void on_fetch(struct side_state *st, const struct imap_fetch *f, bool new_message)
+{
+    if (!f->uid)
         return;
-    const struct imap_value *body = fetch_item(list, "BODY[]");
-    const struct imap_value *modv = fetch_item(list, "MODSEQ");
-    uint64_t modseq = 0;
-    if (modv && modv->type == IMAP_LIST && modv->count == 1)
-        imap_value_u64(&modv->items[0], &modseq);
-    if (modseq > st->max_modseq)
-        st->max_modseq = modseq;
-    if (st->probing && !body && !fetch_item(list, "FLAGS")) {
-        uidset_add(&st->probe, uid);
+    if (f->modseq > st->max_modseq)
+        st->max_modseq = f->modseq;
+    if (st->probing && !f->body && !f->flags) {
+        side_uid_add(st, &st->probe, f->uid);
         return;
     }
-    if (body || (st->copy && fetch_item(list, "INTERNALDATE"))) {
-        /* a new message: handled by the copy (streamed or inline below) */
-        if (uid > st->max_uid_seen)
-            st->max_uid_seen = uid;
-        uidset_add(&st->fetched, uid);
+    if (new_message) {
+        /* a new message: handled by the copy (streamed or inline) */
+        if (f->uid > st->max_uid_seen)
+            st->max_uid_seen = f->uid;
+        side_uid_add(st, &st->fetched, f->uid);
         return;
     }
-    const struct imap_value *flagsv = fetch_item(list, "FLAGS");
-    if (!flagsv || flagsv->type != IMAP_LIST)
+    if (!f->flags)
         return;
-    char *flags = flags_normalize(flagsv);
-    if (flags)
-        change_add(st, uid, modseq, flags);
+    char *flags = flags_normalize(f->flags);
+    if (!flags) {
+        side_fail(st, -ENOMEM, "out of memory");
+        return;
+    }
+    change_add(st, f->uid, f->modseq, flags);
+}
+
+static void on_vanished(struct side_state *st, const struct imap_response *r)
+{
+    const struct imap_value *set = &r->args[r->nargs - 1];
+    const char *text;
+    size_t len;
+    if (!imap_value_string(set, &text, &len)) {
+        side_fail(st, ERR_PROTOCOL, "the server sent a VANISHED response without a UID set");
+        return;
+    }
+    /* VANISHED (EARLIER) answers the QRESYNC known range, UIDs below the
+     * database's UIDNEXT; a later one names messages expunged since the
+     * SELECT, below the server's UIDNEXT or among those we fetched. UIDs
+     * beyond cannot be messages we know: they are dropped, and the rest
+     * is merged and bounded before anything is allocated. */
+    bool earlier = r->nargs >= 3 && r->args[1].type == IMAP_LIST;
+    uint32_t top = earlier ? (st->known_uidnext ? st->known_uidnext - 1 : 0)
+                           : (st->ms.uidnext ? st->ms.uidnext - 1 : 0);
+    if (!earlier && st->max_uid_seen > top)
+        top = st->max_uid_seen;
+    size_t left = (st->mem_limit - st->mem_used) / sizeof(uint32_t);
+    size_t before = st->vanished.count;
+    struct uidset_bounds b = {.max_uid = top, .max_count = before + left};
+    int rc = uidset_parse_bounded(&st->vanished, text, len, &b);
+    if (rc == -EINVAL)
+        side_fail(st, ERR_PROTOCOL, "the server sent an invalid VANISHED response");
+    else if (rc == -E2BIG)
+        side_over_budget(st);
+    else if (rc < 0)
+        side_fail(st, rc, "out of memory");
+    else if (st->vanished.count > before)
+        side_charge(st, (st->vanished.count - before) * sizeof(uint32_t));
+}
+
+/* A FETCH response: checked against its grammar, then a new message to
+ * copy (unless its body was streamed already), a probe's UID, or a flag
+ * change of a known message. */
+static void on_fetch_response(struct side_state *st, const struct imap_response *r)
+{
+    struct imap_fetch f;
+    char why[200];
+    if (imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) < 0) {
+        st->refused++;
+        log_error(st->e->log, side_name[st->side], st->mailbox,
+                  "invalid FETCH response (%s); ignored", why);
+        return;
+    }
+    bool new_message = f.body || (st->copy && f.has_date);
+    if (new_message && st->streamed_uid && f.uid == st->streamed_uid) {
+        st->streamed_uid = 0; /* copied while it streamed */
+    } else if (new_message && st->copy) {
+        if (!new_message_wanted(st, f.uid))
+            return;
+        if (f.body && !f.body->streamed) {
+            /* the body came before FLAGS/INTERNALDATE or was small: it
+             * is inline, appended from memory */
+            const char *data;
+            size_t len;
+            if (imap_value_string(f.body, &data, &len))
+                copy_append_message(st->copy, &f, len, NULL, data);
+        }
+    }
+    on_fetch(st, &f, new_message);
 }
 
 void selected_untagged(void *ctx, const struct imap_response *r)
@@ -95,27 +215,12 @@ void selected_untagged(void *ctx, const struct imap_response *r)
         }
         return;
     }
-    if (r->nargs >= 3 && imap_value_is_atom(&r->args[1], "FETCH") && r->args[2].type == IMAP_LIST) {
-        const struct imap_value *body = fetch_item(&r->args[2], "BODY[]");
-        if (st->copy && body && !body->streamed) {
-            /* the body came before FLAGS/INTERNALDATE or was small: it is
-             * inline, append it from memory */
-            const struct imap_value *uidv = fetch_item(&r->args[2], "UID");
-            uint32_t uid;
-            const char *data;
-            size_t len;
-            if (uidv && imap_value_u32(uidv, &uid) && imap_value_string(body, &data, &len))
-                copy_append_message(st->copy, uid, &r->args[2], len, NULL, data);
-        }
-        on_fetch(st, r);
+    if (r->nargs >= 3 && imap_value_is_atom(&r->args[1], "FETCH")) {
+        on_fetch_response(st, r);
         return;
     }
     if (r->nargs >= 2 && imap_value_is_atom(&r->args[0], "VANISHED")) {
-        const struct imap_value *set = &r->args[r->nargs - 1];
-        const char *s;
-        size_t len;
-        if (imap_value_string(set, &s, &len))
-            uidset_parse(&st->vanished, s, len, 10u * 1000 * 1000);
+        on_vanished(st, r);
         return;
     }
 }
@@ -133,14 +238,17 @@ static bool selected_literal(void *ctx, const struct imap_response *partial, uin
     const struct imap_value *last = &list->items[list->count - 1];
     if (!imap_value_is_atom(last, "BODY[]"))
         return false;
-    const struct imap_value *uidv = fetch_item(list, "UID");
-    uint32_t uid;
-    if (!uidv || !imap_value_u32(uidv, &uid) || !fetch_item(list, "FLAGS") ||
-        !fetch_item(list, "INTERNALDATE"))
+    struct imap_fetch f;
+    char why[200];
+    /* anything wrong is reported once the response is complete */
+    if (imap_fetch_parse(list, true, &f, why, sizeof why) < 0 || !f.uid || !f.flags || !f.has_date)
         return false; /* keep it inline; appended when the response is complete */
-    if (uid > st->max_uid_seen)
-        st->max_uid_seen = uid;
-    copy_append_message(st->copy, uid, list, size, lit, NULL);
+    if (!new_message_wanted(st, f.uid))
+        return true; /* the client discards the body */
+    if (f.uid > st->max_uid_seen)
+        st->max_uid_seen = f.uid;
+    st->streamed_uid = f.uid;
+    copy_append_message(st->copy, &f, size, lit, NULL);
     return true;
 }
 
@@ -193,7 +301,7 @@ int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struc
         char *seqs = NULL, *uids = NULL;
         qresync_sample(e, m->idx, s, &seqs, &uids);
         if (seqs && uids)
-            cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u (%a %a)))", st->mailbox,
+            cmd = imap_client_send(st->c, "SELECT %m (QRESYNC (%u %U 1:%u (%S %S)))", st->mailbox,
                                    m->db[s].uidvalidity, m->db[s].highestmodseq,
                                    m->db[s].uidnext - 1, seqs, uids);
         else
@@ -371,7 +479,15 @@ static int mbox_init(struct mbox_ctx *m, struct sync_engine *e, const struct mbo
         if (f == 0)
             m->known = false;
         m->have_row[s] = f == 1;
+        m->st[s].known_uidnext = m->db[s].uidnext;
     }
+    int64_t paired = 0;
+    if (state_db_mapping_count(e->db, w->idx, &paired) < 0) {
+        log_error(e->log, "database", m->pretty, "%s", state_db_error(e->db));
+        return ERR_DB;
+    }
+    for (int s = 0; s < 2; s++)
+        m->st[s].mem_limit = SIDE_MEMORY_BASE + SIDE_MEMORY_PER_MESSAGE * (size_t)paired;
     return 0;
 }
 
@@ -419,6 +535,8 @@ int sync_one(struct mbox_ctx *m)
         want[m->target_pending] = false;
     }
     rc = select_wait_sides(m, want);
+    if (rc == 0)
+        rc = side_error(m); /* what the SELECT said cannot be acted on */
     if (rc < 0)
         goto out;
     for (int s = 0; s < 2; s++)
@@ -498,6 +616,13 @@ int sync_one(struct mbox_ctx *m)
     rc = sync_known(m, simple);
     if (rc != 0)
         goto out;
+    /* Messages or changes refused (each reported already): the state stays
+     * where it was, so that the next run meets them again instead of
+     * passing over them for good. */
+    if (m->st[0].refused || m->st[1].refused) {
+        rc = ERR_PROTOCOL;
+        goto out;
+    }
     for (int s = 0; s < 2; s++) {
         struct imap_mailbox_state *ms = &m->st[s].ms;
         uint64_t hms =
@@ -514,6 +639,10 @@ int sync_one(struct mbox_ctx *m)
     if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
         rc = ERR_DB;
 out:
+    if (rc >= 0 && side_error(m))
+        rc = side_error(m);
+    if (rc == MAILBOX_AGAIN && (m->st[0].refused || m->st[1].refused))
+        rc = ERR_PROTOCOL;
     if (rc == 0 || rc == MAILBOX_AGAIN)
         log_summary(m);
     if (rc == MAILBOX_AGAIN) {

@@ -48,8 +48,9 @@ static int create_wait(struct sync_engine *e, struct pending_create *pc)
     struct imap_client *c = e->client[pc->side];
     int r = pc->create ? imap_cmd_wait(pc->create) : -ENOMEM;
     if (r < 0)
+        /* the CREATE's own answer, not whatever the connection said last */
         log_error(e->log, side_name[pc->side], pc->name, "cannot create mailbox: %s",
-                  imap_client_reason(c));
+                  r == ERR_NO || r == ERR_BAD ? imap_cmd_text(pc->create) : imap_client_reason(c));
     else
         log_info(e->log, side_name[pc->side], NULL, "Created mailbox %s", pc->name);
     if (pc->subscribe) {
@@ -164,7 +165,7 @@ static int merge_one_sided(struct list_merge *mg, const struct listed *it, enum 
 static int merge_one(struct list_merge *mg, const struct listed *it)
 {
     struct sync_engine *e = mg->e;
-    if (merge_has(mg, it->key, it->keylen) || ignored(e, it->key, it->keylen))
+    if (it->refused || merge_has(mg, it->key, it->keylen) || ignored(e, it->key, it->keylen))
         return 0;
     struct listed *l = listing_find(&e->listing[SIDE_LOCAL], it->key, it->keylen);
     struct listed *r = listing_find(&e->listing[SIDE_REMOTE], it->key, it->keylen);

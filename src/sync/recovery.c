@@ -44,7 +44,7 @@ int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
         uidset_fini(&sorted);
         if (!set)
             return -ENOMEM;
-        cmd[s] = imap_client_send(m->st[s].c, "UID FETCH %a (UID MODSEQ FLAGS)", set);
+        cmd[s] = imap_client_send(m->st[s].c, "UID FETCH %S (UID MODSEQ FLAGS)", set);
         free(set);
     }
     for (int s = 0; s < 2; s++) {
@@ -159,41 +159,38 @@ struct fp_list {
 static void fp_untagged(void *ctx, const struct imap_response *r)
 {
     struct fp_list *fl = ctx;
+    struct side_state *st = fl->st;
+    struct imap_fetch f;
+    char why[200];
     if (r->status != IMAP_STATUS_NONE || r->nargs < 3 ||
-        !imap_value_is_atom(&r->args[1], "FETCH") || r->args[2].type != IMAP_LIST) {
-        selected_untagged(fl->st, r);
+        !imap_value_is_atom(&r->args[1], "FETCH") ||
+        imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) < 0 || !f.uid || !f.has_size ||
+        !f.has_date) {
+        selected_untagged(st, r); /* reports a malformed FETCH */
         return;
     }
-    const struct imap_value *list = &r->args[2];
-    const struct imap_value *uidv = fetch_item(list, "UID");
-    const struct imap_value *sizev = fetch_item(list, "RFC822.SIZE");
-    const struct imap_value *datev = fetch_item(list, "INTERNALDATE");
-    const struct imap_value *hdrv = NULL;
-    for (size_t i = 0; i + 1 < list->count; i += 2) {
-        const char *n;
-        size_t nl;
-        if (imap_value_string(&list->items[i], &n, &nl) && nl > 7 &&
-            strncasecmp(n, "BODY[HEADER", 11) == 0)
-            hdrv = &list->items[i + 1];
-    }
-    uint32_t uid;
-    uint64_t size;
-    const char *date, *hdr = "";
-    size_t datelen, hdrlen = 0;
-    if (!uidv || !imap_value_u32(uidv, &uid) || !sizev || !imap_value_u64(sizev, &size) || !datev ||
-        !imap_value_string(datev, &date, &datelen)) {
-        selected_untagged(fl->st, r);
+    const char *hdr = "";
+    size_t hdrlen = 0;
+    if (f.header)
+        imap_value_string(f.header, &hdr, &hdrlen);
+    /* a fingerprint, its two strings and the allocator's share */
+    if (!side_charge(st, sizeof(struct fingerprint) + sizeof f.date + hdrlen + 1 + 48))
         return;
-    }
-    if (hdrv)
-        imap_value_string(hdrv, &hdr, &hdrlen);
     struct fingerprint *grown =
         array_reserve(fl->items, &fl->cap, fl->count + 1, sizeof *grown, 32);
-    if (!grown)
+    if (!grown) {
+        side_fail(st, -ENOMEM, "out of memory");
         return;
+    }
     fl->items = grown;
-    fl->items[fl->count++] =
-        (struct fingerprint){uid, size, strndup(date, datelen), strndup(hdr, hdrlen), false};
+    char *date = strdup(f.date), *msgid = strndup(hdr, hdrlen);
+    if (!date || !msgid) {
+        free(date);
+        free(msgid);
+        side_fail(st, -ENOMEM, "out of memory");
+        return;
+    }
+    fl->items[fl->count++] = (struct fingerprint){f.uid, f.size, date, msgid, false};
 }
 
 static const struct imap_handler fp_handler = {fp_untagged, NULL};
@@ -237,6 +234,8 @@ int recover_appends(struct mbox_ctx *m, enum side dst, uint32_t bound)
         if (r < 0)
             rc = r;
     }
+    if (rc == 0)
+        rc = side_error(m); /* no pairing on partial lists */
     unsigned paired = 0;
     for (size_t i = 0; rc == 0 && i < fl[dst].count; i++) {
         struct fingerprint *d = &fl[dst].items[i];

@@ -18,7 +18,7 @@ static int copy_uids(struct mbox_ctx *m, enum side src, struct uidset *uids, str
     m->st[src].copy = &cp;
     while (rc == 0 && (set = uidset_format(uids, &pos, UIDSET_TEXT_MAX))) {
         rc = imap_client_run(m->st[src].c,
-                             "UID FETCH %a (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", set);
+                             "UID FETCH %S (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", set);
         free(set);
         if (cp.error && rc == 0)
             rc = cp.error;

@@ -109,7 +109,8 @@ bool imap_client_error_unshown(const struct imap_client *c);
  * the connection is closed as soon as no coroutine uses it, so that
  * nothing more reaches the server (a command cut short, an APPEND whose
  * literal will never be complete, is then dropped by the server). `why`,
- * if not NULL, becomes the error. Does not yield.
+ * if not NULL, becomes the error; the caller reports the cause, so it
+ * does not count as unshown. Does not yield.
  */
 void imap_client_abort(struct imap_client *c, const char *why);
 bool imap_client_has_cap(const struct imap_client *c, const char *cap);

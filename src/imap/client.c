@@ -1915,6 +1915,7 @@ void imap_client_abort(struct imap_client *c, const char *why)
         client_break(c, c->broken ? c->broken_code : ERR_PROTOCOL);
     }
     c->aborted = true;
+    c->error_shown = true; /* the caller's decision: it reports the cause */
     if (c->reader_running && coro_current(c->sched) != c->reader)
         coro_cancel(c->reader);
     client_close_if_aborted(c);

@@ -285,7 +285,8 @@ static int engine_cycle(struct sync_engine *e)
         } else if (r != 0) {
             e->failed_mailboxes++;
             /* every failure gets its message */
-            if (r < 0 && logger_error_count(e->log) == logged)
+            bool reported = cur && (side_error(cur) || cur->st[0].refused || cur->st[1].refused);
+            if (r < 0 && !reported && logger_error_count(e->log) == logged)
                 log_error(e->log, NULL, cur ? cur->pretty : work[todo[k]].key,
                           "synchronization failed: %s", engine_failure_text(e, r));
             if (engine_broken(e)) {

@@ -63,8 +63,8 @@ enum {
  * messages the database pairs in it (which the other server holds too,
  * so no server can inflate it alone). Beyond it the mailbox fails.
  */
-#define SIDE_MEMORY_BASE        ((size_t)32 << 20)
-#define SIDE_MEMORY_PER_MESSAGE ((size_t)64)
+#define SIDE_MEMORY_BASE        ((size_t)16 << 20)
+#define SIDE_MEMORY_PER_MESSAGE ((size_t)128)
 /* Mailboxes one server may list: each costs a few hundred bytes and the
  * merge of both lists is quadratic; accounts with more folders than this
  * are not known to exist. */

@@ -66,8 +66,9 @@ int side_error(const struct mbox_ctx *m)
 
 static int change_add(struct side_state *st, uint32_t uid, uint64_t modseq, char *flags)
 {
-    /* what a change costs, allocator overhead included */
-    if (!side_charge(st, sizeof(struct change) + strlen(flags) + 1 + 16)) {
+    /* what a change costs: its share of an array that doubles, its flags
+     * rounded as the allocator does, the allocator's header */
+    if (!side_charge(st, 2 * sizeof(struct change) + ((strlen(flags) + 16) & ~(size_t)15) + 16)) {
         free(flags);
         return ERR_TOO_BIG;
     }
@@ -82,10 +83,11 @@ static int change_add(struct side_state *st, uint32_t uid, uint64_t modseq, char
     return 0;
 }
 
-/* Adds a UID to one of the side's sets, within its memory budget. */
+/* Adds a UID to one of the side's sets, within its memory budget (an
+ * array that doubles: twice the UID's size). */
 static void side_uid_add(struct side_state *st, struct uidset *set, uint32_t uid)
 {
-    if (side_charge(st, sizeof uid) && uidset_add(set, uid) < 0)
+    if (side_charge(st, 2 * sizeof uid) && uidset_add(set, uid) < 0)
         side_fail(st, -ENOMEM, "out of memory");
 }
 
@@ -159,7 +161,8 @@ static void on_vanished(struct side_state *st, const struct imap_response *r)
                            : (st->ms.uidnext ? st->ms.uidnext - 1 : 0);
     if (!earlier && st->max_uid_seen > top)
         top = st->max_uid_seen;
-    size_t left = (st->mem_limit - st->mem_used) / sizeof(uint32_t);
+    /* the merge builds a new array beside the old one: twice the size */
+    size_t left = (st->mem_limit - st->mem_used) / (2 * sizeof(uint32_t));
     size_t before = st->vanished.count;
     struct uidset_bounds b = {.max_uid = top, .max_count = before + left};
     int rc = uidset_parse_bounded(&st->vanished, text, len, &b);
@@ -170,7 +173,7 @@ static void on_vanished(struct side_state *st, const struct imap_response *r)
     else if (rc < 0)
         side_fail(st, rc, "out of memory");
     else if (st->vanished.count > before)
-        side_charge(st, (st->vanished.count - before) * sizeof(uint32_t));
+        side_charge(st, (st->vanished.count - before) * 2 * sizeof(uint32_t));
 }
 
 /* A FETCH response: checked against its grammar, then a new message to
@@ -184,6 +187,15 @@ static void on_fetch_response(struct side_state *st, const struct imap_response 
         st->refused++;
         log_error(st->e->log, side_name[st->side], st->mailbox,
                   "invalid FETCH response (%s); ignored", why);
+        /* a new message refused is not fetched again in this run (each
+         * one is reported once); the mailbox fails and the next run sees
+         * it again */
+        const struct imap_value *list = &r->args[2];
+        uint32_t uid;
+        for (size_t i = 0; st->copy && list->type == IMAP_LIST && i + 1 < list->count; i += 2)
+            if (imap_value_is_atom(&list->items[i], "UID") &&
+                imap_value_u32(&list->items[i + 1], &uid) && uid)
+                side_uid_add(st, &st->fetched, uid);
         return;
     }
     bool new_message = f.body || (st->copy && f.has_date);

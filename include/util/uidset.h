@@ -53,7 +53,7 @@ struct uidset_bounds {
 /*
  * Adds the UIDs of a sequence-set within the bounds. Returns 0, -EINVAL
  * (not a sequence-set of nz-numbers, or a UID above max_uid in order),
- * -E2BIG (the set would exceed max_count: it is left as it was) or
+ * -E2BIG (the set would exceed max_count: it keeps the UIDs it held) or
  * -ENOMEM.
  */
 int uidset_parse_bounded(struct uidset *s, const char *text, size_t len,

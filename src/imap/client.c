@@ -406,6 +406,11 @@ static int client_write_now(struct imap_client *c, const void *buf, size_t len)
 {
     if (c->broken)
         return c->broken_code;
+    /* a server that stops reading fails the write: it gets `timeout` plus
+     * the time the bytes take at min-rate (the opening sequence keeps its
+     * deadline as well) */
+    uint64_t write_ms = c->timeout_ms + (uint64_t)len * 1000 / c->cfg->min_rate;
+    stream_set_timeouts(c->stream, c->opening ? c->timeout_ms : 0, write_ms);
     int r = stream_write(c->stream, buf, len);
     if (r == 0)
         c->bytes_out += len;
@@ -728,11 +733,13 @@ static ssize_t client_read_some(struct imap_client *c, void *buf, size_t cap)
         return c->broken_code;
     if (!c->stream)
         return -ENOTCONN;
+    /* the write timeout stays what the last writer set (client_write_now) */
+    uint64_t write_ms = c->stream->write_timeout_ms;
     if (c->opening) {
-        stream_set_timeouts(c->stream, c->timeout_ms, c->timeout_ms);
+        stream_set_timeouts(c->stream, c->timeout_ms, write_ms);
         stream_set_deadline(c->stream, c->login_deadline);
     } else {
-        stream_set_timeouts(c->stream, 0, c->timeout_ms);
+        stream_set_timeouts(c->stream, 0, write_ms);
         stream_set_deadline(c->stream, 0);
     }
     uint64_t start = stream_clock_ms();

@@ -17,3 +17,25 @@ ninja -C build-asan
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     meson test -C build-asan --print-errorlogs --num-processes 2 --suite unit --suite fuzz \
     --suite transcript --suite integration
+# A short fuzzing run of every fuzz target, when clang's libFuzzer is
+# installed: new inputs go to a scratch copy of each corpus, never into the
+# repository.
+if command -v clang >/dev/null &&
+    echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }' |
+    clang -x c -fsanitize=fuzzer -o /dev/null - 2>/dev/null; then
+    CC=clang meson setup build-fuzz --wipe -Dfuzzing=true -Dintegration_tests=disabled \
+        >/dev/null 2>&1 ||
+        CC=clang meson setup build-fuzz -Dfuzzing=true -Dintegration_tests=disabled
+    ninja -C build-fuzz
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    for target in fuzz_parser fuzz_utf7 fuzz_response fuzz_uidset fuzz_config; do
+        cp -r "tests/fuzz/corpus/$target" "$scratch/$target"
+        dict=()
+        [ -f "tests/fuzz/$target.dict" ] && dict=("-dict=tests/fuzz/$target.dict")
+        "build-fuzz/tests/fuzz/$target" -max_total_time=20 -print_final_stats=1 "${dict[@]}" \
+            "$scratch/$target"
+    done
+else
+    echo "clang's libFuzzer is not installed: no fuzzing run"
+fi

@@ -181,7 +181,7 @@ int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended
                     uint32_t lu = src == SIDE_LOCAL ? su : tu, ru = src == SIDE_LOCAL ? tu : su;
                     if (state_db_mapping_insert(e->db, m->idx, lu, ru) < 0 && rc == 0)
                         rc = ERR_DB;
-                    uidset_add(appended, tu);
+                    mbox_note(m, uidset_add(appended, tu));
                 }
                 m->added[dst] += (unsigned)tuids.count;
                 log_added(m, dst, &b->src_uids, &tuids);
@@ -340,12 +340,12 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             if (r < 0 && rc == 0)
                 rc = r;
             for (size_t i = 0; i < appended.count; i++)
-                uidset_add(&skip[OTHER(s)], appended.uids[i]);
+                mbox_note(m, uidset_add(&skip[OTHER(s)], appended.uids[i]));
             uidset_fini(&appended);
             /* every UID fetched from s is now either replicated or skipped */
             struct uidset *f = &m->st[s].fetched;
             for (size_t i = 0; i < f->count; i++)
-                uidset_add(&skip[s], f->uids[i]);
+                mbox_note(m, uidset_add(&skip[s], f->uids[i]));
         }
         bool arrived[2] = {false, false};
         for (int t = 0; t < 2; t++) {

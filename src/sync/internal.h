@@ -217,7 +217,16 @@ struct mbox_ctx {
     int target_pending;
     bool created[2];  /* created on that side in this run */
     bool have_row[2]; /* the database has this side's UIDVALIDITY */
+    bool nomem;       /* an allocation failed: the mailbox fails (mbox_note) */
 };
+
+/* Remembers a failed allocation (r < 0): the mailbox then fails with
+ * "out of memory" instead of going on with a set that lacks a UID. */
+static inline void mbox_note(struct mbox_ctx *m, int r)
+{
+    if (r < 0)
+        m->nomem = true;
+}
 
 /* sync_one() and its steps: the mailbox must be done again later */
 #define MAILBOX_AGAIN 1

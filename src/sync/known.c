@@ -282,7 +282,7 @@ static int plan_removals(struct mbox_ctx *m, struct known_round *r)
             if (f == 0)
                 continue; /* not ours (or already forgotten) */
             if (!uidset_contains(&r->vanished[OTHER(s)], other))
-                uidset_add(&r->remove[OTHER(s)], other);
+                mbox_note(m, uidset_add(&r->remove[OTHER(s)], other));
             state_db_mapping_delete(m->e->db, m->idx, (enum side)s, uid);
         }
     }
@@ -312,7 +312,7 @@ static int plan_flag_change(struct mbox_ctx *m, struct known_round *r, enum side
         return 0;
     const struct change *och = change_find(&r->snap[OTHER(s)], other);
     if (!och) {
-        plan_add(&r->plan[OTHER(s)], ch->flags, other);
+        mbox_note(m, plan_add(&r->plan[OTHER(s)], ch->flags, other));
         return 0;
     }
     if (s == SIDE_REMOTE || flags_equal(ch->flags, och->flags))
@@ -329,8 +329,8 @@ static int plan_flag_change(struct mbox_ctx *m, struct known_round *r, enum side
     for (int i = 0; i < 3; i++)
         free(shown[i]);
     m->conflicts++;
-    plan_add(&r->plan[s], u, ch->uid);
-    plan_add(&r->plan[OTHER(s)], u, other);
+    mbox_note(m, plan_add(&r->plan[s], u, ch->uid));
+    mbox_note(m, plan_add(&r->plan[OTHER(s)], u, other));
     free(u);
     return 0;
 }

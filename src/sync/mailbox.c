@@ -630,11 +630,14 @@ int sync_one(struct mbox_ctx *m)
         goto out;
     /* Messages or changes refused (each reported already): the state stays
      * where it was, so that the next run meets them again instead of
-     * passing over them for good. */
+     * passing over them for good. Nor is it advanced on sets that an
+     * allocation failure left short. */
     if (m->st[0].refused || m->st[1].refused) {
         rc = ERR_PROTOCOL;
         goto out;
     }
+    if (m->nomem)
+        goto out;
     for (int s = 0; s < 2; s++) {
         struct imap_mailbox_state *ms = &m->st[s].ms;
         uint64_t hms =
@@ -653,6 +656,10 @@ int sync_one(struct mbox_ctx *m)
 out:
     if (rc >= 0 && side_error(m))
         rc = side_error(m);
+    if (m->nomem && rc >= 0) {
+        log_error(e->log, NULL, m->pretty, "out of memory");
+        rc = -ENOMEM;
+    }
     if (rc == MAILBOX_AGAIN && (m->st[0].refused || m->st[1].refused))
         rc = ERR_PROTOCOL;
     if (rc == 0 || rc == MAILBOX_AGAIN)

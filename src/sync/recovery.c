@@ -15,7 +15,7 @@ int interrupted_pairs(struct mbox_ctx *m, struct uidset pairs[2], struct uidset 
                                m->db[SIDE_REMOTE].uidnext, &pairs[SIDE_LOCAL], &pairs[SIDE_REMOTE]);
     for (int s = 0; r >= 0 && s < 2; s++)
         for (size_t i = 0; i < pairs[s].count; i++)
-            uidset_add(&skip[s], pairs[s].uids[i]);
+            mbox_note(m, uidset_add(&skip[s], pairs[s].uids[i]));
     return r;
 }
 
@@ -37,7 +37,7 @@ int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
         struct uidset sorted;
         uidset_init(&sorted);
         for (size_t i = 0; i < pairs[s].count; i++)
-            uidset_add(&sorted, pairs[s].uids[i]);
+            mbox_note(m, uidset_add(&sorted, pairs[s].uids[i]));
         uidset_normalize(&sorted);
         size_t pos = 0;
         char *set = uidset_format(&sorted, &pos, 1u << 20);
@@ -67,7 +67,7 @@ int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
             continue;
         for (int s = 0; s < 2; s++)
             if (have[s])
-                uidset_add(&remove[s], u[s]);
+                mbox_note(m, uidset_add(&remove[s], u[s]));
         if (state_db_mapping_delete(e->db, m->idx, SIDE_LOCAL, u[0]) < 0)
             rc = ERR_DB;
     }

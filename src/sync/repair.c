@@ -30,7 +30,7 @@ static int copy_uids(struct mbox_ctx *m, enum side src, struct uidset *uids, str
     if (r < 0 && rc == 0)
         rc = r;
     for (size_t i = 0; i < appended.count; i++)
-        uidset_add(&skip[OTHER(src)], appended.uids[i]);
+        mbox_note(m, uidset_add(&skip[OTHER(src)], appended.uids[i]));
     uidset_fini(&appended);
     return rc;
 }
@@ -86,9 +86,9 @@ int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
             bool lnew = c[0]->modseq > m->db[0].highestmodseq;
             bool rnew = c[1]->modseq > m->db[1].highestmodseq;
             if (rnew && !lnew) {
-                plan_add(&plan[0], c[1]->flags, u[0]);
+                mbox_note(m, plan_add(&plan[0], c[1]->flags, u[0]));
             } else if (lnew && !rnew) {
-                plan_add(&plan[1], c[0]->flags, u[1]);
+                mbox_note(m, plan_add(&plan[1], c[0]->flags, u[1]));
             } else {
                 char *un = flags_union(c[0]->flags, c[1]->flags);
                 if (!un) {
@@ -105,22 +105,22 @@ int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
                              shown[1], shown[2]);
                 for (int k = 0; k < 3; k++)
                     free(shown[k]);
-                plan_add(&plan[0], un, u[0]);
-                plan_add(&plan[1], un, u[1]);
+                mbox_note(m, plan_add(&plan[0], un, u[0]));
+                mbox_note(m, plan_add(&plan[1], un, u[1]));
                 free(un);
             }
         } else if (!c[0] && !c[1]) {
             log_warn(e->log, NULL, NULL,
                      "Pair (lUID,rUID) = (%" PRIu32 ",%" PRIu32 ") vanished from %s. Repairing.",
                      u[0], u[1], m->pretty);
-            uidset_add(&dead, u[0]);
+            mbox_note(m, uidset_add(&dead, u[0]));
         } else {
             int gone = c[0] ? 1 : 0, kept = 1 - gone;
             log_warn(e->log, side_name[gone], st[gone].mailbox,
                      "UID %" PRIu32 " disappeared. Redownloading %s UID %" PRIu32 ".", u[gone],
                      side_name[kept], u[kept]);
-            uidset_add(&dead, u[0]);
-            uidset_add(&missing[kept], u[kept]);
+            mbox_note(m, uidset_add(&dead, u[0]));
+            mbox_note(m, uidset_add(&missing[kept], u[kept]));
         }
     }
     for (int s = 0; rc == 0 && s < 2; s++) {
@@ -130,7 +130,7 @@ int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
             log_warn(e->log, side_name[OTHER(s)], st[OTHER(s)].mailbox,
                      "No match for %s UID %" PRIu32 ". Redownloading.", side_name[s],
                      st[s].changes[i].uid);
-            uidset_add(&missing[s], st[s].changes[i].uid);
+            mbox_note(m, uidset_add(&missing[s], st[s].changes[i].uid));
         }
     }
     if (rc == 0 && dead.count) {

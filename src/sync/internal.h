@@ -69,6 +69,9 @@ enum {
  * merge of both lists is quadratic; accounts with more folders than this
  * are not known to exist. */
 #define LISTING_MAX 20000
+/* Refused responses reported one by one per mailbox and side; beyond, one
+ * line counts the rest (a server must not flood the log). */
+#define REFUSALS_SHOWN 10
 /* UIDs a MODIFIED response code may name: at most those of one UID STORE,
  * whose text is bounded by UIDSET_TEXT_MAX, are really concerned. */
 #define MODIFIED_MAX ((size_t)1 << 20)

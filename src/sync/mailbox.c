@@ -104,11 +104,11 @@ static bool new_message_wanted(struct side_state *st, uint32_t uid)
 {
     if (uid < st->fetch_from || uid <= st->last_new_uid ||
         (st->fetch_skip && uidset_contains(st->fetch_skip, uid))) {
-        st->refused++;
-        log_error(st->e->log, side_name[st->side], st->mailbox,
-                  "the server returned UID %" PRIu32 ", which was not asked for or came twice; "
-                  "not copied",
-                  uid);
+        if (++st->refused <= REFUSALS_SHOWN)
+            log_error(st->e->log, side_name[st->side], st->mailbox,
+                      "the server returned UID %" PRIu32 ", which was not asked for or came "
+                      "twice; not copied",
+                      uid);
         return false;
     }
     st->last_new_uid = uid;
@@ -184,9 +184,9 @@ static void on_fetch_response(struct side_state *st, const struct imap_response 
     struct imap_fetch f;
     char why[200];
     if (imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) < 0) {
-        st->refused++;
-        log_error(st->e->log, side_name[st->side], st->mailbox,
-                  "invalid FETCH response (%s); ignored", why);
+        if (++st->refused <= REFUSALS_SHOWN)
+            log_error(st->e->log, side_name[st->side], st->mailbox,
+                      "invalid FETCH response (%s); ignored", why);
         /* a new message refused is not fetched again in this run (each
          * one is reported once); the mailbox fails and the next run sees
          * it again */
@@ -654,6 +654,10 @@ int sync_one(struct mbox_ctx *m)
     if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
         rc = ERR_DB;
 out:
+    for (int s = 0; s < 2; s++)
+        if (m->st[s].refused > REFUSALS_SHOWN)
+            log_error(e->log, side_name[s], m->st[s].mailbox,
+                      "%u more responses refused (not shown)", m->st[s].refused - REFUSALS_SHOWN);
     if (rc >= 0 && side_error(m))
         rc = side_error(m);
     if (m->nomem && rc >= 0) {

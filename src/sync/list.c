@@ -202,7 +202,7 @@ static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st, 
              * side's own */
             char *tmp = strdup(m);
             if (!tmp) {
-                free(patterns);
+                imap_cmdbuf_fini(&patterns);
                 return NULL;
             }
             size_t tl = strlen(tmp);

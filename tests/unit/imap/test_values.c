@@ -8,19 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "imap/command.h"
 #include "imap/parser.h"
 #include "imap/values.h"
-
-static int failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 static void test_flags(void)
 {
@@ -238,10 +229,5 @@ int main(void)
     test_fetch();
     test_encoders();
     imap_parser_free(&p);
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("values and encoders: all checks passed\n");
-    return 0;
+    return check_finish();
 }

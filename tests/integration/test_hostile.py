@@ -622,6 +622,23 @@ def test_control_characters_in_names():
         check(not [c for c in cmds if c.name == "CREATE"], "nothing created: %r" % cmds)
 
 
+def test_create_refused_reports_its_own_answer():
+    """Dovecot (Maildir++) refuses '.' in names: each failed CREATE is
+    reported with its own tagged answer, the others go on."""
+    srv = ModelServer()
+    srv.mailbox(b"a.b").add(body(1))
+    srv.mailbox(b"c.d").add(body(2))
+    srv.mailbox(b"ok").add(body(3))
+    with Hostile(srv) as h:
+        r = h.run()
+        check_run(r, EXIT_PARTIAL, r"local\(a\.b\): ERROR: cannot create mailbox: Character not "
+                  r"allowed in mailbox name: '\.'", errors=2)
+        check(re.search(r"local\(c\.d\): ERROR: cannot create mailbox: Character not allowed",
+                        r.err), "the second CREATE has its own message: %r" % r)
+        check("ok" in h.local_snapshot().mailboxes, "the other mailbox is synchronized")
+        h.honest_commands()
+
+
 # ---------------------------------------------------------------------------
 # exit statuses
 

@@ -24,7 +24,17 @@
  *
  * Every call here may yield unless stated otherwise. Errors leave a
  * one-line explanation in imap_client_error(). After a connection-level
- * failure (BYE, EOF, protocol error) every pending and later command fails.
+ * failure (BYE, EOF, protocol error, a time limit) every pending and later
+ * command fails.
+ *
+ * Nothing the server sends can hold the client forever or make it hold
+ * without bound (doc/internals/trust.md): the opening sequence runs under
+ * the login deadline (login-timeout, connect-timeout per attempt); after
+ * it, a watchdog fails a reply that is due after `timeout` of silence or
+ * when it arrives slower than `min-rate`; the parser's limits bound each
+ * response, and a server may send at most 4M untagged responses per
+ * command in flight between two tagged ones. Command lines are built by
+ * the typed encoders of imap/command.h.
  */
 #ifndef INTERIMAP_IMAP_CLIENT_H
 #define INTERIMAP_IMAP_CLIENT_H
@@ -173,11 +183,12 @@ bool imap_client_select_missed(struct imap_client *c);
 void imap_client_release(struct imap_client *c, void *ctx);
 
 /*
- * Queues a command built from a template. Directives: %a atom or raw text
- * (inserted as is), %s astring (atom, quoted string, or literal when it
- * cannot be quoted), %m mailbox name (like %s, INBOX kept as is),
- * %u unsigned (uint32_t), %U uint64_t, %% a percent sign. The tag and CRLF
- * are added. Returns NULL only if the connection is unusable.
+ * Queues a command built from a template whose directives are those of
+ * imap/command.h (%a our own text, %s astring, %m mailbox, %P pattern,
+ * %F flags, %D date-time, %S sequence set, %u, %U, %%). The tag and CRLF
+ * are added. A value an encoder refuses sends nothing: the command comes
+ * back failed (-EINVAL) with the reason in imap_client_error(). Returns
+ * NULL only if the connection is unusable.
  */
 struct imap_cmd *imap_client_send(struct imap_client *c, const char *fmt, ...);
 

@@ -34,7 +34,8 @@ int transport_tcp_connect(struct coro_sched *sched, const char *host, const char
  * a socket pair. A command with shell metacharacters runs through
  * `/bin/sh -c`; otherwise it is split on white space and exec'd directly.
  * null_stderr sends the command's standard error to /dev/null. Freeing the
- * stream closes the socket; the child is reaped when it exits.
+ * stream closes the socket; a child still running 1 s later gets SIGTERM,
+ * then SIGKILL 2 s after that, and is reaped when it exits.
  */
 int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool null_stderr,
                            struct stream **out, char *err, size_t errlen);

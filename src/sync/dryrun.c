@@ -48,22 +48,21 @@ static void dry_size(uint64_t n, char *buf, size_t len)
 static void dry_untagged(void *ctx, const struct imap_response *r)
 {
     struct dry_side *d = ctx;
+    struct imap_fetch f;
+    char why[200];
     if (r->status == IMAP_STATUS_NONE && r->nargs >= 3 &&
-        imap_value_is_atom(&r->args[1], "FETCH") && r->args[2].type == IMAP_LIST) {
-        const struct imap_value *sizev = fetch_item(&r->args[2], "RFC822.SIZE");
-        const struct imap_value *uidv = fetch_item(&r->args[2], "UID");
-        uint32_t uid;
-        uint64_t size;
-        if (sizev && uidv && imap_value_u32(uidv, &uid) && imap_value_u64(sizev, &size)) {
-            /* "n:*" names the last message even when its UID is below n */
-            if (uid >= d->from) {
-                uidset_add(&d->new_uids, uid);
-                d->new_bytes += size;
-            }
-            return;
+        imap_value_is_atom(&r->args[1], "FETCH") &&
+        imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) == 0 && f.uid && f.has_size &&
+        !f.flags) {
+        /* "n:*" names the last message even when its UID is below n */
+        if (f.uid >= d->from && side_charge(&d->st, 2 * sizeof f.uid)) {
+            if (uidset_add(&d->new_uids, f.uid) < 0)
+                side_fail(&d->st, -ENOMEM, "out of memory");
+            d->new_bytes += f.size;
         }
+        return;
     }
-    selected_untagged(&d->st, r);
+    selected_untagged(&d->st, r); /* flag changes, VANISHED, a malformed FETCH */
 }
 
 static const struct imap_handler dry_handler = {dry_untagged, NULL};
@@ -78,6 +77,8 @@ static void dry_side_init(struct dry_side *d, struct sync_engine *e, enum side s
     uidset_init(&d->st.fetched);
     uidset_init(&d->st.probe);
     uidset_init(&d->new_uids);
+    /* what the server reports is bounded as in a real run (internal.h) */
+    d->st.mem_limit = SIDE_MEMORY_BASE;
 }
 
 static void dry_side_fini(struct dry_side *d)
@@ -101,6 +102,8 @@ static int dry_look(struct sync_engine *e, struct dry_side *d, const struct stat
     struct imap_client *c = d->st.c;
     const char *name = d->st.mailbox;
     imap_client_select_now(c, &dry_handler, d, &d->st.ms);
+    /* VANISHED (EARLIER) answers the known range sent below */
+    d->st.known_uidnext = known ? db->uidnext : 0;
     int r;
     if (known && db->highestmodseq > 0 && db->uidnext > 1)
         r = imap_client_run(c, "EXAMINE %m (QRESYNC (%u %U 1:%u))", name, db->uidvalidity,
@@ -127,7 +130,9 @@ static int dry_look(struct sync_engine *e, struct dry_side *d, const struct stat
             return r;
         }
     }
-    return 0;
+    /* a response that could not be taken (reported already): no prediction
+     * on partial data */
+    return d->st.error;
 }
 
 /* The messages of side src that would be copied to the other side. */
@@ -164,7 +169,8 @@ static int dry_plan_known(struct sync_engine *e, int64_t idx, const struct state
         uidset_normalize(&d[s].st.vanished);
         for (size_t i = 0; i < d[s].st.vanished.count; i++)
             if (d[s].st.vanished.uids[i] < db[s].uidnext)
-                uidset_add(&vanished[s], d[s].st.vanished.uids[i]);
+                if (uidset_add(&vanished[s], d[s].st.vanished.uids[i]) < 0)
+                    rc = -ENOMEM;
         changes_compact(&d[s].st);
     }
     for (int s = 0; s < 2 && rc == 0; s++) {
@@ -176,7 +182,8 @@ static int dry_plan_known(struct sync_engine *e, int64_t idx, const struct state
                 break;
             }
             if (f == 1 && !uidset_contains(&vanished[OTHER(s)], other))
-                uidset_add(&remove[OTHER(s)], other);
+                if (uidset_add(&remove[OTHER(s)], other) < 0)
+                    rc = -ENOMEM;
         }
     }
     for (int s = 0; s < 2; s++)
@@ -203,7 +210,8 @@ static int dry_plan_known(struct sync_engine *e, int64_t idx, const struct state
                 continue;
             const struct change *och = change_find(&d[OTHER(s)].st, other);
             if (!och) {
-                plan_add(&plan[OTHER(s)], ch->flags, other);
+                if (plan_add(&plan[OTHER(s)], ch->flags, other) < 0)
+                    rc = -ENOMEM;
                 continue;
             }
             if (s == SIDE_REMOTE || flags_equal(ch->flags, och->flags))
@@ -217,8 +225,10 @@ static int dry_plan_known(struct sync_engine *e, int64_t idx, const struct state
                          " (%s) and remote UID %" PRIu32 " (%s). Would set both to the union (%s).",
                          pretty, ch->uid, shown[0], other, shown[1], shown[2]);
             if (u) {
-                plan_add(&plan[s], u, ch->uid);
-                plan_add(&plan[OTHER(s)], u, other);
+                if (plan_add(&plan[s], u, ch->uid) < 0)
+                    rc = -ENOMEM;
+                if (plan_add(&plan[OTHER(s)], u, other) < 0)
+                    rc = -ENOMEM;
             } else {
                 rc = -ENOMEM;
             }
@@ -255,6 +265,8 @@ static int dry_plan_known(struct sync_engine *e, int64_t idx, const struct state
         uidset_fini(&vanished[s]);
         uidset_fini(&remove[s]);
     }
+    if (rc == -ENOMEM)
+        log_error(e->log, NULL, pretty, "out of memory");
     return rc;
 }
 

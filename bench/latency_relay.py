@@ -252,6 +252,8 @@ class Relay:
                     reply = json.dumps(self.stats.as_dict())
                 elif cmd == "reset":
                     self.stats.reset()
+                    if self.trace:
+                        self.trace.write("# reset %.6f\n" % time.monotonic())
                     reply = "ok"
                 elif cmd == "delay" and len(words) == 2:
                     self.delay = float(words[1]) / 1000.0

@@ -574,10 +574,11 @@ def subscribe(server, names):
 
 
 class RelayProc:
-    def __init__(self, target_port, delay_ms):
+    def __init__(self, target_port, delay_ms, trace=None):
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "latency_relay.py"),
-             "--target", "127.0.0.1:%d" % target_port, "--delay-ms", str(delay_ms)],
+             "--target", "127.0.0.1:%d" % target_port, "--delay-ms", str(delay_ms)]
+            + (["--trace", trace] if trace else []),
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
         line = self.proc.stdout.readline().split()
         if len(line) != 2:
@@ -692,7 +693,12 @@ class Bench:
                 srv.start()
                 servers.append(srv)
             local, remote = servers
-            remote_relay = RelayProc(remote.imaps_port, 0)
+            trace = None
+            if self.args.trace:
+                os.makedirs(self.args.trace, exist_ok=True)
+                trace = os.path.join(self.args.trace, "%s-%s-%s-%d.trace" % (
+                    wl.name, link_name(delay, rate).replace(" ", ""), tool, rep))
+            remote_relay = RelayProc(remote.imaps_port, 0, trace)
             relays.append(remote_relay)
             ports = {"local": local.imaps_port, "remote": remote_relay.port}
             if self.args.delay_both:
@@ -997,6 +1003,8 @@ def main():
     ap.add_argument("--no-verify", dest="verify", action="store_false",
                     help="skip comparing the servers after the first repetition")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
+    ap.add_argument("--trace", metavar="DIR",
+                    help="write the remote relay's chunk trace of every run into DIR")
     args = ap.parse_args()
     args.tools = [t for t in args.tools.split(",") if t]
     unknown = set(args.tools) - set(TOOLS)

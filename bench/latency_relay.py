@@ -36,7 +36,9 @@ tell whether the relay itself limits a run.
 
 With --trace, every chunk is logged as one line "TIME CONN DIR BYTES DUE"
 (monotonic seconds when read, connection number, c2s or s2c, size, and
-when it is due on the other side), for finding where a run waits.
+when it is due on the other side), and again as "W TIME CONN DIR BYTES"
+once written to the other side (later than due when that side does not
+read fast enough), for finding where a run waits.
 
 On start it prints one line, "PORT CONTROL_PORT", and flushes stdout. The
 control port (127.0.0.1, one line per command) answers:
@@ -203,6 +205,9 @@ class Relay:
                     await writer.drain()
                 except (ConnectionError, OSError):
                     return
+                if self.trace:
+                    self.trace.write("W %.6f %d %s %d\n" % (time.monotonic(), conn["id"],
+                                                            direction, len(data)))
                 state["held"] -= len(data)
                 if state["held"] < MAX_IN_FLIGHT:
                     room.set()

@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -625,6 +626,84 @@ def mbsync_config(path, d, ports, certs_file):
                 "Expunge Both\nSync All\nCopyArrivalDate yes\nSyncState %s/\n" % state)
 
 
+def _proc_stat(pid):
+    """(ppid, utime + stime in seconds) of a process, or None once it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def machine_cpu():
+    """(busy, idle) CPU seconds of the whole machine since boot, all cores."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    busy = sum(v[:8]) - idle  # user nice system idle iowait irq softirq steal
+    hz = os.sysconf("SC_CLK_TCK")
+    return busy / hz, idle / hz
+
+
+class ServerCPU:
+    """Samples the CPU time of the Dovecot servers' processes while a tool
+    runs: what the servers spent on the run. Finding the processes means
+    reading all of /proc, so that is done every 250 ms; the processes found
+    are read every 25 ms (one that exits loses at most its last 25 ms, one
+    that lives less than 250 ms may be missed: logins, not the imap
+    processes doing the work)."""
+
+    def __init__(self, servers):
+        self.masters = {srv.pid: i for i, srv in enumerate(servers)}
+        self.count = len(servers)
+        self.owner = {}  # pid -> server index
+        self.base = {}  # pid -> CPU before the run
+        self.last = {}  # pid -> latest CPU seen
+        self.scan(initial=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def scan(self, initial=False):
+        parent = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                st = _proc_stat(int(name))
+                if st:
+                    parent[int(name)] = st
+        for pid, (ppid, cpu) in parent.items():
+            # climb to a master (Dovecot's tree is two or three levels deep)
+            p, hops = ppid, 0
+            while p not in self.masters and p in parent and hops < 4:
+                p, hops = parent[p][0], hops + 1
+            if p in self.masters:
+                self.owner[pid] = self.masters[p]
+                if initial:
+                    self.base[pid] = cpu
+                self.last[pid] = cpu
+
+    def run(self):
+        tick = 0
+        while not self.stop.wait(0.025):
+            tick += 1
+            if tick % 10 == 0:
+                self.scan()
+                continue
+            for pid in list(self.owner):
+                st = _proc_stat(pid)
+                if st:
+                    self.last[pid] = st[1]
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join()
+        out = [0.0] * self.count
+        for pid, cpu in self.last.items():
+            out[self.owner[pid]] += cpu - self.base.get(pid, 0.0)
+        return out
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -724,10 +803,22 @@ class Bench:
                 r.ctl.delay(delay)
                 r.ctl.rate(rate)
                 r.ctl.reset()
+            sampler = ServerCPU(servers)
+            busy0, idle0 = machine_cpu()
             m = self.measure(self.tool_argv(tool, d, ports, wl.floor), d, "timed",
                              self.args.timeout)
+            busy1, idle1 = machine_cpu()
+            result["server_cpu"] = dict(zip(("local", "remote"), sampler.finish()))
             result.update(m)
             result["remote"] = remote_relay.ctl.stats()
+            # What the machine did meanwhile: its idle share, and the CPU
+            # that neither the tool, the relays nor the servers used (the
+            # driver's sampling and everyone else's work on a shared box).
+            ours = m["user"] + m["sys"] + sum(result["server_cpu"].values()) + sum(
+                r.ctl.stats()["cpu"] for r in relays)
+            result["machine"] = {"idle_share": (idle1 - idle0) / max(1e-9, (idle1 - idle0)
+                                                                     + (busy1 - busy0)),
+                                 "others_cpu": max(0.0, (busy1 - busy0) - ours)}
             if self.args.delay_both:
                 result["local"] = relays[1].ctl.stats()
             if m["exit"] != 0:
@@ -845,6 +936,9 @@ def summarize(runs):
                 "bytes": median([r["remote"]["bytes"] for r in ok]),
                 "turnarounds": median([r["remote"]["turnarounds"] for r in ok]),
                 "relay_cpu": median([r["remote"].get("cpu") for r in ok]),
+                "server_cpu": median([sum(r["server_cpu"].values()) for r in ok]),
+                "idle_share": median([r["machine"]["idle_share"] for r in ok]),
+                "others_cpu": median([r["machine"]["others_cpu"] for r in ok]),
             })
             if rate:
                 # The time the busier direction of the link needs for its bytes.
@@ -1050,10 +1144,13 @@ def main():
                             log("   %-6s %-14s rep %d: %s" % (tool, name, rep, r["error"]))
                         else:
                             log("   %-6s %-14s rep %d: wall %.3fs cpu %.3fs rss %.1f MiB "
-                                "bytes %s turns %d relay cpu %.2fs%s"
+                                "bytes %s turns %d; cpu of relay %.2fs, servers %.2f+%.2fs; "
+                                "machine idle %.0f%%, others' cpu %.1fs%s"
                                 % (tool, name, rep, r["wall"], r["user"] + r["sys"],
                                    r["maxrss_kb"] / 1024, fmt_bytes(r["remote"]["bytes"]),
                                    r["remote"]["turnarounds"], r["remote"]["cpu"],
+                                   r["server_cpu"]["local"], r["server_cpu"]["remote"],
+                                   100 * r["machine"]["idle_share"], r["machine"]["others_cpu"],
                                    " verify " + r["verified"] if "verified" in r else ""))
                         save(args, bench, workloads)
             wl.data = None

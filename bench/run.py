@@ -43,7 +43,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -272,6 +271,9 @@ class Workload:
     resync = False  # the tool syncs once (untimed) before the changes
     floor = None  # "copy" (initial sync) or "list" (no-change run): the floor applies
     rated = False  # also run on the bandwidth-limited links
+    # A no-change run leaves the servers as it found them: one setup per
+    # tool then serves every link and repetition.
+    reuse = False
 
     def __init__(self, quick):
         self.quick = quick
@@ -315,6 +317,7 @@ class Resync(Workload):
     name = "resync"
     resync = True
     floor = "list"
+    reuse = True
 
     def __init__(self, quick):
         super().__init__(quick)
@@ -450,6 +453,7 @@ class ManyBoxesNoChange(ManyBoxes):
     name = "manybox-nochange"
     resync = True
     floor = "list"
+    reuse = True
 
     def __init__(self, quick):
         super().__init__(quick)
@@ -479,6 +483,7 @@ class LargeNoChange(Large):
     name = "large-nochange"
     resync = True
     floor = "list"
+    reuse = True
 
     def __init__(self, quick):
         super().__init__(quick)
@@ -489,6 +494,7 @@ class LargeFlags(Large):
     name = "large-flags"
     resync = True
     floor = None
+    reuse = False
 
     def __init__(self, quick):
         super().__init__(quick)
@@ -626,14 +632,22 @@ def mbsync_config(path, d, ports, certs_file):
                 "Expunge Both\nSync All\nCopyArrivalDate yes\nSyncState %s/\n" % state)
 
 
-def _proc_stat(pid):
-    """(ppid, utime + stime in seconds) of a process, or None once it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
+def _proc_cpu_all():
+    """{pid: (ppid, own CPU, CPU of its waited-for children)} in seconds, for
+    every process on the machine."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                v = f.read().rsplit(")", 1)[1].split()
+            out[int(name)] = (int(v[1]), (int(v[11]) + int(v[12])) / hz,
+                              (int(v[13]) + int(v[14])) / hz)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
 
 def machine_cpu():
@@ -647,61 +661,36 @@ def machine_cpu():
 
 
 class ServerCPU:
-    """Samples the CPU time of the Dovecot servers' processes while a tool
-    runs: what the servers spent on the run. Finding the processes means
-    reading all of /proc, so that is done every 250 ms; the processes found
-    are read every 25 ms (one that exits loses at most its last 25 ms, one
-    that lives less than 250 ms may be missed: logins, not the imap
-    processes doing the work)."""
+    """The CPU time the Dovecot servers spend during a run: each master's own
+    time and that of its children it has reaped (a connection's imap and
+    imap-login processes, once they exit), plus that of its live
+    descendants, taken before and after."""
 
     def __init__(self, servers):
-        self.masters = {srv.pid: i for i, srv in enumerate(servers)}
-        self.count = len(servers)
-        self.owner = {}  # pid -> server index
-        self.base = {}  # pid -> CPU before the run
-        self.last = {}  # pid -> latest CPU seen
-        self.scan(initial=True)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
+        self.masters = [srv.pid for srv in servers]
+        self.before = self.snapshot()
 
-    def scan(self, initial=False):
-        parent = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                st = _proc_stat(int(name))
-                if st:
-                    parent[int(name)] = st
-        for pid, (ppid, cpu) in parent.items():
-            # climb to a master (Dovecot's tree is two or three levels deep)
-            p, hops = ppid, 0
-            while p not in self.masters and p in parent and hops < 4:
-                p, hops = parent[p][0], hops + 1
-            if p in self.masters:
-                self.owner[pid] = self.masters[p]
-                if initial:
-                    self.base[pid] = cpu
-                self.last[pid] = cpu
-
-    def run(self):
-        tick = 0
-        while not self.stop.wait(0.025):
-            tick += 1
-            if tick % 10 == 0:
-                self.scan()
-                continue
-            for pid in list(self.owner):
-                st = _proc_stat(pid)
-                if st:
-                    self.last[pid] = st[1]
+    def snapshot(self):
+        procs = _proc_cpu_all()
+        out = []
+        for master in self.masters:
+            total = 0.0
+            if master in procs:
+                total = procs[master][1] + procs[master][2]
+            for pid, (ppid, own, _) in procs.items():
+                # Dovecot's processes are the master's children or theirs
+                p, hops = ppid, 0
+                while p != master and p in procs and hops < 4:
+                    p, hops = procs[p][0], hops + 1
+                if p == master:
+                    total += own
+            out.append(total)
+        return out
 
     def finish(self):
-        self.stop.set()
-        self.thread.join()
-        out = [0.0] * self.count
-        for pid, cpu in self.last.items():
-            out[self.owner[pid]] += cpu - self.base.get(pid, 0.0)
-        return out
+        # the connections' processes exit once the tool has logged out
+        time.sleep(0.1)
+        return [b - a for a, b in zip(self.before, self.snapshot())]
 
 
 class Bench:
@@ -756,34 +745,33 @@ class Bench:
         with open(out) as f:
             return json.load(f)
 
-    def one(self, wl, link, tool, rep):
-        delay, rate = link
-        d = tempfile.mkdtemp(prefix="%s-%s-%g-%g-%s-" % (wl.name, tool, delay, rate, rep),
-                             dir=self.root)
+    def prepare(self, wl, tool, tag):
+        """Starts two filled servers with a relay in front of the remote one
+        and writes every tool's configuration; for a resync workload the
+        tool then synchronizes them once (untimed, no delay) and the
+        workload's changes are applied. Returns (setup, None) or (None,
+        what failed)."""
+        d = tempfile.mkdtemp(prefix="%s-%s-%s-" % (wl.name, tool, tag), dir=self.root)
         os.chmod(d, 0o755)
-        servers, relays = [], []
-        result = {"workload": wl.name, "delay_ms": delay, "rate_mbit": rate, "tool": tool,
-                  "rep": rep, "delay_both": self.args.delay_both}
+        st = {"d": d, "servers": [], "relays": []}
         try:
             for side in ("local", "remote"):
                 srv = Dovecot(root=os.path.join(d, side), users={USER: PASSWORD}, ca=self.ca,
                               name=side, family="ipv4")
                 srv.cert = self.certs[side]
                 srv.start()
-                servers.append(srv)
-            local, remote = servers
+                st["servers"].append(srv)
+            local, remote = st["servers"]
             trace = None
             if self.args.trace:
                 os.makedirs(self.args.trace, exist_ok=True)
-                trace = os.path.join(self.args.trace, "%s-%s-%s-%d.trace" % (
-                    wl.name, link_name(delay, rate).replace(" ", ""), tool, rep))
-            remote_relay = RelayProc(remote.imaps_port, 0, trace)
-            relays.append(remote_relay)
-            ports = {"local": local.imaps_port, "remote": remote_relay.port}
+                trace = os.path.join(self.args.trace, "%s-%s-%s.trace" % (wl.name, tool, tag))
+            st["relays"].append(RelayProc(remote.imaps_port, 0, trace))
+            ports = {"local": local.imaps_port, "remote": st["relays"][0].port}
             if self.args.delay_both:
-                local_relay = RelayProc(local.imaps_port, 0)
-                relays.append(local_relay)
-                ports["local"] = local_relay.port
+                st["relays"].append(RelayProc(local.imaps_port, 0))
+                ports["local"] = st["relays"][1].port
+            st["ports"] = ports
             with open(os.path.join(d, "config"), "w") as f:
                 f.write("database = %s\n\n" % os.path.join(d, "state.db"))
                 for name in ("local", "remote"):
@@ -797,48 +785,74 @@ class Bench:
                 pre = self.measure(self.tool_argv(tool, d, ports, "copy"), d, "initial",
                                    self.args.timeout)
                 if pre["exit"] != 0:
-                    return self.failed(result, d, "initial", pre)
+                    err = self.failed({}, d, "initial", pre)
+                    self.release(st)
+                    return None, err
                 wl.change(local, remote)
+            return st, None
+        except BaseException:
+            self.release(st)
+            raise
+
+    def release(self, st):
+        for r in st["relays"]:
+            r.stop()
+        for srv in st["servers"]:
+            try:
+                srv.stop()
+            except Exception as e:  # keep going: the next run uses new servers
+                log("warning: stopping %s: %s" % (srv.name, e))
+        if not self.args.keep:
+            shutil.rmtree(st["d"], ignore_errors=True)
+
+    def timed(self, st, wl, link, tool, rep):
+        """One measured run of tool on a prepared setup."""
+        delay, rate = link
+        d, servers, relays, ports = st["d"], st["servers"], st["relays"], st["ports"]
+        result = {"workload": wl.name, "delay_ms": delay, "rate_mbit": rate, "tool": tool,
+                  "rep": rep, "delay_both": self.args.delay_both}
+        for r in relays:
+            r.ctl.delay(delay)
+            r.ctl.rate(rate)
+            r.ctl.reset()
+        sampler = ServerCPU(servers)
+        busy0, idle0 = machine_cpu()
+        m = self.measure(self.tool_argv(tool, d, ports, wl.floor), d, "timed", self.args.timeout)
+        busy1, idle1 = machine_cpu()
+        result["server_cpu"] = dict(zip(("local", "remote"), sampler.finish()))
+        result.update(m)
+        result["remote"] = relays[0].ctl.stats()
+        if self.args.delay_both:
+            result["local"] = relays[1].ctl.stats()
+        # What the machine did meanwhile: its idle share, and the CPU that
+        # neither the tool, the relays nor the servers used (the driver's
+        # sampling and everyone else's work on a shared machine).
+        ours = m["user"] + m["sys"] + sum(result["server_cpu"].values()) + sum(
+            result[k]["cpu"] for k in ("remote", "local") if k in result)
+        result["machine"] = {"idle_share": (idle1 - idle0) / max(1e-9, (idle1 - idle0)
+                                                                 + (busy1 - busy0)),
+                             "others_cpu": max(0.0, (busy1 - busy0) - ours)}
+        if m["exit"] != 0:
+            return self.failed(result, d, "timed", m)
+        if self.args.verify and rep == 0:
             for r in relays:
-                r.ctl.delay(delay)
-                r.ctl.rate(rate)
-                r.ctl.reset()
-            sampler = ServerCPU(servers)
-            busy0, idle0 = machine_cpu()
-            m = self.measure(self.tool_argv(tool, d, ports, wl.floor), d, "timed",
-                             self.args.timeout)
-            busy1, idle1 = machine_cpu()
-            result["server_cpu"] = dict(zip(("local", "remote"), sampler.finish()))
-            result.update(m)
-            result["remote"] = remote_relay.ctl.stats()
-            # What the machine did meanwhile: its idle share, and the CPU
-            # that neither the tool, the relays nor the servers used (the
-            # driver's sampling and everyone else's work on a shared box).
-            ours = m["user"] + m["sys"] + sum(result["server_cpu"].values()) + sum(
-                r.ctl.stats()["cpu"] for r in relays)
-            result["machine"] = {"idle_share": (idle1 - idle0) / max(1e-9, (idle1 - idle0)
-                                                                     + (busy1 - busy0)),
-                                 "others_cpu": max(0.0, (busy1 - busy0) - ours)}
-            if self.args.delay_both:
-                result["local"] = relays[1].ctl.stats()
-            if m["exit"] != 0:
-                return self.failed(result, d, "timed", m)
-            if self.args.verify and rep == 0:
-                for r in relays:
-                    r.ctl.delay(0)
-                    r.ctl.rate(0)
-                result["verified"] = self.verify(local, remote, tool)
-            return result
+                r.ctl.delay(0)
+                r.ctl.rate(0)
+            local, remote = servers
+            result["verified"] = self.verify(local, remote, tool)
+        return result
+
+    def one(self, wl, link, tool, rep):
+        """A measured run on fresh servers."""
+        st, err = self.prepare(wl, tool, "%s-%d" % (link_name(*link).replace(" ", ""), rep))
+        if st is None:
+            err.update({"workload": wl.name, "delay_ms": link[0], "rate_mbit": link[1],
+                        "tool": tool, "rep": rep})
+            return err
+        try:
+            return self.timed(st, wl, link, tool, rep)
         finally:
-            for r in relays:
-                r.stop()
-            for srv in servers:
-                try:
-                    srv.stop()
-                except Exception as e:  # keep going: the next run uses new servers
-                    log("warning: stopping %s: %s" % (srv.name, e))
-            if not self.args.keep:
-                shutil.rmtree(d, ignore_errors=True)
+            self.release(st)
 
     def failed(self, result, d, label, m):
         if m.get("timed_out"):
@@ -1061,6 +1075,20 @@ def parse_links(args, wl):
     return links
 
 
+def report(r, link, rep):
+    name = link_name(*link)
+    if "error" in r:
+        log("   %-6s %-14s rep %d: %s" % (r["tool"], name, rep, r["error"]))
+        return
+    log("   %-6s %-14s rep %d: wall %.3fs cpu %.3fs rss %.1f MiB bytes %s turns %d; "
+        "cpu of relay %.2fs, servers %.2f+%.2fs; machine idle %.0f%%, others' cpu %.1fs%s"
+        % (r["tool"], name, rep, r["wall"], r["user"] + r["sys"], r["maxrss_kb"] / 1024,
+           fmt_bytes(r["remote"]["bytes"]), r["remote"]["turnarounds"], r["remote"]["cpu"],
+           r["server_cpu"]["local"], r["server_cpu"]["remote"],
+           100 * r["machine"]["idle_share"], r["machine"]["others_cpu"],
+           " verify " + r["verified"] if "verified" in r else ""))
+
+
 def save(args, bench, workloads, summary=None):
     if not args.json:
         return
@@ -1129,30 +1157,39 @@ def main():
             log("== %s: %s (data made in %.1fs)" % (wl.name, wl.title, time.monotonic() - t))
             tools = [t for t in args.tools if t != "floor" or wl.floor]
             broken = set()
-            for link in parse_links(args, wl):
-                for rep in range(args.reps):
-                    # Tools alternate within a repetition so that slow drifts
-                    # of the machine hit them alike.
-                    for tool in tools:
-                        if (tool, link) in broken:
-                            continue
-                        r = bench.one(wl, link, tool, rep)
-                        bench.runs.append(r)
-                        name = link_name(*link)
-                        if "error" in r:
-                            broken.add((tool, link))
-                            log("   %-6s %-14s rep %d: %s" % (tool, name, rep, r["error"]))
-                        else:
-                            log("   %-6s %-14s rep %d: wall %.3fs cpu %.3fs rss %.1f MiB "
-                                "bytes %s turns %d; cpu of relay %.2fs, servers %.2f+%.2fs; "
-                                "machine idle %.0f%%, others' cpu %.1fs%s"
-                                % (tool, name, rep, r["wall"], r["user"] + r["sys"],
-                                   r["maxrss_kb"] / 1024, fmt_bytes(r["remote"]["bytes"]),
-                                   r["remote"]["turnarounds"], r["remote"]["cpu"],
-                                   r["server_cpu"]["local"], r["server_cpu"]["remote"],
-                                   100 * r["machine"]["idle_share"], r["machine"]["others_cpu"],
-                                   " verify " + r["verified"] if "verified" in r else ""))
-                        save(args, bench, workloads)
+            setups = {}
+            if wl.reuse:
+                for tool in tools:
+                    st, err = bench.prepare(wl, tool, "all")
+                    if st is None:
+                        broken.update((tool, link) for link in parse_links(args, wl))
+                        log("   %-6s %s" % (tool, err["error"]))
+                        for link in parse_links(args, wl):
+                            err = dict(err, workload=wl.name, delay_ms=link[0],
+                                       rate_mbit=link[1], tool=tool, rep=0)
+                            bench.runs.append(err)
+                    else:
+                        setups[tool] = st
+            try:
+                for link in parse_links(args, wl):
+                    for rep in range(args.reps):
+                        # Tools alternate within a repetition so that slow
+                        # drifts of the machine hit them alike.
+                        for tool in tools:
+                            if (tool, link) in broken:
+                                continue
+                            if tool in setups:
+                                r = bench.timed(setups[tool], wl, link, tool, rep)
+                            else:
+                                r = bench.one(wl, link, tool, rep)
+                            bench.runs.append(r)
+                            report(r, link, rep)
+                            if "error" in r:
+                                broken.add((tool, link))
+                            save(args, bench, workloads)
+            finally:
+                for st in setups.values():
+                    bench.release(st)
             wl.data = None
     finally:
         bench.cleanup()

@@ -17,10 +17,10 @@ build_deps=(
 
 # Tests (scripts/test-all.sh), scripts/demo.sh and bench/: real Dovecot
 # servers and certificates made at test time, the Perl interimap and mbsync
-# (isync) to compare with, a SOCKS5 proxy, clang for the fuzz targets, clang-format and
-# clang-tidy for scripts/lint.sh, man and systemd-analyze for the
-# installation check, /usr/bin/time for memory measurements. Cyrus comes
-# after these (see below).
+# (isync) to compare with, a SOCKS5 proxy, clang for the fuzz targets,
+# clang-format and clang-tidy for scripts/lint.sh, man and systemd-analyze
+# for the installation check, /usr/bin/time for memory measurements. Cyrus
+# comes after these (see below).
 test_deps=(
     dovecot-imapd openssl ca-certificates python3 sqlite3
     interimap isync microsocks clang libclang-rt-14-dev clang-format clang-tidy

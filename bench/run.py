@@ -769,7 +769,8 @@ class Bench:
             st["relays"].append(RelayProc(remote.imaps_port, 0, trace))
             ports = {"local": local.imaps_port, "remote": st["relays"][0].port}
             if self.args.delay_both:
-                st["relays"].append(RelayProc(local.imaps_port, 0))
+                st["relays"].append(RelayProc(local.imaps_port, 0,
+                                              trace and trace[:-len(".trace")] + "-local.trace"))
                 ports["local"] = st["relays"][1].port
             st["ports"] = ports
             with open(os.path.join(d, "config"), "w") as f:

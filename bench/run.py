@@ -925,6 +925,7 @@ def median(xs):
 
 
 TOOLS = ("perl", "mbsync", "ours", "floor")
+CPUS = os.cpu_count() or 1
 
 
 def link_name(delay, rate):
@@ -954,6 +955,9 @@ def summarize(runs):
                 "server_cpu": median([sum(r["server_cpu"].values()) for r in ok]),
                 "idle_share": median([r["machine"]["idle_share"] for r in ok]),
                 "others_cpu": median([r["machine"]["others_cpu"] for r in ok]),
+                # the share of the machine's CPU that others took meanwhile
+                "others_share": median([r["machine"]["others_cpu"] / (r["wall"] * CPUS)
+                                        for r in ok]),
             })
             if rate:
                 # The time the busier direction of the link needs for its bytes.
@@ -990,7 +994,7 @@ def ratio(a, b):
 
 def table(summary):
     head = ["workload", "link", "tool", "wall s", "cpu s", "rss MiB", "bytes", "turns",
-            "wire s", "wall/wire", "check"]
+            "wire s", "wall/wire", "others", "check"]
     rows = []
     by = {(s["workload"], s["delay_ms"], s["rate_mbit"], s["tool"]): s for s in summary}
     keys = []
@@ -1005,12 +1009,13 @@ def table(summary):
             if s is None:
                 continue
             if "wall" not in s:
-                rows.append([wl, link, tool, "FAILED: " + (s["error"] or "")[:70]] + [""] * 7)
+                rows.append([wl, link, tool, "FAILED: " + (s["error"] or "")[:70]] + [""] * 8)
                 continue
             rows.append([wl, link, tool, fmt(s["wall"], "%.3f"), fmt(s["cpu"], "%.3f"),
                          fmt(s["rss_mib"], "%.1f"), fmt_bytes(s["bytes"]),
                          fmt(s["turnarounds"], "%d"), fmt(s.get("wire"), "%.1f"),
                          fmt(ratio(s["wall"], s.get("wire")), "%.2fx"),
+                         fmt(s.get("others_share") and 100 * s["others_share"], "%.0f%%"),
                          (s.get("verified") or "") + (" (%d/%d ok)" % (s["ok"], s["runs"])
                                                       if s["ok"] < s["runs"] else "")])
         o = by.get((wl, delay, rate, "ours"))
@@ -1023,7 +1028,7 @@ def table(summary):
                              fmt(ratio(o["rss_mib"], b["rss_mib"]), "%.2fx"),
                              fmt(ratio(o["bytes"], b["bytes"]), "%.2fx"),
                              fmt(ratio(o["turnarounds"], b["turnarounds"]), "%.2fx"),
-                             "", "", ""])
+                             "", "", "", ""])
     normal = [r for r in rows + [head] if not r[3].startswith("FAILED")]
     widths = [max(len(str(r[i])) for r in normal) for i in range(len(head))]
     lines = []
@@ -1129,9 +1134,18 @@ def main():
     ap.add_argument("--no-verify", dest="verify", action="store_false",
                     help="skip comparing the servers after the first repetition")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
+    ap.add_argument("--report", nargs="+", metavar="JSON",
+                    help="print the table of earlier runs' --json files, measure nothing")
     ap.add_argument("--trace", metavar="DIR",
                     help="write the remote relay's chunk trace of every run into DIR")
     args = ap.parse_args()
+    if args.report:
+        runs = []
+        for path in args.report:
+            with open(path) as f:
+                runs += json.load(f)["runs"]
+        print(table(summarize(runs)))
+        return 0
     args.tools = [t for t in args.tools.split(",") if t]
     args.rated_tools = [t for t in args.rated_tools.split(",") if t]
     unknown = set(args.tools) - set(TOOLS)

@@ -1,8 +1,9 @@
 /*
  * floor: the simplest pipelined copy of every mailbox from one IMAP server to
- * another, as a lower bound for the benchmark's initial-sync workload.
+ * another, as a lower bound for the benchmark's initial-sync workload; and,
+ * with --list, the least a no-change run must do.
  *
- *     floor SRC_HOST SRC_PORT DST_HOST DST_PORT USER PASSWORD CA_FILE
+ *     floor [--list] SRC_HOST SRC_PORT DST_HOST DST_PORT USER PASSWORD CA_FILE
  *
  * Both connections are implicit TLS (imaps) verified against CA_FILE and the
  * host name or IP address. It keeps no state and does no checking beyond
@@ -13,6 +14,11 @@
  * the destination are only read at the end. This is about as few round
  * trips and copies as the two servers allow; a synchronizing tool does more
  * work and cannot do better than this.
+ *
+ * With --list it only connects to both servers, and on each sends LOGIN,
+ * one LIST with SUBSCRIBED and STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ)
+ * and LOGOUT at once, reads the replies, and stops: what a synchronizer
+ * cannot avoid to learn that nothing changed.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -242,10 +248,58 @@ static int parse_list(struct conn *c, const char *l, char *name, size_t cap)
     return selectable;
 }
 
+/* Reads one server's replies to list_only's commands; returns the number
+ * of STATUS responses. */
+static size_t list_replies(struct conn *c)
+{
+    conn_line(c); /* greeting */
+    if (!conn_tagged(c, "L"))
+        die("%s: login failed", c->name);
+    size_t status = 0;
+    for (;;) {
+        const char *l = conn_line(c);
+        if (strncmp(l, "S ", 2) == 0) {
+            if (strncmp(l + 2, "OK", 2) != 0)
+                die("%s: LIST failed: %s", c->name, l);
+            break;
+        }
+        if (strncmp(l, "* STATUS ", 9) == 0)
+            status++;
+        else if (strncmp(l, "* LIST ", 7) == 0) {
+            char name[1024];
+            parse_list(c, l, name, sizeof(name)); /* consumes a literal name */
+        }
+    }
+    conn_tagged(c, "Z");
+    return status;
+}
+
+static int list_only(struct conn *src, struct conn *dst, const char *user, const char *pass)
+{
+    struct conn *both[2] = {src, dst};
+    for (int i = 0; i < 2; i++)
+        conn_printf(both[i],
+                    "L LOGIN %s %s\r\nS LIST \"\" \"*\" RETURN (SUBSCRIBED STATUS "
+                    "(UIDVALIDITY UIDNEXT HIGHESTMODSEQ))\r\nZ LOGOUT\r\n",
+                    user, pass);
+    size_t a = list_replies(src), b = list_replies(dst);
+    printf("%zu and %zu mailboxes listed\n", a, b);
+    SSL_free(src->ssl);
+    SSL_free(dst->ssl);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    int list = argc > 1 && strcmp(argv[1], "--list") == 0;
+    if (list) {
+        argc--;
+        argv++;
+    }
     if (argc != 8) {
-        fprintf(stderr, "usage: floor SRC_HOST SRC_PORT DST_HOST DST_PORT USER PASSWORD CA_FILE\n");
+        fprintf(
+            stderr,
+            "usage: floor [--list] SRC_HOST SRC_PORT DST_HOST DST_PORT USER PASSWORD CA_FILE\n");
         return 2;
     }
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -259,6 +313,8 @@ int main(int argc, char **argv)
     char user[512], pass[512];
     quote(user, sizeof(user), argv[5]);
     quote(pass, sizeof(pass), argv[6]);
+    if (list)
+        return list_only(&src, &dst, user, pass);
     /* Greeting and LOGIN on both servers at once. */
     conn_printf(&src, "L LOGIN %s %s\r\nM LIST \"\" \"*\"\r\n", user, pass);
     conn_printf(&dst, "L LOGIN %s %s\r\n", user, pass);

@@ -1,16 +1,27 @@
 #!/usr/bin/env python3
-"""A TCP relay that adds a fixed one-way delay in each direction.
+"""A TCP relay that adds a fixed one-way delay, and optionally a bandwidth
+limit, in each direction.
 
-    latency_relay.py --target HOST:PORT [--delay-ms 25] [--listen-port 0]
-                     [--stats-file FILE]
+    latency_relay.py --target HOST:PORT [--delay-ms 25] [--rate MBIT]
+                     [--queue-ms 100] [--listen-port 0] [--stats-file FILE]
+                     [--trace FILE]
 
 It listens on 127.0.0.1, and for every accepted connection opens one to the
 target and copies bytes both ways. Every chunk read from one side is stamped
 with its arrival time and written to the other side no earlier than
-arrival + delay, in arrival order, so the link behaves like a long wire with
-unlimited bandwidth: pipelined traffic is not slowed, each wait for an
-answer costs a full round trip. Bytes are copied as they are, so TLS passes
-through and the client still verifies the server's certificate.
+arrival + delay, in arrival order, so the link behaves like a long wire:
+pipelined traffic is not slowed, each wait for an answer costs a full round
+trip. Bytes are copied as they are, so TLS passes through and the client
+still verifies the server's certificate.
+
+With --rate, each direction is one link of that many Mbit/s shared by all
+connections (like an access line): a chunk leaves the link only after every
+byte queued before it, on any connection, has, and then travels the delay.
+The link's queue holds at most --queue-ms of transmission (a router's
+buffer); while it is full the relay stops reading, so the sender feels the
+limit through TCP flow control instead of filling the relay's memory.
+Chunks are read in pieces of about 5 ms of transmission so that a reply
+does not wait behind a large read.
 
 It counts, per direction, the bytes relayed, and the turn-arounds: the
 times server-to-client data arrives after client-to-server data (a switch of
@@ -20,11 +31,21 @@ far fewer. The count is an upper bound on the round trips the client waited
 for: when a pipelined client keeps sending while replies stream back, each
 interleaving counts too.
 
+The counters include the relay's own CPU time since the last reset, to
+tell whether the relay itself limits a run.
+
+With --trace, every chunk is logged as one line "TIME CONN DIR BYTES DUE"
+(monotonic seconds when read, connection number, c2s or s2c, size, and
+when it is due on the other side), and again as "W TIME CONN DIR BYTES"
+once written to the other side (later than due when that side does not
+read fast enough), for finding where a run waits.
+
 On start it prints one line, "PORT CONTROL_PORT", and flushes stdout. The
 control port (127.0.0.1, one line per command) answers:
     stats          one JSON line with the counters
     reset          "ok"; zeroes the counters
     delay MS       "ok"; sets the delay for data read from now on
+    rate MBIT      "ok"; sets the bandwidth per direction (0: unlimited)
     quit           "ok"; then the relay exits
 On SIGTERM/SIGINT or quit, the counters are written to --stats-file as JSON.
 """
@@ -42,6 +63,8 @@ CHUNK = 256 * 1024
 # Bytes read but not yet written, per direction, before reading pauses:
 # bounds the relay's memory without limiting any realistic window.
 MAX_IN_FLIGHT = 32 * 1024 * 1024
+# With a rate, reads are cut to about this much transmission time.
+SLICE_S = 0.005
 
 
 class Stats:
@@ -55,6 +78,9 @@ class Stats:
         self.connections = 0
         self.chunks_c2s = 0
         self.chunks_s2c = 0
+        self.cpu_start = time.process_time()
+        self.first = None  # monotonic time of the first byte since reset
+        self.last = None  # and of the last byte due on the other side
 
     def as_dict(self):
         return {
@@ -65,16 +91,53 @@ class Stats:
             "connections": self.connections,
             "chunks_c2s": self.chunks_c2s,
             "chunks_s2c": self.chunks_s2c,
+            "cpu": time.process_time() - self.cpu_start,
+            "active": (self.last - self.first) if self.first is not None else 0.0,
         }
 
 
+class Link:
+    """One direction of the wire, shared by every connection: a rate in
+    bytes per second (0: unlimited) and the time its queue drains."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.busy_until = 0.0
+
+    def send(self, now, n):
+        """Queues n bytes read at now; returns when their last bit has left."""
+        if not self.rate:
+            return now
+        start = max(now, self.busy_until)
+        self.busy_until = start + n / self.rate
+        return self.busy_until
+
+    def backlog(self, now):
+        return max(0.0, self.busy_until - now) if self.rate else 0.0
+
+    def chunk(self):
+        if not self.rate:
+            return CHUNK
+        return int(min(CHUNK, max(4096, self.rate * SLICE_S)))
+
+
 class Relay:
-    def __init__(self, target_host, target_port, delay_s):
+    def __init__(self, target_host, target_port, delay_s, rate_mbit=0.0, queue_s=0.1,
+                 trace=None):
         self.target_host = target_host
         self.target_port = target_port
         self.delay = delay_s
+        self.queue_s = queue_s
+        self.links = {"c2s": Link(0), "s2c": Link(0)}
+        self.set_rate(rate_mbit)
         self.stats = Stats()
-        self.tasks = set()
+        self.trace = trace
+        self.serial = 0
+
+    def set_rate(self, mbit):
+        for link in self.links.values():
+            link.rate = mbit * 1e6 / 8
+            link.busy_until = 0.0
 
     async def handle(self, creader, cwriter):
         try:
@@ -82,13 +145,20 @@ class Relay:
         except OSError:
             cwriter.close()
             return
-        for w in (cwriter, swriter):
+        for w, direction in ((cwriter, "c2s"), (swriter, "s2c")):
             sock = w.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # On a limited link, a receive buffer of megabytes would be
+                # a hidden queue in front of the link's own.
+                rate = self.links[direction].rate
+                if rate:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                    int(max(65536, rate * self.queue_s)))
         self.stats.connections += 1
+        self.serial += 1
         # Last direction seen on this connection, for turn-around counting.
-        conn = {"last": None}
+        conn = {"last": None, "id": self.serial}
         done = asyncio.gather(
             self.pump(creader, swriter, "c2s", conn),
             self.pump(sreader, cwriter, "s2c", conn),
@@ -98,8 +168,11 @@ class Relay:
         for w in (cwriter, swriter):
             w.close()
 
-    def note(self, direction, n, conn):
+    def note(self, direction, n, conn, now, due):
         st = self.stats
+        if st.first is None:
+            st.first = now
+        st.last = max(st.last or due, due)
         if direction == "c2s":
             st.bytes_c2s += n
             st.chunks_c2s += 1
@@ -109,12 +182,15 @@ class Relay:
             if conn["last"] == "c2s":
                 st.turnarounds += 1
         conn["last"] = direction
+        if self.trace:
+            self.trace.write("%.6f %d %s %d %.6f\n" % (now, conn["id"], direction, n, due))
 
     async def pump(self, reader, writer, direction, conn):
         queue = asyncio.Queue()
         room = asyncio.Event()
         room.set()
         state = {"held": 0}
+        link = self.links[direction]
 
         async def release():
             while True:
@@ -129,6 +205,9 @@ class Relay:
                     await writer.drain()
                 except (ConnectionError, OSError):
                     return
+                if self.trace:
+                    self.trace.write("W %.6f %d %s %d\n" % (time.monotonic(), conn["id"],
+                                                            direction, len(data)))
                 state["held"] -= len(data)
                 if state["held"] < MAX_IN_FLIGHT:
                     room.set()
@@ -142,18 +221,24 @@ class Relay:
         try:
             while True:
                 await room.wait()
+                # A full link queue stops reading, as a full router buffer
+                # would drop packets and slow the sender down.
+                over = link.backlog(time.monotonic()) - self.queue_s
+                if over > 0:
+                    await asyncio.sleep(over)
                 try:
-                    data = await reader.read(CHUNK)
+                    data = await reader.read(link.chunk())
                 except (ConnectionError, OSError):
                     data = b""
                 now = time.monotonic()
                 if not data:
                     break
-                self.note(direction, len(data), conn)
+                due = link.send(now, len(data)) + self.delay
+                self.note(direction, len(data), conn, now, due)
                 state["held"] += len(data)
                 if state["held"] >= MAX_IN_FLIGHT:
                     room.clear()
-                queue.put_nowait((now + self.delay, data))
+                queue.put_nowait((due, data))
         finally:
             queue.put_nowait((0, None))
             await releaser
@@ -172,9 +257,14 @@ class Relay:
                     reply = json.dumps(self.stats.as_dict())
                 elif cmd == "reset":
                     self.stats.reset()
+                    if self.trace:
+                        self.trace.write("# reset %.6f\n" % time.monotonic())
                     reply = "ok"
                 elif cmd == "delay" and len(words) == 2:
                     self.delay = float(words[1]) / 1000.0
+                    reply = "ok"
+                elif cmd == "rate" and len(words) == 2:
+                    self.set_rate(float(words[1]))
                     reply = "ok"
                 elif cmd == "quit":
                     writer.write(b"ok\n")
@@ -185,7 +275,7 @@ class Relay:
                     reply = "error unknown command"
                 writer.write(reply.encode() + b"\n")
                 await writer.drain()
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, ValueError):
             pass
         finally:
             writer.close()
@@ -193,7 +283,9 @@ class Relay:
 
 async def main_async(args):
     host, _, port = args.target.rpartition(":")
-    relay = Relay(host.strip("[]") or "127.0.0.1", int(port), args.delay_ms / 1000.0)
+    trace = open(args.trace, "w", buffering=1 << 20) if args.trace else None
+    relay = Relay(host.strip("[]") or "127.0.0.1", int(port), args.delay_ms / 1000.0,
+                  args.rate, args.queue_ms / 1000.0, trace)
     stop = asyncio.Event()
     server = await asyncio.start_server(relay.handle, "127.0.0.1", args.listen_port)
     ctl = await asyncio.start_server(lambda r, w: relay.control(r, w, stop), "127.0.0.1", 0)
@@ -208,6 +300,8 @@ async def main_async(args):
     if args.stats_file:
         with open(args.stats_file, "w") as f:
             json.dump(relay.stats.as_dict(), f)
+    if trace:
+        trace.close()
     sys.stdout.flush()
     # Connections still open are dropped with the process: letting asyncio
     # cancel their tasks one by one only prints noise.
@@ -218,8 +312,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", required=True, help="HOST:PORT to forward to")
     ap.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay (ms)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="bandwidth per direction in Mbit/s (default 0: unlimited)")
+    ap.add_argument("--queue-ms", type=float, default=100.0,
+                    help="with --rate, the link's queue in ms of transmission (default 100)")
     ap.add_argument("--listen-port", type=int, default=0)
     ap.add_argument("--stats-file")
+    ap.add_argument("--trace", help="log every chunk to this file")
     args = ap.parse_args()
     asyncio.run(main_async(args))
     return 0
@@ -245,6 +344,9 @@ class Control:
 
     def delay(self, ms):
         self.ask("delay %g" % ms)
+
+    def rate(self, mbit):
+        self.ask("rate %g" % mbit)
 
     def close(self):
         try:

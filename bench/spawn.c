@@ -1,7 +1,11 @@
 /*
  * spawn: run a command and report its wall time and resource usage as JSON.
  *
- *     spawn OUT.json STDOUT_FILE STDERR_FILE -- PROGRAM [ARG...]
+ *     spawn [-t SECONDS] OUT.json STDOUT_FILE STDERR_FILE -- PROGRAM [ARG...]
+ *
+ * With -t, a child still running after SECONDS is killed (SIGKILL) and the
+ * report says "timed_out": 1, so that one hopeless run (a slow tool on a
+ * slow link) does not hold up the rest of a benchmark.
  *
  * Why a separate launcher: on Linux the peak RSS that wait4() reports for a
  * child includes the high-water mark of the address space it had before
@@ -22,6 +26,18 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/* The child to kill when the alarm rings: killing from the handler itself
+ * leaves no window between a check and wait4(). */
+static volatile pid_t child;
+static volatile sig_atomic_t timed_out;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    timed_out = 1;
+    kill(child, SIGKILL);
+}
 
 static double tv_seconds(struct timeval tv)
 {
@@ -44,8 +60,20 @@ static int redirect(const char *path, int fd)
 
 int main(int argc, char **argv)
 {
+    unsigned timeout = 0;
+    if (argc > 2 && strcmp(argv[1], "-t") == 0) {
+        char *end;
+        unsigned long t = strtoul(argv[2], &end, 10);
+        if (*end != '\0' || t == 0 || t > 86400) {
+            fprintf(stderr, "spawn: bad timeout %s\n", argv[2]);
+            return 2;
+        }
+        timeout = (unsigned)t;
+        argc -= 2;
+        argv += 2;
+    }
     if (argc < 6 || strcmp(argv[4], "--") != 0) {
-        fprintf(stderr, "usage: spawn OUT.json STDOUT STDERR -- PROGRAM [ARG...]\n");
+        fprintf(stderr, "usage: spawn [-t SECONDS] OUT.json STDOUT STDERR -- PROGRAM [ARG...]\n");
         return 2;
     }
     struct timespec t0, t1;
@@ -64,6 +92,15 @@ int main(int argc, char **argv)
         execvp(argv[5], argv + 5);
         fprintf(stderr, "spawn: exec %s: %s\n", argv[5], strerror(errno));
         _exit(127);
+    }
+    if (timeout > 0) {
+        child = pid;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_alarm;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGALRM, &sa, NULL);
+        alarm(timeout);
     }
     int status = 0;
     struct rusage ru;
@@ -85,8 +122,9 @@ int main(int argc, char **argv)
     }
     fprintf(out,
             "{\"wall\": %.6f, \"user\": %.6f, \"sys\": %.6f, \"maxrss_kb\": %ld, "
-            "\"exit\": %d, \"signal\": %d}\n",
-            wall, tv_seconds(ru.ru_utime), tv_seconds(ru.ru_stime), ru.ru_maxrss, code, sig);
+            "\"exit\": %d, \"signal\": %d, \"timed_out\": %d}\n",
+            wall, tv_seconds(ru.ru_utime), tv_seconds(ru.ru_stime), ru.ru_maxrss, code, sig,
+            (int)timed_out);
     fclose(out);
     return 0;
 }

@@ -16,14 +16,14 @@ build_deps=(
 )
 
 # Tests (scripts/test-all.sh), scripts/demo.sh and bench/: real Dovecot
-# servers and certificates made at test time, the Perl interimap to compare
-# with, a SOCKS5 proxy, clang for the fuzz targets, clang-format and
-# clang-tidy for scripts/lint.sh, man and systemd-analyze for the
-# installation check, /usr/bin/time for memory measurements. Cyrus comes
-# after these (see below).
+# servers and certificates made at test time, the Perl interimap and mbsync
+# (isync) to compare with, a SOCKS5 proxy, clang for the fuzz targets,
+# clang-format and clang-tidy for scripts/lint.sh, man and systemd-analyze
+# for the installation check, /usr/bin/time for memory measurements. Cyrus
+# comes after these (see below).
 test_deps=(
     dovecot-imapd openssl ca-certificates python3 sqlite3
-    interimap microsocks clang libclang-rt-14-dev clang-format clang-tidy
+    interimap isync microsocks clang libclang-rt-14-dev clang-format clang-tidy
     man-db groff-base systemd time
 )
 

@@ -4,7 +4,7 @@ limit, in each direction.
 
     latency_relay.py --target HOST:PORT [--delay-ms 25] [--rate MBIT]
                      [--queue-ms 100] [--listen-port 0] [--stats-file FILE]
-                     [--trace FILE]
+                     [--trace FILE] [--count-commands]
 
 It listens on 127.0.0.1, and for every accepted connection opens one to the
 target and copies bytes both ways. Every chunk read from one side is stamped
@@ -40,22 +40,37 @@ when it is due on the other side), and again as "W TIME CONN DIR BYTES"
 once written to the other side (later than due when that side does not
 read fast enough), for finding where a run waits.
 
+With --count-commands it also parses what the client sends as plain-text
+IMAP (no TLS, no COMPRESS on that link) and counts the commands, in total
+and by name ("LIST", "UID FETCH", "DONE" for the end of an IDLE); literals
+are skipped, so message bodies are not mistaken for commands. On an
+encrypted or compressed link the names are meaningless.
+
 On start it prints one line, "PORT CONTROL_PORT", and flushes stdout. The
 control port (127.0.0.1, one line per command) answers:
     stats          one JSON line with the counters
     reset          "ok"; zeroes the counters
     delay MS       "ok"; sets the delay for data read from now on
     rate MBIT      "ok"; sets the bandwidth per direction (0: unlimited)
+    freeze         "ok"; holds every byte read from now on, both ways, on
+                   every connection (new ones too): a link that went silent
+                   without either end noticing, like a sleeping laptop's
+    thaw           "ok"; lets the held bytes go, in order
     quit           "ok"; then the relay exits
 On SIGTERM/SIGINT or quit, the counters are written to --stats-file as JSON.
+
+Other programs can use RelayProc (start it as a child process) and Control
+(talk to its control port).
 """
 
 import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -81,6 +96,11 @@ class Stats:
         self.cpu_start = time.process_time()
         self.first = None  # monotonic time of the first byte since reset
         self.last = None  # and of the last byte due on the other side
+        # cleared in place: the connections' counters hold this dict
+        if hasattr(self, "commands"):
+            self.commands.clear()
+        else:
+            self.commands = {}
 
     def as_dict(self):
         return {
@@ -93,6 +113,8 @@ class Stats:
             "chunks_s2c": self.chunks_s2c,
             "cpu": time.process_time() - self.cpu_start,
             "active": (self.last - self.first) if self.first is not None else 0.0,
+            "commands": sum(self.commands.values()),
+            "command_names": dict(sorted(self.commands.items())),
         }
 
 
@@ -121,9 +143,63 @@ class Link:
         return int(min(CHUNK, max(4096, self.rate * SLICE_S)))
 
 
+# A literal announced at the end of a command line: {N} or {N+} (LITERAL+).
+LITERAL_RE = re.compile(rb"\{([0-9]+)\+?\}$")
+
+
+class CommandCounter:
+    """Splits one connection's client-to-server bytes into IMAP commands.
+
+    A command is a line ending in CRLF, continued after each literal it
+    announces. The first line of a command names it: the word after the
+    tag, with "UID" joined to the word after it; a line without a tag
+    ("DONE", or a SASL continuation) counts under its first word."""
+
+    MAX_LINE = 64 * 1024  # a longer line is cut: the counts stay bounded
+
+    def __init__(self, counts):
+        self.counts = counts
+        self.line = bytearray()
+        self.literal = 0  # bytes of a literal still to skip
+        self.continued = False  # the next line continues a command
+
+    def feed(self, data):
+        pos, size = 0, len(data)
+        while pos < size:
+            if self.literal:
+                n = min(self.literal, size - pos)
+                self.literal -= n
+                pos += n
+                continue
+            end = data.find(b"\n", pos)
+            if end < 0:
+                self.line += data[pos : pos + max(0, self.MAX_LINE - len(self.line))]
+                return
+            self.line += data[pos:end]
+            pos = end + 1
+            self.end_line(bytes(self.line).rstrip(b"\r"))
+            self.line.clear()
+
+    def end_line(self, line):
+        if not self.continued:
+            words = line.split(None, 3)
+            if len(words) >= 2:
+                name = words[1].upper()
+                if name == b"UID" and len(words) >= 3:
+                    name += b" " + words[2].upper()
+            else:
+                name = words[0].upper() if words else b"(empty)"
+            key = name.decode("ascii", "replace")
+            self.counts[key] = self.counts.get(key, 0) + 1
+        m = LITERAL_RE.search(line)
+        self.continued = m is not None
+        if m:
+            self.literal = int(m.group(1))
+
+
 class Relay:
     def __init__(self, target_host, target_port, delay_s, rate_mbit=0.0, queue_s=0.1,
-                 trace=None):
+                 trace=None, count_commands=False):
         self.target_host = target_host
         self.target_port = target_port
         self.delay = delay_s
@@ -133,6 +209,9 @@ class Relay:
         self.stats = Stats()
         self.trace = trace
         self.serial = 0
+        self.count_commands = count_commands
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     def set_rate(self, mbit):
         for link in self.links.values():
@@ -159,6 +238,8 @@ class Relay:
         self.serial += 1
         # Last direction seen on this connection, for turn-around counting.
         conn = {"last": None, "id": self.serial}
+        if self.count_commands:
+            conn["counter"] = CommandCounter(self.stats.commands)
         done = asyncio.gather(
             self.pump(creader, swriter, "c2s", conn),
             self.pump(sreader, cwriter, "s2c", conn),
@@ -168,7 +249,8 @@ class Relay:
         for w in (cwriter, swriter):
             w.close()
 
-    def note(self, direction, n, conn, now, due):
+    def note(self, direction, data, conn, now, due):
+        n = len(data)
         st = self.stats
         if st.first is None:
             st.first = now
@@ -176,6 +258,8 @@ class Relay:
         if direction == "c2s":
             st.bytes_c2s += n
             st.chunks_c2s += 1
+            if "counter" in conn:
+                conn["counter"].feed(data)
         else:
             st.bytes_s2c += n
             st.chunks_s2c += 1
@@ -200,6 +284,7 @@ class Relay:
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                await self.flowing.wait()
                 try:
                     writer.write(data)
                     await writer.drain()
@@ -234,7 +319,7 @@ class Relay:
                 if not data:
                     break
                 due = link.send(now, len(data)) + self.delay
-                self.note(direction, len(data), conn, now, due)
+                self.note(direction, data, conn, now, due)
                 state["held"] += len(data)
                 if state["held"] >= MAX_IN_FLIGHT:
                     room.clear()
@@ -266,6 +351,12 @@ class Relay:
                 elif cmd == "rate" and len(words) == 2:
                     self.set_rate(float(words[1]))
                     reply = "ok"
+                elif cmd == "freeze":
+                    self.flowing.clear()
+                    reply = "ok"
+                elif cmd == "thaw":
+                    self.flowing.set()
+                    reply = "ok"
                 elif cmd == "quit":
                     writer.write(b"ok\n")
                     await writer.drain()
@@ -285,7 +376,7 @@ async def main_async(args):
     host, _, port = args.target.rpartition(":")
     trace = open(args.trace, "w", buffering=1 << 20) if args.trace else None
     relay = Relay(host.strip("[]") or "127.0.0.1", int(port), args.delay_ms / 1000.0,
-                  args.rate, args.queue_ms / 1000.0, trace)
+                  args.rate, args.queue_ms / 1000.0, trace, args.count_commands)
     stop = asyncio.Event()
     server = await asyncio.start_server(relay.handle, "127.0.0.1", args.listen_port)
     ctl = await asyncio.start_server(lambda r, w: relay.control(r, w, stop), "127.0.0.1", 0)
@@ -319,6 +410,8 @@ def main():
     ap.add_argument("--listen-port", type=int, default=0)
     ap.add_argument("--stats-file")
     ap.add_argument("--trace", help="log every chunk to this file")
+    ap.add_argument("--count-commands", action="store_true",
+                    help="count the IMAP commands of plain-text links")
     args = ap.parse_args()
     asyncio.run(main_async(args))
     return 0
@@ -348,12 +441,54 @@ class Control:
     def rate(self, mbit):
         self.ask("rate %g" % mbit)
 
+    def freeze(self):
+        self.ask("freeze")
+
+    def thaw(self):
+        self.ask("thaw")
+
     def close(self):
         try:
             self.file.close()
             self.sock.close()
         except OSError:
             pass
+
+
+class RelayProc:
+    """A relay run as a child process, with its control connection:
+
+        r = RelayProc(target_port, delay_ms=25, count_commands=True)
+        ... connect to 127.0.0.1:r.port ...
+        r.ctl.stats(); r.stop()
+    """
+
+    def __init__(self, target_port, delay_ms=0, count_commands=False, target_host="127.0.0.1"):
+        argv = [sys.executable, os.path.abspath(__file__),
+                "--target", "%s:%d" % (target_host, target_port), "--delay-ms", str(delay_ms)]
+        if count_commands:
+            argv.append("--count-commands")
+        self.ctl = None
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2:
+            self.stop()
+            raise RuntimeError("latency relay did not start")
+        self.port, cport = int(line[0]), int(line[1])
+        self.ctl = Control(cport)
+
+    def stop(self):
+        if self.ctl:
+            self.ctl.close()
+            self.ctl = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
 
 
 if __name__ == "__main__":

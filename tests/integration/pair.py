@@ -15,9 +15,11 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fixtures"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "bench"))
 
 from imapfixture import Dovecot, mail, util  # noqa: E402
 from imapfixture.certs import TestCA  # noqa: E402
+import latency_relay  # noqa: E402
 
 PERL_INTERIMAP = "/usr/bin/interimap"
 
@@ -53,6 +55,7 @@ class Pair:
         self.local_section = local_section
         self.remote_section = remote_section
         self.remote_type = remote_type
+        self.relays = {}
 
     def __enter__(self):
         self.local.start()
@@ -64,6 +67,9 @@ class Pair:
         self.stop()
 
     def stop(self):
+        for r in self.relays.values():
+            r.stop()
+        self.relays = {}
         for srv in (self.local, self.remote):
             try:
                 srv.stop()
@@ -71,7 +77,26 @@ class Pair:
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def use_relays(self, sides=("local", "remote")):
+        """Puts a relay (bench/latency_relay.py, counting commands) in front
+        of each side's plain IMAP port and points the configuration at it,
+        with neither STARTTLS nor COMPRESS so that the relay can read the
+        commands. Returns {side: relay}; relay.ctl controls it."""
+        for side in sides:
+            srv = self.local if side == "local" else self.remote
+            self.relays[side] = latency_relay.RelayProc(srv.imap_port, 0, count_commands=True,
+                                                        target_host=srv.host)
+        self.write_config()
+        return self.relays
+
     def section(self, name, srv, kind, extra):
+        if name in self.relays:
+            lines = ["[%s]" % name, "type = imap", "host = 127.0.0.1",
+                     "port = %d" % self.relays[name].port, "username = %s" % srv.user,
+                     "password = %s" % srv.password, "STARTTLS = NO", "compress = NO"]
+            if extra:
+                lines.append(extra)
+            return "\n".join(lines) + "\n"
         lines = ["[%s]" % name, "type = %s" % kind]
         if kind == "tunnel":
             lines.append("command = %s" % srv.tunnel_command())

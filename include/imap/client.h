@@ -220,10 +220,24 @@ int imap_client_literal_begin(struct imap_client *c, uint64_t size);
 int imap_client_write_raw(struct imap_client *c, const void *buf, size_t len);
 struct imap_cmd *imap_client_end(struct imap_client *c, struct imap_cmd *cmd);
 
-/* Arranges for `waiter` to be woken whenever a response arrives or the
- * connection breaks (NULL: nobody). Returns whether anything arrived since
- * the previous call. Does not yield. */
-bool imap_client_watch(struct imap_client *c, struct coro *waiter);
+/*
+ * News: untagged responses that answer none of our commands, that is the
+ * reports of NOTIFY (RFC 5465) and of IDLE. One counts as news when only
+ * IDLE (or nothing) is in flight, or, for STATUS and LIST responses, when
+ * no LIST, LSUB or STATUS command is; status texts never do (IDLE's
+ * "* OK Still here" is a keep-alive). News first reaches the handler like
+ * any untagged response, then `fn` (in the reader coroutine: it must not
+ * yield), then the watcher.
+ */
+typedef void (*imap_news_fn)(void *ctx, struct imap_client *c, const struct imap_response *resp);
+void imap_client_on_news(struct imap_client *c, imap_news_fn fn, void *ctx);
+/* Arranges for `waiter` to be woken once, at the next news or when the
+ * connection breaks (NULL: nobody). Does not yield. */
+void imap_client_watch(struct imap_client *c, struct coro *waiter);
+
+/* Whether a mailbox is selected, as far as the answers to our SELECT,
+ * EXAMINE, UNSELECT and CLOSE commands tell. Does not yield. */
+bool imap_client_selected(const struct imap_client *c);
 
 /* IDLE (RFC 2177): begin returns once the server accepted it (or refused:
  * the command is then complete); end sends DONE and waits for the reply. */

@@ -74,9 +74,20 @@ struct client_watchdog {
     bool fired;
 };
 
+/* What a command's untagged answers may look like, for telling them from
+ * news (see imap_client_on_news). */
+enum cmd_kind {
+    CMD_OTHER,
+    CMD_LISTING,  /* LIST, LSUB, STATUS: answered with untagged LIST and STATUS */
+    CMD_SELECT,   /* SELECT, EXAMINE */
+    CMD_UNSELECT, /* UNSELECT, CLOSE */
+    CMD_IDLE,     /* what arrives during IDLE is news */
+};
+
 struct imap_cmd {
     struct imap_client *client;
     char tag[16];
+    enum cmd_kind kind;
     bool done;
     bool orphan; /* the caller freed it before completion */
     int result;
@@ -126,8 +137,12 @@ struct imap_client {
     bool enable_sent;              /* ENABLE QRESYNC went out behind the login */
     imap_login_hook_fn login_hook;
     void *login_hook_ctx;
-    struct coro *activity_waiter;
-    bool activity;
+    struct coro *news_waiter;
+    imap_news_fn news_fn;
+    void *news_ctx;
+    unsigned busy;    /* commands in flight other than IDLE */
+    unsigned listing; /* LIST, LSUB and STATUS commands in flight */
+    bool selected;    /* a mailbox is selected (as far as our commands tell) */
 
     const struct imap_handler *handler;
     void *handler_ctx;
@@ -226,14 +241,22 @@ static char *xstrdup(const char *s)
     return s ? strdup(s) : NULL;
 }
 
-static void wake_activity(struct imap_client *c)
+static void wake_news_waiter(struct imap_client *c)
 {
-    c->activity = true;
-    if (c->activity_waiter) {
-        struct coro *w = c->activity_waiter;
-        c->activity_waiter = NULL;
+    if (c->news_waiter) {
+        struct coro *w = c->news_waiter;
+        c->news_waiter = NULL;
         coro_wake(w);
     }
+}
+
+/* A command leaves the in-flight list: the counts of what is in flight. */
+static void cmd_landed(struct imap_client *c, const struct imap_cmd *cmd)
+{
+    if (cmd->kind != CMD_IDLE && c->busy)
+        c->busy--;
+    if (cmd->kind == CMD_LISTING && c->listing)
+        c->listing--;
 }
 
 static void cmd_complete(struct imap_cmd *cmd, int result)
@@ -266,6 +289,8 @@ static void client_break(struct imap_client *c, int code)
     c->ninflight = 0;
     c->idling = false;
     c->idle_cmd = NULL;
+    c->busy = c->listing = 0;
+    c->selected = false;
     while (cmd) {
         struct imap_cmd *next = cmd->next;
         cmd->next = NULL;
@@ -279,7 +304,7 @@ static void client_break(struct imap_client *c, int code)
         c->cont_waiter = NULL;
         coro_wake(w);
     }
-    wake_activity(c);
+    wake_news_waiter(c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -523,14 +548,39 @@ static void lb_puts(struct linebuf *b, const char *s)
     lb_put(b, s, strlen(s));
 }
 
-static struct imap_cmd *cmd_new(struct imap_client *c)
+/* The kind of a command from its text (its first word). */
+static enum cmd_kind cmd_kind_of(const char *text, size_t len)
+{
+    static const struct {
+        const char *verb;
+        enum cmd_kind kind;
+    } kinds[] = {
+        {"LIST", CMD_LISTING},   {"LSUB", CMD_LISTING},   {"STATUS", CMD_LISTING},
+        {"SELECT", CMD_SELECT},  {"EXAMINE", CMD_SELECT}, {"UNSELECT", CMD_UNSELECT},
+        {"CLOSE", CMD_UNSELECT}, {"IDLE", CMD_IDLE},
+    };
+    size_t n = 0;
+    while (n < len && text[n] != ' ')
+        n++;
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (strlen(kinds[i].verb) == n && strncasecmp(text, kinds[i].verb, n) == 0)
+            return kinds[i].kind;
+    return CMD_OTHER;
+}
+
+static struct imap_cmd *cmd_new(struct imap_client *c, enum cmd_kind kind)
 {
     struct imap_cmd *cmd = calloc(1, sizeof *cmd);
     if (!cmd)
         return NULL;
     cmd->client = c;
+    cmd->kind = kind;
     snprintf(cmd->tag, sizeof cmd->tag, "%u", ++c->next_tag);
     cmd->result = 1;
+    if (kind != CMD_IDLE)
+        c->busy++;
+    if (kind == CMD_LISTING)
+        c->listing++;
     /* in flight from now on: the reply may arrive as soon as bytes leave */
     bool was_due = client_due(c);
     c->ninflight++;
@@ -574,7 +624,8 @@ static struct imap_cmd *client_vbegin(struct imap_client *c, const char *fmt, va
         client_set_error(c, "%s: %s", c->cfg->name, why);
         return cmd_failed(c, r);
     }
-    struct imap_cmd *cmd = cmd_new(c);
+    /* the text follows the tag placeholder ("0 ") */
+    struct imap_cmd *cmd = cmd_new(c, cmd_kind_of(line.data + 2, line.len - 2));
     if (!cmd) {
         imap_cmdbuf_fini(&line);
         return NULL;
@@ -937,6 +988,23 @@ static void note_status_code(struct imap_client *c, const struct imap_response *
         m->nomodseq = true;
 }
 
+/*
+ * Whether an untagged response (not a status text) answers none of our
+ * commands: anything while only IDLE is in flight, STATUS and LIST while
+ * no LIST, LSUB or STATUS is. Status texts (such as "* OK Still here",
+ * IDLE's keep-alive) never count.
+ */
+static bool client_is_news(const struct imap_client *c, const struct imap_response *r)
+{
+    if (r->status != IMAP_STATUS_NONE || r->nargs < 1)
+        return false;
+    if (c->busy == 0)
+        return true;
+    return c->listing == 0 &&
+           (imap_value_is_atom(&r->args[0], "STATUS") || imap_value_is_atom(&r->args[0], "LIST") ||
+            imap_value_is_atom(&r->args[0], "LSUB"));
+}
+
 static int client_dispatch(struct imap_client *c, const struct imap_response *r)
 {
     switch (r->kind) {
@@ -966,6 +1034,12 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
             c->inflight_tail = prev;
         cmd->next = NULL;
         c->ninflight--;
+        cmd_landed(c, cmd);
+        /* a failed SELECT leaves no mailbox selected (RFC 3501, 6.3.1) */
+        if (cmd->kind == CMD_SELECT)
+            c->selected = r->status == IMAP_STATUS_OK;
+        else if (cmd->kind == CMD_UNSELECT && r->status == IMAP_STATUS_OK)
+            c->selected = false;
         if (cmd == c->idle_cmd) {
             c->idling = false;
             c->idle_cmd = NULL;
@@ -1034,9 +1108,13 @@ static int client_dispatch(struct imap_client *c, const struct imap_response *r)
         }
         if (c->handler && c->handler->untagged)
             c->handler->untagged(c->handler_ctx, r);
+        if (client_is_news(c, r)) {
+            if (c->news_fn)
+                c->news_fn(c->news_ctx, c, r);
+            wake_news_waiter(c);
+        }
         break;
     }
-    wake_activity(c);
     return 0;
 }
 
@@ -1205,12 +1283,20 @@ int imap_client_run(struct imap_client *c, const char *fmt, ...)
     return r;
 }
 
-bool imap_client_watch(struct imap_client *c, struct coro *waiter)
+void imap_client_on_news(struct imap_client *c, imap_news_fn fn, void *ctx)
 {
-    c->activity_waiter = waiter;
-    bool any = c->activity || c->broken;
-    c->activity = false;
-    return any;
+    c->news_fn = fn;
+    c->news_ctx = ctx;
+}
+
+void imap_client_watch(struct imap_client *c, struct coro *waiter)
+{
+    c->news_waiter = waiter;
+}
+
+bool imap_client_selected(const struct imap_client *c)
+{
+    return c->selected;
 }
 
 struct imap_cmd *imap_client_idle_begin(struct imap_client *c)

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -30,6 +32,12 @@
 /* Kept unread by keep-alive probes before the first one (as the reference
  * implementation does), in seconds. */
 #define KEEPALIVE_IDLE_S 60
+/* Then one probe every 10 s, and the connection is dead after 6 without an
+ * answer: a link that died in silence (a laptop that slept, a NAT that
+ * forgot us) shows itself within two minutes, not the system's default of
+ * eleven or more. */
+#define KEEPALIVE_INTERVAL_S 10
+#define KEEPALIVE_COUNT      6
 /* A local socket pair has no autotuning: give it room for a whole FETCH
  * burst so that the tunnel command rarely blocks on us. */
 #define TUNNEL_SOCKBUF (1 << 20)
@@ -240,6 +248,15 @@ int transport_tcp_connect(struct coro_sched *sched, const char *host, const char
         stream_free(&s);
         return r;
     }
+#if defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+    uv_os_fd_t fd;
+    if (keepalive && uv_fileno((uv_handle_t *)&t->h.tcp, &fd) == 0) {
+        /* best effort: the defaults still work, only later */
+        int interval = KEEPALIVE_INTERVAL_S, count = KEEPALIVE_COUNT;
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    }
+#endif
     await_reader_init(&t->reader, (uv_stream_t *)&t->h.tcp);
     *out = &t->base;
     return 0;

@@ -1,6 +1,7 @@
 /*
- * The run loop: connecting both servers, one synchronization cycle over
- * every mailbox, the --watch wait between cycles, signals and logout.
+ * The run: connecting both servers, one synchronization cycle over every
+ * mailbox, and logout. What --watch adds around the cycles (waiting,
+ * reconnecting, signals) is in watch.c.
  */
 #include "internal.h"
 
@@ -65,7 +66,11 @@ static int engine_connect(struct sync_engine *e)
     for (int s = 0; s < 2; s++) {
         imap_client_on_login(e->client[s], NULL, NULL);
         if (jobs[s].result < 0) {
-            log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
+            /* while --watch reconnects, it decides what to log */
+            snprintf(e->errbuf, sizeof e->errbuf, "%s: %s", side_name[s],
+                     imap_client_reason(e->client[s]));
+            if (!e->reconnecting)
+                log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
             rc = jobs[s].result;
         }
     }
@@ -78,8 +83,13 @@ static int engine_connect(struct sync_engine *e)
         static const char *const required[] = {"LIST-EXTENDED", "UIDPLUS"};
         for (size_t i = 0; i < 2; i++) {
             if (!imap_client_has_cap(e->client[s], required[i])) {
-                log_error(e->log, side_name[s], NULL,
-                          "server lacks the %s extension, which interimap requires", required[i]);
+                snprintf(e->errbuf, sizeof e->errbuf,
+                         "%s: server lacks the %s extension, which interimap requires",
+                         side_name[s], required[i]);
+                if (!e->reconnecting)
+                    log_error(e->log, side_name[s], NULL,
+                              "server lacks the %s extension, which interimap requires",
+                              required[i]);
                 return ERR_UNSUPPORTED;
             }
         }
@@ -143,11 +153,15 @@ static void log_traffic(struct sync_engine *e, enum side s)
     log_info(e->log, side_name[s], NULL, "IMAP traffic (bytes):%s", line);
 }
 
-/* Lets both connections go, each with its traffic line. */
-static void engine_close(struct sync_engine *e)
+/* Lets both connections go, each with its traffic line (not for the
+ * failed attempts of a --watch reconnection), and the commands and the
+ * speculative INBOX that belong to them first. */
+void engine_close(struct sync_engine *e)
 {
+    early_list_free(e);
+    mbox_free(&e->spec);
     for (int s = 0; s < 2; s++)
-        if (e->client[s])
+        if (e->client[s] && !e->reconnecting)
             log_traffic(e, (enum side)s);
     for (int s = 0; s < 2; s++)
         imap_client_free(&e->client[s]);
@@ -159,23 +173,20 @@ void sync_engine_free(struct sync_engine **pe)
         return;
     struct sync_engine *e = *pe;
     *pe = NULL;
-    early_list_free(e); /* before the clients they belong to */
-    mbox_free(&e->spec);
     engine_close(e);
     for (int s = 0; s < 2; s++) {
         listing_fini(&e->listing[s]);
     }
     if (e->ignore_re)
         pcre2_code_free(e->ignore_re);
+    watch_fini(e);
     state_db_close(&e->db);
     free(e);
 }
 
 /* Connects both servers (again, after a failure) and lists them. */
-static int engine_open(struct sync_engine *e)
+int engine_open(struct sync_engine *e)
 {
-    early_list_free(e);
-    mbox_free(&e->spec);
     engine_close(e);
     int r = engine_connect(e);
     e->connected = r == 0;
@@ -187,7 +198,7 @@ static int engine_open(struct sync_engine *e)
     return r;
 }
 
-static bool engine_broken(const struct sync_engine *e)
+bool engine_broken(const struct sync_engine *e)
 {
     return !e->connected || imap_client_is_broken(e->client[0]) ||
            imap_client_is_broken(e->client[1]);
@@ -233,8 +244,9 @@ static void engine_explain_broken(struct sync_engine *e)
             log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
 }
 
-/* One synchronization of every mailbox; returns an exit status. */
-static int engine_cycle(struct sync_engine *e)
+/* One synchronization of every mailbox that changed (of every one, when
+ * repairing); returns an exit status. */
+int engine_cycle(struct sync_engine *e)
 {
     struct mbox_work *work = NULL;
     size_t nwork = 0;
@@ -243,6 +255,7 @@ static int engine_cycle(struct sync_engine *e)
     uint64_t started = uv_hrtime();
     /* names refused by the listing count as failed mailboxes */
     e->failed_mailboxes = e->refused_names;
+    e->cycle_synced = 0;
     memset(&e->totals, 0, sizeof e->totals);
     if (sync_mailbox_list(e, &work, &nwork) < 0)
         return EXIT_FAILURE_GENERIC;
@@ -279,10 +292,12 @@ static int engine_cycle(struct sync_engine *e)
             progress_mailbox(e->opts.progress, cur->pretty, k + 1, ntodo);
             r = sync_one(cur);
         }
-        if (r == MAILBOX_AGAIN && !again[todo[k]]) {
+        if (r == 0) {
+            e->cycle_synced++;
+        } else if (r == MAILBOX_AGAIN && !again[todo[k]]) {
             again[todo[k]] = true;
             todo[ntodo++] = todo[k];
-        } else if (r != 0) {
+        } else {
             e->failed_mailboxes++;
             /* every failure gets its message */
             bool reported = cur && (side_error(cur) || cur->st[0].refused || cur->st[1].refused);
@@ -318,95 +333,6 @@ static int engine_cycle(struct sync_engine *e)
     if (status != EXIT_CONNECTION && status != EXIT_FAILURE_GENERIC)
         log_totals(e, started);
     return status;
-}
-
-static void on_signal(uv_signal_t *h, int signum)
-{
-    struct sync_engine *e = h->data;
-    (void)signum;
-    e->stop = true;
-    if (e->sleeper) {
-        struct coro *w = e->sleeper;
-        e->sleeper = NULL;
-        coro_wake(w);
-    }
-}
-
-/* Sleeps up to ms, or until a server reports something (when watching
- * them), or until a signal asks us to stop. */
-static void engine_sleep(struct sync_engine *e, uint64_t ms, bool watch_servers)
-{
-    struct coro *self = coro_current(e->sched);
-    bool any = false;
-    if (watch_servers)
-        for (int s = 0; s < 2; s++)
-            any |= imap_client_watch(e->client[s], self);
-    if (!any && !e->stop) {
-        e->sleeper = self;
-        await_sleep(e->sched, ms);
-        e->sleeper = NULL;
-    }
-    for (int s = 0; s < 2; s++)
-        if (e->client[s])
-            imap_client_watch(e->client[s], NULL);
-}
-
-/*
- * Waits for changes between two cycles. With --notify: NOTIFY when both
- * servers offer it (every mailbox reports), otherwise IDLE on INBOX on
- * both (other mailboxes are polled at the --watch interval). Without:
- * sleep for the interval. The selected mailbox is closed first, since
- * LIST-STATUS may not report it accurately.
- */
-static void engine_wait(struct sync_engine *e)
-{
-    uint64_t ms = (uint64_t)e->opts.watch_seconds * 1000;
-    for (int s = 0; s < 2; s++) {
-        struct imap_client *c = e->client[s];
-        if (imap_client_has_cap(c, "UNSELECT"))
-            imap_client_run(c, "UNSELECT");
-        else
-            imap_client_run(c, "NOOP");
-    }
-    if (!e->opts.notify) {
-        engine_sleep(e, ms, false);
-        return;
-    }
-    bool notify =
-        imap_client_has_cap(e->client[0], "NOTIFY") && imap_client_has_cap(e->client[1], "NOTIFY");
-    if (notify) {
-        if (!e->notify_set) {
-            for (int s = 0; s < 2; s++)
-                imap_client_run(e->client[s],
-                                "NOTIFY SET (PERSONAL (MessageNew MessageExpunge FlagChange "
-                                "MailboxName SubscriptionChange))");
-            e->notify_set = true;
-        }
-        engine_sleep(e, ms, true);
-        return;
-    }
-    struct imap_cmd *idle[2] = {NULL, NULL};
-    for (int s = 0; s < 2; s++) {
-        struct imap_client *c = e->client[s];
-        if (!imap_client_has_cap(c, "IDLE"))
-            continue;
-        char *inbox = server_name(e, (enum side)s, "INBOX", 5);
-        if (inbox && imap_client_run(c, "EXAMINE %m", inbox) == 0)
-            idle[s] = imap_client_idle_begin(c);
-        free(inbox);
-    }
-    /* whatever arrived while entering IDLE is not news */
-    for (int s = 0; s < 2; s++)
-        imap_client_watch(e->client[s], NULL);
-    engine_sleep(e, ms, true);
-    for (int s = 0; s < 2; s++) {
-        if (idle[s]) {
-            imap_client_idle_end(e->client[s], idle[s]);
-            imap_cmd_free(&idle[s]);
-        }
-        if (imap_client_has_cap(e->client[s], "UNSELECT"))
-            imap_client_run(e->client[s], "UNSELECT");
-    }
 }
 
 static void logout_main(struct coro *self, void *arg)
@@ -466,13 +392,10 @@ static int engine_dry_run(struct sync_engine *e)
     return status;
 }
 
-int sync_engine_run(struct sync_engine *e)
+/* The run, signal handlers aside. */
+static int sync_engine_run_once(struct sync_engine *e, bool watch)
 {
     char err[512];
-    if (compile_ignore(e) < 0)
-        return EXIT_USAGE;
-    if (e->opts.dry_run)
-        return engine_dry_run(e);
     if (state_db_open(e->cfg->database, &e->db, err, sizeof err) < 0) {
         log_error(e->log, "database", NULL, "%s", err);
         return EXIT_FAILURE_GENERIC;
@@ -514,60 +437,28 @@ int sync_engine_run(struct sync_engine *e)
         status = command_delete(e);
     else if (e->opts.command == SYNC_RENAME)
         status = command_rename(e);
+    else if (watch)
+        status = watch_run(e);
     else
         status = engine_cycle(e);
-
-    if (e->opts.watch_seconds >= 0 && e->opts.command == SYNC_DEFAULT) {
-        uv_signal_t sig[2];
-        int signums[2] = {SIGINT, SIGTERM};
-        for (int i = 0; i < 2; i++) {
-            uv_signal_init(coro_sched_loop(e->sched), &sig[i]);
-            sig[i].data = e;
-            uv_signal_start(&sig[i], on_signal, signums[i]);
-        }
-        unsigned backoff = 1;
-        while (!e->stop) {
-            if (engine_broken(e)) {
-                /* name the server that went away (a failed reconnection
-                 * was reported by engine_connect already) */
-                bool named = false;
-                for (int s = 0; s < 2; s++) {
-                    if (e->connected && e->client[s] && imap_client_is_broken(e->client[s])) {
-                        log_warn(e->log, side_name[s], NULL,
-                                 "connection lost (%s); reconnecting in %u s",
-                                 imap_client_reason(e->client[s]), backoff);
-                        named = true;
-                    }
-                }
-                if (!named)
-                    log_warn(e->log, NULL, NULL, "reconnecting in %u s", backoff);
-                engine_sleep(e, backoff * 1000ull, false);
-                if (e->stop)
-                    break;
-                backoff = backoff < 60 ? backoff * 2 : 60;
-                e->notify_set = false;
-                if (engine_open(e) < 0)
-                    continue;
-                log_info(e->log, NULL, NULL, "reconnected");
-                backoff = 1;
-            } else {
-                engine_wait(e);
-                if (e->stop || engine_broken(e))
-                    continue;
-                if (engine_relist(e) < 0)
-                    continue;
-            }
-            engine_cycle(e);
-        }
-        for (int i = 0; i < 2; i++) {
-            uv_signal_stop(&sig[i]);
-            await_close(e->sched, (uv_handle_t *)&sig[i]);
-        }
-        status = EXIT_IN_STEP;
-    }
 
     state_db_commit(e->db);
     engine_explain_broken(e);
     engine_logout(e);
+    return status;
+}
+
+int sync_engine_run(struct sync_engine *e)
+{
+    if (compile_ignore(e) < 0)
+        return EXIT_USAGE;
+    if (e->opts.dry_run)
+        return engine_dry_run(e);
+    bool watch = e->opts.watch_seconds >= 0 && e->opts.command == SYNC_DEFAULT;
+    if (watch)
+        watch_signals_start(e);
+    int status = sync_engine_run_once(e, watch);
+    if (watch)
+        watch_signals_stop(e);
     return status;
 }

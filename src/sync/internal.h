@@ -43,6 +43,7 @@
 #include "log.h"
 #include "progress.h"
 #include "sync/flags.h"
+#include "sync/reconnect.h"
 
 #define OTHER(s) ((enum side)(1 - (s)))
 
@@ -158,6 +159,24 @@ struct new_copy {
     bool target_aborted; /* a message was cut short: the target connection is given up */
 };
 
+/* A STATUS report of NOTIFY, kept until the next wait tells whether it is
+ * news or the echo of our own changes (see watch.c). */
+struct status_report {
+    enum side side;
+    char *server_name;
+    uint32_t uidnext;
+    uint64_t highestmodseq;
+    bool complete; /* both values were given */
+};
+
+enum { WATCH_REPORTS_MAX = 64 };
+
+struct watch_news {
+    bool other; /* news that is not a STATUS report (or too many of them) */
+    struct status_report reports[WATCH_REPORTS_MAX];
+    size_t count;
+};
+
 struct sync_engine {
     struct coro_sched *sched;
     const struct config *cfg;
@@ -173,9 +192,7 @@ struct sync_engine {
     struct side_state list_st[2];      /* the listing handlers' context */
     struct imap_cmd *early_list[2][2]; /* LISTs sent behind the login */
     struct mbox_ctx *spec;             /* INBOX, selected behind them */
-    struct coro *sleeper;              /* the engine while it sleeps between cycles */
-    bool notify_set;
-    bool connected; /* both connections are up */
+    bool connected;                    /* both connections are up */
     /* what a cycle did, for the line that ends it */
     struct {
         size_t mailboxes;
@@ -183,6 +200,19 @@ struct sync_engine {
     } totals;
     int refused_names; /* names of the last listing that cannot be synchronized */
     char errbuf[512];
+    unsigned cycle_synced; /* mailboxes the last cycle synchronized */
+
+    /* --watch (watch.c) */
+    struct coro *sleeper; /* the engine while it sleeps between cycles */
+    uv_signal_t signals[3];
+    bool signals_on;
+    bool notify_set;    /* NOTIFY SET is in effect on both connections */
+    bool notify_failed; /* a server refused it: IDLE instead */
+    bool recheck;       /* list again before sleeping (see watch_wait) */
+    bool reconnecting;  /* connection failures are logged by the watch loop */
+    bool reconnect_now; /* SIGUSR1 or a system suspend: connect again at once */
+    struct watch_news news;
+    struct reconnect backoff;
 };
 
 /* How a SELECT's responses are told from those of the commands ahead of
@@ -324,6 +354,18 @@ int repair_pairs(struct mbox_ctx *m, struct uidset skip[2]);
 
 /* dryrun.c: --dry-run */
 int dry_run(struct sync_engine *e);
+
+/* engine.c: connections and cycles */
+int engine_open(struct sync_engine *e);
+void engine_close(struct sync_engine *e);
+bool engine_broken(const struct sync_engine *e);
+int engine_cycle(struct sync_engine *e);
+
+/* watch.c: --watch */
+void watch_signals_start(struct sync_engine *e);
+void watch_signals_stop(struct sync_engine *e);
+int watch_run(struct sync_engine *e);
+void watch_fini(struct sync_engine *e);
 
 /* commands.c: commands */
 int command_delete(struct sync_engine *e);

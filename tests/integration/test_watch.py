@@ -84,7 +84,8 @@ def propagation(p, mode_args, kinds=ALL_KINDS):
     w = Watcher(p, *mode_args)
     delays = {}
     try:
-        check(wait_for(lambda: count(p, "remote", "Other") == 2) is not None, "initial sync")
+        check(wait_for(lambda: count(p, "remote", "INBOX") == 3 and count(p, "remote", "Other") == 2)
+              is not None, "initial sync")
         g = MessageGenerator(9)
         for kind in kinds:
             arrived = change(p, kind, g)

@@ -137,8 +137,11 @@ static void echo_check(struct coro_sched *sched, const char *host, const char *p
     CHECK(s && s->sched == sched && s->lower == NULL);
     CHECK(sockopt_int(s, IPPROTO_TCP, TCP_NODELAY) != 0);
     CHECK_INT(sockopt_int(s, SOL_SOCKET, SO_KEEPALIVE) != 0, keepalive);
-    if (keepalive)
+    if (keepalive) {
         CHECK_INT(sockopt_int(s, IPPROTO_TCP, TCP_KEEPIDLE), 60);
+        CHECK_INT(sockopt_int(s, IPPROTO_TCP, TCP_KEEPINTVL), 10);
+        CHECK_INT(sockopt_int(s, IPPROTO_TCP, TCP_KEEPCNT), 6);
+    }
     stream_set_timeouts(s, 5000, 5000);
     char buf[64];
     size_t got = 0;

@@ -142,8 +142,9 @@ class Watcher:
         return self.proc.returncode, text
 
 
-class Observer:
-    """A second client on one server, asking it directly (no relay)."""
+class Client:
+    """Another IMAP client on one server, straight to it (no relay): it
+    makes the changes and watches for them."""
 
     def __init__(self, server):
         self.conn = server.login(mode="plain")
@@ -154,24 +155,48 @@ class Observer:
         except (imaplib.IMAP4.error, OSError):
             pass
 
-    def status(self, name, what="MESSAGES"):
-        typ, data = self.conn.status(mail.wire_name(name), "(%s)" % what)
+    def ok(self, res, what):
+        typ, data = res
         if typ != "OK":
-            return None
-        m = re.search(rb"%s (\d+)" % what.encode(), data[0])
-        return int(m.group(1)) if m else None
+            raise RuntimeError("%s: %s %r" % (what, typ, data))
+        return data
+
+    def messages(self, name):
+        data = self.ok(self.conn.status(mail.wire_name(name), "(MESSAGES)"), "STATUS")
+        return int(re.search(rb"MESSAGES (\d+)", data[0]).group(1))
+
+    def uids(self, name):
+        self.ok(self.conn.select(mail.wire_name(name), readonly=True), "EXAMINE")
+        data = self.ok(self.conn.uid("SEARCH", "ALL"), "SEARCH")
+        self.conn.close()
+        return [int(x) for x in data[0].split()]
 
     def has_keyword(self, name, keyword):
-        typ, _ = self.conn.select(mail.wire_name(name), readonly=True)
-        if typ != "OK":
-            return False
-        typ, data = self.conn.uid("SEARCH", "KEYWORD", keyword)
+        self.ok(self.conn.select(mail.wire_name(name), readonly=True), "EXAMINE")
+        data = self.ok(self.conn.uid("SEARCH", "KEYWORD", keyword), "SEARCH")
         self.conn.close()
-        return typ == "OK" and bool(data[0].split())
+        return bool(data[0].split())
 
     def exists(self, name):
-        typ, data = self.conn.list('""', mail.wire_name(name))
-        return typ == "OK" and any(d for d in data if d)
+        data = self.ok(self.conn.list('""', mail.wire_name(name)), "LIST")
+        return any(d for d in data if d)
+
+    def append(self, name, msg):
+        self.ok(self.conn.append(mail.wire_name(name), None, None, msg), "APPEND")
+
+    def store(self, name, uid, keyword):
+        self.ok(self.conn.select(mail.wire_name(name)), "SELECT")
+        self.ok(self.conn.uid("STORE", str(uid), "+FLAGS.SILENT", "(%s)" % keyword), "STORE")
+        self.conn.close()
+
+    def expunge(self, name, uid):
+        self.ok(self.conn.select(mail.wire_name(name)), "SELECT")
+        self.ok(self.conn.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)"), "STORE")
+        self.ok(self.conn.uid("EXPUNGE", str(uid)), "UID EXPUNGE")
+        self.conn.close()
+
+    def create(self, name):
+        self.ok(self.conn.create(mail.wire_name(name)), "CREATE")
 
 
 class Run:
@@ -210,7 +235,7 @@ class Run:
                                % (self.tool, r.returncode, r.stderr.strip()[-500:]))
         self.relays[1].ctl.delay(self.delay_ms / 2.0)
         self.watcher = Watcher(self.argv(self.watch_args()), os.path.join(self.dir, "watch.log"))
-        self.obs = {"local": Observer(self.local), "remote": Observer(self.remote)}
+        self.clients = {"local": Client(self.local), "remote": Client(self.remote)}
 
     def argv(self, extra):
         exe = PERL_INTERIMAP if self.tool == "perl" else self.args.ours
@@ -227,8 +252,8 @@ class Run:
         out = None
         if self.watcher:
             out = self.watcher.stop()
-        for o in getattr(self, "obs", {}).values():
-            o.close()
+        for c in getattr(self, "clients", {}).values():
+            c.close()
         for r in self.relays:
             r.stop()
         for srv in self.servers:
@@ -280,6 +305,71 @@ class Run:
         }
 
 
+    def bound(self):
+        """How long a change may take before it counts as missing."""
+        if self.mode == "notify":
+            return 15.0
+        return 2.0 * self.args.interval + 10.0
+
+    def wait_seen(self, pred):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.bound():
+            if pred():
+                return time.monotonic() - t0
+            time.sleep(POLL_STEP)
+        return None
+
+    def change(self, kind, where, src, n):
+        """Makes change number n on side src; returns its latency on the
+        other side, or None if it did not arrive in time."""
+        dst = "remote" if src == "local" else "local"
+        a, b = self.clients[src], self.clients[dst]
+        box = "INBOX" if where == "INBOX" else "Other"
+        if kind == "append":
+            want = b.messages(box) + 1
+            a.append(box, self.gen.message())
+            return self.wait_seen(lambda: b.messages(box) == want)
+        if kind == "flags":
+            keyword = "$Bench%d" % n
+            a.store(box, a.uids(box)[n % 5], keyword)
+            return self.wait_seen(lambda: b.has_keyword(box, keyword))
+        if kind == "expunge":
+            want = b.messages(box) - 1
+            a.expunge(box, a.uids(box)[0])
+            return self.wait_seen(lambda: b.messages(box) == want)
+        if kind == "mailbox":
+            name = "New%d" % n
+            a.create(name)
+            return self.wait_seen(lambda: b.exists(name))
+        raise ValueError(kind)
+
+    def propagation(self):
+        """Every kind of change, alternately from each side; returns
+        {"kind where": [latency or None, ...]} and the commands sent."""
+        self.gen = MessageGenerator(SEED + 1)
+        cases = [(k, w) for k in ("append", "flags", "expunge") for w in ("INBOX", "other")]
+        cases.append(("mailbox", "-"))
+        samples = {}
+        for r in self.relays:
+            r.ctl.reset()
+        n = 0
+        for kind, where in cases:
+            for rep in range(self.args.reps):
+                src = ("local", "remote")[n % 2]
+                d = self.change(kind, where, src, n)
+                samples.setdefault("%s %s" % (kind, where), []).append(d)
+                n += 1
+                time.sleep(0.5)
+        stats = [r.ctl.stats() for r in self.relays]
+        return samples, [st["commands"] / n for st in stats]
+
+    def verify(self):
+        a = mail.snapshot(self.local, bodies=False)
+        b = mail.snapshot(self.remote, bodies=False)
+        diff = a.diff(b)
+        return "ok" if not diff else "DIFFERENT: " + diff.splitlines()[0][:80]
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -293,6 +383,12 @@ class Bench:
         try:
             run.start()
             result.update(run.idle())
+            samples, per_change = run.propagation()
+            result["latency"] = samples
+            result["commands_per_change"] = per_change
+            # let the last cycle end before comparing
+            run.settle(2.0)
+            result["verified"] = run.verify()
         except Exception as e:
             result["error"] = str(e)
         finally:
@@ -303,37 +399,121 @@ class Bench:
         return result
 
 
+CASES = ["append INBOX", "append other", "flags INBOX", "flags other", "expunge INBOX",
+         "expunge other", "mailbox -"]
+
+
+def cell(xs):
+    """median / p90 in seconds; a change that never arrived counts as
+    infinite (shown as '>bound', or 'missing' when most did not)."""
+    if not xs:
+        return "-"
+    arrived = [x for x in xs if x is not None]
+    if len(arrived) * 2 < len(xs):
+        return "missing"
+    inf = float("inf")
+    full = sorted(x if x is not None else inf for x in xs)
+    med, p90 = percentile(full, 0.5), percentile(full, 0.9)
+    f = lambda v: "never" if v == inf else "%.2f" % v  # noqa: E731
+    return "%s / %s" % (f(med), f(p90))
+
+
+def row_name(r):
+    return "%s %s %d ms" % (r["tool"], r["mode"], r["rtt_ms"])
+
+
+def markdown(header, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    out = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(header, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+    return "\n".join(out)
+
+
+def tables(runs, args):
+    lat, idle = [], []
+    for r in runs:
+        if "error" in r:
+            lat.append([row_name(r), "FAILED: " + r["error"][:80]] + [""] * (len(CASES) - 1))
+            continue
+        lat.append([row_name(r)] + [cell(r["latency"].get(c)) for c in CASES])
+        idle.append([row_name(r), "%.3f" % r["cpu_per_min"], "%.2f" % r["server_cpu_per_min"],
+                     "%.1f / %.1f" % tuple(r["commands_per_min"]),
+                     "%.1f / %.1f" % tuple(r["commands_per_change"]),
+                     "%.1f" % (r["rss_kib"] / 1024.0) if r["rss_kib"] else "-",
+                     r.get("verified", "")])
+    text = ["Propagation latency, seconds, median / p90 (%d changes per cell, "
+            "alternately from each side; interval %d s in the idle and poll modes):"
+            % (args.reps, args.interval), "",
+            markdown(["tool mode RTT"] + CASES, lat), "",
+            "Idle cost over %g s, and commands per change during the propagation runs:"
+            % args.idle_seconds, "",
+            markdown(["tool mode RTT", "CPU s/min", "servers' CPU s/min",
+                      "commands/min local / remote", "commands/change local / remote",
+                      "RSS MiB", "servers after"], idle)]
+    return "\n".join(text)
+
+
+def machine():
+    info = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    for key, cmd in (("dovecot", ["dovecot", "--version"]),
+                     ("commit", ["git", "-C", TOP, "rev-parse", "--short", "HEAD"])):
+        try:
+            info[key] = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            info[key] = None
+    return info
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__)
+    ap.add_argument("--quick", action="store_true",
+                    help="20 s idle window, one change of each kind (default: 60 s, 5)")
+    ap.add_argument("--json", help="write every raw figure to this file")
     ap.add_argument("--tools", default="ours,perl")
     ap.add_argument("--modes", default="notify,idle,poll")
-    ap.add_argument("--delays", default="0,50", help="round-trip times in ms")
-    ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--idle-seconds", type=float, default=None)
-    ap.add_argument("--interval", type=int, default=10)
+    ap.add_argument("--delays", default="0,50", help="round-trip times in ms (default 0,50)")
+    ap.add_argument("--reps", type=int, help="changes of each kind")
+    ap.add_argument("--idle-seconds", type=float)
+    ap.add_argument("--interval", type=int, default=10,
+                    help="--watch interval of the idle and poll modes (default 10)")
     ap.add_argument("--ours", default=os.path.join(TOP, "build", "src", "interimap"))
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the data directories")
     args = ap.parse_args()
     if args.idle_seconds is None:
         args.idle_seconds = 20.0 if args.quick else 60.0
     if args.reps is None:
-        args.reps = 2 if args.quick else 5
+        args.reps = 1 if args.quick else 5
+    if os.geteuid() != 0:
+        ap.error("run as root: Dovecot's mail processes run as dovenull")
     b = Bench(args)
+    started = time.monotonic()
     try:
         for tool in args.tools.split(","):
             for mode in args.modes.split(","):
                 if tool == "perl" and mode == "idle":
-                    continue
+                    continue  # its --notify needs NOTIFY
                 for delay in [int(x) for x in args.delays.split(",")]:
                     log("%s %s %d ms" % (tool, mode, delay))
                     r = b.one(tool, mode, delay)
-                    log(json.dumps(r))
+                    if "error" in r:
+                        log("  failed: %s" % r["error"])
                     b.runs.append(r)
     finally:
-        shutil.rmtree(b.root, ignore_errors=True)
-    return 0
+        if not args.keep:
+            shutil.rmtree(b.root, ignore_errors=True)
+    info = machine()
+    print("Machine: %s, %d CPUs, %s, commit %s; %.0f s\n"
+          % (info["platform"], info["cpus"], info["dovecot"], info["commit"],
+             time.monotonic() - started))
+    print(tables(b.runs, args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "args": vars(args), "runs": b.runs}, f, indent=1)
+    return 1 if any("error" in r for r in b.runs) else 0
 
 
 if __name__ == "__main__":

@@ -206,11 +206,12 @@ struct sync_engine {
     struct coro *sleeper; /* the engine while it sleeps between cycles */
     uv_signal_t signals[3];
     bool signals_on;
-    bool notify_set;    /* NOTIFY SET is in effect on both connections */
-    bool notify_failed; /* a server refused it: IDLE instead */
-    bool recheck;       /* list again before sleeping (see watch_wait) */
-    bool reconnecting;  /* connection failures are logged by the watch loop */
-    bool reconnect_now; /* SIGUSR1 or a system suspend: connect again at once */
+    bool notify_set;        /* NOTIFY SET is in effect on both connections */
+    bool notify_failed;     /* a server refused it: IDLE instead */
+    bool recheck;           /* list again before sleeping (see watch_wait) */
+    bool reconnecting;      /* connection failures are logged by the watch loop */
+    bool reconnect_now;     /* SIGUSR1 or a system suspend: connect again at once */
+    char reconnect_why[64]; /* what asked for it, for the log */
     struct watch_news news;
     struct reconnect backoff;
 };

@@ -251,14 +251,23 @@ bool patterns_need_delimiter(const struct sync_engine *e)
 }
 
 /* Sends `LIST ref ""` (the delimiter) and, if `patterns` too, the real
- * LIST, with the listing handler installed. */
+ * LIST, with the listing handler installed. With keep_delimiter (the
+ * relistings of --watch), a delimiter already known is not asked again. */
 static void list_send_both(struct sync_engine *e, struct side_state *st, bool patterns,
-                           bool assume_status, struct imap_cmd *cmd[2])
+                           bool assume_status, bool keep_delimiter, struct imap_cmd *cmd[2])
 {
     const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+    /* a delimiter known from an earlier listing on the same connection
+     * cannot have changed: not asked again (cmd[0] is then NULL) */
+    bool known = keep_delimiter && st->listing->delimiter_known;
+    char delimiter = st->listing->delimiter;
     listing_fini(st->listing);
+    st->listing->delimiter_known = known;
+    st->listing->delimiter = known ? delimiter : '\0';
     imap_client_set_handler(st->c, &list_handler, st);
-    cmd[0] = imap_client_send(st->c, "LIST %s \"\"", sc->list_reference ? sc->list_reference : "");
+    cmd[0] = known ? NULL
+                   : imap_client_send(st->c, "LIST %s \"\"",
+                                      sc->list_reference ? sc->list_reference : "");
     cmd[1] = patterns ? list_send(e, st, assume_status) : NULL;
 }
 
@@ -271,7 +280,7 @@ void early_list(struct imap_client *c, void *ctx)
     struct side_state *st = ctx;
     struct sync_engine *e = st->e;
     (void)c;
-    list_send_both(e, st, true, true, e->early_list[st->side]);
+    list_send_both(e, st, true, true, false, e->early_list[st->side]);
     if (e->spec && e->early_list[st->side][1])
         select_send_side(e->spec, st->side, SELECT_AFTER, e->early_list[st->side][1]);
 }
@@ -297,13 +306,15 @@ int engine_relist(struct sync_engine *e)
             imap_cmd_free(&e->early_list[s][0]);
             imap_cmd_free(&e->early_list[s][1]);
             struct imap_cmd *cmd[2];
-            list_send_both(e, &st[s], pipelined, false, cmd);
+            list_send_both(e, &st[s], pipelined, false, true, cmd);
             dcmd[s] = cmd[0];
             lcmd[s] = cmd[1];
         }
     }
     int rc = 0;
     for (int s = 0; s < 2; s++) {
+        if (!dcmd[s])
+            continue; /* the delimiter is known */
         int r = imap_cmd_wait(dcmd[s]);
         imap_cmd_free(&dcmd[s]);
         if (r < 0) {
@@ -329,7 +340,7 @@ int engine_relist(struct sync_engine *e)
              * the way they allow, without the INBOX selected behind */
             drop_speculative(e);
             struct imap_cmd *again[2];
-            list_send_both(e, &st[s], true, false, again);
+            list_send_both(e, &st[s], true, false, false, again);
             r = again[0] && again[1] ? imap_cmd_wait(again[0]) : -ENOMEM;
             if (r == 0)
                 r = imap_cmd_wait(again[1]);

@@ -78,9 +78,10 @@ static void watch_wake_sleeper(struct sync_engine *e)
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct sync_engine *e = h->data;
-    if (signum == SIGUSR1)
+    if (signum == SIGUSR1) {
         e->reconnect_now = true;
-    else
+        snprintf(e->reconnect_why, sizeof e->reconnect_why, "SIGUSR1");
+    } else
         e->stop = true;
     watch_wake_sleeper(e);
 }
@@ -243,8 +244,9 @@ static enum watch_wake watch_sleep(struct sync_engine *e, uint64_t ms, bool serv
                     imap_client_watch(e->client[s], NULL);
         if (boot0 && boot > mono + WATCH_SUSPEND_MS) {
             char d[32];
-            watch_format_delay(boot - mono, d, sizeof d);
-            log_info(e->log, NULL, NULL, "the system was suspended for %s; reconnecting", d);
+            watch_format_delay((boot - mono) / 1000 * 1000, d, sizeof d);
+            snprintf(e->reconnect_why, sizeof e->reconnect_why, "the system was suspended for %s",
+                     d);
             e->reconnect_now = true;
         }
     }
@@ -407,6 +409,7 @@ static void watch_reconnect(struct sync_engine *e)
     char d[32], last[sizeof e->errbuf] = "";
     uint64_t delay, last_logged = 0;
     if (e->reconnect_now) {
+        log_info(e->log, NULL, NULL, "%s: reconnecting at once", e->reconnect_why);
         e->reconnect_now = false;
         reconnect_now(&e->backoff, watch_now());
         delay = 0;
@@ -425,6 +428,7 @@ static void watch_reconnect(struct sync_engine *e)
         if (w == WAKE_STOP)
             break;
         if (w == WAKE_RECONNECT) {
+            log_info(e->log, NULL, NULL, "%s: trying again at once", e->reconnect_why);
             e->reconnect_now = false;
             reconnect_now(&e->backoff, watch_now());
         }
@@ -452,13 +456,6 @@ static void watch_reconnect(struct sync_engine *e)
     e->reconnecting = false;
 }
 
-/* Drops both connections (SIGUSR1, a suspend): the next step opens new ones. */
-static void watch_disconnect(struct sync_engine *e)
-{
-    log_info(e->log, NULL, NULL, "reconnecting at once");
-    e->connected = false;
-}
-
 /* ------------------------------------------------------------------ */
 
 /* The first cycle and those that follow, until SIGINT or SIGTERM. */
@@ -469,8 +466,10 @@ int watch_run(struct sync_engine *e)
     engine_cycle(e);
     e->recheck = e->opts.notify && e->cycle_synced > 0;
     while (!e->stop) {
-        if (e->reconnect_now && !engine_broken(e))
-            watch_disconnect(e);
+        /* SIGUSR1, a suspend: the connections are dropped, and
+         * watch_reconnect opens new ones at once */
+        if (e->reconnect_now)
+            e->connected = false;
         if (engine_broken(e)) {
             watch_reconnect(e);
             if (e->stop || engine_broken(e))

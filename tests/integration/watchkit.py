@@ -14,6 +14,13 @@ BOUND = 20.0  # seconds: generous, the machines are shared
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def sanitized():
+    """Whether the binary is built with AddressSanitizer, whose quarantine
+    of freed memory makes its RSS grow by design."""
+    with open(binary(), "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def env_seconds(name, default):
     """A duration from the environment (the long runs set them), or default."""
     value = os.environ.get(name)

@@ -105,12 +105,18 @@ def rss_kib(pid):
 
 
 def percentile(xs, q):
+    """Linear interpolation between the closest ranks; an infinite value
+    (a change that never arrived) wins over any interpolation with it."""
     xs = sorted(xs)
     if not xs:
         return None
     k = (len(xs) - 1) * q
     lo = int(k)
     hi = min(lo + 1, len(xs) - 1)
+    if k == lo:
+        return xs[lo]
+    if xs[hi] == float("inf"):
+        return xs[hi]
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
@@ -482,7 +488,16 @@ def main():
                     help="--watch interval of the idle and poll modes (default 10)")
     ap.add_argument("--ours", default=os.path.join(TOP, "build", "src", "interimap"))
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
+    ap.add_argument("--report", metavar="JSON", help="print the tables of an earlier --json run")
     args = ap.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        info = saved["machine"]
+        print("Machine: %s, %d CPUs, %s, commit %s\n"
+              % (info["platform"], info["cpus"], info["dovecot"], info["commit"]))
+        print(tables(saved["runs"], argparse.Namespace(**saved["args"])))
+        return 0
     if args.idle_seconds is None:
         args.idle_seconds = 20.0 if args.quick else 60.0
     if args.reps is None:

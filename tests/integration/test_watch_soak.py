@@ -85,6 +85,9 @@ def one_change_syncs_one_mailbox(p, relays, w):
         names = r.ctl.stats()["command_names"]
         opened = names.get("SELECT", 0) + names.get("EXAMINE", 0)
         check_eq(opened, 1, "mailboxes opened on %s for one changed mailbox (%r)" % (side, names))
+        # one listing for the news, one to see that nothing else moved; the
+        # servers' reports of our own changes call for none
+        check(names.get("LIST", 0) <= 2, "listings on %s for one change (%r)" % (side, names))
 
 
 def test_notify_idle_costs_nothing():

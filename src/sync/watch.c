@@ -414,14 +414,24 @@ static void watch_reconnect(struct sync_engine *e)
         reconnect_now(&e->backoff, watch_now());
         delay = 0;
     } else {
-        const char *why = "";
-        for (int s = 0; s < 2; s++)
-            if (e->client[s] && imap_client_is_broken(e->client[s]))
-                why = imap_client_error(e->client[s]);
         delay = reconnect_lost(&e->backoff, watch_now());
         watch_format_delay(delay, d, sizeof d);
-        log_warn(e->log, NULL, NULL, "connection lost (%s); reconnecting in %s", why, d);
+        /* name the server that went away */
+        bool named = false;
+        for (int s = 0; s < 2; s++) {
+            if (e->connected && e->client[s] && imap_client_is_broken(e->client[s])) {
+                log_warn(e->log, side_name[s], NULL, "connection lost (%s); reconnecting in %s",
+                         imap_client_reason(e->client[s]), d);
+                named = true;
+            }
+        }
+        if (!named)
+            log_warn(e->log, NULL, NULL, "reconnecting in %s", d);
     }
+    /* the old connections go now, with their traffic lines; the failed
+     * attempts that may follow have none */
+    engine_close(e);
+    e->connected = false;
     e->reconnecting = true;
     for (;;) {
         enum watch_wake w = watch_sleep(e, delay, false);

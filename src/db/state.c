@@ -184,9 +184,12 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_INT_DELETE] = "DELETE FROM pending WHERE idx = ? AND source = ? AND sUID = ?",
     [ST_DEL_FLAGS] = "DELETE FROM flags WHERE idx = ?",
     [ST_CAPS_GET] = "SELECT capabilities FROM capabilities WHERE side = ? AND server = ?",
-    [ST_CAPS_SET] = "INSERT OR REPLACE INTO capabilities (side,server,capabilities) VALUES (?,?,?)",
-    [ST_FLAGS_LIST] = "SELECT UID, flags FROM flags WHERE idx = ? AND side = ? ORDER BY UID",
-    [ST_FLAGS_SET] = "INSERT OR REPLACE INTO flags (idx,side,UID,flags) VALUES (?,?,?,?)",
+    [ST_CAPS_SET] = "INSERT OR REPLACE INTO capabilities (side,server,capabilities)"
+                    " VALUES (?,?,?)",
+    [ST_FLAGS_LIST] = "SELECT UID, flags FROM flags WHERE idx = ? AND side = ?"
+                      " ORDER BY UID",
+    [ST_FLAGS_SET] = "INSERT OR REPLACE INTO flags (idx,side,UID,flags)"
+                     " VALUES (?,?,?,?)",
     [ST_FLAGS_DELETE] = "DELETE FROM flags WHERE idx = ? AND side = ? AND UID = ?",
     [ST_FLAGS_CLEAR] = "DELETE FROM flags WHERE idx = ? AND side = ?",
 };
@@ -833,8 +836,8 @@ static int exec_by_idx(struct state_db *db, enum stmt_id id, int64_t idx, const 
 
 int state_db_mailbox_delete(struct state_db *db, int64_t idx)
 {
-    static const enum stmt_id order[] = {ST_DEL_MAPPING, ST_DEL_LOCAL,  ST_DEL_REMOTE,
-                                         ST_DEL_PENDING, ST_DEL_FLAGS,  ST_DEL_MAILBOX};
+    static const enum stmt_id order[] = {ST_DEL_MAPPING, ST_DEL_LOCAL, ST_DEL_REMOTE,
+                                         ST_DEL_PENDING, ST_DEL_FLAGS, ST_DEL_MAILBOX};
     int rc = sp_begin(db);
     if (rc < 0)
         return rc;

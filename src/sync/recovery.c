@@ -44,7 +44,8 @@ int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
         uidset_fini(&sorted);
         if (!set)
             return -ENOMEM;
-        cmd[s] = imap_client_send(m->st[s].c, "UID FETCH %S (UID MODSEQ FLAGS)", set);
+        cmd[s] =
+            imap_client_send(m->st[s].c, "UID FETCH %S (%a)", set, fetch_flags_items(&m->st[s]));
         free(set);
     }
     for (int s = 0; s < 2; s++) {

@@ -72,14 +72,18 @@ void caps_load(struct sync_engine *e)
 }
 
 /* After connecting: the tiers the servers offer now, said under --debug
- * every time and otherwise (caps_tell) on first use or when it changed;
- * what they advertised is remembered. */
+ * every time and otherwise (caps_tell) on first use without QRESYNC or
+ * when it changed; what they advertised is remembered. */
 void caps_adopt(struct sync_engine *e)
 {
     for (int s = 0; s < 2; s++) {
         enum tier t = tier_of(e->client[s]);
         char *caps = imap_client_caps_string(e->client[s]);
-        e->tell_tier[s] = e->caps_new[s] || t != e->tier[s];
+        /* said when a server is first used without QRESYNC, and whenever
+         * its tier changed: with two QRESYNC servers the output stays the
+         * Perl tool's */
+        e->tell_tier[s] =
+            (e->caps_new[s] && t != TIER_QRESYNC) || (!e->caps_new[s] && t != e->tier[s]);
         log_debug(e->log, side_name[s], NULL, "tier %s (capabilities: %s)", tier_name[t],
                   caps ? caps : "?");
         e->tier[s] = t;
@@ -94,8 +98,9 @@ void caps_adopt(struct sync_engine *e)
     }
 }
 
-/* Says which tier each side runs on, where caps_adopt found it new; once
- * the servers are listed, so that a run that fails earlier says only why. */
+/* Says which tier a side runs on where caps_adopt found it worth saying;
+ * once the servers are listed, so that a run that fails earlier says only
+ * why. */
 void caps_tell(struct sync_engine *e)
 {
     for (int s = 0; s < 2; s++) {

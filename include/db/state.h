@@ -222,14 +222,19 @@ int state_db_intent_resolve(struct state_db *db, int64_t idx, enum side source, 
 
 /*
  * What a server advertised after login on a previous run, so the next run
- * can pipeline extension commands behind the login. `server` identifies
+ * can pipeline extension commands behind the login, and whether it
+ * reports a new HIGHESTMODSEQ after APPEND (append_hms: 0 not known yet,
+ * STATE_APPEND_HMS_REPORTED, STATE_APPEND_HMS_QUIET). `server` identifies
  * the connection settings (a digest chosen by the caller); a row recorded
  * for other settings does not count. 1 and *caps (owned by the caller)
  * when found, 0 when not, including before state_db_prepare() created the
  * table.
  */
-int state_db_caps_get(struct state_db *db, enum side s, const char *server, char **caps);
-int state_db_caps_set(struct state_db *db, enum side s, const char *server, const char *caps);
+enum { STATE_APPEND_HMS_REPORTED = 1, STATE_APPEND_HMS_QUIET = 2 };
+int state_db_caps_get(struct state_db *db, enum side s, const char *server, char **caps,
+                      int *append_hms);
+int state_db_caps_set(struct state_db *db, enum side s, const char *server, const char *caps,
+                      int append_hms);
 
 /* ---- flag records (`flags` table; beyond the Perl tool) ---- */
 

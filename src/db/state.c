@@ -74,7 +74,8 @@ static const char capabilities_schema[] =
     "CREATE TABLE IF NOT EXISTS capabilities ("
     "side INTEGER NOT NULL PRIMARY KEY CHECK (side IN (0,1)), "
     "server TEXT NOT NULL, "
-    "capabilities TEXT NOT NULL)";
+    "capabilities TEXT NOT NULL, "
+    "append_hms INTEGER NOT NULL DEFAULT 0)";
 static const char flags_schema[] = "CREATE TABLE IF NOT EXISTS flags ("
                                    "idx INTEGER NOT NULL, "
                                    "side INTEGER NOT NULL CHECK (side IN (0,1)), "
@@ -183,9 +184,10 @@ static const char *const stmt_sql[ST_COUNT] = {
                         " ORDER BY idx,source,sUID",
     [ST_INT_DELETE] = "DELETE FROM pending WHERE idx = ? AND source = ? AND sUID = ?",
     [ST_DEL_FLAGS] = "DELETE FROM flags WHERE idx = ?",
-    [ST_CAPS_GET] = "SELECT capabilities FROM capabilities WHERE side = ? AND server = ?",
-    [ST_CAPS_SET] = "INSERT OR REPLACE INTO capabilities (side,server,capabilities)"
-                    " VALUES (?,?,?)",
+    [ST_CAPS_GET] = "SELECT capabilities, append_hms FROM capabilities"
+                    " WHERE side = ? AND server = ?",
+    [ST_CAPS_SET] = "INSERT OR REPLACE INTO capabilities (side,server,capabilities,append_hms)"
+                    " VALUES (?,?,?,?)",
     [ST_FLAGS_LIST] = "SELECT UID, flags FROM flags WHERE idx = ? AND side = ?"
                       " ORDER BY UID",
     [ST_FLAGS_SET] = "INSERT OR REPLACE INTO flags (idx,side,UID,flags)"
@@ -1301,9 +1303,11 @@ int state_db_intent_resolve(struct state_db *db, int64_t idx, enum side source, 
 /* ------------------------------------------------------------------ */
 /* remembered capabilities */
 
-int state_db_caps_get(struct state_db *db, enum side s, const char *server, char **caps)
+int state_db_caps_get(struct state_db *db, enum side s, const char *server, char **caps,
+                      int *append_hms)
 {
     *caps = NULL;
+    *append_hms = 0;
     if (!side_ok(db, s))
         return -EINVAL;
     /* read before state_db_prepare(), when the table may not exist yet */
@@ -1324,6 +1328,7 @@ int state_db_caps_get(struct state_db *db, enum side s, const char *server, char
     if (rc == SQLITE_ROW) {
         const unsigned char *t = sqlite3_column_text(st, 0);
         *caps = strdup(t ? (const char *)t : "");
+        *append_hms = sqlite3_column_int(st, 1);
         ret = *caps ? 1 : -ENOMEM;
     } else if (rc != SQLITE_DONE) {
         ret = db_fail(db, "cannot read capabilities");
@@ -1332,7 +1337,8 @@ int state_db_caps_get(struct state_db *db, enum side s, const char *server, char
     return ret;
 }
 
-int state_db_caps_set(struct state_db *db, enum side s, const char *server, const char *caps)
+int state_db_caps_set(struct state_db *db, enum side s, const char *server, const char *caps,
+                      int append_hms)
 {
     if (!side_ok(db, s))
         return -EINVAL;
@@ -1342,6 +1348,7 @@ int state_db_caps_set(struct state_db *db, enum side s, const char *server, cons
     sqlite3_bind_int(st, 1, (int)s);
     sqlite3_bind_text(st, 2, server, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, caps, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 4, append_hms);
     int rc = stmt_exec(db, st, "cannot record capabilities");
     return rc < 0 ? rc : 0;
 }

@@ -359,8 +359,8 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
         bool quiet = false;
         for (int s = 0; s < 2; s++) {
             enum side t = OTHER(s);
-            quiet |=
-                copied[s] && e->quiet_append[t] && m->next && m->next->st[t].how == TIER_QRESYNC;
+            quiet |= copied[s] && e->append_hms[t] != STATE_APPEND_HMS_REPORTED && m->next &&
+                     m->next->st[t].how == TIER_QRESYNC;
         }
         if (may_release && !again_local && !quiet)
             mbox_release(m);
@@ -413,9 +413,18 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
         for (int s = 0; s < 2 && rc == 0; s++) {
             enum side t = OTHER(s);
             struct side_state *ts = &m->st[t];
-            if (!appended[t].count || ts->how == TIER_PLAIN || ts->ms.highestmodseq > before[t])
+            if (!appended[t].count || ts->how == TIER_PLAIN)
                 continue;
-            e->quiet_append[t] = true;
+            int seen = ts->ms.highestmodseq > before[t] ? STATE_APPEND_HMS_REPORTED
+                                                        : STATE_APPEND_HMS_QUIET;
+            if (e->append_hms[t] != seen) {
+                e->append_hms[t] = seen;
+                e->caps_dirty[t] = true;
+            }
+            /* (nor for a mailbox that fails anyway: its state is not saved) */
+            if (seen == STATE_APPEND_HMS_REPORTED || m->st[0].refused || m->st[1].refused ||
+                side_error(m))
+                continue;
             if (m->released && m->next && m->next->select[t]) {
                 /* the next mailbox is selected here already: too late to
                  * ask; done again at the end of the run, where the pairs

@@ -325,6 +325,9 @@ static int engine_cycle(struct sync_engine *e)
     for (size_t i = 0; i < nwork; i++)
         free(work[i].key);
     free(work);
+    /* what was learnt of the servers (HIGHESTMODSEQ after APPEND) */
+    if (caps_save(e) < 0)
+        status = EXIT_FAILURE_GENERIC;
     if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0) {
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
         status = EXIT_FAILURE_GENERIC;

@@ -214,16 +214,18 @@ struct sync_engine {
     struct listing listing[2];
     pcre2_code *ignore_re;
     int failed_mailboxes;
-    bool stop;                    /* SIGINT/SIGTERM: finish the step and leave */
-    bool no_lookahead;            /* a server sent no [CLOSED]: SELECT one at a time */
-    enum tier tier[2];            /* what each server offers (see enum tier) */
-    char *caps[2];                /* what each advertised after login (remembered) */
-    char capkey[2][20];           /* digest of each side's connection settings */
-    bool caps_new[2];             /* nothing was remembered for these settings */
-    bool caps_dirty[2];           /* to be written to the database */
-    bool tell_tier[2];            /* the tier is to be said (caps_tell) */
-    bool quiet_append[2];         /* no HIGHESTMODSEQ after APPEND: the copies' MODSEQ is fetched */
-    struct side_state list_st[2]; /* the listing handlers' context */
+    bool stop;          /* SIGINT/SIGTERM: finish the step and leave */
+    bool no_lookahead;  /* a server sent no [CLOSED]: SELECT one at a time */
+    enum tier tier[2];  /* what each server offers (see enum tier) */
+    char *caps[2];      /* what each advertised after login (remembered) */
+    char capkey[2][20]; /* digest of each side's connection settings */
+    bool caps_new[2];   /* nothing was remembered for these settings */
+    bool caps_dirty[2]; /* to be written to the database */
+    bool tell_tier[2];  /* the tier is to be said (caps_tell) */
+    /* whether each server reports a new HIGHESTMODSEQ after APPEND
+     * (STATE_APPEND_HMS_*, 0 not known yet; remembered with caps[]) */
+    int append_hms[2];
+    struct side_state list_st[2];   /* the listing handlers' context */
     struct list_cmds early_list[2]; /* LISTs sent behind the login */
     struct mbox_ctx *spec;          /* INBOX, selected behind them */
     struct coro *sleeper;           /* the engine while it sleeps between cycles */

@@ -128,8 +128,10 @@ static void list_untagged(void *ctx, const struct imap_response *r)
         size_t rl = strlen(ref);
         if (nlen < rl || memcmp(n, ref, rl) != 0)
             return; /* outside the reference: not ours */
-        if (listed_by_name(l, n, nlen))
-            return; /* listed by two patterns (one LIST per pattern) */
+        for (size_t i = 0; i < l->count; i++)
+            if (strlen(l->items[i].server_name) == nlen &&
+                memcmp(l->items[i].server_name, n, nlen) == 0)
+                return; /* listed by two patterns (one LIST per pattern) */
         if (l->count >= LISTING_MAX) {
             l->too_many = true;
             return;

@@ -63,7 +63,9 @@ void caps_load(struct sync_engine *e)
         if (!e->caps[s]) {
             caps_key(sc, e->capkey[s]);
             /* (a dry run may have no database) */
-            int f = e->db ? state_db_caps_get(e->db, (enum side)s, e->capkey[s], &e->caps[s]) : 0;
+            int f = e->db ? state_db_caps_get(e->db, (enum side)s, e->capkey[s], &e->caps[s],
+                                              &e->append_hms[s])
+                          : 0;
             e->caps_new[s] = f != 1;
         }
         imap_client_expect_caps(e->client[s], e->caps[s]);
@@ -92,6 +94,7 @@ void caps_adopt(struct sync_engine *e)
             free(e->caps[s]);
             e->caps[s] = caps;
             e->caps_dirty[s] = true;
+            e->append_hms[s] = 0; /* another server, or another version: learnt again */
         } else {
             free(caps);
         }
@@ -116,7 +119,10 @@ int caps_save(struct sync_engine *e)
     for (int s = 0; s < 2; s++) {
         if (!e->caps_dirty[s])
             continue;
-        if (state_db_caps_set(e->db, (enum side)s, e->capkey[s], e->caps[s]) < 0) {
+        if (!e->caps[s])
+            continue;
+        if (state_db_caps_set(e->db, (enum side)s, e->capkey[s], e->caps[s], e->append_hms[s]) <
+            0) {
             log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
             return ERR_DB;
         }

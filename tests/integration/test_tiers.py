@@ -249,6 +249,8 @@ def test_no_highestmodseq_after_append():
         r = p.run("--debug")
         check(quiet_fetches(r.err, "remote"),
               "the MODSEQ of the copies was asked for: the server kept quiet")
+        check_eq(p.db_rows("SELECT append_hms FROM capabilities WHERE side = 1"), [(2,)],
+                 "remembered: the remote server reports no HIGHESTMODSEQ after APPEND")
         a, b = p.assert_in_step()
         check_eq(b.total(), 40, "copied")
         r = p.run()
@@ -306,6 +308,8 @@ def test_pipelined_only_when_known():
               "messages were copied to remote")
         check_eq(quiet_fetches(r.err, "remote"), [],
                  "Dovecot reports its HIGHESTMODSEQ after APPEND: no FETCH of MODSEQ")
+        check_eq(p.db_rows("SELECT side, append_hms FROM capabilities ORDER BY side"),
+                 [(0, 0), (1, 1)], "remembered: the remote server reports it (local: not seen)")
         rows = p.db_rows("SELECT side, capabilities FROM capabilities ORDER BY side")
         check_eq([s for s, _ in rows], [0, 1], "both sides' capabilities remembered")
         check(all("QRESYNC" in c.split() for _, c in rows), "with QRESYNC: %r" % rows)

@@ -831,24 +831,33 @@ static void test_caps_and_flags(void)
     if (!db)
         return;
     char *caps = (char *)"x";
+    int hms = -1;
     /* a new file: no table yet, nothing remembered, no error */
-    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps) == 0 && caps == NULL);
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps, &hms) == 0 && caps == NULL);
+    CHECK_INT(hms, 0);
     CHECK(state_db_prepare(db, '/', '/', err, sizeof err) == 0);
-    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps) == 0 && caps == NULL);
-    CHECK_INT(state_db_caps_set(db, SIDE_LOCAL, "srv", "IMAP4REV1 QRESYNC"), 0);
-    CHECK_INT(state_db_caps_set(db, SIDE_REMOTE, "other", "IMAP4REV1"), 0);
-    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps) == 1 && caps &&
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps, &hms) == 0 && caps == NULL);
+    CHECK_INT(state_db_caps_set(db, SIDE_LOCAL, "srv", "IMAP4REV1 QRESYNC", 0), 0);
+    CHECK_INT(state_db_caps_set(db, SIDE_REMOTE, "other", "IMAP4REV1", STATE_APPEND_HMS_QUIET), 0);
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps, &hms) == 1 && caps &&
           strcmp(caps, "IMAP4REV1 QRESYNC") == 0);
+    CHECK_INT(hms, 0);
+    free(caps);
+    CHECK(state_db_caps_get(db, SIDE_REMOTE, "other", &caps, &hms) == 1);
+    CHECK_INT(hms, STATE_APPEND_HMS_QUIET);
     free(caps);
     /* recorded for other connection settings: does not count */
-    CHECK(state_db_caps_get(db, SIDE_REMOTE, "srv", &caps) == 0 && caps == NULL);
+    CHECK(state_db_caps_get(db, SIDE_REMOTE, "srv", &caps, &hms) == 0 && caps == NULL);
     /* replaced, not added */
-    CHECK_INT(state_db_caps_set(db, SIDE_LOCAL, "srv2", "IMAP4REV1 CONDSTORE"), 0);
-    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps) == 0);
-    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv2", &caps) == 1 && caps &&
+    CHECK_INT(
+        state_db_caps_set(db, SIDE_LOCAL, "srv2", "IMAP4REV1 CONDSTORE", STATE_APPEND_HMS_REPORTED),
+        0);
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps, &hms) == 0);
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv2", &caps, &hms) == 1 && caps &&
           strcmp(caps, "IMAP4REV1 CONDSTORE") == 0);
+    CHECK_INT(hms, STATE_APPEND_HMS_REPORTED);
     free(caps);
-    CHECK(state_db_caps_set(db, (enum side)2, "x", "y") == -EINVAL);
+    CHECK(state_db_caps_set(db, (enum side)2, "x", "y", 0) == -EINVAL);
 
     int64_t a, b;
     CHECK_INT(state_db_mailbox_insert(db, "a", 1, false, &a), 0);

@@ -285,6 +285,7 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
         }
         int rc = 0;
         uint64_t before[2] = {m->st[0].max_modseq, m->st[1].max_modseq};
+        bool held[2] = {false, false};
         for (int k = 0; k < 2; k++) {
             enum side s = k == 0 ? SIDE_REMOTE : SIDE_LOCAL;
             if (!look[s])
@@ -298,6 +299,10 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             m->st[s].last_new_uid = 0;
             m->st[s].streamed_uid = 0;
             m->st[s].copy = &cp[s];
+            /* the copies' small pieces (a whole APPEND per message without
+             * MULTIAPPEND) leave in full buffers, not one write each */
+            imap_client_hold(m->st[OTHER(s)].c);
+            held[OTHER(s)] = true;
             fetch[s] = imap_client_send(m->st[s].c, "UID FETCH %S (%a INTERNALDATE BODY.PEEK[])",
                                         range, fetch_flags_items(&m->st[s]));
             free(range);
@@ -329,6 +334,9 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             copied[s] = cp[s].batches || cp[s].append_open;
             if (copy_close_batch(&cp[s]) < 0 && rc == 0)
                 rc = -ENOMEM;
+            int pr = held[OTHER(s)] ? imap_client_push(m->st[OTHER(s)].c) : 0;
+            if (pr < 0 && rc == 0)
+                rc = pr;
         }
         /* the target's SELECT answer is needed from here on (the probe,
          * APPENDUID's UIDVALIDITY); it comes before the APPEND replies */

@@ -5,6 +5,7 @@
                          [--only WORKLOAD[,WORKLOAD...]] [--reps N]
                          [--delays 0,25] [--rates 50,10]
                          [--tools perl,ours,mbsync,floor] [--timeout S]
+                         [--tier qresync|condstore|plain]
                          [--ours PATH] [--no-verify] [--keep]
 
 For every workload, link and repetition it starts two fresh Dovecot servers
@@ -23,6 +24,12 @@ turn-arounds on the remote link. Figures are medians over the repetitions.
 The "floor" tool (bench/floor.c) is the least a tool must do: on initial
 syncs the simplest pipelined copier, on no-change runs a login and one
 LIST-STATUS on each server.
+
+--tier makes the remote Dovecot advertise what Gmail does (condstore:
+CONDSTORE without QRESYNC, no MULTIAPPEND, LITERAL- only) or what
+Microsoft 365 does (plain: neither), so that our tool runs on that tier
+against it; the Perl tool, which needs QRESYNC, and the floor, which uses
+what the server no longer advertises, are left out there.
 
 Python 3 standard library only. Needs root (Dovecot's mail processes run as
 dovenull, like the integration tests), cc and libssl-dev; mbsync (Debian
@@ -608,6 +615,13 @@ class RelayProc:
 
 
 MBSYNC = shutil.which("mbsync") or "/usr/bin/mbsync"
+# What the remote server advertises on each tier (see --tier).
+TIER_CAPS = {
+    "qresync": None,
+    "condstore": "IMAP4rev1 ID IDLE NAMESPACE CHILDREN UIDPLUS UNSELECT COMPRESS=DEFLATE ENABLE "
+                 "MOVE CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS LITERAL- SPECIAL-USE",
+    "plain": "IMAP4rev1 SASL-IR UIDPLUS ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+",
+}
 
 # The system flags mbsync 1.4 carries over; it does not copy keywords.
 MBSYNC_FLAGS = {"\\Seen", "\\Answered", "\\Flagged", "\\Draft", "\\Deleted"}
@@ -757,7 +771,8 @@ class Bench:
         try:
             for side in ("local", "remote"):
                 srv = Dovecot(root=os.path.join(d, side), users={USER: PASSWORD}, ca=self.ca,
-                              name=side, family="ipv4")
+                              name=side, family="ipv4",
+                              capability=TIER_CAPS[self.args.tier] if side == "remote" else None)
                 srv.cert = self.certs[side]
                 srv.start()
                 st["servers"].append(srv)
@@ -1127,6 +1142,8 @@ def main():
     ap.add_argument("--rated-tools", default="perl,mbsync,ours",
                     help="the tools run on bandwidth-limited links (default perl,mbsync,ours: "
                     "the floor does not compress, its time there is its bytes over the rate)")
+    ap.add_argument("--tier", choices=sorted(TIER_CAPS), default="qresync",
+                    help="what the remote server advertises (default qresync: all of Dovecot)")
     ap.add_argument("--timeout", type=int, default=900,
                     help="seconds before a tool's run is killed and its row marked so (default 900)")
     ap.add_argument("--ours", default=os.path.join(TOP, "build", "src", "interimap"),
@@ -1159,6 +1176,11 @@ def main():
         ap.error("unknown workload in --only (known: %s)" % ",".join(w.name for w in WORKLOADS))
     if os.geteuid() != 0:
         ap.error("run as root: Dovecot's mail processes run as dovenull")
+    if args.tier != "qresync":
+        for t in ("perl", "floor"):
+            if t in args.tools:
+                log("%s left out: the remote server has no QRESYNC (--tier %s)" % (t, args.tier))
+                args.tools.remove(t)
     if "ours" in args.tools and not os.access(args.ours, os.X_OK):
         log("our binary %s is missing: its rows are skipped (build it with "
             "'meson setup build && ninja -C build')" % args.ours)
@@ -1216,10 +1238,11 @@ def main():
         bench.cleanup()
     summary = summarize(bench.runs)
     print()
-    print("interimap benchmark: median of %d, %s, delay on %s link%s (%.0f s in all)"
+    print("interimap benchmark: median of %d, %s, delay on %s link%s, remote tier %s "
+          "(%.0f s in all)"
           % (args.reps, "quick" if args.quick else "full",
              "both" if args.delay_both else "the remote", "s" if args.delay_both else "",
-             time.monotonic() - started))
+             args.tier, time.monotonic() - started))
     for wl in workloads:
         print("  %-16s %s" % (wl.name, wl.title))
     print()

@@ -70,3 +70,29 @@ if [ "$(cat "$CYRUS_ROOT/VERSION" 2>/dev/null)" != "$CYRUS_VERSION" ]; then
     echo "$CYRUS_VERSION" | $SUDO tee "$CYRUS_ROOT/VERSION" >/dev/null
     rm -rf "$tmp"
 fi
+
+# Tests only: Courier-IMAP, a real server with neither CONDSTORE nor
+# QRESYNC. Debian's courier-imap conflicts with dovecot-imapd (both provide
+# imap-server), so its packages are unpacked, not installed, where the test
+# fixture (tests/fixtures/imapfixture/courier.py) looks for them; the
+# fixture runs its imapd pre-authenticated, so no authdaemon is needed.
+COURIER_DEPS="libcourier-unicode4 libgamin0 libltdl7"
+if $SUDO apt-get install -s --no-install-recommends $COURIER_DEPS | grep -q '^Remv'; then
+    echo "install-deps: installing $COURIER_DEPS would remove packages; not done" >&2
+    exit 1
+fi
+$SUDO apt-get install -y --no-install-recommends $COURIER_DEPS
+COURIER_ROOT=/usr/local/lib/interimap-test/courier-imap
+COURIER_VERSION=$(apt-cache policy courier-imap | awk '/Candidate:/ {print $2}')
+if [ "$(cat "$COURIER_ROOT/VERSION" 2>/dev/null)" != "$COURIER_VERSION" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download "courier-imap=$COURIER_VERSION" courier-base \
+        courier-authlib)
+    $SUDO rm -rf "$COURIER_ROOT"
+    $SUDO mkdir -p "$COURIER_ROOT"
+    for deb in "$tmp"/*.deb; do
+        $SUDO dpkg-deb -x "$deb" "$COURIER_ROOT"
+    done
+    echo "$COURIER_VERSION" | $SUDO tee "$COURIER_ROOT/VERSION" >/dev/null
+    rm -rf "$tmp"
+fi

@@ -133,7 +133,7 @@ int state_db_mailbox_set_subscribed(struct state_db *db, int64_t idx, bool subsc
 /* Every mailbox, ordered by idx, with its local/remote rows if any. */
 int state_db_mailbox_list(struct state_db *db, struct state_mailbox **out, size_t *n);
 void state_db_mailbox_list_free(struct state_mailbox **list, size_t n);
-/* Forgets a mailbox with its local, remote, mapping and pending rows.
+/* Forgets a mailbox with its local, remote, mapping, pending and flags rows.
  * Returns 1 if it existed, 0 if not. */
 int state_db_mailbox_delete(struct state_db *db, int64_t idx);
 /* Renames `from` and every mailbox below it (names starting with from
@@ -217,5 +217,43 @@ int state_db_intent_delete(struct state_db *db, int64_t idx, enum side source, u
  * intent, atomically (inside or outside a transaction). */
 int state_db_intent_resolve(struct state_db *db, int64_t idx, enum side source, uint32_t source_uid,
                             uint32_t target_uid);
+
+/* ---- remembered capabilities (`capabilities` table; beyond the Perl tool) ---- */
+
+/*
+ * What a server advertised after login on a previous run, so the next run
+ * can pipeline extension commands behind the login, and whether it
+ * reports a new HIGHESTMODSEQ after APPEND (append_hms: 0 not known yet,
+ * STATE_APPEND_HMS_REPORTED, STATE_APPEND_HMS_QUIET). `server` identifies
+ * the connection settings (a digest chosen by the caller); a row recorded
+ * for other settings does not count. 1 and *caps (owned by the caller)
+ * when found, 0 when not, including before state_db_prepare() created the
+ * table.
+ */
+enum { STATE_APPEND_HMS_REPORTED = 1, STATE_APPEND_HMS_QUIET = 2 };
+int state_db_caps_get(struct state_db *db, enum side s, const char *server, char **caps,
+                      int *append_hms);
+int state_db_caps_set(struct state_db *db, enum side s, const char *server, const char *caps,
+                      int append_hms);
+
+/* ---- flag records (`flags` table; beyond the Perl tool) ---- */
+
+/* The flags a message had on a side whose server has no mod-sequences,
+ * when the engine last saw them: what tells a flag change from none. */
+struct state_flags {
+    uint32_t uid;
+    char *flags; /* normalized flag list, NUL-terminated */
+};
+
+/* Every record of one side of mailbox idx, ordered by UID. */
+int state_db_flags_list(struct state_db *db, int64_t idx, enum side s, struct state_flags **out,
+                        size_t *n);
+void state_db_flags_free(struct state_flags **list, size_t n);
+/* Records (or replaces) the flags of one message. */
+int state_db_flags_set(struct state_db *db, int64_t idx, enum side s, uint32_t uid,
+                       const char *flags);
+/* Returns the number of rows deleted. */
+int state_db_flags_delete(struct state_db *db, int64_t idx, enum side s, uint32_t uid);
+int state_db_flags_clear(struct state_db *db, int64_t idx, enum side s);
 
 #endif

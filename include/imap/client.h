@@ -4,8 +4,9 @@
  * imap_client_connect() runs the whole opening sequence in the calling
  * coroutine (transport, SOCKS5, TLS or STARTTLS, greeting, capabilities,
  * authentication with LOGIN or a SASL mechanism of imap/sasl.h, its secret
- * from the configuration or a helper command of net/command.h, COMPRESS,
- * ENABLE QRESYNC), then starts a reader coroutine
+ * from the configuration or a helper command of net/command.h, COMPRESS
+ * and ENABLE QRESYNC where the server offers them), then starts a reader
+ * coroutine
  * that parses every response the server sends and routes it:
  *   - tagged responses complete their command (imap_cmd_wait wakes up);
  *   - continuation requests release the writer waiting for one;
@@ -60,7 +61,8 @@ struct imap_mailbox_state {
     uint32_t uidnext;
     uint64_t highestmodseq;
     uint32_t exists;
-    bool nomodseq; /* the server said NOMODSEQ */
+    bool nomodseq;         /* the server said NOMODSEQ */
+    uint64_t selected_hms; /* the first HIGHESTMODSEQ reported: the SELECT's */
 };
 
 /* Streams a literal's bytes: each call returns > 0 bytes, 0 at its end,
@@ -125,15 +127,32 @@ bool imap_client_error_unshown(const struct imap_client *c);
 void imap_client_abort(struct imap_client *c, const char *why);
 bool imap_client_has_cap(const struct imap_client *c, const char *cap);
 bool imap_client_is_broken(const struct imap_client *c);
+/*
+ * What the caller expects the server to advertise once logged in
+ * (typically what it advertised after the login of a previous run; a
+ * space-separated list, NULL for nothing). Call before
+ * imap_client_connect(). Until the login's own capabilities are known,
+ * imap_client_may_use() accepts those as well as the pre-login ones;
+ * nothing else is sent before then.
+ */
+int imap_client_expect_caps(struct imap_client *c, const char *caps);
+/* Whether cap may be relied on now: advertised, or, while the login's
+ * capabilities are not known yet, expected. Does not yield. */
+bool imap_client_may_use(const struct imap_client *c, const char *cap);
+/* The capabilities as one space-separated string (upper case; caller
+ * frees), or NULL when out of memory. */
+char *imap_client_caps_string(const struct imap_client *c);
 
 /*
  * Called during imap_client_connect() once a LOGIN command is sent,
  * before its reply, or once an AUTHENTICATE succeeded (nothing may follow
- * that command before its reply), with ENABLE QRESYNC already sent:
- * commands the hook sends (with imap_client_send, not waited for there)
- * share the login's round trip, or the one after it. They may run with the
- * pre-login capabilities, so they must cope with failing (a failed login
- * fails them too). Not called when the server greets with PREAUTH.
+ * that command before its reply), with ENABLE QRESYNC already sent when
+ * the server is known to offer it: commands the hook sends (with
+ * imap_client_send, not waited for there) share the login's round trip, or
+ * the one after it. They may use only what imap_client_may_use() accepts,
+ * and must cope with failing (a failed login fails them too; an expected
+ * capability may have gone). Not called when the server greets with
+ * PREAUTH.
  */
 typedef void (*imap_login_hook_fn)(struct imap_client *c, void *ctx);
 void imap_client_on_login(struct imap_client *c, imap_login_hook_fn fn, void *ctx);

@@ -66,6 +66,23 @@ static const char pending_schema[] = "CREATE TABLE IF NOT EXISTS pending ("
                                      "hash BLOB NOT NULL, "
                                      "PRIMARY KEY (idx,source,sUID))";
 
+/* Our own tables for servers without QRESYNC (doc/internals/state.md):
+ * what each server advertised after login on the last run, keyed by a
+ * digest of its connection settings, and, for a side whose server has no
+ * mod-sequences, the flags each mapped message had there when last seen. */
+static const char capabilities_schema[] =
+    "CREATE TABLE IF NOT EXISTS capabilities ("
+    "side INTEGER NOT NULL PRIMARY KEY CHECK (side IN (0,1)), "
+    "server TEXT NOT NULL, "
+    "capabilities TEXT NOT NULL, "
+    "append_hms INTEGER NOT NULL DEFAULT 0)";
+static const char flags_schema[] = "CREATE TABLE IF NOT EXISTS flags ("
+                                   "idx INTEGER NOT NULL, "
+                                   "side INTEGER NOT NULL CHECK (side IN (0,1)), "
+                                   "UID UNSIGNED INT NOT NULL CHECK (UID > 0), "
+                                   "flags TEXT NOT NULL, "
+                                   "PRIMARY KEY (idx,side,UID))";
+
 /* Cached statements; the SQL of the mailbox, side and mapping queries
  * follows the Perl tool's where it has one. */
 enum stmt_id {
@@ -103,6 +120,13 @@ enum stmt_id {
     ST_INT_LIST_ONE,
     ST_INT_LIST_ALL,
     ST_INT_DELETE,
+    ST_DEL_FLAGS,
+    ST_CAPS_GET,
+    ST_CAPS_SET,
+    ST_FLAGS_LIST,
+    ST_FLAGS_SET,
+    ST_FLAGS_DELETE,
+    ST_FLAGS_CLEAR,
     ST_COUNT
 };
 
@@ -159,6 +183,17 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_INT_LIST_ALL] = "SELECT idx,source,sUID,tUIDNEXT,size,internaldate,hash FROM pending"
                         " ORDER BY idx,source,sUID",
     [ST_INT_DELETE] = "DELETE FROM pending WHERE idx = ? AND source = ? AND sUID = ?",
+    [ST_DEL_FLAGS] = "DELETE FROM flags WHERE idx = ?",
+    [ST_CAPS_GET] = "SELECT capabilities, append_hms FROM capabilities"
+                    " WHERE side = ? AND server = ?",
+    [ST_CAPS_SET] = "INSERT OR REPLACE INTO capabilities (side,server,capabilities,append_hms)"
+                    " VALUES (?,?,?,?)",
+    [ST_FLAGS_LIST] = "SELECT UID, flags FROM flags WHERE idx = ? AND side = ?"
+                      " ORDER BY UID",
+    [ST_FLAGS_SET] = "INSERT OR REPLACE INTO flags (idx,side,UID,flags)"
+                     " VALUES (?,?,?,?)",
+    [ST_FLAGS_DELETE] = "DELETE FROM flags WHERE idx = ? AND side = ? AND UID = ?",
+    [ST_FLAGS_CLEAR] = "DELETE FROM flags WHERE idx = ? AND side = ?",
 };
 
 struct state_db {
@@ -598,6 +633,10 @@ int state_db_prepare(struct state_db *db, char ldelim, char rdelim, char *err, s
             goto rollback;
     }
     rc = exec_sql(db, pending_schema, "cannot create table pending");
+    if (rc == 0)
+        rc = exec_sql(db, capabilities_schema, "cannot create table capabilities");
+    if (rc == 0)
+        rc = exec_sql(db, flags_schema, "cannot create table flags");
     if (rc < 0)
         goto rollback;
     rc = exec_sql(db, "COMMIT", "cannot commit schema");
@@ -800,7 +839,7 @@ static int exec_by_idx(struct state_db *db, enum stmt_id id, int64_t idx, const 
 int state_db_mailbox_delete(struct state_db *db, int64_t idx)
 {
     static const enum stmt_id order[] = {ST_DEL_MAPPING, ST_DEL_LOCAL, ST_DEL_REMOTE,
-                                         ST_DEL_PENDING, ST_DEL_MAILBOX};
+                                         ST_DEL_PENDING, ST_DEL_FLAGS, ST_DEL_MAILBOX};
     int rc = sp_begin(db);
     if (rc < 0)
         return rc;
@@ -1259,4 +1298,160 @@ int state_db_intent_resolve(struct state_db *db, int64_t idx, enum side source, 
     if (rc >= 0)
         rc = state_db_intent_delete(db, idx, source, source_uid);
     return sp_end(db, rc < 0 ? rc : 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* remembered capabilities */
+
+int state_db_caps_get(struct state_db *db, enum side s, const char *server, char **caps,
+                      int *append_hms)
+{
+    *caps = NULL;
+    *append_hms = 0;
+    if (!side_ok(db, s))
+        return -EINVAL;
+    /* read before state_db_prepare(), when the table may not exist yet */
+    int n = 0;
+    if (pragma_int(db,
+                   "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
+                   " AND name = 'capabilities'",
+                   &n) < 0)
+        return ERR_DB;
+    if (n == 0)
+        return 0;
+    sqlite3_stmt *st = stmt_get(db, ST_CAPS_GET);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int(st, 1, (int)s);
+    sqlite3_bind_text(st, 2, server, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st), ret = 0;
+    if (rc == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        *caps = strdup(t ? (const char *)t : "");
+        *append_hms = sqlite3_column_int(st, 1);
+        ret = *caps ? 1 : -ENOMEM;
+    } else if (rc != SQLITE_DONE) {
+        ret = db_fail(db, "cannot read capabilities");
+    }
+    stmt_done(st);
+    return ret;
+}
+
+int state_db_caps_set(struct state_db *db, enum side s, const char *server, const char *caps,
+                      int append_hms)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, ST_CAPS_SET);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int(st, 1, (int)s);
+    sqlite3_bind_text(st, 2, server, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, caps, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 4, append_hms);
+    int rc = stmt_exec(db, st, "cannot record capabilities");
+    return rc < 0 ? rc : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* flag records */
+
+void state_db_flags_free(struct state_flags **list, size_t n)
+{
+    if (!list || !*list)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free((*list)[i].flags);
+    free(*list);
+    *list = NULL;
+}
+
+int state_db_flags_list(struct state_db *db, int64_t idx, enum side s, struct state_flags **out,
+                        size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, ST_FLAGS_LIST);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int(st, 2, (int)s);
+    struct state_flags *v = NULL;
+    size_t count = 0, cap = 0;
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 256;
+            struct state_flags *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                ret = -ENOMEM;
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        const unsigned char *t = sqlite3_column_text(st, 1);
+        v[count].uid = (uint32_t)sqlite3_column_int64(st, 0);
+        v[count].flags = strdup(t ? (const char *)t : "");
+        if (!v[count].flags) {
+            ret = -ENOMEM;
+            break;
+        }
+        count++;
+    }
+    if (ret == -ENOMEM)
+        set_msg(db->err, sizeof db->err, "cannot read flag records: out of memory");
+    else if (rc != SQLITE_DONE)
+        ret = db_fail(db, "cannot read flag records");
+    stmt_done(st);
+    if (ret < 0) {
+        state_db_flags_free(&v, count);
+        return ret;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+int state_db_flags_set(struct state_db *db, int64_t idx, enum side s, uint32_t uid,
+                       const char *flags)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, ST_FLAGS_SET);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int(st, 2, (int)s);
+    sqlite3_bind_int64(st, 3, uid);
+    sqlite3_bind_text(st, 4, flags, -1, SQLITE_STATIC);
+    int rc = stmt_exec(db, st, "cannot record flags");
+    return rc < 0 ? rc : 0;
+}
+
+int state_db_flags_delete(struct state_db *db, int64_t idx, enum side s, uint32_t uid)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, ST_FLAGS_DELETE);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int(st, 2, (int)s);
+    sqlite3_bind_int64(st, 3, uid);
+    return stmt_exec(db, st, "cannot delete flag record");
+}
+
+int state_db_flags_clear(struct state_db *db, int64_t idx, enum side s)
+{
+    if (!side_ok(db, s))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, ST_FLAGS_CLEAR);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int(st, 2, (int)s);
+    return stmt_exec(db, st, "cannot delete flag records");
 }

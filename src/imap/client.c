@@ -114,6 +114,12 @@ struct imap_client {
 
     char **caps;
     size_t ncaps;
+    /* what the caller expects after login (remembered from a previous
+     * run): with the pre-login list, what may be pipelined behind the
+     * login before its capabilities are known */
+    char **expected;
+    size_t nexpected;
+    bool caps_final; /* caps are the authenticated state's */
 
     unsigned next_tag;
     struct imap_cmd *inflight, *inflight_tail;
@@ -345,6 +351,64 @@ bool imap_client_has_cap(const struct imap_client *c, const char *cap)
         if (strcasecmp(c->caps[i], cap) == 0)
             return true;
     return false;
+}
+
+bool imap_client_may_use(const struct imap_client *c, const char *cap)
+{
+    if (imap_client_has_cap(c, cap))
+        return true;
+    if (c->caps_final)
+        return false;
+    for (size_t i = 0; i < c->nexpected; i++)
+        if (strcasecmp(c->expected[i], cap) == 0)
+            return true;
+    return false;
+}
+
+static void expected_clear(struct imap_client *c)
+{
+    for (size_t i = 0; i < c->nexpected; i++)
+        free(c->expected[i]);
+    free(c->expected);
+    c->expected = NULL;
+    c->nexpected = 0;
+}
+
+int imap_client_expect_caps(struct imap_client *c, const char *caps)
+{
+    expected_clear(c);
+    if (!caps)
+        return 0;
+    size_t n = 1;
+    for (const char *p = caps; *p; p++)
+        n += *p == ' ';
+    c->expected = calloc(n, sizeof *c->expected);
+    if (!c->expected)
+        return -ENOMEM;
+    for (const char *p = caps; *p;) {
+        size_t len = strcspn(p, " ");
+        if (len && c->nexpected < n && !(c->expected[c->nexpected] = strndup(p, len)))
+            return -ENOMEM;
+        if (len)
+            c->nexpected++;
+        p += len;
+        p += *p == ' ';
+    }
+    return 0;
+}
+
+char *imap_client_caps_string(const struct imap_client *c)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < c->ncaps; i++)
+        len += strlen(c->caps[i]) + 1;
+    char *out = malloc(len), *p = out;
+    if (!out)
+        return NULL;
+    *p = '\0';
+    for (size_t i = 0; i < c->ncaps; i++)
+        p += sprintf(p, "%s%s", i ? " " : "", c->caps[i]);
+    return out;
 }
 
 /* ------------------------------------------------------------------ */
@@ -982,8 +1046,9 @@ static void note_status_code(struct imap_client *c, const struct imap_response *
         imap_value_u32(&a[0], &m->uidvalidity);
     else if (strcasecmp(r->code, "UIDNEXT") == 0 && r->code_nargs >= 1)
         imap_value_u32(&a[0], &m->uidnext);
-    else if (strcasecmp(r->code, "HIGHESTMODSEQ") == 0 && r->code_nargs >= 1)
-        imap_value_u64(&a[0], &m->highestmodseq);
+    else if (strcasecmp(r->code, "HIGHESTMODSEQ") == 0 && r->code_nargs >= 1 &&
+             imap_value_u64(&a[0], &m->highestmodseq) && !m->selected_hms)
+        m->selected_hms = m->highestmodseq; /* the first since the selection: the SELECT's */
     else if (strcasecmp(r->code, "NOMODSEQ") == 0)
         m->nomodseq = true;
 }
@@ -1503,19 +1568,26 @@ static int client_capability(struct imap_client *c)
     return imap_client_run(c, "CAPABILITY");
 }
 
-/* ENABLE and the caller's first commands go out together right after the
+/*
+ * ENABLE and the caller's first commands go out together right after the
  * login command (or its success), uncompressed, instead of a round trip
  * later; should the login fail they fail too, harmlessly. COMPRESS goes
- * out right behind them: a server without it answers BAD. */
+ * out right behind them. Only what the server is known to offer:
+ * advertised before login, or after the login of a previous run
+ * (imap_client_expect_caps); the rest waits for the login's capabilities.
+ */
 static void client_send_after_login(struct imap_client *c)
 {
-    if (c->login_hook && !c->broken) {
+    if (c->broken)
+        return;
+    if (imap_client_may_use(c, "QRESYNC") && imap_client_may_use(c, "ENABLE")) {
         struct imap_cmd *enable = imap_client_send(c, "ENABLE QRESYNC");
         imap_cmd_free(&enable);
         c->enable_sent = true;
-        c->login_hook(c, c->login_hook_ctx);
     }
-    if (c->cfg->compress && !c->broken)
+    if (c->login_hook)
+        c->login_hook(c, c->login_hook_ctx);
+    if (c->cfg->compress && imap_client_may_use(c, "COMPRESS=DEFLATE") && !c->broken)
         c->compress_cmd = imap_client_send(c, "COMPRESS DEFLATE");
 }
 
@@ -1869,11 +1941,7 @@ int imap_client_connect(struct imap_client *c)
         return r;
     if (c->need_caps && (r = client_capability(c)) < 0)
         return r;
-
-    if (!imap_client_has_cap(c, "QRESYNC")) {
-        client_set_error(c, "%s: server lacks the QRESYNC extension (RFC 7162)", cfg->name);
-        return ERR_UNSUPPORTED;
-    }
+    c->caps_final = true;
     /* From now on responses are read by a coroutine of their own, watched
      * by the watchdog; the login deadline no longer applies. */
     c->opening = false;
@@ -1887,7 +1955,7 @@ int imap_client_connect(struct imap_client *c)
     c->reader_running = true;
     /* Not waited for: the caller's first commands follow in the same round
      * trip. A server refusing it would refuse SELECT (QRESYNC) next. */
-    if (!c->enable_sent) {
+    if (!c->enable_sent && imap_client_has_cap(c, "QRESYNC") && imap_client_has_cap(c, "ENABLE")) {
         struct imap_cmd *enable = imap_client_send(c, "ENABLE QRESYNC");
         imap_cmd_free(&enable);
     }
@@ -1955,6 +2023,7 @@ void imap_client_free(struct imap_client **pc)
     stream_free(&c->stream);
     imap_parser_free(&c->parser);
     caps_clear(c);
+    expected_clear(c);
     free(c->rbuf);
     free(c->obuf);
     free(c);

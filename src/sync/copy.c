@@ -97,6 +97,8 @@ int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_
     }
     if (r < 0)
         goto fail;
+    if (cp->target->how == TIER_PLAIN)
+        sent_note(cp->target, f->uid, flags); /* for its flag record */
     if (uidset_add(&cp->open_uids, f->uid) < 0) {
         r = -ENOMEM; /* written but not recorded: the APPEND must not complete */
         goto fail;
@@ -181,6 +183,8 @@ int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended
                     uint32_t lu = src == SIDE_LOCAL ? su : tu, ru = src == SIDE_LOCAL ? tu : su;
                     if (state_db_mapping_insert(e->db, m->idx, lu, ru) < 0 && rc == 0)
                         rc = ERR_DB;
+                    if (m->st[dst].how == TIER_PLAIN)
+                        sent_record(&m->st[dst], su, tu);
                     mbox_note(m, uidset_add(appended, tu));
                 }
                 m->added[dst] += (unsigned)tuids.count;
@@ -225,6 +229,19 @@ static char *new_range(uint32_t since, const struct uidset *skip)
     return out;
 }
 
+/* The probe after copies into side t: the UIDs from its old UIDNEXT on,
+ * with what the target's state needs (MODSEQ, or FLAGS for its record). */
+static struct imap_cmd *probe_send(struct mbox_ctx *m, enum side t)
+{
+    struct side_state *st = &m->st[t];
+    uidset_clear(&st->probe);
+    st->probing = true;
+    st->probe_from = m->uidnext[t];
+    return imap_client_send(st->c, "UID FETCH %u:4294967295 (UID%a%a)", m->uidnext[t],
+                            m->e->tier[t] != TIER_PLAIN ? " MODSEQ" : "",
+                            st->how == TIER_PLAIN ? " FLAGS" : "");
+}
+
 /*
  * Copies new messages both ways until neither side has any that we did not
  * put there ourselves. The remote side is pulled first, like the reference
@@ -239,7 +256,7 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
      * only a new FETCH can tell. Sides with nothing new cost no round trip. */
     bool look[2];
     for (int s = 0; s < 2; s++)
-        look[s] = m->target_pending != s && m->st[s].ms.uidnext > m->uidnext[s];
+        look[s] = m->target_pending != s && may_have_new(m, (enum side)s);
     bool again_local = false;
     for (int round = 0; round < 100 && (look[0] || look[1]); round++) {
         if (m->released)
@@ -267,6 +284,8 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             again_local = true;
         }
         int rc = 0;
+        uint64_t before[2] = {m->st[0].max_modseq, m->st[1].max_modseq};
+        bool held[2] = {false, false};
         for (int k = 0; k < 2; k++) {
             enum side s = k == 0 ? SIDE_REMOTE : SIDE_LOCAL;
             if (!look[s])
@@ -280,8 +299,12 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             m->st[s].last_new_uid = 0;
             m->st[s].streamed_uid = 0;
             m->st[s].copy = &cp[s];
-            fetch[s] = imap_client_send(
-                m->st[s].c, "UID FETCH %S (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", range);
+            /* the copies' small pieces (a whole APPEND per message without
+             * MULTIAPPEND) leave in full buffers, not one write each */
+            imap_client_hold(m->st[OTHER(s)].c);
+            held[OTHER(s)] = true;
+            fetch[s] = imap_client_send(m->st[s].c, "UID FETCH %S (%a INTERNALDATE BODY.PEEK[])",
+                                        range, fetch_flags_items(&m->st[s]));
             free(range);
             if (!fetch[s])
                 rc = -ENOMEM;
@@ -311,37 +334,66 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             copied[s] = cp[s].batches || cp[s].append_open;
             if (copy_close_batch(&cp[s]) < 0 && rc == 0)
                 rc = -ENOMEM;
+            int pr = held[OTHER(s)] ? imap_client_push(m->st[OTHER(s)].c) : 0;
+            if (pr < 0 && rc == 0)
+                rc = pr;
         }
         /* the target's SELECT answer is needed from here on (the probe,
          * APPENDUID's UIDVALIDITY); it comes before the APPEND replies */
         if (rc == 0)
             rc = select_wait_target(m);
+        /* the target's HIGHESTMODSEQ before the copies (a SELECT not
+         * waited for until now reported it too), to tell whether the
+         * server reports a new one after them */
+        for (int t = 0; t < 2; t++)
+            if (before[t] < m->st[t].ms.selected_hms)
+                before[t] = m->st[t].ms.selected_hms;
         /* Right behind each APPEND goes a probe listing the target's UIDs
          * from its old UIDNEXT on: the server answers it after the APPEND,
          * so a message delivered meanwhile (with a UID among ours) shows up
-         * without a round trip of its own. */
+         * without a round trip of its own. It also asks for what the
+         * target's own state needs: the MODSEQ our copies got, since a
+         * server need not report a new HIGHESTMODSEQ after APPEND (Cyrus
+         * does not), and the next run must not take them for changes; or,
+         * compared with a flag record, the flags they got. */
         struct imap_cmd *probe[2] = {NULL, NULL};
+        for (int s = 0; s < 2; s++)
+            if (copied[s] && m->st[OTHER(s)].how != TIER_PLAIN)
+                probe[OTHER(s)] = probe_send(m, OTHER(s));
+        /* the last direction: unless the probes find a delivery, this
+         * mailbox has nothing more to send (nor, into a server that does
+         * not report its HIGHESTMODSEQ after APPEND, a FETCH of the MODSEQ
+         * the copies got) */
+        bool quiet = false;
         for (int s = 0; s < 2; s++) {
             enum side t = OTHER(s);
-            if (!copied[s])
-                continue;
-            uidset_clear(&m->st[t].probe);
-            m->st[t].probing = true;
-            probe[t] = imap_client_send(m->st[t].c, "UID FETCH %u:4294967295 (UID)", m->uidnext[t]);
+            quiet |= copied[s] && e->append_hms[t] != STATE_APPEND_HMS_REPORTED && m->next &&
+                     m->next->st[t].how == TIER_QRESYNC;
         }
-        /* the last direction: unless the probes find a delivery, this
-         * mailbox has nothing more to send */
-        if (may_release && !again_local)
+        if (may_release && !again_local && !quiet)
             mbox_release(m);
+        struct uidset appended[2];
         for (int s = 0; s < 2; s++) {
-            struct uidset appended;
-            uidset_init(&appended);
-            int r = copy_finish(m, &cp[s], &appended);
+            enum side t = OTHER(s);
+            uidset_init(&appended[t]);
+            int r = copy_finish(m, &cp[s], &appended[t]);
             if (r < 0 && rc == 0)
                 rc = r;
-            for (size_t i = 0; i < appended.count; i++)
-                mbox_note(m, uidset_add(&skip[OTHER(s)], appended.uids[i]));
-            uidset_fini(&appended);
+            for (size_t i = 0; i < appended[t].count; i++)
+                mbox_note(m, uidset_add(&skip[t], appended[t].uids[i]));
+            /* compared with a flag record: the record needs the flags
+             * the copies really got. Those PERMANENTFLAGS says the server
+             * keeps are known; otherwise the probe asks, once the APPENDs
+             * are done (a server may run a command sent behind an APPEND
+             * before that has finished), behind a NOOP (a server may
+             * show a mailbox's new messages, ours included, only then:
+             * Courier does). */
+            if (copied[s] && m->st[t].how == TIER_PLAIN && m->st[t].record_probe && rc == 0) {
+                m->st[t].record_probe = false;
+                struct imap_cmd *noop = imap_client_send(m->st[t].c, "NOOP");
+                imap_cmd_free(&noop); /* its failure shows in the probe's */
+                probe[t] = probe_send(m, t);
+            }
             /* every UID fetched from s is now either replicated or skipped */
             struct uidset *f = &m->st[s].fetched;
             for (size_t i = 0; i < f->count; i++)
@@ -361,7 +413,44 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
                 if (!uidset_contains(&skip[t], m->st[t].probe.uids[i]))
                     arrived[t] = true;
         }
-        if (rc < 0)
+        /* The MODSEQ our copies got, unless the server reported a higher
+         * HIGHESTMODSEQ since they were sent: a server need not (Cyrus does
+         * not; nor Dovecot without QRESYNC), and an older one saved would
+         * make them look changed next time. The probe behind the APPEND
+         * asked already, but the server may have run it first. */
+        for (int s = 0; s < 2 && rc == 0; s++) {
+            enum side t = OTHER(s);
+            struct side_state *ts = &m->st[t];
+            if (!appended[t].count || ts->how == TIER_PLAIN)
+                continue;
+            int seen = ts->ms.highestmodseq > before[t] ? STATE_APPEND_HMS_REPORTED
+                                                        : STATE_APPEND_HMS_QUIET;
+            if (e->append_hms[t] != seen) {
+                e->append_hms[t] = seen;
+                e->caps_dirty[t] = true;
+            }
+            /* (nor for a mailbox that fails anyway: its state is not saved) */
+            if (seen == STATE_APPEND_HMS_REPORTED || m->st[0].refused || m->st[1].refused ||
+                side_error(m))
+                continue;
+            if (m->released && m->next && m->next->select[t]) {
+                /* the next mailbox is selected here already: too late to
+                 * ask; done again at the end of the run, where the pairs
+                 * above UIDNEXT are checked and their MODSEQ reported */
+                rc = MAILBOX_AGAIN;
+                break;
+            }
+            uidset_normalize(&appended[t]);
+            size_t pos = 0;
+            char *set;
+            while (rc == 0 && (set = uidset_format(&appended[t], &pos, UIDSET_TEXT_MAX))) {
+                rc = imap_client_run(ts->c, "UID FETCH %S (UID MODSEQ)", set);
+                free(set);
+            }
+        }
+        for (int t = 0; t < 2; t++)
+            uidset_fini(&appended[t]);
+        if (rc != 0)
             return rc;
         for (int s = 0; s < 2; s++)
             look[s] = arrived[s];

@@ -28,8 +28,7 @@ static void connect_main(struct coro *self, void *arg)
 static void early_list_free(struct sync_engine *e)
 {
     for (int s = 0; s < 2; s++)
-        for (int k = 0; k < 2; k++)
-            imap_cmd_free(&e->early_list[s][k]);
+        list_cmds_free(&e->early_list[s]);
 }
 /* Connects both servers at once. */
 static int engine_connect(struct sync_engine *e)
@@ -52,6 +51,9 @@ static int engine_connect(struct sync_engine *e)
         if (early)
             imap_client_on_login(e->client[s], early_list, &e->list_st[s]);
     }
+    /* what the login may be followed by; the tiers expected from it */
+    caps_load(e);
+    enum tier expected[2] = {e->tier[0], e->tier[1]};
     if (early)
         e->spec = speculative_inbox(e);
     for (int s = 0; s < 2; s++) {
@@ -79,19 +81,20 @@ static int engine_connect(struct sync_engine *e)
         mbox_free(&e->spec);
         return rc;
     }
+    caps_adopt(e);
+    /* INBOX was selected ahead the way the expected tier wants it */
+    if (e->tier[0] != expected[0] || e->tier[1] != expected[1])
+        drop_speculative(e);
     for (int s = 0; s < 2; s++) {
-        static const char *const required[] = {"LIST-EXTENDED", "UIDPLUS"};
-        for (size_t i = 0; i < 2; i++) {
-            if (!imap_client_has_cap(e->client[s], required[i])) {
-                snprintf(e->errbuf, sizeof e->errbuf,
-                         "%s: server lacks the %s extension, which interimap requires",
-                         side_name[s], required[i]);
-                if (!e->reconnecting)
-                    log_error(e->log, side_name[s], NULL,
-                              "server lacks the %s extension, which interimap requires",
-                              required[i]);
-                return ERR_UNSUPPORTED;
-            }
+        /* the copies' new UIDs come from APPENDUID */
+        if (!imap_client_has_cap(e->client[s], "UIDPLUS")) {
+            snprintf(e->errbuf, sizeof e->errbuf,
+                     "%s: server lacks the UIDPLUS extension, which interimap requires",
+                     side_name[s]);
+            if (!e->reconnecting)
+                log_error(e->log, side_name[s], NULL,
+                          "server lacks the UIDPLUS extension, which interimap requires");
+            return ERR_UNSUPPORTED;
         }
     }
     return 0;
@@ -176,6 +179,7 @@ void sync_engine_free(struct sync_engine **pe)
     engine_close(e);
     for (int s = 0; s < 2; s++) {
         listing_fini(&e->listing[s]);
+        free(e->caps[s]);
     }
     if (e->ignore_re)
         pcre2_code_free(e->ignore_re);
@@ -192,9 +196,13 @@ int engine_open(struct sync_engine *e)
     e->connected = r == 0;
     if (r < 0)
         return r;
+    if ((r = caps_save(e)) < 0)
+        return r;
     r = engine_relist(e);
     if (r < 0)
         drop_speculative(e); /* no cycle follows to take it */
+    else
+        caps_tell(e);
     return r;
 }
 
@@ -260,6 +268,12 @@ int engine_cycle(struct sync_engine *e)
     if (sync_mailbox_list(e, &work, &nwork) < 0)
         return EXIT_FAILURE_GENERIC;
     e->totals.mailboxes = nwork;
+    if (!repair && status_fill(e, work, nwork) < 0) {
+        for (size_t i = 0; i < nwork; i++)
+            free(work[i].key);
+        free(work);
+        return EXIT_FAILURE_GENERIC;
+    }
     /* the mailboxes to do, in order; one done again (MAILBOX_AGAIN) goes
      * to the end, once */
     size_t *todo = malloc((2 * nwork + 1) * sizeof *todo), ntodo = 0;
@@ -325,6 +339,9 @@ int engine_cycle(struct sync_engine *e)
     for (size_t i = 0; i < nwork; i++)
         free(work[i].key);
     free(work);
+    /* what was learnt of the servers (HIGHESTMODSEQ after APPEND) */
+    if (caps_save(e) < 0)
+        status = EXIT_FAILURE_GENERIC;
     if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0) {
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
         status = EXIT_FAILURE_GENERIC;
@@ -387,6 +404,16 @@ static int engine_dry_run(struct sync_engine *e)
     e->connected = true;
     if (engine_relist(e) < 0)
         return engine_broken(e) ? EXIT_CONNECTION : EXIT_FAILURE_GENERIC;
+    caps_tell(e);
+    for (int s = 0; s < 2; s++) {
+        /* what a dry run asks needs QRESYNC (EXAMINE with the saved state) */
+        if (e->tier[s] != TIER_QRESYNC) {
+            log_error(e->log, side_name[s], NULL,
+                      "--dry-run needs QRESYNC, which the server does not offer");
+            engine_logout(e);
+            return EXIT_FAILURE_GENERIC;
+        }
+    }
     int status = dry_run(e);
     engine_logout(e);
     return status;
@@ -410,6 +437,7 @@ static int sync_engine_run_once(struct sync_engine *e, bool watch)
         engine_explain_broken(e);
         return EXIT_FAILURE_GENERIC;
     }
+    caps_tell(e);
     if (state_db_prepare(e->db, e->listing[SIDE_LOCAL].delimiter, e->listing[SIDE_REMOTE].delimiter,
                          err, sizeof err) < 0) {
         log_error(e->log, "database", NULL, "%s", err);
@@ -427,6 +455,8 @@ static int sync_engine_run_once(struct sync_engine *e, bool watch)
     case STATE_DB_SCHEMA_CURRENT:
         break;
     }
+    if (caps_save(e) < 0)
+        return EXIT_FAILURE_GENERIC;
     if (state_db_begin(e->db) < 0) {
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
         return EXIT_FAILURE_GENERIC;

@@ -49,6 +49,18 @@
 
 extern const char *const side_name[2]; /* "local", "remote" */
 
+/*
+ * How changes to known messages are found on one side (doc/interimap.md,
+ * "Servers"), from the best the server offers:
+ *   QRESYNC   SELECT reports flag changes and expunges since the last run;
+ *   CONDSTORE flag changes from FETCH CHANGEDSINCE, expunges by listing
+ *             the UIDs that are left (UID SEARCH);
+ *   PLAIN     every message's flags compared with a record of what they
+ *             were (the `flags` table), expunges from the same listing.
+ */
+enum tier { TIER_PLAIN, TIER_CONDSTORE, TIER_QRESYNC };
+extern const char *const tier_name[3];
+
 enum {
     APPEND_BATCH_MESSAGES = 1000,
     APPEND_BATCH_BYTES = 64 << 20,
@@ -66,6 +78,9 @@ enum {
  */
 #define SIDE_MEMORY_BASE        ((size_t)16 << 20)
 #define SIDE_MEMORY_PER_MESSAGE ((size_t)128)
+/* and, where every message's flags are read (a side without
+ * mod-sequences), what each costs twice: a change and its record */
+#define SIDE_MEMORY_PER_PLAIN_MESSAGE ((size_t)256)
 /* Mailboxes one server may list: each costs a few hundred bytes and the
  * merge of both lists is quadratic; accounts with more folders than this
  * are not known to exist. */
@@ -88,7 +103,8 @@ struct listed {
     bool subscribed;
     bool has_status;
     bool refused; /* the name cannot be represented on the other server */
-    uint32_t uidvalidity, uidnext;
+    uint32_t uidvalidity, uidnext, messages;
+    bool has_messages; /* the STATUS included MESSAGES */
     uint64_t highestmodseq;
 };
 
@@ -97,8 +113,20 @@ struct listing {
     size_t count, cap;
     char delimiter; /* '\0' for a flat namespace (NIL) */
     bool delimiter_known;
+    bool with_status; /* the LIST asked for STATUS (LIST-STATUS) */
     bool failed;
     bool too_many; /* more than LISTING_MAX mailboxes */
+};
+
+/* The LIST commands of one side: the delimiter's, then those with the
+ * patterns (one, or a LIST and a LSUB per pattern). */
+struct list_cmds {
+    struct imap_cmd *delim;
+    struct imap_cmd **cmds;
+    size_t n, cap;
+    bool early;       /* sent behind the login */
+    bool delim_known; /* the delimiter was not asked again */
+    bool nomem;
 };
 
 /* A change reported for a known message. */
@@ -106,6 +134,8 @@ struct change {
     uint32_t uid;
     uint64_t modseq;
     char *flags;
+    bool weak; /* a side without mod-sequences and no record of the flags:
+                  changed or not, a change on the other side wins */
 };
 
 /* What one side reported while a mailbox is selected. */
@@ -121,7 +151,24 @@ struct side_state {
     uint32_t max_uid_seen; /* highest UID seen in new-message FETCHes */
     struct uidset fetched; /* UIDs of new messages seen in the current FETCH */
     struct uidset probe;   /* UIDs listed by a probe FETCH (UID) */
+    uint32_t probe_from;   /* the probe's first UID */
     bool probing;
+    enum tier how;         /* how changes are found here (see enum tier) */
+    struct uidset present; /* CONDSTORE: the UIDs UID SEARCH listed */
+    bool searching;
+    bool expunge_check;        /* CONDSTORE: UID SEARCH sent behind the SELECT */
+    struct imap_cmd *prefetch; /* the FETCH sent behind the SELECT (not QRESYNC) */
+    struct imap_cmd *search;   /* the UID SEARCH sent behind it (CONDSTORE) */
+    uint64_t unattributed;     /* lowest MODSEQ of a change reported without UID */
+    struct state_flags *rec;   /* PLAIN: the flags recorded last time, by UID */
+    size_t nrec;
+    struct change *now; /* PLAIN: flags seen or set during this run, in order */
+    size_t nnow, capnow;
+    struct change *sent; /* PLAIN: flags appended here, by source UID */
+    size_t nsent, capsent;
+    char *permanent;              /* PLAIN: the flags PERMANENTFLAGS says are kept */
+    bool any_keyword;             /* PERMANENTFLAGS has \*: any keyword is kept */
+    bool record_probe;            /* a copy's flags here are not known: ask (probe) */
     struct listing *listing;      /* while listing */
     struct new_copy *copy;        /* while copying new messages from this side */
     struct imap_mailbox_state ms; /* what SELECT and later responses said */
@@ -187,12 +234,21 @@ struct sync_engine {
     struct listing listing[2];
     pcre2_code *ignore_re;
     int failed_mailboxes;
-    bool stop;                         /* SIGINT/SIGTERM: finish the step and leave */
-    bool no_lookahead;                 /* a server sent no [CLOSED]: SELECT one at a time */
-    struct side_state list_st[2];      /* the listing handlers' context */
-    struct imap_cmd *early_list[2][2]; /* LISTs sent behind the login */
-    struct mbox_ctx *spec;             /* INBOX, selected behind them */
-    bool connected;                    /* both connections are up */
+    bool stop;          /* SIGINT/SIGTERM: finish the step and leave */
+    bool no_lookahead;  /* a server sent no [CLOSED]: SELECT one at a time */
+    enum tier tier[2];  /* what each server offers (see enum tier) */
+    char *caps[2];      /* what each advertised after login (remembered) */
+    char capkey[2][20]; /* digest of each side's connection settings */
+    bool caps_new[2];   /* nothing was remembered for these settings */
+    bool caps_dirty[2]; /* to be written to the database */
+    bool tell_tier[2];  /* the tier is to be said (caps_tell) */
+    /* whether each server reports a new HIGHESTMODSEQ after APPEND
+     * (STATE_APPEND_HMS_*, 0 not known yet; remembered with caps[]) */
+    int append_hms[2];
+    struct side_state list_st[2];   /* the listing handlers' context */
+    struct list_cmds early_list[2]; /* LISTs sent behind the login */
+    struct mbox_ctx *spec;          /* INBOX, selected behind them */
+    bool connected;                 /* both connections are up */
     /* what a cycle did, for the line that ends it */
     struct {
         size_t mailboxes;
@@ -252,6 +308,8 @@ struct mbox_ctx {
     bool created[2];  /* created on that side in this run */
     bool have_row[2]; /* the database has this side's UIDVALIDITY */
     bool nomem;       /* an allocation failed: the mailbox fails (mbox_note) */
+    /* what the listing's STATUS said (0: nothing) */
+    uint32_t status_uidvalidity[2], status_uidnext[2];
 };
 
 /* Remembers a failed allocation (r < 0): the mailbox then fails with
@@ -288,12 +346,32 @@ struct flag_plan {
     size_t count, cap;
 };
 
+/* tiers.c: capability tiers */
+enum tier tier_of(struct imap_client *c);
+void caps_load(struct sync_engine *e);
+void caps_adopt(struct sync_engine *e);
+void caps_tell(struct sync_engine *e);
+int caps_save(struct sync_engine *e);
+int prefetch_send(struct mbox_ctx *m, enum side s);
+int prefetch_wait(struct mbox_ctx *m, enum side s);
+void prefetch_drop(struct mbox_ctx *m, enum side s);
+void now_note(struct side_state *st, uint32_t uid, const char *flags);
+const struct state_flags *rec_find(const struct side_state *st, uint32_t uid);
+void permanent_note(struct side_state *st, const struct imap_value *list);
+void sent_note(struct side_state *target, uint32_t src_uid, const char *flags);
+void sent_record(struct side_state *target, uint32_t src_uid, uint32_t uid);
+int flags_record(struct mbox_ctx *m, enum side s, uint64_t hms);
+bool search_untagged(struct side_state *st, const struct imap_response *r);
+
 /* list.c: listing */
 void listing_fini(struct listing *l);
 struct listed *listing_find(struct listing *l, const char *key, size_t keylen);
 char *server_name(struct sync_engine *e, enum side s, const char *key, size_t keylen);
 char *pretty_name(struct sync_engine *e, const char *key, size_t keylen);
 bool patterns_need_delimiter(const struct sync_engine *e);
+void list_cmds_free(struct list_cmds *lc);
+const char *status_items(enum tier t);
+int status_fill(struct sync_engine *e, const struct mbox_work *work, size_t nwork);
 void early_list(struct imap_client *c, void *ctx);
 int engine_relist(struct sync_engine *e);
 void listing_check_names(struct sync_engine *e);
@@ -334,6 +412,8 @@ void mbox_release(struct mbox_ctx *m);
 int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struct imap_cmd *after);
 int select_wait_target(struct mbox_ctx *m);
 int sync_one(struct mbox_ctx *m);
+bool may_have_new(const struct mbox_ctx *m, enum side s);
+const char *fetch_flags_items(const struct side_state *st);
 bool unchanged(struct sync_engine *e, struct mbox_work *w);
 struct mbox_ctx *speculative_inbox(struct sync_engine *e);
 struct mbox_ctx *take_speculative(struct sync_engine *e, const struct mbox_work *work, size_t *todo,

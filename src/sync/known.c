@@ -152,10 +152,14 @@ void plan_fini(struct flag_plan *p)
 
 /* One UID STORE per distinct flag list (split only when the UID set is
  * very long). With `unchangedsince`, a message someone else changed after
- * what we saw is left alone and reported as MODIFIED (see batch_wait). */
+ * what we saw is left alone and reported as MODIFIED (see batch_wait).
+ * On a side compared with a flag record, the store is not silent: the
+ * server answers with the flags the messages now have (it may have
+ * dropped a keyword it cannot keep), and those are recorded. */
 void flags_send(struct side_state *st, struct flag_plan *p, uint64_t unchangedsince,
                 struct cmd_batch *b)
 {
+    const char *store = st->how == TIER_PLAIN ? "FLAGS" : "FLAGS.SILENT";
     for (size_t i = 0; i < p->count; i++) {
         struct flag_group *g = &p->groups[i];
         uidset_normalize(&g->uids);
@@ -164,10 +168,10 @@ void flags_send(struct side_state *st, struct flag_plan *p, uint64_t unchangedsi
         while ((set = uidset_format(&g->uids, &pos, UIDSET_TEXT_MAX))) {
             struct imap_cmd *cmd;
             if (unchangedsince)
-                cmd = imap_client_send(st->c, "UID STORE %S (UNCHANGEDSINCE %U) FLAGS.SILENT (%F)",
-                                       set, unchangedsince, g->flags);
+                cmd = imap_client_send(st->c, "UID STORE %S (UNCHANGEDSINCE %U) %a (%F)", set,
+                                       unchangedsince, store, g->flags);
             else
-                cmd = imap_client_send(st->c, "UID STORE %S FLAGS.SILENT (%F)", set, g->flags);
+                cmd = imap_client_send(st->c, "UID STORE %S %a (%F)", set, store, g->flags);
             batch_add(b, cmd, "cannot store flags");
             free(set);
         }
@@ -317,6 +321,13 @@ static int plan_flag_change(struct mbox_ctx *m, struct known_round *r, enum side
     }
     if (s == SIDE_REMOTE || flags_equal(ch->flags, och->flags))
         return 0; /* the pair was handled from the local side, or agrees */
+    if (ch->weak != och->weak) {
+        /* a side with no record of the flags: the other side's change wins */
+        const struct change *win = ch->weak ? och : ch;
+        enum side lose = ch->weak ? s : OTHER(s);
+        plan_add(&r->plan[lose], win->flags, ch->weak ? ch->uid : other);
+        return 0;
+    }
     char *u = flags_union(ch->flags, och->flags);
     if (!u)
         return -ENOMEM;
@@ -353,7 +364,11 @@ static int plan_flag_changes(struct mbox_ctx *m, struct known_round *r)
 static int round_send(struct mbox_ctx *m, struct known_round *r, bool may_release)
 {
     int rc = 0;
-    uint64_t seen[2] = {m->st[0].max_modseq, m->st[1].max_modseq};
+    /* (a server without CONDSTORE may still report mod-sequences; it gets
+     * no UNCHANGEDSINCE, which it does not advertise) */
+    uint64_t seen[2];
+    for (int s = 0; s < 2; s++)
+        seen[s] = m->e->tier[s] != TIER_PLAIN ? m->st[s].max_modseq : 0;
     struct cmd_batch batch[2] = {{0}, {0}};
     for (int s = 0; s < 2; s++)
         imap_client_hold(m->st[s].c);
@@ -392,7 +407,8 @@ static int round_send(struct mbox_ctx *m, struct known_round *r, bool may_releas
 }
 
 /* Our own stores may come back as FETCH responses carrying the flags we
- * set: they need no propagation. */
+ * set: they need no propagation (a side compared with a flag record always
+ * answers, with the flags the message kept). */
 static void drop_echoes(struct side_state *st, const struct flag_plan *plan)
 {
     size_t o = 0;
@@ -400,7 +416,7 @@ static void drop_echoes(struct side_state *st, const struct flag_plan *plan)
         const struct change *ch = &st->changes[i];
         bool echo = false;
         for (size_t g = 0; g < plan->count && !echo; g++)
-            echo = flags_equal(plan->groups[g].flags, ch->flags) &&
+            echo = (st->how == TIER_PLAIN || flags_equal(plan->groups[g].flags, ch->flags)) &&
                    uidset_contains(&plan->groups[g].uids, ch->uid);
         if (echo) {
             free(st->changes[i].flags);
@@ -423,7 +439,7 @@ static int refetch_modified(struct mbox_ctx *m, struct side_state *st, struct ui
     size_t pos = 0;
     char *set;
     while ((set = uidset_format(modified, &pos, UIDSET_TEXT_MAX))) {
-        int r = imap_client_run(st->c, "UID FETCH %S (UID MODSEQ FLAGS)", set);
+        int r = imap_client_run(st->c, "UID FETCH %S (%a)", set, fetch_flags_items(st));
         free(set);
         if (r < 0)
             return r;

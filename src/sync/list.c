@@ -60,6 +60,21 @@ char *pretty_name(struct sync_engine *e, const char *key, size_t keylen)
 /* ------------------------------------------------------------------ */
 /* LIST */
 
+/* The listing entry a LSUB or STATUS answer names (by server name). A
+ * STATUS follows its LIST line: the last entry is looked at first. */
+static struct listed *listed_by_name(struct listing *l, const char *n, size_t nlen)
+{
+    for (size_t j = 0; j < l->count; j++) {
+        struct listed *it = &l->items[j == 0 ? l->count - 1 : j - 1];
+        size_t len = strlen(it->server_name);
+        if (len == nlen && (memcmp(it->server_name, n, nlen) == 0 ||
+                            (nlen == 5 && strncasecmp(n, "INBOX", 5) == 0 &&
+                             strncasecmp(it->server_name, "INBOX", 5) == 0)))
+            return it;
+    }
+    return NULL;
+}
+
 static void list_untagged(void *ctx, const struct imap_response *r)
 {
     struct side_state *st = ctx;
@@ -67,6 +82,15 @@ static void list_untagged(void *ctx, const struct imap_response *r)
     struct sync_engine *e = st->e;
     if (r->status != IMAP_STATUS_NONE || r->nargs < 1)
         return;
+    if (imap_value_is_atom(&r->args[0], "LSUB") && r->nargs >= 4) {
+        /* subscriptions of a server without LIST-EXTENDED */
+        const char *n;
+        size_t nlen;
+        struct listed *it;
+        if (imap_value_string(&r->args[3], &n, &nlen) && (it = listed_by_name(l, n, nlen)))
+            it->subscribed = true;
+        return;
+    }
     if (imap_value_is_atom(&r->args[0], "LIST") && r->nargs >= 4) {
         const struct imap_value *attrs = &r->args[1], *delim = &r->args[2], *name = &r->args[3];
         const char *n;
@@ -104,6 +128,10 @@ static void list_untagged(void *ctx, const struct imap_response *r)
         size_t rl = strlen(ref);
         if (nlen < rl || memcmp(n, ref, rl) != 0)
             return; /* outside the reference: not ours */
+        for (size_t i = 0; i < l->count; i++)
+            if (strlen(l->items[i].server_name) == nlen &&
+                memcmp(l->items[i].server_name, n, nlen) == 0)
+                return; /* listed by two patterns (one LIST per pattern) */
         if (l->count >= LISTING_MAX) {
             l->too_many = true;
             return;
@@ -143,100 +171,148 @@ static void list_untagged(void *ctx, const struct imap_response *r)
         r->args[2].type == IMAP_LIST) {
         const char *n;
         size_t nlen;
-        if (!imap_value_string(&r->args[1], &n, &nlen))
+        struct listed *it;
+        if (!imap_value_string(&r->args[1], &n, &nlen) || !(it = listed_by_name(l, n, nlen)))
             return;
-        /* a STATUS follows its LIST line: look there first */
-        for (size_t j = 0; j < l->count; j++) {
-            size_t i = j == 0 ? l->count - 1 : j - 1;
-            struct listed *it = &l->items[i];
-            if (strlen(it->server_name) != nlen || memcmp(it->server_name, n, nlen) != 0)
-                continue;
-            const struct imap_value *v = &r->args[2];
-            for (size_t k = 0; k + 1 < v->count; k += 2) {
-                if (imap_value_is_atom(&v->items[k], "UIDVALIDITY"))
-                    imap_value_u32(&v->items[k + 1], &it->uidvalidity);
-                else if (imap_value_is_atom(&v->items[k], "UIDNEXT"))
-                    imap_value_u32(&v->items[k + 1], &it->uidnext);
-                else if (imap_value_is_atom(&v->items[k], "HIGHESTMODSEQ"))
-                    imap_value_u64(&v->items[k + 1], &it->highestmodseq);
-            }
-            it->has_status = true;
-            break;
+        const struct imap_value *v = &r->args[2];
+        for (size_t k = 0; k + 1 < v->count; k += 2) {
+            if (imap_value_is_atom(&v->items[k], "UIDVALIDITY"))
+                imap_value_u32(&v->items[k + 1], &it->uidvalidity);
+            else if (imap_value_is_atom(&v->items[k], "UIDNEXT"))
+                imap_value_u32(&v->items[k + 1], &it->uidnext);
+            else if (imap_value_is_atom(&v->items[k], "HIGHESTMODSEQ"))
+                imap_value_u64(&v->items[k + 1], &it->highestmodseq);
+            else if (imap_value_is_atom(&v->items[k], "MESSAGES"))
+                it->has_messages = imap_value_u32(&v->items[k + 1], &it->messages);
         }
+        it->has_status = true;
     }
 }
 
 static const struct imap_handler list_handler = {list_untagged, NULL};
 
-/* Appends one pattern, NUL replaced by the delimiter, as a quoted string
- * (encoded by imap/command.h: a pattern that cannot be quoted fails). */
-static int append_pattern(struct imap_cmdbuf *b, const char *p, size_t plen, char delim, bool sep)
+/* The i-th LIST pattern with NUL replaced by the delimiter (caller frees):
+ * a command-line name uses the local delimiter, made the side's own. */
+static char *pattern_at(struct sync_engine *e, size_t i, char delim)
 {
-    char *tmp = malloc(plen + 1);
-    if (!tmp)
-        return -ENOMEM;
-    for (size_t i = 0; i < plen; i++)
-        tmp[i] = p[i] == '\0' ? delim : p[i];
-    tmp[plen] = '\0';
-    char why[200];
-    int r = imap_cmdbuf_append(b, why, sizeof why, "%a%P", sep ? " " : "", tmp);
-    free(tmp);
-    return r;
+    const char *p = "*";
+    size_t len = 1;
+    char ld = '\0';
+    if (e->opts.nmailboxes) {
+        p = e->opts.mailboxes[i];
+        len = strlen(p);
+        ld = e->listing[SIDE_LOCAL].delimiter;
+    } else if (e->cfg->list_mailbox_count) {
+        p = e->cfg->list_mailbox[i].data;
+        len = e->cfg->list_mailbox[i].len;
+    }
+    char *out = malloc(len + 1);
+    if (!out)
+        return NULL;
+    for (size_t k = 0; k < len; k++)
+        out[k] = p[k] == '\0' || (ld && p[k] == ld) ? delim : p[k];
+    out[len] = '\0';
+    return out;
 }
 
-/* Sends the LIST commands of one side; the caller waits. */
-static struct imap_cmd *list_send(struct sync_engine *e, struct side_state *st, bool assume_status)
+void list_cmds_free(struct list_cmds *lc)
+{
+    imap_cmd_free(&lc->delim);
+    for (size_t i = 0; i < lc->n; i++)
+        imap_cmd_free(&lc->cmds[i]);
+    free(lc->cmds);
+    memset(lc, 0, sizeof *lc);
+}
+
+static void list_cmds_add(struct list_cmds *lc, struct imap_cmd *cmd)
+{
+    /* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
+    struct imap_cmd **v = array_reserve(lc->cmds, &lc->cap, lc->n + 1, sizeof *v, 4);
+    if (!v) {
+        imap_cmd_free(&cmd); /* answered later, ignored */
+        lc->nomem = true;
+        return;
+    }
+    lc->cmds = v;
+    if (!cmd)
+        lc->nomem = true;
+    lc->cmds[lc->n++] = cmd;
+}
+
+/* The STATUS items that tell whether a mailbox changed on a server of
+ * tier t: MESSAGES where expunges do not move HIGHESTMODSEQ, or where
+ * there is no HIGHESTMODSEQ. */
+const char *status_items(enum tier t)
+{
+    return t == TIER_QRESYNC     ? "UIDVALIDITY UIDNEXT HIGHESTMODSEQ"
+           : t == TIER_CONDSTORE ? "UIDVALIDITY UIDNEXT MESSAGES HIGHESTMODSEQ"
+                                 : "UIDVALIDITY UIDNEXT MESSAGES";
+}
+
+/*
+ * Sends the LIST commands of one side with the configured patterns; the
+ * caller waits. With LIST-EXTENDED, one LIST asking for subscriptions and
+ * (LIST-STATUS) the state of each mailbox; without, one LIST and one LSUB
+ * per pattern. Only what the server is known to offer is used
+ * (imap_client_may_use: this may run before the login's capabilities are
+ * known). Returns 0, -ENOMEM, or ERR_UNSUPPORTED (logged).
+ */
+static int list_send(struct sync_engine *e, struct side_state *st, struct list_cmds *lc)
 {
     struct imap_client *c = st->c;
     const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
     const char *ref = sc->list_reference ? sc->list_reference : "";
     char delim = st->listing->delimiter;
+    bool extended = imap_client_may_use(c, "LIST-EXTENDED");
+    if (e->cfg->list_select_opts && *e->cfg->list_select_opts && !extended) {
+        log_error(e->log, side_name[st->side], NULL,
+                  "list-select-opts needs the LIST-EXTENDED extension, which the server does not "
+                  "offer");
+        return ERR_UNSUPPORTED;
+    }
 
-    struct imap_cmdbuf patterns = {0};
-    size_t n = 0;
-    int r = 0;
-    if (e->opts.nmailboxes) {
-        for (size_t i = 0; i < e->opts.nmailboxes && r == 0; i++, n++) {
-            const char *m = e->opts.mailboxes[i];
-            /* command-line names use the local delimiter: make it NUL, then the
-             * side's own */
-            char *tmp = strdup(m);
-            if (!tmp) {
-                imap_cmdbuf_fini(&patterns);
-                return NULL;
-            }
-            size_t tl = strlen(tmp);
-            char ld = e->listing[SIDE_LOCAL].delimiter;
-            if (ld)
-                for (size_t k = 0; k < tl; k++)
-                    if (tmp[k] == ld)
-                        tmp[k] = '\0';
-            r = append_pattern(&patterns, tmp, tl, delim, n > 0);
-            free(tmp);
+    size_t n = e->opts.nmailboxes           ? e->opts.nmailboxes
+               : e->cfg->list_mailbox_count ? e->cfg->list_mailbox_count
+                                            : 1;
+    char **pats = calloc(n, sizeof *pats);
+    if (!pats)
+        return -ENOMEM;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        if (!(pats[i] = pattern_at(e, i, delim)))
+            rc = -ENOMEM;
+    if (rc == 0 && extended) {
+        /* every pattern quoted by imap/command.h: one that cannot be
+         * fails the LIST */
+        struct imap_cmdbuf all = {0};
+        char why[200];
+        for (size_t i = 0; i < n && rc == 0; i++)
+            rc = imap_cmdbuf_append(&all, why, sizeof why, "%a%P", i ? " " : "", pats[i]);
+        if (rc == 0 && all.data) {
+            char opts[512] = "";
+            if (e->cfg->list_select_opts && *e->cfg->list_select_opts)
+                snprintf(opts, sizeof opts, "(%s) ", e->cfg->list_select_opts);
+            st->listing->with_status = imap_client_may_use(c, "LIST-STATUS");
+            char ret[128];
+            snprintf(ret, sizeof ret, " RETURN (SUBSCRIBED%s%s%s)",
+                     st->listing->with_status ? " STATUS (" : "",
+                     st->listing->with_status ? status_items(tier_of(c)) : "",
+                     st->listing->with_status ? ")" : "");
+            list_cmds_add(lc, imap_client_send(c, n > 1 ? "LIST %a%s (%a)%a" : "LIST %a%s %a%a",
+                                               opts, ref, all.data, ret));
         }
-    } else if (e->cfg->list_mailbox_count) {
-        for (size_t i = 0; i < e->cfg->list_mailbox_count && r == 0; i++, n++)
-            r = append_pattern(&patterns, e->cfg->list_mailbox[i].data, e->cfg->list_mailbox[i].len,
-                               delim, n > 0);
-    } else {
-        r = append_pattern(&patterns, "*", 1, delim, false);
-        n = 1;
+        imap_cmdbuf_fini(&all);
+    } else if (rc == 0) {
+        st->listing->with_status = false;
+        for (size_t i = 0; i < n; i++)
+            list_cmds_add(lc, imap_client_send(c, "LIST %s %P", ref, pats[i]));
+        for (size_t i = 0; i < n; i++)
+            list_cmds_add(lc, imap_client_send(c, "LSUB %s %P", ref, pats[i]));
     }
-    if (r < 0 || !patterns.data) {
-        imap_cmdbuf_fini(&patterns);
-        return NULL;
-    }
-
-    char opts[512] = "";
-    if (e->cfg->list_select_opts && *e->cfg->list_select_opts)
-        snprintf(opts, sizeof opts, "(%s) ", e->cfg->list_select_opts);
-    const char *ret = assume_status || imap_client_has_cap(c, "LIST-STATUS")
-                          ? " RETURN (SUBSCRIBED STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))"
-                          : " RETURN (SUBSCRIBED)";
-    struct imap_cmd *cmd = imap_client_send(c, n > 1 ? "LIST %a%s (%a)%a" : "LIST %a%s %a%a", opts,
-                                            ref, patterns.data, ret);
-    imap_cmdbuf_fini(&patterns);
-    return cmd;
+    for (size_t i = 0; i < n; i++)
+        free(pats[i]);
+    free(pats);
+    return rc < 0 ? rc : lc->nomem ? -ENOMEM : 0;
 }
 
 /* Whether the LIST patterns need the hierarchy delimiters first. */
@@ -251,38 +327,67 @@ bool patterns_need_delimiter(const struct sync_engine *e)
 }
 
 /* Sends `LIST ref ""` (the delimiter) and, if `patterns` too, the real
- * LIST, with the listing handler installed. With keep_delimiter (the
- * relistings of --watch), a delimiter already known is not asked again. */
-static void list_send_both(struct sync_engine *e, struct side_state *st, bool patterns,
-                           bool assume_status, bool keep_delimiter, struct imap_cmd *cmd[2])
+ * LIST commands, with the listing handler installed. With keep_delimiter
+ * (the relistings of --watch), a delimiter already known is not asked
+ * again: lc->delim stays NULL and lc->delim_known is set. */
+static int list_send_both(struct sync_engine *e, struct side_state *st, bool patterns,
+                          bool keep_delimiter, struct list_cmds *lc)
 {
     const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
     /* a delimiter known from an earlier listing on the same connection
-     * cannot have changed: not asked again (cmd[0] is then NULL) */
+     * cannot have changed */
     bool known = keep_delimiter && st->listing->delimiter_known;
     char delimiter = st->listing->delimiter;
     listing_fini(st->listing);
     st->listing->delimiter_known = known;
     st->listing->delimiter = known ? delimiter : '\0';
+    list_cmds_free(lc);
     imap_client_set_handler(st->c, &list_handler, st);
-    cmd[0] = known ? NULL
-                   : imap_client_send(st->c, "LIST %s \"\"",
-                                      sc->list_reference ? sc->list_reference : "");
-    cmd[1] = patterns ? list_send(e, st, assume_status) : NULL;
+    lc->delim_known = known;
+    if (!known) {
+        lc->delim = imap_client_send(st->c, "LIST %s \"\"",
+                                     sc->list_reference ? sc->list_reference : "");
+        if (!lc->delim)
+            return -ENOMEM;
+    }
+    return patterns ? list_send(e, st, lc) : 0;
 }
 
-/* The login hook: both LISTs ride along with the login, and the
- * speculative INBOX's SELECT behind them. LIST-STATUS is assumed
- * (post-login capabilities are not known yet); engine_relist asks again
- * without it if the server refused. */
+/* The login hook: the LISTs ride along with the login, and the
+ * speculative INBOX's SELECT behind them where the server is known to
+ * offer QRESYNC. engine_relist asks again if the server refused them (an
+ * extension it advertised on the previous run may have gone). */
 void early_list(struct imap_client *c, void *ctx)
 {
     struct side_state *st = ctx;
     struct sync_engine *e = st->e;
-    (void)c;
-    list_send_both(e, st, true, true, false, e->early_list[st->side]);
-    if (e->spec && e->early_list[st->side][1])
-        select_send_side(e->spec, st->side, SELECT_AFTER, e->early_list[st->side][1]);
+    struct list_cmds *lc = &e->early_list[st->side];
+    /* list-select-opts without a known LIST-EXTENDED: listed after the
+     * login, where a missing extension is an error */
+    if (e->cfg->list_select_opts && *e->cfg->list_select_opts &&
+        !imap_client_may_use(c, "LIST-EXTENDED"))
+        return;
+    if (list_send_both(e, st, true, false, lc) < 0 || lc->n == 0) {
+        list_cmds_free(lc);
+        return;
+    }
+    lc->early = true;
+    struct mbox_ctx *spec = e->spec;
+    if (spec && spec->st[st->side].how == TIER_QRESYNC && tier_of(c) == TIER_QRESYNC)
+        select_send_side(spec, st->side, SELECT_AFTER, lc->cmds[lc->n - 1]);
+}
+
+/* Waits for a side's LIST commands; the first failure is returned. */
+static int list_wait(struct list_cmds *lc)
+{
+    int rc = lc->nomem ? -ENOMEM : 0;
+    for (size_t i = 0; i < lc->n; i++) {
+        int r = lc->cmds[i] ? imap_cmd_wait(lc->cmds[i]) : -ENOMEM;
+        if (r < 0 && rc == 0)
+            rc = r;
+    }
+    list_cmds_free(lc);
+    return rc;
 }
 
 /* Lists both servers (delimiters, mailboxes, LIST-STATUS), using the
@@ -290,65 +395,59 @@ void early_list(struct imap_client *c, void *ctx)
 int engine_relist(struct sync_engine *e)
 {
     struct side_state *st = e->list_st;
-    struct imap_cmd *dcmd[2], *lcmd[2] = {NULL, NULL};
+    struct list_cmds lc[2] = {{0}, {0}};
     bool early[2];
     /* Both queries go out together unless the patterns must be spelled
      * with the delimiter that the first one tells. */
     bool pipelined = !patterns_need_delimiter(e);
-    for (int s = 0; s < 2; s++) {
-        st[s].c = e->client[s];
-        early[s] = e->early_list[s][0] && e->early_list[s][1];
-        if (early[s]) {
-            dcmd[s] = e->early_list[s][0];
-            lcmd[s] = e->early_list[s][1];
-            e->early_list[s][0] = e->early_list[s][1] = NULL;
-        } else {
-            imap_cmd_free(&e->early_list[s][0]);
-            imap_cmd_free(&e->early_list[s][1]);
-            struct imap_cmd *cmd[2];
-            list_send_both(e, &st[s], pipelined, false, true, cmd);
-            dcmd[s] = cmd[0];
-            lcmd[s] = cmd[1];
-        }
-    }
     int rc = 0;
     for (int s = 0; s < 2; s++) {
-        if (!dcmd[s])
-            continue; /* the delimiter is known */
-        int r = imap_cmd_wait(dcmd[s]);
-        imap_cmd_free(&dcmd[s]);
-        if (r < 0) {
+        st[s].c = e->client[s];
+        early[s] = e->early_list[s].early;
+        if (early[s]) {
+            lc[s] = e->early_list[s];
+            memset(&e->early_list[s], 0, sizeof e->early_list[s]);
+        } else {
+            list_cmds_free(&e->early_list[s]);
+            int r = list_send_both(e, &st[s], pipelined, true, &lc[s]);
+            if (r < 0)
+                rc = r;
+        }
+    }
+    for (int s = 0; s < 2; s++) {
+        if (lc[s].delim_known)
+            continue;
+        int r = lc[s].delim ? imap_cmd_wait(lc[s].delim) : -ENOMEM;
+        imap_cmd_free(&lc[s].delim);
+        if (r < 0 && rc == 0) {
             log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
             rc = r;
         }
     }
-    if (rc < 0) {
+    if (rc == 0 && !pipelined)
         for (int s = 0; s < 2; s++)
-            imap_cmd_free(&lcmd[s]);
-        return rc;
-    }
-    if (!pipelined)
-        for (int s = 0; s < 2; s++)
-            lcmd[s] = list_send(e, &st[s], false);
+            if ((rc = list_send(e, &st[s], &lc[s])) < 0)
+                break;
     for (int s = 0; s < 2; s++) {
-        if (!lcmd[s])
-            return -ENOMEM;
-        int r = imap_cmd_wait(lcmd[s]);
-        imap_cmd_free(&lcmd[s]);
+        if (rc < 0) {
+            list_wait(&lc[s]); /* nothing left in flight */
+            continue;
+        }
+        int r = list_wait(&lc[s]);
         if ((r == ERR_NO || r == ERR_BAD) && early[s]) {
             /* sent before the server's capabilities were known: ask again
              * the way they allow, without the INBOX selected behind */
             drop_speculative(e);
-            struct imap_cmd *again[2];
-            list_send_both(e, &st[s], true, false, false, again);
-            r = again[0] && again[1] ? imap_cmd_wait(again[0]) : -ENOMEM;
+            r = list_send_both(e, &st[s], true, false, &lc[s]);
             if (r == 0)
-                r = imap_cmd_wait(again[1]);
-            imap_cmd_free(&again[0]);
-            imap_cmd_free(&again[1]);
+                r = lc[s].delim ? imap_cmd_wait(lc[s].delim) : -ENOMEM;
+            int r2 = list_wait(&lc[s]);
+            if (r == 0)
+                r = r2;
         }
         if (r < 0) {
-            log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
+            if (r != ERR_UNSUPPORTED)
+                log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
             rc = r;
         }
         if (e->listing[s].failed)
@@ -364,7 +463,7 @@ int engine_relist(struct sync_engine *e)
         /* With LIST-STATUS every selectable mailbox comes with a STATUS;
          * one without is a name the server lists but cannot open (Dovecot
          * lists a deleted parent of a surviving child that way). */
-        if (rc == 0 && imap_client_has_cap(e->client[s], "LIST-STATUS"))
+        if (rc == 0 && e->listing[s].with_status)
             for (size_t i = 0; i < e->listing[s].count; i++)
                 if (!e->listing[s].items[i].has_status)
                     e->listing[s].items[i].selectable = false;
@@ -378,6 +477,78 @@ int engine_relist(struct sync_engine *e)
     }
     listing_check_names(e);
     return 0;
+}
+
+/*
+ * STATUS for the mailboxes the listing gave no state for (no LIST-STATUS,
+ * or not the items this tier needs), where that state could let the
+ * mailbox be skipped: on every side QRESYNC or CONDSTORE, or a mailbox
+ * that was empty (on a side without mod-sequences, only an empty mailbox
+ * cannot have had a flag change). All of them go out at once on both
+ * servers: one round trip.
+ */
+int status_fill(struct sync_engine *e, const struct mbox_work *work, size_t nwork)
+{
+    struct cmd_list {
+        struct imap_cmd **v;
+        size_t n, cap;
+    } sent[2] = {{NULL, 0, 0}, {NULL, 0, 0}};
+    int rc = 0;
+    for (size_t i = 0; i < nwork && rc == 0; i++) {
+        const struct mbox_work *w = &work[i];
+        struct listed *it[2];
+        struct state_side db;
+        bool candidate = true, need[2];
+        int64_t count = -1;
+        for (int s = 0; s < 2; s++) {
+            it[s] = listing_find(&e->listing[s], w->key, w->keylen);
+            if (!it[s] || state_db_side_get(e->db, w->idx, (enum side)s, &db) != 1)
+                candidate = false;
+            need[s] = it[s] &&
+                      (!it[s]->has_status || (e->tier[s] != TIER_QRESYNC && !it[s]->has_messages));
+        }
+        if (!candidate || (!need[0] && !need[1]))
+            continue;
+        for (int s = 0; s < 2 && candidate; s++) {
+            if (e->tier[s] != TIER_PLAIN)
+                continue;
+            if (count < 0 && state_db_mapping_count(e->db, w->idx, &count) < 0)
+                return ERR_DB;
+            candidate = count == 0;
+        }
+        for (int s = 0; s < 2 && candidate; s++) {
+            if (!need[s])
+                continue;
+            struct cmd_list *cl = &sent[s];
+            if (cl->n == 0) {
+                /* the speculative INBOX must not see these answers */
+                drop_speculative(e);
+                imap_client_set_handler(e->client[s], &list_handler, &e->list_st[s]);
+            }
+            /* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
+            struct imap_cmd **v = array_reserve(cl->v, &cl->cap, cl->n + 1, sizeof *v, 16);
+            if (!v) {
+                rc = -ENOMEM;
+                break;
+            }
+            cl->v = v;
+            cl->v[cl->n++] = imap_client_send(e->client[s], "STATUS %m (%a)", it[s]->server_name,
+                                              status_items(e->tier[s]));
+        }
+    }
+    for (int s = 0; s < 2; s++) {
+        for (size_t k = 0; k < sent[s].n; k++) {
+            /* a mailbox the server refuses is simply not skipped */
+            int r = sent[s].v[k] ? imap_cmd_wait(sent[s].v[k]) : -ENOMEM;
+            if (r < 0 && r != ERR_NO && r != ERR_BAD && rc == 0)
+                rc = r;
+            imap_cmd_free(&sent[s].v[k]);
+        }
+        if (sent[s].n)
+            imap_client_release(e->client[s], &e->list_st[s]);
+        free(sent[s].v);
+    }
+    return rc;
 }
 
 /* Why a listed name cannot be synchronized (buf may receive the reason),

@@ -19,8 +19,25 @@ static void side_state_fini(struct side_state *st)
     uidset_fini(&st->vanished);
     uidset_fini(&st->fetched);
     uidset_fini(&st->probe);
+    uidset_fini(&st->present);
+    /* answered later and ignored, should the mailbox stop early */
+    imap_cmd_free(&st->prefetch);
+    imap_cmd_free(&st->search);
+    state_db_flags_free(&st->rec, st->nrec);
+    for (size_t i = 0; i < st->nnow; i++)
+        free(st->now[i].flags);
+    free(st->now);
+    for (size_t i = 0; i < st->nsent; i++)
+        free(st->sent[i].flags);
+    free(st->sent);
+    free(st->permanent);
+    st->sent = NULL;
+    st->permanent = NULL;
+    st->nsent = st->capsent = 0;
     free(st->changes);
     free(st->mailbox);
+    st->now = NULL;
+    st->nnow = st->capnow = 0;
     st->changes = NULL;
     st->mailbox = NULL;
 }
@@ -64,6 +81,12 @@ int side_error(const struct mbox_ctx *m)
     return m->st[0].error ? m->st[0].error : m->st[1].error;
 }
 
+/* "UID MODSEQ FLAGS", or without MODSEQ where the server has none. */
+const char *fetch_flags_items(const struct side_state *st)
+{
+    return st->e->tier[st->side] == TIER_PLAIN ? "UID FLAGS" : "UID MODSEQ FLAGS";
+}
+
 static int change_add(struct side_state *st, uint32_t uid, uint64_t modseq, char *flags)
 {
     /* what a change costs: its share of an array that doubles, its flags
@@ -79,7 +102,7 @@ static int change_add(struct side_state *st, uint32_t uid, uint64_t modseq, char
         return -ENOMEM;
     }
     st->changes = c;
-    st->changes[st->nchanges++] = (struct change){uid, modseq, flags};
+    st->changes[st->nchanges++] = (struct change){.uid = uid, .modseq = modseq, .flags = flags};
     return 0;
 }
 
@@ -117,11 +140,27 @@ static bool new_message_wanted(struct side_state *st, uint32_t uid)
 
 static void on_fetch(struct side_state *st, const struct imap_fetch *f, bool new_message)
 {
-    if (!f->uid)
+    if (!f->uid) {
+        /* a change someone made that we cannot place (a server without
+         * QRESYNC need not send the UID): the HIGHESTMODSEQ saved stays
+         * below it, so that the next run asks again */
+        if (f->modseq && (!st->unattributed || f->modseq < st->unattributed))
+            st->unattributed = f->modseq;
         return;
+    }
     if (f->modseq > st->max_modseq)
         st->max_modseq = f->modseq;
-    if (st->probing && !f->body && !f->flags) {
+    if (st->how == TIER_PLAIN && f->flags) {
+        /* whatever the reason, the flags the message has now: for the
+         * record (tiers.c) */
+        char *now = flags_normalize(f->flags);
+        if (now)
+            now_note(st, f->uid, now);
+        free(now);
+    }
+    /* the answer to the probe behind an APPEND (UID, and MODSEQ or FLAGS
+     * for the target's state) */
+    if (st->probing && !f->body && f->uid >= st->probe_from) {
         side_uid_add(st, &st->probe, f->uid);
         return;
     }
@@ -219,7 +258,11 @@ static void on_fetch_response(struct side_state *st, const struct imap_response 
 void selected_untagged(void *ctx, const struct imap_response *r)
 {
     struct side_state *st = ctx;
+    if (search_untagged(st, r))
+        return;
     if (r->status != IMAP_STATUS_NONE) {
+        if (r->code && strcasecmp(r->code, "PERMANENTFLAGS") == 0 && r->code_nargs == 1)
+            permanent_note(st, &r->code_args[0]);
         if (r->code && strcasecmp(r->code, "HIGHESTMODSEQ") == 0 && r->code_nargs == 1) {
             uint64_t m;
             if (imap_value_u64(&r->code_args[0], &m) && m > st->max_modseq)
@@ -309,7 +352,8 @@ int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struc
     else
         imap_client_select_now(st->c, &selected_handler, st, &st->ms);
     struct imap_cmd *cmd;
-    if (!m->repair && m->known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
+    if (st->how == TIER_QRESYNC && !m->repair && m->known && m->db[s].highestmodseq > 0 &&
+        m->db[s].uidnext > 1) {
         char *seqs = NULL, *uids = NULL;
         qresync_sample(e, m->idx, s, &seqs, &uids);
         if (seqs && uids)
@@ -322,13 +366,18 @@ int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struc
                                    m->db[s].uidnext - 1);
         free(seqs);
         free(uids);
-    } else {
+    } else if (e->tier[s] != TIER_PLAIN) {
         cmd = imap_client_send(st->c, "SELECT %m (CONDSTORE)", st->mailbox);
+    } else {
+        cmd = imap_client_send(st->c, "SELECT %m", st->mailbox);
     }
     if (how != SELECT_NOW)
         imap_client_select_cmd(st->c, cmd);
     m->select[s] = cmd;
-    return cmd ? 0 : -ENOMEM;
+    if (!cmd)
+        return -ENOMEM;
+    /* without QRESYNC, what finds the changes goes right behind it */
+    return prefetch_send(m, s);
 }
 
 /* Sends SELECT to both servers. `at_close`: the servers have another
@@ -336,9 +385,14 @@ int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struc
 static int select_send(struct mbox_ctx *m, bool at_close)
 {
     int rc = 0;
-    for (int s = 0; s < 2; s++)
+    for (int s = 0; s < 2; s++) {
+        /* the switch at [CLOSED] needs QRESYNC enabled; elsewhere the
+         * SELECT waits for this mailbox to be done (sync_one sends it) */
+        if (at_close && m->st[s].how != TIER_QRESYNC)
+            continue;
         if (select_send_side(m, (enum side)s, at_close ? SELECT_AT_CLOSE : SELECT_NOW, NULL) < 0)
             rc = -ENOMEM;
+    }
     return rc;
 }
 
@@ -346,6 +400,9 @@ static int select_send(struct mbox_ctx *m, bool at_close)
 void mbox_release(struct mbox_ctx *m)
 {
     if (m->released || !m->next || m->e->no_lookahead)
+        return;
+    /* only where the switch can happen at [CLOSED] (QRESYNC) */
+    if (m->next->st[0].how != TIER_QRESYNC && m->next->st[1].how != TIER_QRESYNC)
         return;
     m->released = true;
     select_send(m->next, true);
@@ -394,12 +451,25 @@ static int select_wait_sides(struct mbox_ctx *m, const bool want[2])
     for (int s = 0; s < 2; s++) {
         if (!want[s])
             continue;
-        struct imap_mailbox_state *ms = &m->st[s].ms;
-        if (ms->nomodseq || ms->highestmodseq == 0) {
-            log_error(e->log, side_name[s], m->st[s].mailbox,
-                      "the mailbox does not support persistent mod-sequences (NOMODSEQ); it "
-                      "cannot be synchronized");
-            return ERR_UNSUPPORTED;
+        struct side_state *st = &m->st[s];
+        struct imap_mailbox_state *ms = &st->ms;
+        if (st->how != TIER_PLAIN && (ms->nomodseq || ms->highestmodseq == 0)) {
+            /* no mod-sequences in this mailbox: compare every message's
+             * flags with a record instead */
+            log_debug(e->log, side_name[s], st->mailbox, "NOMODSEQ: reading every message's flags");
+            prefetch_drop(m, (enum side)s); /* what they find does not apply */
+            side_state_reset(st);
+            st->how = TIER_PLAIN;
+            ms->highestmodseq = 0;
+            int64_t paired = 0;
+            if (m->known &&
+                (state_db_flags_list(e->db, m->idx, (enum side)s, &st->rec, &st->nrec) < 0 ||
+                 state_db_mapping_count(e->db, m->idx, &paired) < 0))
+                return ERR_DB;
+            st->mem_limit += SIDE_MEMORY_PER_PLAIN_MESSAGE * (size_t)paired;
+            int r = prefetch_send(m, (enum side)s);
+            if (r < 0)
+                return r;
         }
         if (ms->uidvalidity == 0) {
             log_error(e->log, side_name[s], m->st[s].mailbox, "the server sent no UIDVALIDITY");
@@ -422,6 +492,13 @@ static int select_wait_sides(struct mbox_ctx *m, const bool want[2])
                 return ERR_DB;
             m->have_row[s] = true;
         }
+        /* a server that sends no UIDNEXT in SELECT (Courier): the listing's
+         * STATUS, taken before, is a lower bound */
+        if (ms->uidnext == 0 && m->status_uidnext[s] && m->status_uidvalidity[s] == ms->uidvalidity)
+            ms->uidnext = m->status_uidnext[s];
+        int r = prefetch_wait(m, (enum side)s);
+        if (r < 0)
+            return r;
     }
     return 0;
 }
@@ -477,6 +554,7 @@ static int mbox_init(struct mbox_ctx *m, struct sync_engine *e, const struct mbo
         uidset_init(&m->st[s].vanished);
         uidset_init(&m->st[s].fetched);
         uidset_init(&m->st[s].probe);
+        uidset_init(&m->st[s].present);
     }
     m->pretty = pretty_name(e, w->key, w->keylen);
     for (int s = 0; s < 2; s++) {
@@ -500,6 +578,39 @@ static int mbox_init(struct mbox_ctx *m, struct sync_engine *e, const struct mbo
     }
     for (int s = 0; s < 2; s++)
         m->st[s].mem_limit = SIDE_MEMORY_BASE + SIDE_MEMORY_PER_MESSAGE * (size_t)paired;
+    for (int s = 0; s < 2; s++) {
+        struct side_state *st = &m->st[s];
+        const struct listed *it = listing_find(&e->listing[s], w->key, w->keylen);
+        if (it && it->has_status) {
+            m->status_uidvalidity[s] = it->uidvalidity;
+            m->status_uidnext[s] = it->uidnext;
+        }
+        /* a side synchronized before without mod-sequences (HIGHESTMODSEQ
+         * 0) has only its flag record to compare with, this time again */
+        st->how = e->tier[s];
+        if (m->known && m->db[s].uidnext > 1 && m->db[s].highestmodseq == 0)
+            st->how = TIER_PLAIN;
+        /* read the plain way, every message reports its flags (held as a
+         * change and for the record): a budget that grows with them */
+        if (st->how == TIER_PLAIN)
+            st->mem_limit += SIDE_MEMORY_PER_PLAIN_MESSAGE * (size_t)paired;
+        if (!m->known)
+            continue;
+        if (st->how == TIER_PLAIN &&
+            state_db_flags_list(e->db, m->idx, (enum side)s, &st->rec, &st->nrec) < 0) {
+            log_error(e->log, "database", m->pretty, "%s", state_db_error(e->db));
+            return ERR_DB;
+        }
+        if (repair)
+            continue;
+        /* CONDSTORE: expunges are looked for unless the listing shows the
+         * same UIDNEXT and as many messages as are mapped */
+        if (st->how == TIER_CONDSTORE) {
+            st->expunge_check = !it || !it->has_messages || it->uidnext != m->db[s].uidnext ||
+                                it->uidvalidity != m->db[s].uidvalidity ||
+                                (int64_t)it->messages != paired;
+        }
+    }
     return 0;
 }
 
@@ -583,7 +694,7 @@ int sync_one(struct mbox_ctx *m)
     for (int s = 0; s < 2; s++) {
         if (m->target_pending == s)
             continue; /* its SELECT is not answered yet; it is empty */
-        if (m->st[s].ms.uidnext > m->uidnext[s]) {
+        if (may_have_new(m, (enum side)s)) {
             /* any UIDNEXT seen before the APPEND is a lower bound for the
              * copies: 1 for a mailbox created in this run */
             uint32_t bound = m->target_pending == (int)OTHER(s) ? 1 : m->st[OTHER(s)].ms.uidnext;
@@ -639,10 +750,17 @@ int sync_one(struct mbox_ctx *m)
     if (m->nomem)
         goto out;
     for (int s = 0; s < 2; s++) {
-        struct imap_mailbox_state *ms = &m->st[s].ms;
-        uint64_t hms =
-            m->st[s].max_modseq > ms->highestmodseq ? m->st[s].max_modseq : ms->highestmodseq;
-        if (state_db_side_update(e->db, m->idx, (enum side)s, m->uidnext[s], hms) < 0) {
+        struct side_state *st = &m->st[s];
+        struct imap_mailbox_state *ms = &st->ms;
+        uint64_t hms = st->max_modseq > ms->highestmodseq ? st->max_modseq : ms->highestmodseq;
+        /* below a change we could not place, so that it is asked again */
+        if (st->unattributed && hms >= st->unattributed)
+            hms = st->unattributed - 1 > m->db[s].highestmodseq ? st->unattributed - 1
+                                                                : m->db[s].highestmodseq;
+        if (st->how == TIER_PLAIN && e->tier[s] == TIER_PLAIN)
+            hms = 0;
+        if (state_db_side_update(e->db, m->idx, (enum side)s, m->uidnext[s], hms) < 0 ||
+            flags_record(m, (enum side)s, hms) < 0) {
             rc = ERR_DB;
             goto out;
         }
@@ -689,9 +807,24 @@ out:
     return rc;
 }
 
-/* Whether LIST-STATUS says nothing moved on either side since last time. */
+/* Whether a side may hold messages the last run did not see. */
+bool may_have_new(const struct mbox_ctx *m, enum side s)
+{
+    const struct imap_mailbox_state *ms = &m->st[s].ms;
+    /* without a UIDNEXT from the server, any message may be new */
+    return ms->uidnext > m->uidnext[s] || (ms->uidnext == 0 && ms->exists > 0);
+}
+
+/*
+ * Whether the listing's STATUS says nothing moved on either side since
+ * last time: UIDVALIDITY and UIDNEXT, and HIGHESTMODSEQ (QRESYNC, where an
+ * expunge moves it too), or HIGHESTMODSEQ and as many messages as the
+ * database maps (CONDSTORE), or, without mod-sequences, a mailbox that was
+ * and is empty: only there can no flag have changed.
+ */
 bool unchanged(struct sync_engine *e, struct mbox_work *w)
 {
+    int64_t count = -1;
     for (int s = 0; s < 2; s++) {
         struct listed *it = listing_find(&e->listing[s], w->key, w->keylen);
         struct state_side db;
@@ -699,8 +832,14 @@ bool unchanged(struct sync_engine *e, struct mbox_work *w)
             return false;
         if (state_db_side_get(e->db, w->idx, (enum side)s, &db) != 1)
             return false;
-        if (db.uidvalidity != it->uidvalidity || db.uidnext != it->uidnext ||
-            db.highestmodseq != it->highestmodseq)
+        if (db.uidvalidity != it->uidvalidity || db.uidnext != it->uidnext)
+            return false;
+        if (e->tier[s] != TIER_PLAIN && db.highestmodseq != it->highestmodseq)
+            return false;
+        if (e->tier[s] == TIER_QRESYNC)
+            continue;
+        if (!it->has_messages || (count < 0 && state_db_mapping_count(e->db, w->idx, &count) < 0) ||
+            (int64_t)it->messages != count || (e->tier[s] == TIER_PLAIN && count != 0))
             return false;
     }
     return true;

@@ -44,7 +44,8 @@ int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
         uidset_fini(&sorted);
         if (!set)
             return -ENOMEM;
-        cmd[s] = imap_client_send(m->st[s].c, "UID FETCH %S (UID MODSEQ FLAGS)", set);
+        cmd[s] =
+            imap_client_send(m->st[s].c, "UID FETCH %S (%a)", set, fetch_flags_items(&m->st[s]));
         free(set);
     }
     for (int s = 0; s < 2; s++) {
@@ -55,6 +56,11 @@ int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
     }
     if (rc < 0)
         return rc;
+    /* A response refused (and reported) may have been one of these
+     * messages: missing from the answers is then not gone, and nothing is
+     * removed; the mailbox fails and its state stays. */
+    if (m->st[0].refused || m->st[1].refused || side_error(m))
+        return side_error(m) ? side_error(m) : ERR_PROTOCOL;
     struct uidset remove[2];
     uidset_init(&remove[0]);
     uidset_init(&remove[1]);

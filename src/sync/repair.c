@@ -17,8 +17,8 @@ static int copy_uids(struct mbox_ctx *m, enum side src, struct uidset *uids, str
     int rc = 0;
     m->st[src].copy = &cp;
     while (rc == 0 && (set = uidset_format(uids, &pos, UIDSET_TEXT_MAX))) {
-        rc = imap_client_run(m->st[src].c,
-                             "UID FETCH %S (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", set);
+        rc = imap_client_run(m->st[src].c, "UID FETCH %S (%a INTERNALDATE BODY.PEEK[])", set,
+                             fetch_flags_items(&m->st[src]));
         free(set);
         if (cp.error && rc == 0)
             rc = cp.error;
@@ -35,14 +35,25 @@ static int copy_uids(struct mbox_ctx *m, enum side src, struct uidset *uids, str
     return rc;
 }
 
+/* Whether a message's flags changed on side s since the last run: a
+ * newer MODSEQ, or, without mod-sequences, flags other than recorded (or
+ * no record at all). */
+static bool changed_since_last(struct mbox_ctx *m, enum side s, const struct change *c)
+{
+    if (m->st[s].how != TIER_PLAIN)
+        return c->modseq > m->db[s].highestmodseq;
+    const struct state_flags *rec = rec_find(&m->st[s], c->uid);
+    return !rec || !flags_equal(rec->flags, c->flags);
+}
+
 int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
 {
     struct sync_engine *e = m->e;
     struct imap_cmd *cmd[2] = {NULL, NULL};
     for (int s = 0; s < 2; s++)
         if (m->uidnext[s] > 1)
-            cmd[s] = imap_client_send(m->st[s].c, "UID FETCH 1:%u (UID MODSEQ FLAGS)",
-                                      m->uidnext[s] - 1);
+            cmd[s] = imap_client_send(m->st[s].c, "UID FETCH 1:%u (%a)", m->uidnext[s] - 1,
+                                      fetch_flags_items(&m->st[s]));
     int rc = 0;
     for (int s = 0; s < 2; s++) {
         if (!cmd[s])
@@ -83,8 +94,8 @@ int repair_pairs(struct mbox_ctx *m, struct uidset skip[2])
         if (c[0] && c[1]) {
             if (flags_equal(c[0]->flags, c[1]->flags))
                 continue;
-            bool lnew = c[0]->modseq > m->db[0].highestmodseq;
-            bool rnew = c[1]->modseq > m->db[1].highestmodseq;
+            bool lnew = changed_since_last(m, SIDE_LOCAL, c[0]);
+            bool rnew = changed_since_last(m, SIDE_REMOTE, c[1]);
             if (rnew && !lnew) {
                 mbox_note(m, plan_add(&plan[0], c[1]->flags, u[0]));
             } else if (lnew && !rnew) {

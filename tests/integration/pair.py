@@ -41,14 +41,24 @@ class Result:
 
 class Pair:
     def __init__(self, local_sep="/", remote_sep="/", local=None, remote=None, config="",
-                 local_section="", remote_section="", remote_type="imaps"):
+                 local_section="", remote_section="", remote_type="imaps", local_server=None,
+                 remote_server=None):
+        """local, remote: options of their Dovecot; or local_server,
+        remote_server: a server object of another kind (a factory taking
+        the directory to use), reached the way its `kind` says."""
         self.dir = tempfile.mkdtemp(prefix="interimap-test-")
         os.chmod(self.dir, 0o755)
         self.ca = TestCA(os.path.join(self.dir, "ca"))
-        self.local = Dovecot(root=os.path.join(self.dir, "local"), separator=local_sep,
-                             ca=self.ca, name="local", **(local or {}))
-        self.remote = Dovecot(root=os.path.join(self.dir, "remote"), separator=remote_sep,
-                              ca=self.ca, name="remote", **(remote or {}))
+        if local_server:
+            self.local = local_server(os.path.join(self.dir, "local"))
+        else:
+            self.local = Dovecot(root=os.path.join(self.dir, "local"), separator=local_sep,
+                                 ca=self.ca, name="local", **(local or {}))
+        if remote_server:
+            self.remote = remote_server(os.path.join(self.dir, "remote"))
+        else:
+            self.remote = Dovecot(root=os.path.join(self.dir, "remote"), separator=remote_sep,
+                                  ca=self.ca, name="remote", **(remote or {}))
         self.db = os.path.join(self.dir, "state.db")
         self.config_path = os.path.join(self.dir, "config")
         self.extra = config
@@ -97,6 +107,7 @@ class Pair:
             if extra:
                 lines.append(extra)
             return "\n".join(lines) + "\n"
+        kind = getattr(srv, "kind", kind)
         lines = ["[%s]" % name, "type = %s" % kind]
         if kind == "tunnel":
             lines.append("command = %s" % srv.tunnel_command())

@@ -71,7 +71,7 @@ static struct state_db *open_prepared(const char *path, char ld, char rd)
     return db;
 }
 
-/* The schema as `.schema` shows it, minus our own table, as one string. */
+/* The schema as `.schema` shows it, minus our own tables, as one string. */
 static char *schema_text(const char *path, bool with_pending)
 {
     sqlite3 *h;
@@ -84,9 +84,13 @@ static char *schema_text(const char *path, bool with_pending)
                            -1, &st, NULL) == SQLITE_OK) {
         while (sqlite3_step(st) == SQLITE_ROW) {
             const char *name = (const char *)sqlite3_column_text(st, 1);
-            if (!with_pending && strcmp(name, "pending") == 0)
-                continue;
-            if (!with_pending && strcmp(name, "sqlite_autoindex_pending_1") == 0)
+            /* our own tables, which the Perl tool does not make */
+            static const char *const ours[] = {"pending", "sqlite_autoindex_pending_1",
+                                               "capabilities", "flags", "sqlite_autoindex_flags_1"};
+            bool skip = false;
+            for (size_t i = 0; !with_pending && i < sizeof ours / sizeof *ours; i++)
+                skip |= strcmp(name, ours[i]) == 0;
+            if (skip)
                 continue;
             const char *sql = (const char *)sqlite3_column_text(st, 3);
             char line[2048];
@@ -210,6 +214,9 @@ static void test_create_modes_and_schema(void)
     CHECK(uv && strcmp(uv, "1|\n") == 0);
     char *withp = schema_text(path, true);
     CHECK(withp && strstr(withp, "table|pending|pending|CREATE TABLE pending (") != NULL);
+    CHECK(withp &&
+          strstr(withp, "table|capabilities|capabilities|CREATE TABLE capabilities (") != NULL);
+    CHECK(withp && strstr(withp, "table|flags|flags|CREATE TABLE flags (") != NULL);
     /* what the Perl tool's own schema code makes */
     if (perl_available()) {
         const char *ppath = tmp_path("perl-created.db");
@@ -813,6 +820,76 @@ static void rm_rf(const char *dir)
         fprintf(stderr, "cannot remove %s\n", dir);
 }
 
+/* The tables of servers without QRESYNC: remembered capabilities (readable
+ * before the schema exists) and per-message flag records. */
+static void test_caps_and_flags(void)
+{
+    const char *path = tmp_path("tiers.db");
+    char err[512];
+    struct state_db *db = NULL;
+    CHECK(state_db_open(path, &db, err, sizeof err) == 0);
+    if (!db)
+        return;
+    char *caps = (char *)"x";
+    int hms = -1;
+    /* a new file: no table yet, nothing remembered, no error */
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps, &hms) == 0 && caps == NULL);
+    CHECK_INT(hms, 0);
+    CHECK(state_db_prepare(db, '/', '/', err, sizeof err) == 0);
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps, &hms) == 0 && caps == NULL);
+    CHECK_INT(state_db_caps_set(db, SIDE_LOCAL, "srv", "IMAP4REV1 QRESYNC", 0), 0);
+    CHECK_INT(state_db_caps_set(db, SIDE_REMOTE, "other", "IMAP4REV1", STATE_APPEND_HMS_QUIET), 0);
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps, &hms) == 1 && caps &&
+          strcmp(caps, "IMAP4REV1 QRESYNC") == 0);
+    CHECK_INT(hms, 0);
+    free(caps);
+    CHECK(state_db_caps_get(db, SIDE_REMOTE, "other", &caps, &hms) == 1);
+    CHECK_INT(hms, STATE_APPEND_HMS_QUIET);
+    free(caps);
+    /* recorded for other connection settings: does not count */
+    CHECK(state_db_caps_get(db, SIDE_REMOTE, "srv", &caps, &hms) == 0 && caps == NULL);
+    /* replaced, not added */
+    CHECK_INT(
+        state_db_caps_set(db, SIDE_LOCAL, "srv2", "IMAP4REV1 CONDSTORE", STATE_APPEND_HMS_REPORTED),
+        0);
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv", &caps, &hms) == 0);
+    CHECK(state_db_caps_get(db, SIDE_LOCAL, "srv2", &caps, &hms) == 1 && caps &&
+          strcmp(caps, "IMAP4REV1 CONDSTORE") == 0);
+    CHECK_INT(hms, STATE_APPEND_HMS_REPORTED);
+    free(caps);
+    CHECK(state_db_caps_set(db, (enum side)2, "x", "y", 0) == -EINVAL);
+
+    int64_t a, b;
+    CHECK_INT(state_db_mailbox_insert(db, "a", 1, false, &a), 0);
+    CHECK_INT(state_db_mailbox_insert(db, "b", 1, false, &b), 0);
+    CHECK_INT(state_db_flags_set(db, a, SIDE_REMOTE, 7, "\\Seen"), 0);
+    CHECK_INT(state_db_flags_set(db, a, SIDE_REMOTE, 3, ""), 0);
+    CHECK_INT(state_db_flags_set(db, a, SIDE_LOCAL, 3, "$Label1"), 0);
+    CHECK_INT(state_db_flags_set(db, b, SIDE_REMOTE, 1, "\\Flagged"), 0);
+    CHECK_INT(state_db_flags_set(db, a, SIDE_REMOTE, 7, "\\Seen \\Answered"), 0); /* replaced */
+    struct state_flags *fl = NULL;
+    size_t n = 0;
+    CHECK(state_db_flags_list(db, a, SIDE_REMOTE, &fl, &n) == 0 && n == 2);
+    if (n == 2) {
+        CHECK(fl[0].uid == 3 && strcmp(fl[0].flags, "") == 0);
+        CHECK(fl[1].uid == 7 && strcmp(fl[1].flags, "\\Seen \\Answered") == 0);
+    }
+    state_db_flags_free(&fl, n);
+    CHECK(fl == NULL);
+    CHECK(state_db_flags_delete(db, a, SIDE_REMOTE, 3) == 1);
+    CHECK(state_db_flags_delete(db, a, SIDE_REMOTE, 3) == 0);
+    CHECK(state_db_flags_clear(db, a, SIDE_LOCAL) == 1);
+    CHECK(state_db_flags_list(db, a, SIDE_LOCAL, &fl, &n) == 0 && n == 0);
+    state_db_flags_free(&fl, n);
+    /* deleting a mailbox takes its records along */
+    CHECK(state_db_mailbox_delete(db, b) == 1);
+    CHECK(state_db_flags_list(db, b, SIDE_REMOTE, &fl, &n) == 0 && n == 0);
+    state_db_flags_free(&fl, n);
+    CHECK(state_db_flags_list(db, a, SIDE_REMOTE, &fl, &n) == 0 && n == 1);
+    state_db_flags_free(&fl, n);
+    state_db_close(&db);
+}
+
 int main(int argc, char **argv)
 {
     perl_helper = argc > 1 ? argv[1] : "perl_state.pl";
@@ -830,6 +907,7 @@ int main(int argc, char **argv)
     test_rename();
     test_migration();
     test_intents();
+    test_caps_and_flags();
     if (check_failures())
         fprintf(stderr, "files kept in %s\n", tmpdir);
     else

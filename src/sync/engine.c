@@ -532,18 +532,25 @@ int sync_engine_run(struct sync_engine *e)
     }
     if (caps_save(e) < 0)
         return EXIT_FAILURE_GENERIC;
-    if (state_db_begin(e->db) < 0) {
+    if (state_db_copy_last_batch(e->db, &e->batch_seq) < 0 || state_db_begin(e->db) < 0) {
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
         return EXIT_FAILURE_GENERIC;
     }
 
-    int status;
-    if (e->opts.command == SYNC_DELETE)
-        status = command_delete(e);
-    else if (e->opts.command == SYNC_RENAME)
-        status = command_rename(e);
-    else
-        status = engine_cycle(e);
+    /* a --rename or --delete a killed run left half done comes first */
+    bool same = false;
+    int status = commands_resume(e, &same);
+    if (status == EXIT_FAILURE_GENERIC)
+        return status;
+    int r = EXIT_IN_STEP; /* also when the command given is the one just finished */
+    if (e->opts.command == SYNC_DELETE && !same)
+        r = command_delete(e);
+    else if (e->opts.command == SYNC_RENAME && !same)
+        r = command_rename(e);
+    else if (e->opts.command != SYNC_DELETE && e->opts.command != SYNC_RENAME)
+        r = engine_cycle(e);
+    if (r != EXIT_IN_STEP || status == EXIT_IN_STEP)
+        status = r;
 
     if (e->opts.watch_seconds >= 0 && e->opts.command == SYNC_DEFAULT) {
         uv_signal_t sig[2];

@@ -9,7 +9,6 @@ COMPRESS so that the relays can read the commands.
 """
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -29,6 +28,15 @@ SIDES = ("local", "remote")
 # goodbye, where a kill is known to be harmless
 BORING = {"CAPABILITY", "LOGIN", "AUTHENTICATE", "ENABLE", "COMPRESS", "ID", "LOGOUT", "NOOP",
           "STARTTLS"}
+
+
+def variable(verb):
+    """Whether the number of such commands varies from one run of the same
+    work to the next, so that they cannot be counted to: a probe asked
+    again (RFC822.SIZE marks it) because the server answered it before the
+    APPEND it follows was complete."""
+    return verb.startswith("UID FETCH (UID") and "RFC822.SIZE" in verb and \
+        "INTERNALDATE" not in verb
 
 
 def binary():
@@ -257,7 +265,8 @@ def spread_points(commands, n, modes=("reply", "send")):
     """n kill points spread over a reference run's commands (a list of
     (time, side, Command)), cycling through modes. A 'bytes' mode cuts the
     middle of the command it falls on."""
-    cands = [(t, s, c) for t, s, c in commands if c.verb not in BORING and c.verb]
+    cands = [(t, s, c) for t, s, c in commands
+             if c.verb and c.verb not in BORING and not variable(c.verb)]
     if not cands or n <= 0:
         return []
     points = []
@@ -278,10 +287,15 @@ def spread_points(commands, n, modes=("reply", "send")):
 
 
 def all_points(commands, modes=("reply", "send", "bytes")):
-    """Every command of the reference run in every mode."""
+    """Every command of the reference run in every mode ('bytes' only for
+    commands long enough to be cut in the middle)."""
     out = []
     for mode in modes:
-        out += spread_points(commands, len(commands), modes=(mode,))
+        if mode == "bytes":
+            long = [x for x in commands if x[2].end is not None and x[2].end - x[2].start >= 64]
+            out += spread_points(long, len(long), modes=(mode,))
+        else:
+            out += spread_points(commands, len(commands), modes=(mode,))
     return out
 
 

@@ -24,6 +24,7 @@ SWEEP_POINTS=N sets the number of points per scenario and delay instead.
 import os
 import random
 import signal
+import sqlite3
 import sys
 import time
 
@@ -32,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sweep import (SIDES, Env, KillPoint, Model, Outage, all_points, check_outcome,  # noqa: E402
                    describe_diff, idate, kill_at, make_message, msgid_of, record, spread_points)
 from imapfixture import check, check_eq, main, mail  # noqa: E402
+from imapfixture.relay import Trap  # noqa: E402
 
 LONG = os.environ.get("SWEEP") == "long"
 DELAYS = [int(x) for x in os.environ.get("SWEEP_DELAYS", "0,50").split(",")]
@@ -166,7 +168,7 @@ def sc_expunge(acct):
     finally:
         lc.logout()
         rc.logout()
-    return {"args": [], "origin": origin, "avoid_msgs": gone}
+    return {"args": [], "origin": origin, "avoid_msgs": gone, "expunged": gone}
 
 
 def sc_created(acct):
@@ -204,23 +206,27 @@ def sc_repair(acct):
     """--repair after changes on both sides (the user's expunges must be
     propagated, not undone)."""
     origin = synced(acct, {"INBOX": 14}, {"B": 10})
-    gone = set()
     lc, rc = acct.login("local"), acct.login("remote")
     try:
         lu = uids_by_msgid(lc, "INBOX")
         ids = sorted(lu, key=lu.get)
         mail.expunge(lc, "INBOX", [lu[m] for m in ids[:3]])
         mail.set_flags(lc, "INBOX", [lu[m] for m in ids[3:6]], ["\\Flagged"])
-        gone.update(ids[:6])
+        expunged = set(ids[:3])
         ru = uids_by_msgid(rc, "B")
         bids = sorted(ru, key=ru.get)
         mail.expunge(rc, "B", [ru[m] for m in bids[:2]])
-        gone.update(bids[:2])
+        expunged.update(bids[:2])
     finally:
         lc.logout()
         rc.logout()
     append_new(acct, "remote", "B", "rb", 3, origin)
-    return {"args": ["--repair"], "origin": origin, "avoid_msgs": gone}
+    touched = expunged | set(ids[3:6])
+    # killed once the copy's probe was answered: the pair is recorded above
+    # UIDNEXT, which --repair must leave to check_interrupted
+    extra = [KillPoint("local", "reply", verb="UID FETCH (UID MODSEQ)", k=1)]
+    return {"args": ["--repair"], "origin": origin, "avoid_msgs": touched, "expunged": expunged,
+            "points": extra}
 
 
 SCENARIOS = [
@@ -236,17 +242,24 @@ SCENARIOS = [
 
 
 def reference(env, setup):
-    """The uninterrupted run: its commands, and what both servers hold."""
+    """The uninterrupted run: its commands, and what both servers hold,
+    checked for itself: both sides equal, no duplicate, every message the
+    user expunged gone (so the sweep does not measure against a wrong
+    reference)."""
     acct = env.account()
     info = setup(acct)
     commands = record(env, lambda: acct.run(info["args"]))
     st = acct.state()
     diff = describe_diff(st["remote"], st["local"], "reference")
     check(not diff, "the uninterrupted run leaves the servers different:\n" + "\n".join(diff))
-    return commands, st["local"]
+    held = [m for msgs in st["local"].values() for m, _f in msgs]
+    check_eq(sorted(m for m in set(held) if held.count(m) > 1), [], "duplicates in the reference")
+    back = sorted(set(held) & set(info.get("expunged", ())))
+    check_eq(back, [], "expunged messages in the reference")
+    return commands, st["local"], info.get("points", ())
 
 
-def points_for(commands, delay):
+def points_for(commands, delay, extra=()):
     if LONG:
         return all_points(commands)
     points = spread_points(commands, POINTS.get(delay, 2), modes=("reply", "send"))
@@ -255,17 +268,17 @@ def points_for(commands, delay):
     side = next(s for _t, s, c in commands if c is big)
     if big.end - big.start >= 1024:
         points.append(KillPoint(side, "bytes", verb=big.verb, byte=(big.start + big.end) // 2))
-    return points
+    return points + list(extra)
 
 
 def sweep(name, setup):
     failures = []
     cases = 0
-    with Env(accounts=200 if LONG else 24) as env:
+    with Env(accounts=400 if LONG else 24) as env:
         for delay in DELAYS:
             env.set_delay(0)
-            commands, expected = reference(env, setup)
-            for point in points_for(commands, delay):
+            commands, expected, extra = reference(env, setup)
+            for point in points_for(commands, delay, extra):
                 acct = env.account()
                 info = setup(acct)
                 env.set_delay(delay)
@@ -334,7 +347,7 @@ class Deliveries:
 WATCH_POINTS = [
     KillPoint("remote", "reply", verb="UNSELECT", k=2),
     KillPoint("local", "reply", verb="APPEND", k=1),
-    KillPoint("remote", "send", verb="UID FETCH", k=3),
+    KillPoint("remote", "send", verb="UID FETCH (UID MODSEQ FLAGS INTERNALDATE BODY.PEEK[])", k=3),
     KillPoint("remote", "reply", verb="APPEND", k=2),
     KillPoint("local", "reply", verb="UNSELECT", k=3),
     KillPoint("local", "send", verb="SELECT", k=4),
@@ -371,6 +384,117 @@ def test_sweep_watch():
     if failures:
         raise AssertionError("%d of %d cases failed:\n%s" % (len(failures), cases,
                                                               "\n".join(failures)))
+
+
+# -- --rename and --delete left half done, finished by a plain run ---------------
+
+
+def db_names(acct):
+    con = sqlite3.connect(acct.db)
+    try:
+        rows = con.execute("SELECT mailbox FROM mailboxes").fetchall()
+    finally:
+        con.close()
+    return sorted(bytes(r[0]).replace(b"\0", b"/").decode() for r in rows)
+
+
+def half_done(env, args, side, verb):
+    """A synchronized account where `args` was killed once `side` had
+    done its part (the server did it, the tool never heard)."""
+    acct = env.account()
+    synced(acct, {"INBOX": 3, "Proj": 4, "Proj/a": 3, "Old": 5}, {"INBOX": 2, "Proj/b": 2})
+    kill_at(env, acct, args, KillPoint(side, "reply", verb=verb, k=1))
+    return acct
+
+
+def check_no_loss(acct, want):
+    st = acct.state()
+    diff = describe_diff(st["local"], st["remote"], "servers")
+    check(not diff, "\n".join(diff))
+    got = {name: len(msgs) for name, msgs in st["local"].items()}
+    check_eq(got, want, "messages per mailbox")
+
+
+def test_half_done_commands_finished_by_next_run():
+    """A --rename or --delete killed between the two servers, or after
+    both before the database followed, is finished by the next plain run:
+    exit 0, nothing copied twice, the database following."""
+    renamed = {"INBOX": 5, "Work": 4, "Work/a": 3, "Work/b": 2, "Old": 5}
+    with Env(accounts=4) as env:
+        # the local server renamed, the remote one not yet
+        acct = half_done(env, ["--rename", "Proj", "Work"], "local", "RENAME")
+        st = acct.state()
+        check("Work" in st["local"] and "Proj" in st["remote"], "half done: %r" % list(st["local"]))
+        acct.run()
+        check_no_loss(acct, renamed)
+        check_eq(db_names(acct), ["INBOX", "Old", "Work", "Work/a", "Work/b"], "database names")
+        # both servers renamed, the database not yet
+        acct = half_done(env, ["--rename", "Proj", "Work"], "remote", "RENAME")
+        st = acct.state()
+        check("Work" in st["local"] and "Work" in st["remote"], "both renamed: %r" % list(st["remote"]))
+        check("Proj" in db_names(acct), "the database not yet")
+        acct.run()
+        check_no_loss(acct, renamed)
+        check_eq(db_names(acct), ["INBOX", "Old", "Work", "Work/a", "Work/b"], "database names")
+        # the same command given again finishes it too
+        acct = half_done(env, ["--rename", "Proj", "Work"], "local", "RENAME")
+        acct.run(["--rename", "Proj", "Work"])
+        check_no_loss(acct, renamed)
+        # --delete: the local server deleted, the remote one not yet
+        acct = half_done(env, ["--delete", "Old"], "local", "DELETE")
+        st = acct.state()
+        check("Old" not in st["local"] and "Old" in st["remote"], "half done: %r" % list(st["remote"]))
+        acct.run()
+        check_no_loss(acct, {"INBOX": 5, "Proj": 4, "Proj/a": 3, "Proj/b": 2})
+        check("Old" not in db_names(acct), "the database forgot it")
+
+
+# -- a delivery between the SELECT and the APPEND ------------------------------
+
+
+def test_delivery_while_appending():
+    """A message delivered to the target after its SELECT and before the
+    APPEND of the copies gets a UID below theirs. It must be copied too,
+    not passed over by the UIDNEXT saved after the copies: the relay holds
+    the APPEND while the message is delivered (a server may also answer
+    the probe that follows the APPEND from a view holding neither)."""
+    with Env(accounts=2 * len(DELAYS) + 1) as env:
+        for delay in DELAYS:
+            for side in SIDES:
+                acct = env.account()
+                origin = synced(acct, {"INBOX": 3}, {"INBOX": 3})
+                other = "remote" if side == "local" else "local"
+                append_new(acct, other, "INBOX", "d" + side, 4, origin)
+                relay = env.relays[side]
+                env.set_delay(delay)
+                trap = Trap("send", k=1, verb="APPEND", keep=True)
+                relay.arm(trap)
+                proc = acct.start([])
+                try:
+                    check(trap.fired.wait(60), "the APPEND into %s was reached" % side)
+                    conn = acct.login(side)
+                    try:
+                        mail.append(conn, "INBOX", make_message("late" + side, 0), (), idate(0))
+                    finally:
+                        conn.logout()
+                    relay.resume()
+                    out, err = proc.communicate(timeout=120)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.communicate()
+                    relay.disarm()
+                    env.set_delay(0)
+                check_eq(proc.returncode, 0, "exit of the run (%s)" % err.decode()[-500:])
+                st = acct.state()
+                want = msgid_of("late" + side, 0)
+                for s in SIDES:
+                    check(any(m == want for m, _f in st[s]["INBOX"]),
+                          "%s: the delivery on %s at %d ms is on %s" % (want, side, delay, s))
+                diff = describe_diff(st["local"], st["remote"], "after the run")
+                check(not diff, "\n".join(diff))
+                acct.run()
+                check_eq(acct.state(), st, "a further run changes nothing")
 
 
 # -- the reported case: 3000 + 300 messages, killed a third of the way ----------
@@ -442,5 +566,12 @@ def test_reported_case_3000_300():
                     n += 1
 
 
+def _stop(signum, frame):
+    """SIGTERM (meson's timeout, or a user stopping a long sweep) unwinds
+    like ^C, so the servers of the running case are stopped."""
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
     main(globals())

@@ -231,10 +231,17 @@ static void on_fetch_response(struct side_state *st, const struct imap_response 
          * it again */
         const struct imap_value *list = &r->args[2];
         uint32_t uid;
-        for (size_t i = 0; st->copy && list->type == IMAP_LIST && i + 1 < list->count; i += 2)
-            if (imap_value_is_atom(&list->items[i], "UID") &&
-                imap_value_u32(&list->items[i + 1], &uid) && uid)
+        for (size_t i = 0; list->type == IMAP_LIST && i + 1 < list->count; i += 2) {
+            if (!imap_value_is_atom(&list->items[i], "UID") ||
+                !imap_value_u32(&list->items[i + 1], &uid) || !uid)
+                continue;
+            if (st->copy)
                 side_uid_add(st, &st->fetched, uid);
+            /* the message is there even if its attributes are not usable:
+             * a probe must never take it for gone */
+            if (st->probing && uid >= st->probe_from)
+                side_uid_add(st, &st->probe, uid);
+        }
         return;
     }
     bool new_message = f.body || (st->copy && f.has_date);

@@ -117,9 +117,15 @@ int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
     struct sync_engine *e = m->e;
     if (pairs[0].count == 0)
         return 0;
+    unsigned refused[2] = {m->st[0].refused, m->st[1].refused};
     int rc = fetch_pair_flags(m, pairs);
     if (rc < 0)
         return rc;
+    /* a message whose FETCH response was refused is there all the same:
+     * with one missing answer, absence proves nothing, and nothing is
+     * removed on its strength */
+    if (m->st[0].refused != refused[0] || m->st[1].refused != refused[1])
+        return ERR_PROTOCOL;
     struct state_copy *rows = NULL;
     size_t nrows = 0;
     if (state_db_copy_list(e->db, m->idx, &rows, &nrows) < 0)

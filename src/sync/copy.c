@@ -589,7 +589,9 @@ static bool probe_blind(struct mbox_ctx *m, enum side t, const struct uidset *co
     }
     if (saw || !first)
         return false;
-    uint32_t known = st->ms.uidnext; /* the next UID as far as anything showed */
+    /* the next UID as far as anything showed (a server need not say its
+     * UIDNEXT; UIDs start at 1) */
+    uint32_t known = st->ms.uidnext ? st->ms.uidnext : 1;
     for (size_t i = 0; i < st->probe.count; i++)
         if (st->probe.uids[i] >= known)
             known = st->probe.uids[i] + 1;

@@ -491,6 +491,25 @@ static int engine_dry_run(struct sync_engine *e)
     return status;
 }
 
+/* What a run does first: finish a --rename or --delete a killed run left
+ * half done, then the command given (unless it was that one) or a cycle.
+ * Returns an exit status. */
+static int engine_first(struct sync_engine *e)
+{
+    bool same = false;
+    int status = commands_resume(e, &same);
+    if (status == EXIT_FAILURE_GENERIC)
+        return status;
+    int r = EXIT_IN_STEP;
+    if (e->opts.command == SYNC_DELETE && !same)
+        r = command_delete(e);
+    else if (e->opts.command == SYNC_RENAME && !same)
+        r = command_rename(e);
+    else if (e->opts.command != SYNC_DELETE && e->opts.command != SYNC_RENAME)
+        r = engine_cycle(e);
+    return r != EXIT_IN_STEP ? r : status;
+}
+
 int sync_engine_run(struct sync_engine *e)
 {
     char err[512];
@@ -537,20 +556,7 @@ int sync_engine_run(struct sync_engine *e)
         return EXIT_FAILURE_GENERIC;
     }
 
-    /* a --rename or --delete a killed run left half done comes first */
-    bool same = false;
-    int status = commands_resume(e, &same);
-    if (status == EXIT_FAILURE_GENERIC)
-        return status;
-    int r = EXIT_IN_STEP; /* also when the command given is the one just finished */
-    if (e->opts.command == SYNC_DELETE && !same)
-        r = command_delete(e);
-    else if (e->opts.command == SYNC_RENAME && !same)
-        r = command_rename(e);
-    else if (e->opts.command != SYNC_DELETE && e->opts.command != SYNC_RENAME)
-        r = engine_cycle(e);
-    if (r != EXIT_IN_STEP || status == EXIT_IN_STEP)
-        status = r;
+    int status = engine_first(e);
 
     if (e->opts.watch_seconds >= 0 && e->opts.command == SYNC_DEFAULT) {
         uv_signal_t sig[2];

@@ -115,6 +115,7 @@ int fp_fetch(struct mbox_ctx *m, const char *const sets[2], struct fp_list out[2
                                   sets[s]);
     }
     int rc = 0;
+    unsigned refused = m->st[0].refused + m->st[1].refused;
     for (int s = 0; s < 2; s++) {
         if (!sets[s])
             continue;
@@ -127,7 +128,11 @@ int fp_fetch(struct mbox_ctx *m, const char *const sets[2], struct fp_list out[2
             rc = r;
         }
     }
-    /* no pairing on lists cut short */
+    /* no pairing on lists cut short, nor with a message left out because
+     * its answer was refused (reported already): a copy missing from the
+     * list could be taken for deleted */
+    if (rc == 0 && m->st[0].refused + m->st[1].refused != refused)
+        rc = ERR_PROTOCOL;
     return rc < 0 ? rc : side_error(m);
 }
 

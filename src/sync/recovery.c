@@ -149,6 +149,10 @@ int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
                 mbox_note(m, uidset_add(&remove[s], u[s]));
                 mbox_note(m, uidset_add(&drop[s], u[s])); /* its flags no longer matter */
             }
+        if (m->repair && !have[0] && !have[1])
+            log_warn(e->log, NULL, NULL,
+                     "Pair (lUID,rUID) = (%" PRIu32 ",%" PRIu32 ") vanished from %s. Repairing.",
+                     u[0], u[1], m->pretty);
         if (state_db_mapping_delete(e->db, m->idx, SIDE_LOCAL, u[0]) < 0)
             rc = ERR_DB;
     }

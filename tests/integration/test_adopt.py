@@ -20,7 +20,7 @@ def adopted_count(r):
 
 
 def added_count(r):
-    return sum(int(n) for n in re.findall(r"(\d+) message\(s\) added", r.err))
+    return sum(int(n) for n in re.findall(r"\): (\d+) message\(s\) added", r.err))
 
 
 def shared_setup(p, lsep, rsep):
@@ -56,8 +56,9 @@ def adopt_case(lsep, rsep):
         check(not os.path.exists(p.db), "no database before the first run")
         shared, only_l, only_r = shared_setup(p, lsep, rsep)
         r = p.run()
-        check("did not exist" in r.err.splitlines()[0] if r.err else False,
-              "the missing database is said first: %r" % r.err[:300])
+        lines = r.err.splitlines()
+        check(lines and lines[0].startswith("Creating new schema in database file"),
+              "the missing database is said before anything changes: %r" % r.err[:300])
         check_eq(adopted_count(r), shared, "messages adopted")
         check_eq(added_count(r), only_l + only_r, "messages copied")
         a, b = p.snaps()

@@ -543,7 +543,7 @@ static struct imap_cmd *probe_send(struct mbox_ctx *m, enum side t, bool again)
  * target's own state needs: the MODSEQ our copies got, since a server need
  * not report a new HIGHESTMODSEQ after APPEND (Cyrus does not), and the
  * next run must not take them for changes. A target compared with a flag
- * record is probed after the APPENDs instead (round_finish). Returns
+ * record is probed after the APPENDs instead (round_records). Returns
  * whether the next mailbox may be selected behind: not into a server that
  * does not report its HIGHESTMODSEQ after APPEND, whose copies' MODSEQ may
  * need a FETCH of its own.

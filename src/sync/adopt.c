@@ -60,7 +60,8 @@ int adopt_unrecorded(struct mbox_ctx *m, const uint32_t from[2])
     unsigned adopted = 0;
     if (rc == 0) {
         struct fp_list *l = &fl[SIDE_LOCAL];
-        qsort(l->items, l->count, sizeof *l->items, cmp_uid);
+        if (l->count)
+            qsort(l->items, l->count, sizeof *l->items, cmp_uid);
         for (size_t i = 0; i < l->count && rc == 0; i++) {
             if (l->items[i].used)
                 continue;

@@ -36,6 +36,8 @@ static int row_cmp(const void *x, const void *y)
 static const struct state_copy *journal_find(const struct state_copy *rows, size_t n, uint32_t l,
                                              uint32_t r)
 {
+    if (n == 0)
+        return NULL;
     for (int s = 0; s < 2; s++) {
         struct state_copy key = {.source = (enum side)s, .suid = s == SIDE_LOCAL ? l : r};
         const struct state_copy *c = bsearch(&key, rows, n, sizeof *rows, row_cmp);
@@ -130,7 +132,8 @@ int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2])
     size_t nrows = 0;
     if (state_db_copy_list(e->db, m->idx, &rows, &nrows) < 0)
         return ERR_DB;
-    qsort(rows, nrows, sizeof *rows, row_cmp);
+    if (nrows)
+        qsort(rows, nrows, sizeof *rows, row_cmp);
     struct uidset remove[2], drop[2];
     for (int s = 0; s < 2; s++) {
         uidset_init(&remove[s]);

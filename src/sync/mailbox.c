@@ -223,7 +223,9 @@ static void on_fetch_response(struct side_state *st, const struct imap_response 
     struct imap_fetch f;
     char why[200];
     if (imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) < 0) {
-        if (++st->refused <= REFUSALS_SHOWN)
+        /* a probe lists UIDs only: what else the server sent about a
+         * message was reported when the message itself was fetched */
+        if (!st->probing && ++st->refused <= REFUSALS_SHOWN)
             log_error(st->e->log, side_name[st->side], st->mailbox,
                       "invalid FETCH response (%s); ignored", why);
         /* a new message refused is not fetched again in this run (each

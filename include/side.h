@@ -5,7 +5,7 @@
 #ifndef INTERIMAP_SIDE_H
 #define INTERIMAP_SIDE_H
 
-/* Stored as 0/1 in the `pending` table: keep the values. */
+/* Stored as 0/1 in the journal tables of the database: keep the values. */
 enum side { SIDE_LOCAL = 0, SIDE_REMOTE = 1 };
 
 #endif

@@ -26,7 +26,7 @@
  * Transactions: after state_db_prepare() the database is in autocommit
  * mode, each call being its own transaction; state_db_begin() ..
  * state_db_commit() groups calls. Calls that run several statements
- * (delete, rename, intent resolution) are atomic on their own either way.
+ * (delete, rename, copy confirmation) are atomic on their own either way.
  */
 #ifndef INTERIMAP_DB_STATE_H
 #define INTERIMAP_DB_STATE_H
@@ -67,9 +67,11 @@ enum state_db_schema_action {
 };
 
 /*
- * Opens (creating it if missing, with any missing parent directories)
- * and locks the database. Directories created get mode 0700, a created
- * file 0600, whatever the umask; existing ones are not changed. The lock
+ * Opens (creating it if missing) and locks the database. A missing file is
+ * created with mode 0600 whatever the umask, but only in a directory that
+ * exists: otherwise the call fails with one line naming the directory
+ * (a mistyped path must not start a fresh database). An existing file
+ * keeps its mode. The lock
  * is SQLite's exclusive locking mode, taken at once and held until
  * state_db_close(): a second instance (this tool or the Perl one) fails
  * within a quarter of a second with -EBUSY and the message "database PATH
@@ -86,8 +88,9 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
  * enables foreign keys; call it once after state_db_open(), when both
  * hierarchy delimiters are known ('\0' for a flat namespace), as the
  * version 0 to 1 migration needs them (it fails if both are set and
- * differ). Refuses schema versions newer than 1. Also creates the
- * `pending` table if missing. Must be called outside a transaction.
+ * differ). Refuses schema versions newer than 1. Also creates the journal
+ * tables if missing (converting the rows of an older journal format).
+ * Must be called outside a transaction.
  */
 int state_db_prepare(struct state_db *db, char ldelim, char rdelim, char *err, size_t errlen);
 /* What the last state_db_prepare() did; *from_version (may be NULL) gets
@@ -103,6 +106,8 @@ void state_db_close(struct state_db **db);
 /* Last error, one line, never NULL; valid until the next call on db. */
 const char *state_db_error(const struct state_db *db);
 const char *state_db_path(const struct state_db *db);
+/* Whether state_db_open() created the file (there was no database). */
+bool state_db_created(const struct state_db *db);
 
 /* BEGIN IMMEDIATE / COMMIT / ROLLBACK. Beginning twice is an error;
  * committing or rolling back with no transaction open does nothing. */
@@ -133,7 +138,7 @@ int state_db_mailbox_set_subscribed(struct state_db *db, int64_t idx, bool subsc
 /* Every mailbox, ordered by idx, with its local/remote rows if any. */
 int state_db_mailbox_list(struct state_db *db, struct state_mailbox **out, size_t *n);
 void state_db_mailbox_list_free(struct state_mailbox **list, size_t n);
-/* Forgets a mailbox with its local, remote, mapping, pending and flags rows.
+/* Forgets a mailbox with its local, remote, mapping, flags and copy-journal rows.
  * Returns 1 if it existed, 0 if not. */
 int state_db_mailbox_delete(struct state_db *db, int64_t idx);
 /* Renames `from` and every mailbox below it (names starting with from
@@ -184,39 +189,72 @@ int state_db_mapping_above(struct state_db *db, int64_t idx, uint32_t luidnext, 
 /* Every pair of a mailbox ordered by local UID; caller frees *out. */
 int state_db_mapping_all(struct state_db *db, int64_t idx, struct state_pair **out, size_t *n);
 
-/* ---- append journal (`pending` table; beyond the Perl tool) ---- */
+/* ---- copy journal (`journal_copies`; beyond the Perl tool) ---- */
 
 /*
- * An intent to copy message source_uid of side `source` into mailbox idx
- * on the other side, recorded and committed before the APPEND so a crash
- * between the server's APPENDUID and our mapping insert can be recovered
- * (the copy is found among the unmapped messages of the target by its
- * fingerprint instead of being copied a second time).
+ * One message being copied from side `source` into the same mailbox on the
+ * other side, recorded and committed before the APPEND that carries it is
+ * complete, and kept until the mailbox's UIDNEXT and HIGHESTMODSEQ are
+ * saved. A run killed meanwhile leaves enough to find the copy among the
+ * target's unrecorded messages (fingerprint: size, INTERNALDATE,
+ * Message-ID) whatever became of the source, and the flags both sides
+ * had when they were last equal.
  */
-struct state_intent {
-    int64_t idx;
+struct state_copy {
     enum side source;
-    uint32_t source_uid;
-    uint32_t target_uidnext; /* target's UIDNEXT before the APPEND, 0 if unknown:
-                                the copy's UID is not below it */
-    uint64_t size;           /* RFC822.SIZE */
-    char *internaldate;      /* INTERNALDATE text, NUL-terminated */
-    unsigned char *hash;     /* engine-chosen digest of the message */
-    size_t hashlen;
+    uint32_t suid;      /* 0: a row of the previous journal format (below) */
+    int64_t batch;      /* the APPEND command, all or nothing, in sending order */
+    uint32_t bound;     /* the copy's UID is not below this */
+    uint32_t tuid;      /* the copy's UID once the server said it (APPENDUID), else 0 */
+    uint64_t size;      /* RFC822.SIZE */
+    char *internaldate; /* as sent in the APPEND, NUL-terminated */
+    char *msgid;        /* Message-ID as normalized by the engine, may be empty */
+    size_t msgidlen;
+    char *flags; /* as sent in the APPEND, NUL-terminated */
 };
 
-/* Records an intent (replacing one with the same idx, source, UID). */
-int state_db_intent_add(struct state_db *db, const struct state_intent *in);
-/* Intents of mailbox idx (every mailbox if idx < 0), ordered by idx,
- * source, UID. Strings and hashes are owned by the list. */
-int state_db_intent_list(struct state_db *db, int64_t idx, struct state_intent **out, size_t *n);
-void state_db_intent_list_free(struct state_intent **list, size_t n);
+/* Records a copy (replacing one with the same mailbox, source, UID). */
+int state_db_copy_add(struct state_db *db, int64_t idx, const struct state_copy *c);
+/* The server confirmed the copy as tuid: notes it in the journal and
+ * inserts the mapping, atomically. */
+int state_db_copy_confirm(struct state_db *db, int64_t idx, enum side source, uint32_t suid,
+                          uint32_t tuid);
+/* The journal of mailbox idx, ordered by source, batch, UID. Rows with
+ * suid 0 come from the previous format: copies into the other side at or
+ * above `bound`, nothing else known. Strings are owned by the list. */
+int state_db_copy_list(struct state_db *db, int64_t idx, struct state_copy **out, size_t *n);
+void state_db_copy_list_free(struct state_copy **list, size_t n);
 /* Returns the number of rows deleted (0 or 1). */
-int state_db_intent_delete(struct state_db *db, int64_t idx, enum side source, uint32_t source_uid);
-/* The APPEND succeeded with target_uid: inserts the mapping and drops the
- * intent, atomically (inside or outside a transaction). */
-int state_db_intent_resolve(struct state_db *db, int64_t idx, enum side source, uint32_t source_uid,
-                            uint32_t target_uid);
+int state_db_copy_delete(struct state_db *db, int64_t idx, enum side source, uint32_t suid);
+/* Drops the journal of mailbox idx. */
+int state_db_copy_clear(struct state_db *db, int64_t idx);
+/* The highest batch number in the journal, 0 if empty. */
+int state_db_copy_last_batch(struct state_db *db, int64_t *batch);
+
+/* ---- command journal (`journal_commands`; beyond the Perl tool) ---- */
+
+/*
+ * A --rename or --delete, recorded before it touches a server and removed
+ * once both servers and the database have done it, so that a run killed in
+ * between can finish it. `targets` and `done` are SYNC_TARGET_* bits.
+ */
+struct state_command {
+    int64_t id;
+    bool rename; /* else delete */
+    char *name;  /* internal form */
+    size_t namelen;
+    char *newname; /* rename only; empty otherwise */
+    size_t newlen;
+    unsigned targets;
+    unsigned done;
+};
+
+int state_db_command_add(struct state_db *db, const struct state_command *c, int64_t *id);
+/* Adds `done` to the bits of what is done. */
+int state_db_command_done(struct state_db *db, int64_t id, unsigned done);
+int state_db_command_list(struct state_db *db, struct state_command **out, size_t *n);
+void state_db_command_list_free(struct state_command **list, size_t n);
+int state_db_command_delete(struct state_db *db, int64_t id);
 
 /* ---- remembered capabilities (`capabilities` table; beyond the Perl tool) ---- */
 

@@ -52,19 +52,43 @@ static const char *const schema_v1[] = {
     "UNIQUE      (idx,rUID))",
 };
 
-/* Our own table: no foreign keys, so the Perl tool (which deletes
- * mailboxes with foreign_keys=ON) never trips on it. A row with sUID 0
- * stands for a whole batch of copies into the other side, whose UIDs are
- * at or above tUIDNEXT (the engine's per-mailbox journal). */
-static const char pending_schema[] = "CREATE TABLE IF NOT EXISTS pending ("
-                                     "idx INTEGER NOT NULL, "
-                                     "source INTEGER NOT NULL CHECK (source IN (0,1)), "
-                                     "sUID UNSIGNED INT NOT NULL CHECK (sUID >= 0), "
-                                     "tUIDNEXT UNSIGNED INT NOT NULL, "
-                                     "size UNSIGNED BIGINT NOT NULL, "
-                                     "internaldate TEXT NOT NULL, "
-                                     "hash BLOB NOT NULL, "
-                                     "PRIMARY KEY (idx,source,sUID))";
+/* Our own tables, beyond the Perl tool's: no foreign keys, so the Perl
+ * tool (which deletes mailboxes with foreign_keys=ON) never trips on them.
+ * `journal_copies` records each message being copied, before the APPEND
+ * that carries it is complete; `journal_commands` records a --rename or
+ * --delete until both servers and the database have done it. See
+ * doc/internals/state.md. */
+static const char *const journal_schema[] = {
+    "CREATE TABLE IF NOT EXISTS journal_copies ("
+    "idx INTEGER NOT NULL, "
+    "source INTEGER NOT NULL CHECK (source IN (0,1)), "
+    "sUID UNSIGNED INT NOT NULL, "
+    "batch INTEGER NOT NULL, "
+    "tUIDNEXT UNSIGNED INT NOT NULL, "
+    "tUID UNSIGNED INT NOT NULL, "
+    "size UNSIGNED BIGINT NOT NULL, "
+    "internaldate TEXT NOT NULL, "
+    "messageid BLOB NOT NULL, "
+    "flags TEXT NOT NULL, "
+    "PRIMARY KEY (idx,source,sUID))",
+    "CREATE TABLE IF NOT EXISTS journal_commands ("
+    "id INTEGER NOT NULL PRIMARY KEY, "
+    "command TEXT NOT NULL CHECK (command IN ('rename','delete')), "
+    "name BLOB NOT NULL, "
+    "newname BLOB NOT NULL, "
+    "targets INTEGER NOT NULL, "
+    "done INTEGER NOT NULL)",
+};
+
+/* The journal of the previous format, `pending`, held one row per mailbox
+ * and direction: copies at or above tUIDNEXT, nothing known about them.
+ * Such a row becomes a copy-journal row with sUID 0, which the engine
+ * settles by matching the unrecorded messages of both sides. */
+static const char legacy_pending_migration[] =
+    "INSERT OR IGNORE INTO journal_copies"
+    " (idx,source,sUID,batch,tUIDNEXT,tUID,size,internaldate,messageid,flags)"
+    " SELECT idx, source, 0, 0, MIN(tUIDNEXT), 0, 0, '', x'', '' FROM pending"
+    " GROUP BY idx, source";
 
 /* Our own tables for servers without QRESYNC (doc/internals/state.md):
  * what each server advertised after login on the last run, keyed by a
@@ -95,7 +119,7 @@ enum stmt_id {
     ST_DEL_MAPPING,
     ST_DEL_LOCAL,
     ST_DEL_REMOTE,
-    ST_DEL_PENDING,
+    ST_DEL_COPIES,
     ST_DEL_MAILBOX,
     ST_INTERRUPTED,
     ST_SIDE_GET_L,
@@ -116,10 +140,15 @@ enum stmt_id {
     ST_MAP_HIGHEST_R,
     ST_MAP_ABOVE,
     ST_MAP_ALL,
-    ST_INT_ADD,
-    ST_INT_LIST_ONE,
-    ST_INT_LIST_ALL,
-    ST_INT_DELETE,
+    ST_COPY_ADD,
+    ST_COPY_CONFIRM,
+    ST_COPY_LIST,
+    ST_COPY_DELETE,
+    ST_COPY_LAST_BATCH,
+    ST_CMD_ADD,
+    ST_CMD_DONE,
+    ST_CMD_LIST,
+    ST_CMD_DELETE,
     ST_DEL_FLAGS,
     ST_CAPS_GET,
     ST_CAPS_SET,
@@ -141,14 +170,16 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " LEFT JOIN remote r ON m.idx = r.idx ORDER BY m.idx",
     [ST_MBX_RENAME_ONE] = "UPDATE mailboxes SET mailbox = ? WHERE idx = ?",
     /* byte positions: SUBSTR counts bytes on a BLOB; the concatenation
-     * keeps NUL bytes and the CAST stores the result as a BLOB again */
+     * keeps NUL bytes and the CAST stores the result as a BLOB again
+     * (one statement per designated entry: no comma can be missing) */
+    // NOLINTNEXTLINE(bugprone-suspicious-missing-comma)
     [ST_MBX_RENAME_CHILDREN] = "UPDATE mailboxes SET mailbox = CAST(? || SUBSTR(mailbox,?) AS BLOB)"
                                " WHERE SUBSTR(mailbox,1,?) = ?",
     /* children before parents, for foreign keys */
     [ST_DEL_MAPPING] = "DELETE FROM mapping WHERE idx = ?",
     [ST_DEL_LOCAL] = "DELETE FROM local WHERE idx = ?",
     [ST_DEL_REMOTE] = "DELETE FROM remote WHERE idx = ?",
-    [ST_DEL_PENDING] = "DELETE FROM pending WHERE idx = ?",
+    [ST_DEL_COPIES] = "DELETE FROM journal_copies WHERE idx = ?",
     [ST_DEL_MAILBOX] = "DELETE FROM mailboxes WHERE idx = ?",
     [ST_INTERRUPTED] = "SELECT mbx.idx FROM mailboxes mbx"
                        " JOIN local l ON mbx.idx = l.idx JOIN remote r ON mbx.idx = r.idx"
@@ -176,13 +207,17 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MAP_ABOVE] = "SELECT lUID, rUID FROM mapping WHERE idx = ? AND (lUID >= ? OR rUID >= ?)"
                      " ORDER BY lUID",
     [ST_MAP_ALL] = "SELECT lUID, rUID FROM mapping WHERE idx = ? ORDER BY lUID",
-    [ST_INT_ADD] = "INSERT OR REPLACE INTO pending"
-                   " (idx,source,sUID,tUIDNEXT,size,internaldate,hash) VALUES (?,?,?,?,?,?,?)",
-    [ST_INT_LIST_ONE] = "SELECT idx,source,sUID,tUIDNEXT,size,internaldate,hash FROM pending"
-                        " WHERE idx = ? ORDER BY idx,source,sUID",
-    [ST_INT_LIST_ALL] = "SELECT idx,source,sUID,tUIDNEXT,size,internaldate,hash FROM pending"
-                        " ORDER BY idx,source,sUID",
-    [ST_INT_DELETE] = "DELETE FROM pending WHERE idx = ? AND source = ? AND sUID = ?",
+    /* the columns in the order of journal_schema */
+    [ST_COPY_ADD] = "INSERT OR REPLACE INTO journal_copies VALUES (?,?,?,?,?,?,?,?,?,?)",
+    [ST_COPY_CONFIRM] =
+        "UPDATE journal_copies SET tUID = ? WHERE idx = ? AND source = ? AND sUID = ?",
+    [ST_COPY_LIST] = "SELECT * FROM journal_copies WHERE idx = ? ORDER BY source,batch,sUID",
+    [ST_COPY_DELETE] = "DELETE FROM journal_copies WHERE idx = ? AND source = ? AND sUID = ?",
+    [ST_COPY_LAST_BATCH] = "SELECT COALESCE(MAX(batch),0) FROM journal_copies",
+    [ST_CMD_ADD] = "INSERT INTO journal_commands VALUES (NULL,?,?,?,?,0)",
+    [ST_CMD_DONE] = "UPDATE journal_commands SET done = done | ? WHERE id = ?",
+    [ST_CMD_LIST] = "SELECT id,command,name,newname,targets,done FROM journal_commands ORDER BY id",
+    [ST_CMD_DELETE] = "DELETE FROM journal_commands WHERE id = ?",
     [ST_DEL_FLAGS] = "DELETE FROM flags WHERE idx = ?",
     [ST_CAPS_GET] = "SELECT capabilities, append_hms FROM capabilities"
                     " WHERE side = ? AND server = ?",
@@ -202,6 +237,7 @@ struct state_db {
     sqlite3_stmt *stmt[ST_COUNT];
     enum state_db_schema_action action;
     int from_version;
+    bool created; /* state_db_open created the file */
     char err[512];
 };
 
@@ -243,6 +279,11 @@ const char *state_db_error(const struct state_db *db)
 const char *state_db_path(const struct state_db *db)
 {
     return db->path;
+}
+
+bool state_db_created(const struct state_db *db)
+{
+    return db->created;
 }
 
 /* ------------------------------------------------------------------ */
@@ -316,42 +357,33 @@ static int sp_end(struct state_db *db, int rc)
 /* ------------------------------------------------------------------ */
 /* open / close */
 
-/* Creates the missing directories above path, each 0700. */
-static int make_parents(const char *path, char *err, size_t errlen)
+/* The directory that would hold path must exist: a database is never
+ * created in a directory made up for it (a mistyped path would otherwise
+ * start a fresh database and copy every message again). */
+static int check_parent(const char *path, char *err, size_t errlen)
 {
     char *dir = strdup(path);
     if (!dir) {
         set_msg(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    int rc = 0;
     char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir)
-        goto out;
-    *slash = '\0';
-    /* walk down from the top, creating what is missing */
-    for (char *p = dir + 1;; p++) {
-        bool end = *p == '\0';
-        if (*p != '/' && !end)
-            continue;
-        *p = '\0';
-        if (mkdir(dir, 0700) == 0) {
-            /* the umask may have removed bits: set exactly 0700 */
-            if (chmod(dir, 0700) < 0) {
-                rc = -errno;
-                set_msg(err, errlen, "cannot set mode of %s: %s", dir, strerror(errno));
-                goto out;
-            }
-        } else if (errno != EEXIST) {
+    int rc = 0;
+    if (slash) {
+        if (slash == dir)
+            slash[1] = '\0';
+        else
+            *slash = '\0';
+        struct stat sb;
+        if (stat(dir, &sb) < 0) {
             rc = -errno;
-            set_msg(err, errlen, "cannot create directory %s: %s", dir, strerror(errno));
-            goto out;
+            set_msg(err, errlen, "cannot create database %s: directory %s: %s", path, dir,
+                    strerror(errno));
+        } else if (!S_ISDIR(sb.st_mode)) {
+            rc = -ENOTDIR;
+            set_msg(err, errlen, "cannot create database %s: %s is not a directory", path, dir);
         }
-        if (end)
-            break;
-        *p = '/';
     }
-out:
     free(dir);
     return rc;
 }
@@ -390,6 +422,7 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
         return -EINVAL;
     }
     int rc;
+    bool created = false;
     struct stat sb;
     if (flags & STATE_DB_READ_ONLY)
         flags |= STATE_DB_NO_CREATE;
@@ -399,12 +432,13 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
             set_msg(err, errlen, "cannot open database %s: %s", path, strerror(errno));
             return rc;
         }
-        rc = make_parents(path, err, errlen);
+        rc = check_parent(path, err, errlen);
         if (rc < 0)
             return rc;
         rc = create_file(path, err, errlen);
         if (rc < 0)
             return rc;
+        created = true;
     }
 
     struct state_db *db = calloc(1, sizeof *db);
@@ -457,6 +491,7 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
         goto fail;
     }
     db->from_version = -1;
+    db->created = created;
     *out = db;
     return 0;
 fail:
@@ -590,6 +625,22 @@ static int fk_check(struct state_db *db)
     return r == SQLITE_DONE ? 0 : db_fail(db, "cannot check foreign keys");
 }
 
+/* Moves what the previous journal format left into the current one. */
+static int migrate_pending(struct state_db *db)
+{
+    int n = 0;
+    int rc = pragma_int(db,
+                        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
+                        " AND name = 'pending'",
+                        &n);
+    if (rc < 0 || n == 0)
+        return rc;
+    rc = exec_sql(db, legacy_pending_migration, "cannot convert table pending");
+    if (rc == 0)
+        rc = exec_sql(db, "DROP TABLE pending", "cannot drop table pending");
+    return rc;
+}
+
 int state_db_prepare(struct state_db *db, char ldelim, char rdelim, char *err, size_t errlen)
 {
     int version = 0;
@@ -632,7 +683,12 @@ int state_db_prepare(struct state_db *db, char ldelim, char rdelim, char *err, s
         if (rc < 0)
             goto rollback;
     }
-    rc = exec_sql(db, pending_schema, "cannot create table pending");
+    for (size_t i = 0; i < sizeof journal_schema / sizeof *journal_schema; i++) {
+        rc = exec_sql(db, journal_schema[i], "cannot create the journal tables");
+        if (rc < 0)
+            goto rollback;
+    }
+    rc = migrate_pending(db);
     if (rc == 0)
         rc = exec_sql(db, capabilities_schema, "cannot create table capabilities");
     if (rc == 0)
@@ -839,7 +895,7 @@ static int exec_by_idx(struct state_db *db, enum stmt_id id, int64_t idx, const 
 int state_db_mailbox_delete(struct state_db *db, int64_t idx)
 {
     static const enum stmt_id order[] = {ST_DEL_MAPPING, ST_DEL_LOCAL, ST_DEL_REMOTE,
-                                         ST_DEL_PENDING, ST_DEL_FLAGS, ST_DEL_MAILBOX};
+                                         ST_DEL_COPIES,  ST_DEL_FLAGS, ST_DEL_MAILBOX};
     int rc = sp_begin(db);
     if (rc < 0)
         return rc;
@@ -1181,56 +1237,101 @@ int state_db_mapping_all(struct state_db *db, int64_t idx, struct state_pair **o
 }
 
 /* ------------------------------------------------------------------ */
-/* append journal */
+/* copy journal */
 
-int state_db_intent_add(struct state_db *db, const struct state_intent *in)
+/* Binds a byte string that may be NULL (NOT NULL columns: empty, not NULL). */
+static void bind_bytes(sqlite3_stmt *st, int i, const void *p, size_t len)
 {
-    if (!side_ok(db, in->source))
+    sqlite3_bind_blob64(st, i, p ? p : "", p ? len : 0, SQLITE_STATIC);
+}
+
+int state_db_copy_add(struct state_db *db, int64_t idx, const struct state_copy *c)
+{
+    if (!side_ok(db, c->source))
         return -EINVAL;
-    sqlite3_stmt *st = stmt_get(db, ST_INT_ADD);
+    sqlite3_stmt *st = stmt_get(db, ST_COPY_ADD);
     if (!st)
         return ERR_DB;
-    sqlite3_bind_int64(st, 1, in->idx);
-    sqlite3_bind_int(st, 2, (int)in->source);
-    sqlite3_bind_int64(st, 3, in->source_uid);
-    sqlite3_bind_int64(st, 4, in->target_uidnext);
-    sqlite3_bind_int64(st, 5, (int64_t)in->size);
-    sqlite3_bind_text(st, 6, in->internaldate ? in->internaldate : "", -1, SQLITE_STATIC);
-    /* NOT NULL: an empty hash is stored as an empty blob, not NULL */
-    sqlite3_bind_blob64(st, 7, in->hash ? (const void *)in->hash : "", in->hash ? in->hashlen : 0,
-                        SQLITE_STATIC);
-    int rc = stmt_exec(db, st, "cannot record append intent");
+    sqlite3_bind_int64(st, 1, idx);
+    sqlite3_bind_int(st, 2, (int)c->source);
+    sqlite3_bind_int64(st, 3, c->suid);
+    sqlite3_bind_int64(st, 4, c->batch);
+    sqlite3_bind_int64(st, 5, c->bound);
+    sqlite3_bind_int64(st, 6, c->tuid);
+    sqlite3_bind_int64(st, 7, (int64_t)c->size);
+    sqlite3_bind_text(st, 8, c->internaldate ? c->internaldate : "", -1, SQLITE_STATIC);
+    bind_bytes(st, 9, c->msgid, c->msgidlen);
+    sqlite3_bind_text(st, 10, c->flags ? c->flags : "", -1, SQLITE_STATIC);
+    int rc = stmt_exec(db, st, "cannot journal a copy");
     return rc < 0 ? rc : 0;
 }
 
-void state_db_intent_list_free(struct state_intent **list, size_t n)
+int state_db_copy_confirm(struct state_db *db, int64_t idx, enum side source, uint32_t suid,
+                          uint32_t tuid)
+{
+    if (!side_ok(db, source))
+        return -EINVAL;
+    sqlite3_stmt *st = stmt_get(db, ST_COPY_CONFIRM);
+    if (!st)
+        return ERR_DB;
+    int rc = sp_begin(db);
+    if (rc < 0)
+        return rc;
+    sqlite3_bind_int64(st, 1, tuid);
+    sqlite3_bind_int64(st, 2, idx);
+    sqlite3_bind_int(st, 3, (int)source);
+    sqlite3_bind_int64(st, 4, suid);
+    rc = stmt_exec(db, st, "cannot record a copy");
+    if (rc >= 0)
+        rc = state_db_mapping_insert(db, idx, source == SIDE_LOCAL ? suid : tuid,
+                                     source == SIDE_LOCAL ? tuid : suid);
+    return sp_end(db, rc < 0 ? rc : 0);
+}
+
+void state_db_copy_list_free(struct state_copy **list, size_t n)
 {
     if (!list || !*list)
         return;
     for (size_t i = 0; i < n; i++) {
         free((*list)[i].internaldate);
-        free((*list)[i].hash);
+        free((*list)[i].msgid);
+        free((*list)[i].flags);
     }
     free(*list);
     *list = NULL;
 }
 
-int state_db_intent_list(struct state_db *db, int64_t idx, struct state_intent **out, size_t *n)
+/* A column as a NUL-terminated copy (blobs may hold NULs: *len says). */
+static char *column_dup(sqlite3_stmt *st, int col, size_t *len)
+{
+    const void *p = sqlite3_column_blob(st, col);
+    size_t n = (size_t)sqlite3_column_bytes(st, col);
+    char *out = malloc(n + 1);
+    if (!out)
+        return NULL;
+    if (n)
+        memcpy(out, p, n);
+    out[n] = '\0';
+    if (len)
+        *len = n;
+    return out;
+}
+
+int state_db_copy_list(struct state_db *db, int64_t idx, struct state_copy **out, size_t *n)
 {
     *out = NULL;
     *n = 0;
-    sqlite3_stmt *st = stmt_get(db, idx < 0 ? ST_INT_LIST_ALL : ST_INT_LIST_ONE);
+    sqlite3_stmt *st = stmt_get(db, ST_COPY_LIST);
     if (!st)
         return ERR_DB;
-    if (idx >= 0)
-        sqlite3_bind_int64(st, 1, idx);
-    struct state_intent *v = NULL;
+    sqlite3_bind_int64(st, 1, idx);
+    struct state_copy *v = NULL;
     size_t count = 0, cap = 0;
     int rc, ret = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            struct state_intent *nv = realloc(v, ncap * sizeof *nv);
+            size_t ncap = cap ? cap * 2 : 64;
+            struct state_copy *nv = realloc(v, ncap * sizeof *nv);
             if (!nv) {
                 ret = -ENOMEM;
                 break;
@@ -1238,32 +1339,30 @@ int state_db_intent_list(struct state_db *db, int64_t idx, struct state_intent *
             v = nv;
             cap = ncap;
         }
-        struct state_intent *it = &v[count++];
-        memset(it, 0, sizeof *it);
-        it->idx = sqlite3_column_int64(st, 0);
-        it->source = sqlite3_column_int(st, 1) == 1 ? SIDE_REMOTE : SIDE_LOCAL;
-        it->source_uid = (uint32_t)sqlite3_column_int64(st, 2);
-        it->target_uidnext = (uint32_t)sqlite3_column_int64(st, 3);
-        it->size = (uint64_t)sqlite3_column_int64(st, 4);
-        const unsigned char *date = sqlite3_column_text(st, 5);
-        it->internaldate = strdup(date ? (const char *)date : "");
-        const void *hash = sqlite3_column_blob(st, 6);
-        it->hashlen = (size_t)sqlite3_column_bytes(st, 6);
-        it->hash = malloc(it->hashlen ? it->hashlen : 1);
-        if (!it->internaldate || !it->hash) {
+        struct state_copy *c = &v[count++];
+        memset(c, 0, sizeof *c);
+        /* SELECT *: idx first, then the columns of journal_schema */
+        c->source = sqlite3_column_int(st, 1) == 1 ? SIDE_REMOTE : SIDE_LOCAL;
+        c->suid = (uint32_t)sqlite3_column_int64(st, 2);
+        c->batch = sqlite3_column_int64(st, 3);
+        c->bound = (uint32_t)sqlite3_column_int64(st, 4);
+        c->tuid = (uint32_t)sqlite3_column_int64(st, 5);
+        c->size = (uint64_t)sqlite3_column_int64(st, 6);
+        c->internaldate = column_dup(st, 7, NULL);
+        c->msgid = column_dup(st, 8, &c->msgidlen);
+        c->flags = column_dup(st, 9, NULL);
+        if (!c->internaldate || !c->msgid || !c->flags) {
             ret = -ENOMEM;
             break;
         }
-        if (it->hashlen)
-            memcpy(it->hash, hash, it->hashlen);
     }
     if (ret == -ENOMEM)
-        set_msg(db->err, sizeof db->err, "cannot list append intents: out of memory");
+        set_msg(db->err, sizeof db->err, "cannot read the copy journal: out of memory");
     else if (rc != SQLITE_DONE)
-        ret = db_fail(db, "cannot list append intents");
+        ret = db_fail(db, "cannot read the copy journal");
     stmt_done(st);
     if (ret < 0) {
-        state_db_intent_list_free(&v, count);
+        state_db_copy_list_free(&v, count);
         return ret;
     }
     *out = v;
@@ -1271,33 +1370,140 @@ int state_db_intent_list(struct state_db *db, int64_t idx, struct state_intent *
     return 0;
 }
 
-int state_db_intent_delete(struct state_db *db, int64_t idx, enum side source, uint32_t source_uid)
+int state_db_copy_delete(struct state_db *db, int64_t idx, enum side source, uint32_t suid)
 {
     if (!side_ok(db, source))
         return -EINVAL;
-    sqlite3_stmt *st = stmt_get(db, ST_INT_DELETE);
+    sqlite3_stmt *st = stmt_get(db, ST_COPY_DELETE);
     if (!st)
         return ERR_DB;
     sqlite3_bind_int64(st, 1, idx);
     sqlite3_bind_int(st, 2, (int)source);
-    sqlite3_bind_int64(st, 3, source_uid);
-    return stmt_exec(db, st, "cannot delete append intent");
+    sqlite3_bind_int64(st, 3, suid);
+    return stmt_exec(db, st, "cannot delete from the copy journal");
 }
 
-int state_db_intent_resolve(struct state_db *db, int64_t idx, enum side source, uint32_t source_uid,
-                            uint32_t target_uid)
+int state_db_copy_clear(struct state_db *db, int64_t idx)
 {
-    if (!side_ok(db, source))
-        return -EINVAL;
-    int rc = sp_begin(db);
+    int rc = exec_by_idx(db, ST_DEL_COPIES, idx, "cannot clear the copy journal");
+    return rc < 0 ? rc : 0;
+}
+
+int state_db_copy_last_batch(struct state_db *db, int64_t *batch)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_COPY_LAST_BATCH);
+    if (!st)
+        return ERR_DB;
+    int rc = sqlite3_step(st);
+    int ret = 0;
+    if (rc == SQLITE_ROW)
+        *batch = sqlite3_column_int64(st, 0);
+    else
+        ret = db_fail(db, "cannot read the copy journal");
+    stmt_done(st);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* command journal */
+
+int state_db_command_add(struct state_db *db, const struct state_command *c, int64_t *id)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_CMD_ADD);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_text(st, 1, c->rename ? "rename" : "delete", -1, SQLITE_STATIC);
+    bind_name(st, 2, c->name, c->namelen);
+    bind_name(st, 3, c->newname, c->newlen);
+    sqlite3_bind_int(st, 4, (int)c->targets);
+    int rc = stmt_exec(db, st, "cannot journal the command");
     if (rc < 0)
         return rc;
-    uint32_t luid = source == SIDE_LOCAL ? source_uid : target_uid;
-    uint32_t ruid = source == SIDE_LOCAL ? target_uid : source_uid;
-    rc = state_db_mapping_insert(db, idx, luid, ruid);
-    if (rc >= 0)
-        rc = state_db_intent_delete(db, idx, source, source_uid);
-    return sp_end(db, rc < 0 ? rc : 0);
+    if (id)
+        *id = sqlite3_last_insert_rowid(db->h);
+    return 0;
+}
+
+int state_db_command_done(struct state_db *db, int64_t id, unsigned done)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_CMD_DONE);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int(st, 1, (int)done);
+    sqlite3_bind_int64(st, 2, id);
+    int rc = stmt_exec(db, st, "cannot journal the command");
+    return rc < 0 ? rc : 0;
+}
+
+void state_db_command_list_free(struct state_command **list, size_t n)
+{
+    if (!list || !*list)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free((*list)[i].name);
+        free((*list)[i].newname);
+    }
+    free(*list);
+    *list = NULL;
+}
+
+int state_db_command_list(struct state_db *db, struct state_command **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    sqlite3_stmt *st = stmt_get(db, ST_CMD_LIST);
+    if (!st)
+        return ERR_DB;
+    struct state_command *v = NULL;
+    size_t count = 0, cap = 0;
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            size_t ncap = cap ? cap * 2 : 4;
+            struct state_command *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                ret = -ENOMEM;
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        struct state_command *c = &v[count++];
+        memset(c, 0, sizeof *c);
+        c->id = sqlite3_column_int64(st, 0);
+        const unsigned char *cmd = sqlite3_column_text(st, 1);
+        c->rename = cmd && strcmp((const char *)cmd, "rename") == 0;
+        c->name = column_dup(st, 2, &c->namelen);
+        c->newname = column_dup(st, 3, &c->newlen);
+        c->targets = (unsigned)sqlite3_column_int(st, 4);
+        c->done = (unsigned)sqlite3_column_int(st, 5);
+        if (!c->name || !c->newname) {
+            ret = -ENOMEM;
+            break;
+        }
+    }
+    if (ret == -ENOMEM)
+        set_msg(db->err, sizeof db->err, "cannot read the command journal: out of memory");
+    else if (rc != SQLITE_DONE)
+        ret = db_fail(db, "cannot read the command journal");
+    stmt_done(st);
+    if (ret < 0) {
+        state_db_command_list_free(&v, count);
+        return ret;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+int state_db_command_delete(struct state_db *db, int64_t id)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_CMD_DELETE);
+    if (!st)
+        return ERR_DB;
+    sqlite3_bind_int64(st, 1, id);
+    int rc = stmt_exec(db, st, "cannot journal the command");
+    return rc < 0 ? rc : 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -419,6 +419,25 @@ static int engine_dry_run(struct sync_engine *e)
     return status;
 }
 
+/* What a run does first: finish a --rename or --delete a killed run left
+ * half done, then the command given (unless it was that one), or a cycle,
+ * or the watch loop. Returns an exit status. */
+static int engine_first(struct sync_engine *e, bool watch)
+{
+    bool same = false;
+    int status = commands_resume(e, &same);
+    if (status == EXIT_FAILURE_GENERIC)
+        return status;
+    int r = EXIT_IN_STEP;
+    if (e->opts.command == SYNC_DELETE && !same)
+        r = command_delete(e);
+    else if (e->opts.command == SYNC_RENAME && !same)
+        r = command_rename(e);
+    else if (e->opts.command != SYNC_DELETE && e->opts.command != SYNC_RENAME)
+        r = watch ? watch_run(e) : engine_cycle(e);
+    return r != EXIT_IN_STEP ? r : status;
+}
+
 /* The run, signal handlers aside. */
 static int sync_engine_run_once(struct sync_engine *e, bool watch)
 {
@@ -457,20 +476,12 @@ static int sync_engine_run_once(struct sync_engine *e, bool watch)
     }
     if (caps_save(e) < 0)
         return EXIT_FAILURE_GENERIC;
-    if (state_db_begin(e->db) < 0) {
+    if (state_db_copy_last_batch(e->db, &e->batch_seq) < 0 || state_db_begin(e->db) < 0) {
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
         return EXIT_FAILURE_GENERIC;
     }
 
-    int status;
-    if (e->opts.command == SYNC_DELETE)
-        status = command_delete(e);
-    else if (e->opts.command == SYNC_RENAME)
-        status = command_rename(e);
-    else if (watch)
-        status = watch_run(e);
-    else
-        status = engine_cycle(e);
+    int status = engine_first(e, watch);
 
     state_db_commit(e->db);
     engine_explain_broken(e);

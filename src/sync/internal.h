@@ -44,6 +44,7 @@
 #include "progress.h"
 #include "sync/flags.h"
 #include "sync/reconnect.h"
+#include "sync/fptext.h"
 
 #define OTHER(s) ((enum side)(1 - (s)))
 
@@ -184,24 +185,52 @@ struct side_state {
     int error;        /* a response we cannot act on: the mailbox fails */
 };
 
+/* A closed (MULTI)APPEND command, waiting for the server's answer. */
 struct pending_batch {
     struct imap_cmd *cmd;
     struct uidset src_uids;
     struct pending_batch *next;
 };
 
-/* Streaming of new messages from side `src` into side OTHER(src). */
+/* One message of the APPEND being written, as the copy journal will
+ * record it (see copy.c). */
+struct copy_entry {
+    uint32_t suid;
+    uint64_t size;
+    char *date;
+    char *flags;
+    char *msgid;
+    size_t msgidlen;
+};
+
+/*
+ * Streaming of messages from side `src` into side OTHER(src). Every
+ * APPEND command is journaled (state_db_copy_add) and committed before
+ * its last byte leaves, and its answer is recorded as soon as it comes
+ * (by the `recorder` coroutine), so at any moment only the commands in
+ * flight are unrecorded, and the journal tells what they carried.
+ */
 struct new_copy {
     struct sync_engine *e;
+    struct mbox_ctx *m;
     enum side src;
     struct side_state *target;
     bool append_open;
     struct imap_cmd *open_cmd;
     struct uidset open_uids;
+    struct copy_entry *entries; /* the open command's messages */
+    size_t nentries, capentries;
     size_t open_count;
     uint64_t open_bytes;
+    uint32_t bound;      /* the copies' UIDs are not below this */
+    struct fp_scan scan; /* the message being written */
     struct pending_batch *batches, **batches_tail;
-    int error;
+    struct coro *recorder;
+    bool recorder_idle;     /* suspended, waiting for a batch */
+    bool closing;           /* no more batches will come */
+    struct uidset appended; /* target UIDs the server confirmed */
+    int error;              /* while writing: the copy stops */
+    int record_error;       /* while recording an answer */
     unsigned copied;
     bool target_aborted; /* a message was cut short: the target connection is given up */
 };
@@ -249,6 +278,7 @@ struct sync_engine {
     struct list_cmds early_list[2]; /* LISTs sent behind the login */
     struct mbox_ctx *spec;          /* INBOX, selected behind them */
     bool connected;                 /* both connections are up */
+    int64_t batch_seq;              /* the last APPEND batch number journaled */
     /* what a cycle did, for the line that ends it */
     struct {
         size_t mailboxes;
@@ -310,6 +340,12 @@ struct mbox_ctx {
     bool nomem;       /* an allocation failed: the mailbox fails (mbox_note) */
     /* what the listing's STATUS said (0: nothing) */
     uint32_t status_uidvalidity[2], status_uidnext[2];
+    /* That side's SELECT was answered after the copy decided what to
+     * fetch (target_pending): its UIDNEXT may count a message delivered
+     * since the CREATE, so it counts only once a FETCH of new messages
+     * went out after it (fetched_new). */
+    bool late_select[2];
+    bool fetched_new[2];
 };
 
 /* Remembers a failed allocation (r < 0): the mailbox then fails with
@@ -395,10 +431,51 @@ const struct change *change_find(const struct side_state *st, uint32_t uid);
 int sync_known(struct mbox_ctx *m, bool may_release);
 
 /* copy.c: copying */
+void copy_init(struct new_copy *cp, struct mbox_ctx *m, enum side src);
+void copy_fini(struct new_copy *cp);
 int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_t size,
                         struct imap_literal *lit, const char *inline_body);
-int copy_finish(struct mbox_ctx *m, struct new_copy *cp, struct uidset *appended);
+int copy_finish(struct new_copy *cp, struct uidset *appended);
+int copy_uids(struct mbox_ctx *m, enum side src, struct uidset *uids, struct uidset skip[2]);
 int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release);
+
+/* fingerprint.c: fingerprints */
+struct fingerprint {
+    uint32_t uid;
+    uint64_t size;
+    int64_t date; /* INTERNALDATE in seconds since the epoch, -1 if unreadable */
+    char *datetext;
+    char *msgid; /* without whitespace; may be empty */
+    size_t msgidlen;
+    bool used; /* paired already */
+};
+struct fp_list {
+    struct side_state *st; /* charged for the list, fails when it cannot */
+    struct fingerprint *items;
+    size_t count, cap;
+};
+/* A list's fingerprints sorted for lookups (they point into the list). */
+struct fp_ref {
+    struct fingerprint *fp;
+};
+struct fp_index {
+    struct fp_ref *sorted;
+    size_t n;
+};
+bool fp_equal(const struct fingerprint *a, const struct fingerprint *b);
+int fp_set(struct fingerprint *fp, uint32_t uid, uint64_t size, const char *date, size_t datelen,
+           const char *msgid, size_t msgidlen);
+int fp_list_add(struct fp_list *fl, const struct fingerprint *fp);
+void fp_list_fini(struct fp_list *fl);
+int fp_fetch(struct mbox_ctx *m, const char *const sets[2], struct fp_list out[2]);
+int fp_index_init(struct fp_index *ix, struct fp_list *fl);
+void fp_index_fini(struct fp_index *ix);
+struct fingerprint *fp_index_take(struct fp_index *ix, const struct fingerprint *want,
+                                  uint32_t min_uid);
+
+/* adopt.c: messages already on both sides */
+int adopt_unrecorded(struct mbox_ctx *m, const uint32_t from[2]);
+bool adopt_wanted(const struct mbox_ctx *m);
 
 /* mailbox.c: per-mailbox driver */
 void side_state_reset(struct side_state *st);
@@ -425,13 +502,10 @@ void mbox_free(struct mbox_ctx **pm);
 /* recovery.c: recovery */
 int interrupted_pairs(struct mbox_ctx *m, struct uidset pairs[2], struct uidset skip[2]);
 int check_interrupted(struct mbox_ctx *m, struct uidset pairs[2]);
-int intent_set(struct state_db *db, int64_t idx, enum side target, uint32_t bound);
-int intent_get(struct state_db *db, int64_t idx, enum side target, uint32_t *bound);
-int intent_clear(struct state_db *db, int64_t idx);
-int recover_appends(struct mbox_ctx *m, enum side dst, uint32_t bound);
+int recover_copies(struct mbox_ctx *m, struct uidset recopy[2]);
 
 /* repair.c: repair */
-int repair_pairs(struct mbox_ctx *m, struct uidset skip[2]);
+int repair_pairs(struct mbox_ctx *m, struct uidset missing[2]);
 
 /* dryrun.c: --dry-run */
 int dry_run(struct sync_engine *e);
@@ -451,5 +525,6 @@ void watch_fini(struct sync_engine *e);
 /* commands.c: commands */
 int command_delete(struct sync_engine *e);
 int command_rename(struct sync_engine *e);
+int commands_resume(struct sync_engine *e, bool *same);
 
 #endif

@@ -61,14 +61,18 @@ char *pretty_name(struct sync_engine *e, const char *key, size_t keylen)
 /* LIST */
 
 /* The listing entry a LSUB or STATUS answer names (by server name). A
- * STATUS follows its LIST line: the last entry is looked at first. */
-static struct listed *listed_by_name(struct listing *l, const char *n, size_t nlen)
+ * STATUS follows its LIST line: the last entry is looked at first.
+ * `inbox_any_case`: INBOX may be spelled in any case (a STATUS or LSUB
+ * answer about it); never for LIST lines, where "Inbox" beside "INBOX" is
+ * another name, to be refused by the name checks. */
+static struct listed *listed_by_name(struct listing *l, const char *n, size_t nlen,
+                                     bool inbox_any_case)
 {
     for (size_t j = 0; j < l->count; j++) {
         struct listed *it = &l->items[j == 0 ? l->count - 1 : j - 1];
         size_t len = strlen(it->server_name);
         if (len == nlen && (memcmp(it->server_name, n, nlen) == 0 ||
-                            (nlen == 5 && strncasecmp(n, "INBOX", 5) == 0 &&
+                            (inbox_any_case && nlen == 5 && strncasecmp(n, "INBOX", 5) == 0 &&
                              strncasecmp(it->server_name, "INBOX", 5) == 0)))
             return it;
     }
@@ -87,7 +91,7 @@ static void list_untagged(void *ctx, const struct imap_response *r)
         const char *n;
         size_t nlen;
         struct listed *it;
-        if (imap_value_string(&r->args[3], &n, &nlen) && (it = listed_by_name(l, n, nlen)))
+        if (imap_value_string(&r->args[3], &n, &nlen) && (it = listed_by_name(l, n, nlen, true)))
             it->subscribed = true;
         return;
     }
@@ -128,10 +132,8 @@ static void list_untagged(void *ctx, const struct imap_response *r)
         size_t rl = strlen(ref);
         if (nlen < rl || memcmp(n, ref, rl) != 0)
             return; /* outside the reference: not ours */
-        for (size_t i = 0; i < l->count; i++)
-            if (strlen(l->items[i].server_name) == nlen &&
-                memcmp(l->items[i].server_name, n, nlen) == 0)
-                return; /* listed by two patterns (one LIST per pattern) */
+        if (listed_by_name(l, n, nlen, false))
+            return; /* listed by two patterns (one LIST per pattern) */
         if (l->count >= LISTING_MAX) {
             l->too_many = true;
             return;
@@ -172,7 +174,7 @@ static void list_untagged(void *ctx, const struct imap_response *r)
         const char *n;
         size_t nlen;
         struct listed *it;
-        if (!imap_value_string(&r->args[1], &n, &nlen) || !(it = listed_by_name(l, n, nlen)))
+        if (!imap_value_string(&r->args[1], &n, &nlen) || !(it = listed_by_name(l, n, nlen, true)))
             return;
         const struct imap_value *v = &r->args[2];
         for (size_t k = 0; k + 1 < v->count; k += 2) {

@@ -223,7 +223,9 @@ static void on_fetch_response(struct side_state *st, const struct imap_response 
     struct imap_fetch f;
     char why[200];
     if (imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) < 0) {
-        if (++st->refused <= REFUSALS_SHOWN)
+        /* a probe lists UIDs only: what else the server sent about a
+         * message was reported when the message itself was fetched */
+        if (!st->probing && ++st->refused <= REFUSALS_SHOWN)
             log_error(st->e->log, side_name[st->side], st->mailbox,
                       "invalid FETCH response (%s); ignored", why);
         /* a new message refused is not fetched again in this run (each
@@ -231,10 +233,17 @@ static void on_fetch_response(struct side_state *st, const struct imap_response 
          * it again */
         const struct imap_value *list = &r->args[2];
         uint32_t uid;
-        for (size_t i = 0; st->copy && list->type == IMAP_LIST && i + 1 < list->count; i += 2)
-            if (imap_value_is_atom(&list->items[i], "UID") &&
-                imap_value_u32(&list->items[i + 1], &uid) && uid)
+        for (size_t i = 0; list->type == IMAP_LIST && i + 1 < list->count; i += 2) {
+            if (!imap_value_is_atom(&list->items[i], "UID") ||
+                !imap_value_u32(&list->items[i + 1], &uid) || !uid)
+                continue;
+            if (st->copy)
                 side_uid_add(st, &st->fetched, uid);
+            /* the message is there even if its attributes are not usable:
+             * a probe must never take it for gone */
+            if (st->probing && uid >= st->probe_from)
+                side_uid_add(st, &st->probe, uid);
+        }
         return;
     }
     bool new_message = f.body || (st->copy && f.has_date);
@@ -352,8 +361,9 @@ int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struc
     else
         imap_client_select_now(st->c, &selected_handler, st, &st->ms);
     struct imap_cmd *cmd;
-    if (st->how == TIER_QRESYNC && !m->repair && m->known && m->db[s].highestmodseq > 0 &&
-        m->db[s].uidnext > 1) {
+    /* --repair too: what vanished since the saved HIGHESTMODSEQ was
+     * expunged by the user, to be propagated like any expunge */
+    if (st->how == TIER_QRESYNC && m->known && m->db[s].highestmodseq > 0 && m->db[s].uidnext > 1) {
         char *seqs = NULL, *uids = NULL;
         qresync_sample(e, m->idx, s, &seqs, &uids);
         if (seqs && uids)
@@ -628,127 +638,103 @@ static void mbox_fini(struct mbox_ctx *m)
     m->pretty = NULL;
 }
 
-/* Synchronizes one mailbox whose context mbox_init() set up, its SELECTs
- * possibly sent already. Returns 0, MAILBOX_AGAIN, or a negative error. */
-int sync_one(struct mbox_ctx *m)
+/* What sync_one's steps share. */
+struct one_run {
+    struct uidset skip[2];   /* new UIDs not to copy: copies, pairs already made */
+    struct uidset ipairs[2]; /* pairs an interrupted run recorded above UIDNEXT */
+    struct uidset recopy[2]; /* old messages to copy again (journal, repair) */
+};
+
+/* Sends the SELECTs not sent ahead (by the previous mailbox, or behind the
+ * login), and waits for their answers: not for the target side of a
+ * mailbox created in this run, which is empty, so copying into it need not
+ * wait (select_wait_target takes the answer before the APPEND replies). */
+static int one_select(struct mbox_ctx *m)
 {
-    struct sync_engine *e = m->e;
-    int rc = 0;
-    struct uidset skip[2], ipairs[2];
-    for (int s = 0; s < 2; s++) {
-        uidset_init(&skip[s]);
-        uidset_init(&ipairs[s]);
-    }
-    if (m->repair && !m->known)
-        goto out; /* nothing recorded to compare with */
-    /* the SELECTs may have been sent ahead: by the previous mailbox, or
-     * behind the login (not to a server that greeted with PREAUTH) */
-    for (int s = 0; s < 2; s++) {
-        if (!m->select[s] && select_send_side(m, (enum side)s, SELECT_NOW, NULL) < 0) {
-            rc = -ENOMEM;
-            goto out;
-        }
-    }
-    /* A mailbox created on one side in this run is empty there: copying
-     * into it need not wait for that side's SELECT, whose answer is taken
-     * before the APPEND replies are (select_wait_target). */
+    for (int s = 0; s < 2; s++)
+        if (!m->select[s] && select_send_side(m, (enum side)s, SELECT_NOW, NULL) < 0)
+            return -ENOMEM;
     bool want[2] = {true, true};
     if (!m->known && !m->repair && m->created[0] != m->created[1]) {
         m->target_pending = m->created[0] ? SIDE_LOCAL : SIDE_REMOTE;
         want[m->target_pending] = false;
+        m->late_select[m->target_pending] = true;
     }
-    rc = select_wait_sides(m, want);
+    int rc = select_wait_sides(m, want);
     if (rc == 0)
         rc = side_error(m); /* what the SELECT said cannot be acted on */
-    if (rc < 0)
-        goto out;
     for (int s = 0; s < 2; s++)
         m->uidnext[s] = m->db[s].uidnext ? m->db[s].uidnext : 1;
+    return rc;
+}
 
-    /* copies a previous run made but did not record (also into a mailbox
-     * it created and died before learning the UIDVALIDITY of) */
-    for (int s = 0; s < 2; s++) {
-        if (m->target_pending == s)
-            continue; /* created in this run: nothing to recover there */
-        uint32_t bound = 0;
-        int f = intent_get(e->db, m->idx, (enum side)s, &bound);
-        if (f < 0) {
-            rc = ERR_DB;
-            goto out;
-        }
-        if (f == 1 && (rc = recover_appends(m, (enum side)s, bound)) < 0)
-            goto out;
+/* What a previous run left: copies it journaled, messages already on both
+ * sides of a mailbox never synchronized to the end, pairs above UIDNEXT;
+ * and, with --repair, everything compared. */
+static int one_recover(struct mbox_ctx *m, struct one_run *o)
+{
+    int rc = recover_copies(m, o->recopy);
+    if (rc == 0 && adopt_wanted(m)) {
+        const uint32_t from[2] = {1, 1};
+        rc = adopt_unrecorded(m, from);
     }
-    /* pairs recorded above the saved UIDNEXT (or any pair at all, for a
-     * mailbox whose first run was interrupted) are not copied again */
-    if (interrupted_pairs(m, ipairs, skip) < 0) {
+    if (rc == 0 && interrupted_pairs(m, o->ipairs, o->skip) < 0)
         rc = ERR_DB;
-        goto out;
-    }
-    if (m->repair && (rc = repair_pairs(m, skip)) < 0)
-        goto out;
-    /* Before any APPEND, remember where the copies will land: should we
-     * die before recording them, the next run pairs them up instead of
-     * copying them again. */
-    bool intent = false;
-    for (int s = 0; s < 2; s++) {
-        if (m->target_pending == s)
-            continue; /* its SELECT is not answered yet; it is empty */
-        if (may_have_new(m, (enum side)s)) {
-            /* any UIDNEXT seen before the APPEND is a lower bound for the
-             * copies: 1 for a mailbox created in this run */
-            uint32_t bound = m->target_pending == (int)OTHER(s) ? 1 : m->st[OTHER(s)].ms.uidnext;
-            if (intent_set(e->db, m->idx, OTHER(s), bound) < 0) {
-                rc = ERR_DB;
-                goto out;
-            }
-            intent = true;
-        }
-    }
-    if (intent && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)) {
-        rc = ERR_DB;
-        goto out;
-    }
+    if (rc == 0 && m->repair)
+        rc = repair_pairs(m, o->recopy);
+    return rc;
+}
 
-    /* The next mailbox's SELECTs may go out behind this one's last
-     * commands: behind the stores when no message is to be copied,
-     * else behind the last APPEND. Not while repairing, nor with pairs of
-     * an interrupted run to settle. */
-    bool simple = !m->repair && ipairs[0].count == 0;
-    rc = sync_known(m, simple && !intent);
-    if (rc != 0)
-        goto out;
-    rc = sync_new(m, skip, simple);
+/* Known messages, then the copies. The next mailbox's SELECTs may go out
+ * behind this one's last commands: behind the stores when nothing is to
+ * be copied, else behind the last APPEND. Not while repairing, nor with
+ * pairs of an interrupted run to settle. */
+static int one_transfer(struct mbox_ctx *m, struct one_run *o)
+{
+    bool simple = !m->repair && o->ipairs[0].count == 0;
+    bool copies = o->recopy[0].count || o->recopy[1].count;
+    for (int s = 0; s < 2; s++)
+        copies |= m->target_pending != s && may_have_new(m, (enum side)s);
+    int rc = sync_known(m, simple && !copies);
+    for (int s = 0; rc == 0 && s < 2; s++)
+        if (o->recopy[s].count)
+            rc = copy_uids(m, (enum side)s, &o->recopy[s], o->skip);
+    if (rc == 0)
+        rc = sync_new(m, o->skip, simple);
     if (rc == 0)
         rc = select_wait_target(m);
-    if (rc != 0)
-        goto out;
-    /* the copies may have raced with flag changes: settle them */
+    return rc;
+}
+
+/* Every new UID is now replicated or skipped: UIDNEXT moves past them,
+ * and past the SELECT's UIDNEXT (the messages below it were all fetched;
+ * a SELECT answered after the copy decided what to fetch counts only once
+ * a FETCH of new messages followed it). */
+static void one_advance(struct mbox_ctx *m, struct one_run *o)
+{
     for (int s = 0; s < 2; s++) {
         uint32_t top = m->st[s].max_uid_seen + 1;
-        for (size_t i = 0; i < skip[s].count; i++)
-            if (skip[s].uids[i] + 1 > top)
-                top = skip[s].uids[i] + 1;
-        if (m->st[s].ms.uidnext > top)
+        for (size_t i = 0; i < o->skip[s].count; i++)
+            if (o->skip[s].uids[i] + 1 > top)
+                top = o->skip[s].uids[i] + 1;
+        if (m->st[s].ms.uidnext > top && (!m->late_select[s] || m->fetched_new[s]))
             top = m->st[s].ms.uidnext;
         m->uidnext[s] = top > m->uidnext[s] ? top : m->uidnext[s];
     }
-    rc = check_interrupted(m, ipairs);
-    if (rc < 0)
-        goto out;
-    rc = sync_known(m, simple);
-    if (rc != 0)
-        goto out;
-    /* Messages or changes refused (each reported already): the state stays
-     * where it was, so that the next run meets them again instead of
-     * passing over them for good. Nor is it advanced on sets that an
-     * allocation failure left short. */
-    if (m->st[0].refused || m->st[1].refused) {
-        rc = ERR_PROTOCOL;
-        goto out;
-    }
+}
+
+/* UIDNEXT and HIGHESTMODSEQ are saved, and the copy journal dropped, in
+ * one transaction. Not after messages or changes were refused (each
+ * reported already), so that the next run meets them again instead of
+ * passing over them for good, nor on sets an allocation failure left
+ * short. */
+static int one_save(struct mbox_ctx *m)
+{
+    struct sync_engine *e = m->e;
+    if (m->st[0].refused || m->st[1].refused)
+        return ERR_PROTOCOL;
     if (m->nomem)
-        goto out;
+        return 0; /* one_end says it */
     for (int s = 0; s < 2; s++) {
         struct side_state *st = &m->st[s];
         struct imap_mailbox_state *ms = &st->ms;
@@ -760,18 +746,19 @@ int sync_one(struct mbox_ctx *m)
         if (st->how == TIER_PLAIN && e->tier[s] == TIER_PLAIN)
             hms = 0;
         if (state_db_side_update(e->db, m->idx, (enum side)s, m->uidnext[s], hms) < 0 ||
-            flags_record(m, (enum side)s, hms) < 0) {
-            rc = ERR_DB;
-            goto out;
-        }
+            flags_record(m, (enum side)s, hms) < 0)
+            return ERR_DB;
     }
-    if (intent_clear(e->db, m->idx) < 0) {
-        rc = ERR_DB;
-        goto out;
-    }
-    if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)
-        rc = ERR_DB;
-out:
+    if (state_db_copy_clear(e->db, m->idx) < 0 || state_db_commit(e->db) < 0 ||
+        state_db_begin(e->db) < 0)
+        return ERR_DB;
+    return 0;
+}
+
+/* The end of sync_one, whatever happened. */
+static int one_end(struct mbox_ctx *m, struct one_run *o, int rc)
+{
+    struct sync_engine *e = m->e;
     for (int s = 0; s < 2; s++)
         if (m->st[s].refused > REFUSALS_SHOWN)
             log_error(e->log, side_name[s], m->st[s].mailbox,
@@ -801,10 +788,40 @@ out:
     }
     for (int s = 0; s < 2; s++) {
         imap_client_release(e->client[s], &m->st[s]);
-        uidset_fini(&skip[s]);
-        uidset_fini(&ipairs[s]);
+        uidset_fini(&o->skip[s]);
+        uidset_fini(&o->ipairs[s]);
+        uidset_fini(&o->recopy[s]);
     }
     return rc;
+}
+
+/* Synchronizes one mailbox whose context mbox_init() set up, its SELECTs
+ * possibly sent already. Returns 0, MAILBOX_AGAIN, or a negative error. */
+int sync_one(struct mbox_ctx *m)
+{
+    struct one_run o;
+    for (int s = 0; s < 2; s++) {
+        uidset_init(&o.skip[s]);
+        uidset_init(&o.ipairs[s]);
+        uidset_init(&o.recopy[s]);
+    }
+    if (m->repair && !m->known)
+        return one_end(m, &o, 0); /* nothing recorded to compare with */
+    int rc = one_select(m);
+    if (rc == 0)
+        rc = one_recover(m, &o);
+    if (rc == 0)
+        rc = one_transfer(m, &o);
+    if (rc == 0) {
+        /* the copies may have raced with flag changes: settle them */
+        one_advance(m, &o);
+        rc = check_interrupted(m, o.ipairs);
+    }
+    if (rc == 0)
+        rc = sync_known(m, !m->repair && o.ipairs[0].count == 0);
+    if (rc == 0)
+        rc = one_save(m);
+    return one_end(m, &o, rc);
 }
 
 /* Whether a side may hold messages the last run did not see. */

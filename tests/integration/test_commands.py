@@ -149,5 +149,31 @@ def test_repair_planted_anomalies():
         check_eq(a2.diff(b2), "", "in step after repair")
 
 
+def test_repair_propagates_user_expunges():
+    """What the user expunged on one side since the last run is expunged on
+    the other by --repair, as an ordinary run would do, never downloaded
+    again (the server reports it VANISHED since the saved state)."""
+    with Pair() as p:
+        setup(p)
+        lc, rc = p.login("local"), p.login("remote")
+        try:
+            mail.expunge(lc, "INBOX", mail.uids(lc, "INBOX")[:2])
+            mail.expunge(rc, "Keep", mail.uids(rc, "Keep")[:1])
+        finally:
+            lc.logout()
+            rc.logout()
+        before = p.snaps()[0].total()
+        check_eq(before, 11 - 2, "local after the user's expunges")
+        r = p.run("--repair")
+        check("Redownloading" not in r.err and "disappeared" not in r.err,
+              "nothing downloaded again: %r" % r.err)
+        a, b = p.assert_in_step()
+        check_eq(len(a.mailboxes["INBOX"].messages), 2, "INBOX: the two expunges stand")
+        check_eq(len(b.mailboxes["Keep"].messages), 1, "Keep: the expunge stands")
+        check_eq(a.total(), 11 - 3, "every expunge propagated")
+        r = p.run()
+        check("added" not in r.err and "expunged" not in r.err, "nothing left to do: %r" % r.err)
+
+
 if __name__ == "__main__":
     main(globals())

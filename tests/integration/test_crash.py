@@ -24,30 +24,39 @@ from imapfixture.mail import MessageGenerator  # noqa: E402
 
 
 def run_and_kill(p, pattern, n, timeout=120):
-    """Runs interimap --debug; SIGKILLs it after the n-th line matching
-    pattern. Returns True if it was killed, False if it finished first."""
+    """Runs interimap --debug and SIGKILLs it right after the n-th line
+    matching pattern. Fails the test unless the kill happened there: the
+    process was still running when the n-th line came, and died of the
+    signal. (A run that finishes first, or a change in the --debug output
+    that no longer matches, would otherwise turn the test into two clean
+    runs.) Returns the matching line."""
     proc = subprocess.Popen([binary(), "--config", p.config_path, "--debug"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     rx = re.compile(pattern)
     seen = 0
-    killed = False
+    line = None
     deadline = time.monotonic() + timeout
     try:
         for raw in proc.stderr:
-            if rx.search(raw.decode("utf-8", "replace")):
+            text = raw.decode("utf-8", "replace")
+            if rx.search(text):
                 seen += 1
                 if seen == n:
+                    alive = proc.poll() is None
                     proc.send_signal(signal.SIGKILL)
-                    killed = True
+                    line = text.strip()
                     break
             if time.monotonic() > deadline:
                 break
     finally:
-        if proc.poll() is None and not killed:
+        if line is None and proc.poll() is None:
             proc.kill()
         proc.stderr.close()
-        proc.wait(timeout=30)
-    return killed
+        code = proc.wait(timeout=30)
+    check(line is not None, "the run ended after %d of %d lines matching %r: no kill" % (seen, n, pattern))
+    check(alive and code == -signal.SIGKILL,
+          "killed at %r: exit %r, not the kill" % (line, code))
+    return line
 
 
 def check_total(p, want):
@@ -67,14 +76,14 @@ def populate(p, seed=1):
 
 def test_kill_after_appenduid():
     """The server acknowledged the copies, the database may not know."""
+    # populate() makes five APPEND batches: three mailboxes one way, two
+    # the other; each of them is a kill point
     for n in (1, 2, 3, 4, 5):
         with Pair() as p:
             total = populate(p, seed=n)
-            killed = run_and_kill(p, r"S: \d+ OK \[APPENDUID", n)
+            run_and_kill(p, r"S: \d+ OK \[APPENDUID", n)
             p.run()
             check_total(p, total)
-            if not killed:
-                break  # fewer batches than n: later values would not kill either
 
 
 def test_kill_mid_multiappend():
@@ -91,6 +100,8 @@ def test_repeated_kills_then_changes():
     """Several interrupted runs in a row, with changes in between."""
     with Pair() as p:
         total = populate(p, seed=42)
+        # 100 messages to copy: each run fetches what the previous ones
+        # left, more than n of them
         for n in (3, 11, 2):
             run_and_kill(p, r"S: \* \d+ FETCH \(UID \d+ MODSEQ", n)
         lc = p.login("local")
@@ -128,17 +139,39 @@ def test_kill_during_flag_and_expunge_propagation():
         check(len(flagged) >= 10, "flags propagated: %d flagged" % len(flagged))
 
 
+def kill_after(p, delay):
+    """Starts a run and SIGKILLs it after delay seconds; True if it was
+    still running then (the kill happened), False if it had finished."""
+    proc = subprocess.Popen([binary(), "--config", p.config_path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    code = proc.wait(timeout=30)
+    return alive and code == -signal.SIGKILL
+
+
 def test_kill_at_random_times():
-    """Timing-based kills complement the log-based ones."""
-    delays = (0.05, 0.15, 0.3, 0.5, 0.8)
+    """Timing-based kills complement the log-based ones. The delays are
+    fractions of how long an uninterrupted run of the same work takes on
+    this machine, and every kill must land while the process runs (a run
+    that finished first is tried again sooner)."""
+    with Pair() as twin:
+        populate(twin, seed=99)
+        t0 = time.monotonic()
+        twin.run()
+        full = time.monotonic() - t0
     with Pair() as p:
         total = populate(p, seed=99)
-        for d in delays:
-            proc = subprocess.Popen([binary(), "--config", p.config_path],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(d)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+        kills = 0
+        for frac in (0.05, 0.15, 0.3, 0.5, 0.8):
+            d = full * frac
+            for _ in range(6):
+                if kill_after(p, d):
+                    kills += 1
+                    break
+                d /= 2  # earlier runs did part of the work: this one is shorter
+        check_eq(kills, 5, "timed kills that landed during a run")
         p.run()
         check_total(p, total)
 

@@ -85,12 +85,12 @@ static char *schema_text(const char *path, bool with_pending)
         while (sqlite3_step(st) == SQLITE_ROW) {
             const char *name = (const char *)sqlite3_column_text(st, 1);
             /* our own tables, which the Perl tool does not make */
-            static const char *const ours[] = {"pending", "sqlite_autoindex_pending_1",
-                                               "capabilities", "flags", "sqlite_autoindex_flags_1"};
-            bool skip = false;
-            for (size_t i = 0; !with_pending && i < sizeof ours / sizeof *ours; i++)
+            static const char *const ours[] = {"capabilities", "flags", "sqlite_autoindex_flags_1"};
+            bool skip = strncmp(name, "journal_", 8) == 0 ||
+                        strncmp(name, "sqlite_autoindex_journal_", 25) == 0;
+            for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
                 skip |= strcmp(name, ours[i]) == 0;
-            if (skip)
+            if (skip && !with_pending)
                 continue;
             const char *sql = (const char *)sqlite3_column_text(st, 3);
             char line[2048];
@@ -174,11 +174,19 @@ static bool perl_available(void)
 
 static void test_create_modes_and_schema(void)
 {
-    /* a hostile umask: the modes must still come out exactly */
-    mode_t old = umask(0277);
-    const char *path = tmp_path("a/b/c/state.db");
+    /* a directory that does not exist is refused with one line naming it,
+     * and nothing is created */
     char err[512];
     struct state_db *db = NULL;
+    const char *missing = tmp_path("a/b/c/state.db");
+    CHECK(state_db_open(missing, &db, err, sizeof err) == -ENOENT && db == NULL);
+    CHECK(strstr(err, tmp_path("a/b/c")) != NULL && strchr(err, '\n') == NULL);
+    struct stat sb;
+    CHECK(stat(tmp_path("a"), &sb) < 0 && errno == ENOENT);
+
+    /* a hostile umask: the file's mode must still come out exactly */
+    mode_t old = umask(0277);
+    const char *path = tmp_path("state.db");
     int rc = state_db_open(path, &db, err, sizeof err);
     umask(old);
     CHECK(rc == 0);
@@ -186,11 +194,9 @@ static void test_create_modes_and_schema(void)
         fprintf(stderr, "open: %s\n", err);
         return;
     }
-    struct stat sb;
+    CHECK(state_db_created(db));
     CHECK(stat(path, &sb) == 0 && (sb.st_mode & 07777) == 0600);
-    CHECK(stat(tmp_path("a/b/c"), &sb) == 0 && (sb.st_mode & 07777) == 0700);
-    CHECK(stat(tmp_path("a"), &sb) == 0 && (sb.st_mode & 07777) == 0700);
-    /* the temporary directory existed: its mode is left alone */
+    /* the directory existed: its mode is left alone */
     CHECK(stat(tmpdir, &sb) == 0 && (sb.st_mode & 07777) == 0700);
 
     CHECK(state_db_prepare(db, '/', '.', err, sizeof err) == 0);
@@ -204,8 +210,10 @@ static void test_create_modes_and_schema(void)
     /* reopening finds the schema current; an existing file keeps its mode */
     CHECK(chmod(path, 0640) == 0);
     db = open_prepared(path, '/', '/');
-    if (db)
+    if (db) {
         CHECK(state_db_schema_action(db, &from) == STATE_DB_SCHEMA_CURRENT && from == 1);
+        CHECK(!state_db_created(db));
+    }
     state_db_close(&db);
     CHECK(stat(path, &sb) == 0 && (sb.st_mode & 07777) == 0640);
 
@@ -213,7 +221,9 @@ static void test_create_modes_and_schema(void)
     char *uv = query_text(path, "PRAGMA user_version");
     CHECK(uv && strcmp(uv, "1|\n") == 0);
     char *withp = schema_text(path, true);
-    CHECK(withp && strstr(withp, "table|pending|pending|CREATE TABLE pending (") != NULL);
+    CHECK(withp &&
+          strstr(withp, "table|journal_copies|journal_copies|CREATE TABLE journal_copies (") &&
+          strstr(withp, "table|journal_commands|journal_commands|CREATE TABLE journal_commands ("));
     CHECK(withp &&
           strstr(withp, "table|capabilities|capabilities|CREATE TABLE capabilities (") != NULL);
     CHECK(withp && strstr(withp, "table|flags|flags|CREATE TABLE flags (") != NULL);
@@ -230,7 +240,7 @@ static void test_create_modes_and_schema(void)
         free(puv);
         free(theirs);
 
-        /* our code on a file made by Perl: no migration, pending added */
+        /* our code on a file made by Perl: no migration, journal tables added */
         struct state_db *pdb = open_prepared(ppath, '/', '/');
         if (pdb)
             CHECK(state_db_schema_action(pdb, NULL) == STATE_DB_SCHEMA_CURRENT);
@@ -705,100 +715,93 @@ static void test_migration(void)
     }
 }
 
-static void test_intents(void)
+static void test_copy_journal(void)
 {
-    const char *path = tmp_path("intents.db");
+    const char *path = tmp_path("copies.db");
     struct state_db *db = open_prepared(path, '/', '/');
     if (!db)
         return;
-    int64_t a, b;
+    int64_t a, b, last = -1;
     CHECK_INT(state_db_mailbox_insert(db, "a", 1, false, &a), 0);
     CHECK_INT(state_db_mailbox_insert(db, "b", 1, false, &b), 0);
-    unsigned char hash[8] = {0xde, 0xad, 0, 0xbe, 0xef, 0, 1, 2};
-    struct state_intent in = {
-        .idx = a,
+    CHECK(state_db_copy_last_batch(db, &last) == 0 && last == 0);
+    char msgid[] = {'<', 'x', 0, 'y', '>'}; /* bytes, NUL included */
+    struct state_copy c = {
         .source = SIDE_REMOTE,
-        .source_uid = 42,
-        .target_uidnext = 17,
+        .suid = 42,
+        .batch = 7,
+        .bound = 17,
         .size = 5000000000ull,
         .internaldate = "17-Jul-1996 02:44:25 -0700",
-        .hash = hash,
-        .hashlen = sizeof hash,
+        .msgid = msgid,
+        .msgidlen = sizeof msgid,
+        .flags = "\\Seen $Label",
     };
-    CHECK_INT(state_db_intent_add(db, &in), 0);
-    in.source = SIDE_LOCAL;
-    in.source_uid = 43;
-    CHECK_INT(state_db_intent_add(db, &in), 0);
-    in.idx = b;
-    in.hash = NULL;
-    in.hashlen = 0;
-    CHECK_INT(state_db_intent_add(db, &in), 0);
-    /* UID 0 is the engine's per-mailbox batch marker: accepted */
-    in.source_uid = 0;
-    CHECK_INT(state_db_intent_add(db, &in), 0);
-    CHECK(state_db_intent_delete(db, b, SIDE_LOCAL, 0) == 1);
+    CHECK_INT(state_db_copy_add(db, a, &c), 0);
+    c.source = SIDE_LOCAL;
+    c.suid = 43;
+    c.batch = 8;
+    CHECK_INT(state_db_copy_add(db, a, &c), 0);
+    c.msgid = NULL;
+    c.msgidlen = 0;
+    c.flags = NULL;
+    CHECK_INT(state_db_copy_add(db, b, &c), 0);
+    CHECK(state_db_copy_last_batch(db, &last) == 0 && last == 8);
 
-    struct state_intent *list = NULL;
+    struct state_copy *list = NULL;
     size_t n = 0;
-    CHECK(state_db_intent_list(db, a, &list, &n) == 0 && n == 2);
-    if (n != 2)
-        fprintf(stderr, "intents: %zu: %s\n", n, state_db_error(db));
+    CHECK(state_db_copy_list(db, a, &list, &n) == 0 && n == 2);
     if (n == 2) {
         /* ordered by source: local (43) first */
-        CHECK(list[0].source == SIDE_LOCAL && list[0].source_uid == 43);
-        CHECK(list[1].source == SIDE_REMOTE && list[1].source_uid == 42);
-        CHECK(list[1].idx == a && list[1].target_uidnext == 17 && list[1].size == 5000000000ull);
+        CHECK(list[0].source == SIDE_LOCAL && list[0].suid == 43 && list[0].batch == 8);
+        CHECK(list[1].source == SIDE_REMOTE && list[1].suid == 42 && list[1].tuid == 0);
+        CHECK(list[1].bound == 17 && list[1].size == 5000000000ull);
         CHECK(strcmp(list[1].internaldate, "17-Jul-1996 02:44:25 -0700") == 0);
-        CHECK(list[1].hashlen == 8 && memcmp(list[1].hash, hash, 8) == 0);
+        CHECK(list[1].msgidlen == 5 && memcmp(list[1].msgid, msgid, 5) == 0);
+        CHECK(strcmp(list[1].flags, "\\Seen $Label") == 0);
     }
-    state_db_intent_list_free(&list, n);
-    CHECK(state_db_intent_list(db, -1, &list, &n) == 0 && n == 3);
-    if (n == 3)
-        CHECK(list[2].idx == b && list[2].hashlen == 0);
-    state_db_intent_list_free(&list, n);
+    state_db_copy_list_free(&list, n);
+    CHECK(state_db_copy_list(db, b, &list, &n) == 0 && n == 1);
+    if (n == 1)
+        CHECK(list[0].msgidlen == 0 && strcmp(list[0].flags, "") == 0);
+    state_db_copy_list_free(&list, n);
 
-    /* replacing: same key, new fingerprint */
-    in.idx = a;
-    in.source = SIDE_REMOTE;
-    in.source_uid = 42;
-    in.size = 7;
-    CHECK_INT(state_db_intent_add(db, &in), 0);
-    CHECK(state_db_intent_list(db, a, &list, &n) == 0 && n == 2);
-    if (n == 2)
-        CHECK(list[1].size == 7);
-    state_db_intent_list_free(&list, n);
-
-    /* resolve: mapping in, intent out, together */
-    CHECK(state_db_intent_resolve(db, a, SIDE_REMOTE, 42, 9) == 0);
+    /* confirm: the mapping in, the copy's UID noted, together */
+    CHECK(state_db_copy_confirm(db, a, SIDE_REMOTE, 42, 9) == 0);
     uint32_t o;
     CHECK(state_db_mapping_lookup(db, a, SIDE_LOCAL, 9, &o) == 1 && o == 42);
-    CHECK(state_db_intent_list(db, a, &list, &n) == 0 && n == 1);
-    state_db_intent_list_free(&list, n);
-    /* a resolve that cannot insert the mapping keeps the intent */
+    CHECK(state_db_copy_list(db, a, &list, &n) == 0 && n == 2);
+    if (n == 2)
+        CHECK(list[1].tuid == 9);
+    state_db_copy_list_free(&list, n);
+    /* a confirmation that cannot insert the mapping changes nothing */
     CHECK_INT(state_db_mapping_insert(db, a, 5, 6), 0);
-    CHECK(state_db_intent_resolve(db, a, SIDE_LOCAL, 43, 6) == ERR_DB); /* rUID 6 taken */
-    CHECK(state_db_intent_list(db, a, &list, &n) == 0 && n == 1);
-    state_db_intent_list_free(&list, n);
+    CHECK(state_db_copy_confirm(db, a, SIDE_LOCAL, 43, 6) == ERR_DB); /* rUID 6 taken */
+    CHECK(state_db_copy_list(db, a, &list, &n) == 0 && n == 2);
+    if (n == 2)
+        CHECK(list[0].tuid == 0);
+    state_db_copy_list_free(&list, n);
     CHECK(state_db_mapping_lookup(db, a, SIDE_LOCAL, 43, &o) == 0);
     /* inside a caller's transaction it rolls back with it */
     CHECK(state_db_begin(db) == 0);
-    CHECK(state_db_intent_resolve(db, a, SIDE_LOCAL, 43, 8) == 0);
+    CHECK(state_db_copy_confirm(db, a, SIDE_LOCAL, 43, 8) == 0);
     CHECK(state_db_rollback(db) == 0);
-    CHECK(state_db_intent_list(db, a, &list, &n) == 0 && n == 1);
-    state_db_intent_list_free(&list, n);
+    CHECK(state_db_mapping_lookup(db, a, SIDE_LOCAL, 43, &o) == 0);
 
-    CHECK(state_db_intent_delete(db, a, SIDE_LOCAL, 43) == 1);
-    CHECK(state_db_intent_delete(db, a, SIDE_LOCAL, 43) == 0);
-    /* deleting a mailbox drops its intents */
+    CHECK(state_db_copy_delete(db, a, SIDE_LOCAL, 43) == 1);
+    CHECK(state_db_copy_delete(db, a, SIDE_LOCAL, 43) == 0);
+    CHECK(state_db_copy_clear(db, a) == 0);
+    CHECK(state_db_copy_list(db, a, &list, &n) == 0 && n == 0);
+    state_db_copy_list_free(&list, n);
+    /* deleting a mailbox drops its journal */
     CHECK(state_db_mailbox_delete(db, b) == 1);
-    CHECK(state_db_intent_list(db, -1, &list, &n) == 0 && n == 0);
-    state_db_intent_list_free(&list, n);
+    CHECK(state_db_copy_list(db, b, &list, &n) == 0 && n == 0);
+    state_db_copy_list_free(&list, n);
 
     /* the Perl tool's --delete statements, with foreign keys on, on a file
-     * holding intents: the table has no foreign key to trip on */
-    in.idx = a;
-    in.source_uid = 50;
-    CHECK_INT(state_db_intent_add(db, &in), 0);
+     * holding journal rows: the table has no foreign key to trip on */
+    c.suid = 50;
+    CHECK_INT(state_db_copy_add(db, a, &c), 0);
     state_db_close(&db);
     char sql[512];
     snprintf(sql, sizeof sql,
@@ -807,8 +810,75 @@ static void test_intents(void)
              "; DELETE FROM mailboxes WHERE idx = %" PRId64 "; COMMIT;",
              a, a, a, a);
     CHECK(raw_exec(path, sql) == 0);
-    char *left = query_text(path, "SELECT COUNT(*) FROM pending");
-    CHECK(left && strcmp(left, "1|\n") == 0); /* stale, harmless */
+    char *left = query_text(path, "SELECT COUNT(*) FROM journal_copies");
+    CHECK(left && strcmp(left, "1|\n") == 0); /* stale, harmless: indexes are never reused */
+    free(left);
+}
+
+static void test_command_journal(void)
+{
+    const char *path = tmp_path("commands.db");
+    struct state_db *db = open_prepared(path, '/', '/');
+    if (!db)
+        return;
+    struct state_command c = {
+        .rename = true, .name = "a\0b", .namelen = 3, .newname = "c", .newlen = 1, .targets = 7};
+    int64_t id1 = 0, id2 = 0;
+    CHECK(state_db_command_add(db, &c, &id1) == 0 && id1 > 0);
+    struct state_command d = {.rename = false, .name = "x", .namelen = 1, .targets = 3};
+    CHECK(state_db_command_add(db, &d, &id2) == 0 && id2 > id1);
+    CHECK(state_db_command_done(db, id1, 1) == 0);
+    CHECK(state_db_command_done(db, id1, 4) == 0);
+    struct state_command *list = NULL;
+    size_t n = 0;
+    CHECK(state_db_command_list(db, &list, &n) == 0 && n == 2);
+    if (n == 2) {
+        CHECK(list[0].id == id1 && list[0].rename && list[0].namelen == 3 &&
+              memcmp(list[0].name, "a\0b", 3) == 0);
+        CHECK(list[0].newlen == 1 && list[0].newname[0] == 'c');
+        CHECK(list[0].targets == 7 && list[0].done == 5);
+        CHECK(list[1].id == id2 && !list[1].rename && list[1].newlen == 0 && list[1].done == 0);
+    }
+    state_db_command_list_free(&list, n);
+    CHECK(state_db_command_delete(db, id1) == 0);
+    CHECK(state_db_command_list(db, &list, &n) == 0 && n == 1);
+    state_db_command_list_free(&list, n);
+    state_db_close(&db);
+}
+
+/* A file holding the journal of the previous format (`pending`, one row
+ * per mailbox and direction, source UID 0) is converted: the table goes,
+ * its bounds become copy-journal rows with source UID 0. */
+static void test_pending_conversion(void)
+{
+    const char *path = tmp_path("pending.db");
+    struct state_db *db = open_prepared(path, '/', '/');
+    if (!db)
+        return;
+    int64_t a;
+    CHECK_INT(state_db_mailbox_insert(db, "a", 1, false, &a), 0);
+    state_db_close(&db);
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE pending (idx INTEGER NOT NULL, source INTEGER NOT NULL CHECK (source "
+             "IN (0,1)), sUID UNSIGNED INT NOT NULL CHECK (sUID >= 0), tUIDNEXT UNSIGNED INT NOT "
+             "NULL, size UNSIGNED BIGINT NOT NULL, internaldate TEXT NOT NULL, hash BLOB NOT "
+             "NULL, PRIMARY KEY (idx,source,sUID));"
+             "INSERT INTO pending VALUES (%" PRId64 ",1,0,12,0,'',x'');",
+             a);
+    CHECK(raw_exec(path, sql) == 0);
+    db = open_prepared(path, '/', '/');
+    if (!db)
+        return;
+    struct state_copy *list = NULL;
+    size_t n = 0;
+    CHECK(state_db_copy_list(db, a, &list, &n) == 0 && n == 1);
+    if (n == 1)
+        CHECK(list[0].source == SIDE_REMOTE && list[0].suid == 0 && list[0].bound == 12);
+    state_db_copy_list_free(&list, n);
+    state_db_close(&db);
+    char *left = query_text(path, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'pending'");
+    CHECK(left && strcmp(left, "0|\n") == 0);
     free(left);
 }
 
@@ -906,7 +976,9 @@ int main(int argc, char **argv)
     test_mailboxes_sides_mapping();
     test_rename();
     test_migration();
-    test_intents();
+    test_copy_journal();
+    test_command_journal();
+    test_pending_conversion();
     test_caps_and_flags();
     if (check_failures())
         fprintf(stderr, "files kept in %s\n", tmpdir);

@@ -686,7 +686,7 @@ static int round_modseqs(struct mbox_ctx *m, struct copy_round *r)
         if (!r->appended[t].count || ts->how == TIER_PLAIN)
             continue;
         int seen = ts->ms.highestmodseq > r->before[t] ? STATE_APPEND_HMS_REPORTED
-                                                         : STATE_APPEND_HMS_QUIET;
+                                                       : STATE_APPEND_HMS_QUIET;
         if (m->e->append_hms[t] != seen) {
             m->e->append_hms[t] = seen;
             m->e->caps_dirty[t] = true;

@@ -347,8 +347,8 @@ static int list_send_both(struct sync_engine *e, struct side_state *st, bool pat
     imap_client_set_handler(st->c, &list_handler, st);
     lc->delim_known = known;
     if (!known) {
-        lc->delim = imap_client_send(st->c, "LIST %s \"\"",
-                                     sc->list_reference ? sc->list_reference : "");
+        lc->delim =
+            imap_client_send(st->c, "LIST %s \"\"", sc->list_reference ? sc->list_reference : "");
         if (!lc->delim)
             return -ENOMEM;
     }

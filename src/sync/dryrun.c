@@ -73,6 +73,8 @@ static void dry_side_init(struct dry_side *d, struct sync_engine *e, enum side s
     d->st.e = e;
     d->st.side = s;
     d->st.c = e->client[s];
+    /* a dry run needs QRESYNC on both sides (engine_dry_run checks) */
+    d->st.how = TIER_QRESYNC;
     uidset_init(&d->st.vanished);
     uidset_init(&d->st.fetched);
     uidset_init(&d->st.probe);
@@ -91,6 +93,7 @@ static void dry_side_fini(struct dry_side *d)
     uidset_fini(&d->st.probe);
     free(d->st.changes);
     free(d->st.mailbox);
+    free(d->st.permanent);
     uidset_fini(&d->new_uids);
 }
 

@@ -17,6 +17,16 @@
  * switches to Huffman-only; below ADAPT_TO_MATCHING with Huffman-only (the
  * byte distribution is that of text), it switches back. Each write ends
  * with a sync flush, so a switch never splits pending input.
+ *
+ * The effort adapts to what limits the writes. When the stream below keeps
+ * the writer waiting (a slow link, or a busy server that reads slowly) far
+ * longer than deflate keeps it computing, a higher level costs no time and
+ * saves bytes that the link would otherwise carry; when deflate takes
+ * longer than the waits, the CPU is the limit and the level goes back down.
+ * Level 1 is where a stream starts: on a fast link, or one the CPU cannot
+ * keep busy, nothing changes. The times are the CPU time of each write's
+ * deflate calls and the wall time of its writes below, summed over a
+ * window of input so that one short wait does not move the level.
  */
 #include "net/compress.h"
 
@@ -28,6 +38,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <uv.h>
 #include <zlib.h>
 
 #define COMPRESS_CHUNK (64 * 1024)
@@ -40,12 +52,25 @@
 #define ADAPT_TO_MATCHING 66
 #define ADAPT_MIN_INPUT   (8 * 1024)
 
+/* The deflate levels the effort moves between, and the input that makes a
+ * window. A level goes up when the writes waited more than LEVEL_UP_WAIT
+ * times what deflate took in a window, down when they waited less than
+ * deflate took. Level 6 is zlib's default: higher levels cost much more CPU
+ * for little on mail. */
+static const int compress_levels[] = {1, 3, 6};
+#define COMPRESS_LEVELS (sizeof compress_levels / sizeof compress_levels[0])
+#define LEVEL_WINDOW    (256 * 1024)
+#define LEVEL_UP_WAIT   4
+
 struct compress_stream {
     struct stream base;
-    z_stream in;  /* inflate: lower -> caller */
-    z_stream out; /* deflate: caller -> lower */
-    bool in_end;  /* the peer finished its DEFLATE stream */
-    bool huffman; /* deflating with Z_HUFFMAN_ONLY (see the top) */
+    z_stream in;    /* inflate: lower -> caller */
+    z_stream out;   /* deflate: caller -> lower */
+    bool in_end;    /* the peer finished its DEFLATE stream */
+    bool huffman;   /* deflating with Z_HUFFMAN_ONLY (see the top) */
+    unsigned level; /* index in compress_levels (see the top) */
+    size_t win_in;  /* input of the current window */
+    uint64_t win_deflate_ns, win_wait_ns;
     int in_err;
     int out_err;
     unsigned char inbuf[COMPRESS_CHUNK];
@@ -96,12 +121,25 @@ static ssize_t compress_read(struct stream *s, void *buf, size_t cap)
     }
 }
 
+/* The thread's CPU time: what deflate costs, however busy the machine (a
+ * deflate call never yields, so nothing else runs on the thread meanwhile).
+ * The waits are measured in wall time. */
+static uint64_t compress_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* Writes the first `have` bytes of outbuf to the stream below. */
 static int compress_send(struct compress_stream *cs, size_t have)
 {
     if (have == 0)
         return 0;
+    uint64_t t0 = uv_hrtime();
     int rc = stream_write(cs->base.lower, cs->outbuf, have);
+    cs->win_wait_ns += uv_hrtime() - t0;
     if (rc < 0) {
         stream_take_error(&cs->base, "COMPRESS");
         return cs->out_err = rc;
@@ -109,23 +147,45 @@ static int compress_send(struct compress_stream *cs, size_t have)
     return 0;
 }
 
+/* The level the window that ends asks for: up while the writes mostly
+ * waited, down while deflate took longer than they waited. */
+static unsigned compress_next_level(struct compress_stream *cs, size_t in)
+{
+    unsigned level = cs->level;
+    cs->win_in += in;
+    if (cs->win_in < LEVEL_WINDOW)
+        return level;
+    if (cs->win_wait_ns > LEVEL_UP_WAIT * cs->win_deflate_ns && level + 1 < COMPRESS_LEVELS)
+        level++;
+    else if (cs->win_wait_ns < cs->win_deflate_ns && level > 0)
+        level--;
+    cs->win_in = 0;
+    cs->win_deflate_ns = cs->win_wait_ns = 0;
+    return level;
+}
+
 /* Called after a write of `in` bytes produced `out`, everything flushed. */
 static int compress_adapt(struct compress_stream *cs, size_t in, size_t out)
 {
-    if (in < ADAPT_MIN_INPUT)
-        return 0;
-    size_t pct = out * 100 / in;
-    bool want = cs->huffman ? pct > ADAPT_TO_MATCHING : pct > ADAPT_TO_HUFFMAN;
-    if (want == cs->huffman)
+    bool huffman = cs->huffman;
+    if (in >= ADAPT_MIN_INPUT) {
+        size_t pct = out * 100 / in;
+        huffman = cs->huffman ? pct > ADAPT_TO_MATCHING : pct > ADAPT_TO_HUFFMAN;
+    }
+    unsigned level = compress_next_level(cs, in);
+    if (huffman == cs->huffman && level == cs->level)
         return 0;
     /* nothing is pending after the sync flush; should zlib still emit
      * something, it goes out rather than being lost */
     cs->out.next_out = cs->outbuf;
     cs->out.avail_out = sizeof cs->outbuf;
-    int z = deflateParams(&cs->out, Z_BEST_SPEED, want ? Z_HUFFMAN_ONLY : Z_DEFAULT_STRATEGY);
+    int z = deflateParams(&cs->out, compress_levels[level],
+                          huffman ? Z_HUFFMAN_ONLY : Z_DEFAULT_STRATEGY);
     int rc = compress_send(cs, sizeof cs->outbuf - cs->out.avail_out);
-    if (rc == 0 && z == Z_OK)
-        cs->huffman = want;
+    if (rc == 0 && z == Z_OK) {
+        cs->huffman = huffman;
+        cs->level = level;
+    }
     return rc;
 }
 
@@ -147,7 +207,9 @@ static int compress_write(struct stream *s, const void *buf, size_t len)
         do {
             cs->out.next_out = cs->outbuf;
             cs->out.avail_out = sizeof cs->outbuf;
+            uint64_t t0 = compress_cpu_ns();
             int z = deflate(&cs->out, flush);
+            cs->win_deflate_ns += compress_cpu_ns() - t0;
             if (z != Z_OK && z != Z_BUF_ERROR) {
                 stream_set_error(s, "COMPRESS: deflate failed: %s",
                                  cs->out.msg ? cs->out.msg : zError(z));
@@ -199,10 +261,11 @@ int compress_stream_new(struct stream *lower, struct stream **out, char *err, si
         snprintf(err, errlen, "COMPRESS: cannot initialise inflate");
         return -ENOMEM;
     }
-    /* Level 1: on mail (text, base64) it keeps most of the default level's
-     * ratio at a fraction of its CPU, and an initial sync pushes every
-     * message body through here. */
-    if (deflateInit2(&cs->out, Z_BEST_SPEED, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    /* Level 1 to begin with: on mail (text, base64) it keeps most of the
+     * default level's ratio at a fraction of its CPU, and an initial sync
+     * pushes every message body through here. */
+    if (deflateInit2(&cs->out, compress_levels[0], Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) !=
+        Z_OK) {
         inflateEnd(&cs->in);
         free(cs);
         snprintf(err, errlen, "COMPRESS: cannot initialise deflate");
@@ -220,4 +283,10 @@ void compress_stream_totals(const struct stream *s, uint64_t *raw_in, uint64_t *
      * read from below is consumed, every byte produced is written */
     *raw_in = cs->in.total_in;
     *raw_out = cs->out.total_out;
+}
+
+int compress_stream_level(const struct stream *s)
+{
+    const struct compress_stream *cs = (const struct compress_stream *)s;
+    return compress_levels[cs->level];
 }

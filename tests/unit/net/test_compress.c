@@ -10,6 +10,13 @@
  * ones, count live bytes, and give each z_stream of the layer zalloc/zfree
  * hooks that count zlib's own allocations for it. The peer's zlib, built
  * here without the renaming, is not counted.
+ *
+ * The layer's clocks are the test's too (uv_hrtime and clock_gettime are
+ * renamed the same way): each reading of the wall clock moves it on by
+ * clocks.wall_step and each reading of the CPU clock by clocks.cpu_step,
+ * so every write below seems to wait wall_step and every deflate call to
+ * cost cpu_step, whatever the machine is doing. Both steps are 0 but in
+ * the test of the deflate level.
  */
 #include "errors.h"
 #include "net/compress.h"
@@ -22,8 +29,33 @@
 #include <string.h>
 #include <malloc.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
+
+/* ---- the layer's clocks ---- */
+
+static struct {
+    uint64_t wall, cpu;
+    uint64_t wall_step, cpu_step;
+} clocks;
+
+uint64_t fake_hrtime(void);
+int fake_clock_gettime(clockid_t id, struct timespec *ts);
+
+uint64_t fake_hrtime(void)
+{
+    return clocks.wall += clocks.wall_step;
+}
+
+int fake_clock_gettime(clockid_t id, struct timespec *ts)
+{
+    (void)id;
+    clocks.cpu += clocks.cpu_step;
+    ts->tv_sec = (time_t)(clocks.cpu / 1000000000u);
+    ts->tv_nsec = (long)(clocks.cpu % 1000000000u);
+    return 0;
+}
 
 /* ---- the layer's memory ---- */
 
@@ -112,6 +144,7 @@ enum peer_mode {
     PEER_ECHO,    /* inflate what comes, deflate it back, until EOF */
     PEER_BOMB,    /* send `bomb` zero bytes, compressed */
     PEER_GARBAGE, /* send bytes that are not DEFLATE */
+    PEER_SINK,    /* inflate what comes, send nothing */
 };
 
 struct peer {
@@ -121,6 +154,7 @@ struct peer {
     pthread_t thread;
     size_t received; /* plaintext bytes inflated */
     size_t wire_in;  /* compressed bytes received */
+    uLong crc;       /* PEER_SINK: CRC-32 of the plaintext */
     bool ok;
 };
 
@@ -158,6 +192,7 @@ static void *peer_main(void *arg)
         test_write_all(pe->fd, bad, sizeof bad);
     } else {
         static unsigned char wire[65536], plain[65536];
+        pe->crc = crc32(0, Z_NULL, 0);
         for (;;) {
             ssize_t n = read(pe->fd, wire, sizeof wire);
             if (n <= 0)
@@ -175,6 +210,9 @@ static void *peer_main(void *arg)
                 }
                 size_t have = sizeof plain - in.avail_out;
                 pe->received += have;
+                pe->crc = crc32(pe->crc, plain, (uInt)have);
+                if (pe->mode == PEER_SINK)
+                    continue;
                 /* echo each piece back, flushed */
                 if (have && !peer_send(pe->fd, &out, plain, have, Z_SYNC_FLUSH)) {
                     pe->ok = false;
@@ -354,6 +392,62 @@ static void test_adaptive(void)
     CHECK(pe.ok && pe.received == off);
 }
 
+/* Writes `total` bytes of text through s in 60 KB writes; returns the
+ * plaintext's CRC-32 continued from crc. */
+static uLong write_text(struct stream *s, size_t *off, size_t total, uLong crc)
+{
+    static unsigned char buf[60000];
+    for (size_t done = 0; done < total; done += sizeof buf) {
+        fill_mail_like(false, *off, buf, sizeof buf);
+        *off += sizeof buf;
+        CHECK(stream_write(s, buf, sizeof buf) == 0);
+        crc = crc32(crc, buf, sizeof buf);
+    }
+    return crc;
+}
+
+static void test_effort_follows_the_link(void)
+{
+    /* Writes that wait far longer than deflate computes (a slow link)
+     * make the level climb to zlib's default; once deflate takes longer
+     * than the waits (a fast link), it comes back down to 1. Every byte
+     * arrives intact across the level changes, and the text takes fewer
+     * bytes on the wire at the higher level. */
+    struct peer pe = {.mode = PEER_SINK};
+    struct stream *s = start(&pe);
+    CHECK(compress_stream_level(s) == 1);
+    size_t off = 0;
+    uLong crc = crc32(0, Z_NULL, 0);
+    /* each write below seems to wait 5 ms (its two readings of the wall
+     * clock), each deflate call to take 50 us of CPU */
+    clocks.wall_step = 5000000;
+    clocks.cpu_step = 50000;
+    crc = write_text(s, &off, 1200000, crc);
+    int slow_level = compress_stream_level(s);
+    uint64_t in0, out0, out1;
+    compress_stream_totals(s, &in0, &out0);
+    crc = write_text(s, &off, 1200000, crc);
+    compress_stream_totals(s, &in0, &out1);
+    size_t slow_wire = (size_t)(out1 - out0);
+    CHECK(slow_level == 6 && compress_stream_level(s) == 6);
+    clocks.wall_step = 0;
+    crc = write_text(s, &off, 1200000, crc);
+    int fast_level = compress_stream_level(s);
+    compress_stream_totals(s, &in0, &out0);
+    crc = write_text(s, &off, 1200000, crc);
+    compress_stream_totals(s, &in0, &out1);
+    size_t fast_wire = (size_t)(out1 - out0);
+    CHECK(fast_level == 1 && compress_stream_level(s) == 1);
+    clocks.cpu_step = 0;
+    stream_free(&s);
+    pthread_join(pe.thread, NULL);
+    CHECK(pe.ok && pe.received == off && pe.crc == crc);
+    CHECK(slow_wire < fast_wire);
+    if (slow_level != 6 || fast_level != 1 || slow_wire >= fast_wire)
+        fprintf(stderr, "  levels %d then %d; text on the wire %zu then %zu bytes\n", slow_level,
+                fast_level, slow_wire, fast_wire);
+}
+
 static void test_bomb(void)
 {
     const size_t bomb = (size_t)512 << 20; /* 512 MiB of zeros, ~0.5 MiB compressed */
@@ -442,6 +536,7 @@ int main(void)
     test_small();
     test_large();
     test_adaptive();
+    test_effort_follows_the_link();
     test_bomb();
     test_garbage();
     test_eof_and_lower_error();

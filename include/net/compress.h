@@ -21,8 +21,8 @@ int compress_stream_new(struct stream *lower, struct stream **out, char *err, si
  * must be a stream made by compress_stream_new(). Does not yield. */
 void compress_stream_totals(const struct stream *s, uint64_t *raw_in, uint64_t *raw_out);
 
-/* The deflate level writes use now (it follows what limits them: see
- * compress.c). Does not yield. */
+/* The deflate level the next write uses (it follows what limits the
+ * writes: see compress.c). Does not yield. */
 int compress_stream_level(const struct stream *s);
 
 #endif

@@ -31,6 +31,10 @@ struct stream_ops {
     int (*write)(struct stream *s, const void *buf, size_t len);
     /* Releases this layer and the stream below it. Must not yield. */
     void (*free)(struct stream *s);
+    /* Bytes written but not yet on their way (queued in this process or
+     * not yet sent by the kernel). Optional: a layer without it has
+     * nothing of its own queued. Must not yield. */
+    size_t (*backlog)(const struct stream *s);
 };
 
 struct stream {
@@ -58,6 +62,11 @@ static inline int stream_write(struct stream *s, const void *buf, size_t len)
 
 /* Accepts NULL; clears the pointer. */
 void stream_free(struct stream **s);
+
+/* Bytes written through s that are still queued on this side of the link,
+ * summed over the layers down to the transport: a large backlog means the
+ * link (or the peer) is slower than the writer. Does not yield. */
+size_t stream_backlog(const struct stream *s);
 
 /* Sets up the common fields of a new layer above `lower` (may be NULL). */
 void stream_init(struct stream *s, const struct stream_ops *ops, struct stream *lower,

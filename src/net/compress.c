@@ -11,22 +11,32 @@
  *
  * Deflate adapts to what it is given. Most of an initial sync's bytes are
  * base64 attachments of already compressed files: string matching finds
- * nothing there, and Huffman coding alone gets the same 6-bits-per-byte
- * ratio at a third of the CPU. So after each sizeable write the layer looks
- * at the ratio it got: above ADAPT_TO_HUFFMAN with string matching, it
- * switches to Huffman-only; below ADAPT_TO_MATCHING with Huffman-only (the
- * byte distribution is that of text), it switches back. Each write ends
- * with a sync flush, so a switch never splits pending input.
+ * next to nothing there, and Huffman coding alone gets the same
+ * 6-bits-per-byte ratio at a quarter of the CPU (and as few bytes as level
+ * 6 does, where level 1's matches cost a little). Text is the opposite:
+ * Huffman coding alone leaves two thirds of it, string matching a third or
+ * less. So each sizeable write is looked at before it is deflated: one
+ * made almost only of the base64 alphabet and line ends is deflated with
+ * Huffman coding alone, anything else (text has spaces and punctuation)
+ * with string matching. Each write ends with a sync flush, so a switch
+ * never splits pending input.
  *
- * The effort adapts to what limits the writes. When the stream below keeps
- * the writer waiting (a slow link, or a busy server that reads slowly) far
- * longer than deflate keeps it computing, a higher level costs no time and
- * saves bytes that the link would otherwise carry; when deflate takes
- * longer than the waits, the CPU is the limit and the level goes back down.
- * Level 1 is where a stream starts: on a fast link, or one the CPU cannot
- * keep busy, nothing changes. The times are the CPU time of each write's
- * deflate calls and the wall time of its writes below, summed over a
- * window of input so that one short wait does not move the level.
+ * The effort adapts to what limits the writes. When the link is slower
+ * than the writer (the bytes written pile up below, unsent, or the writes
+ * keep the writer waiting far longer than deflate keeps it computing), a
+ * higher level costs no time and saves bytes that the link would otherwise
+ * carry; when deflate takes longer than the waits and nothing piles up,
+ * the CPU is the limit and the level goes back down (slowly: a link that
+ * has just drained has nothing piled up for a moment). A higher level is
+ * free only if a core is: while the process waits for one (the machine is
+ * busy; the servers may run on it too) the level goes down instead of up.
+ * Level 1 is where a stream starts: on a fast link nothing changes. The
+ * times are the CPU time of each write's deflate calls and the wall time
+ * of its writes below, summed over a window of input so that one short
+ * wait does not move the level; the pile is the stream's backlog
+ * (stream_backlog) at the window's end. The kernel's socket buffer can
+ * hold megabytes, so on a slow link the writes themselves may not wait at
+ * all for a long time.
  */
 #include "net/compress.h"
 
@@ -44,13 +54,13 @@
 
 #define COMPRESS_CHUNK (64 * 1024)
 
-/* Ratios (output / input, in percent) that switch the deflate strategy, and
- * the smallest write worth judging by (commands are short and say little
- * about the data that follows). Base64 under Huffman coding gives about 75%,
- * mail text about 60%; hysteresis keeps mixed data from flapping. */
-#define ADAPT_TO_HUFFMAN  70
-#define ADAPT_TO_MATCHING 66
-#define ADAPT_MIN_INPUT   (8 * 1024)
+/* The smallest write whose content chooses the strategy (commands are short
+ * and say little about the data that follows), and the share of bytes from
+ * outside the base64 alphabet and line ends (1 in BASE64_OTHER_MAX) below
+ * which a write counts as base64: a base64 body has none but its '='
+ * padding, text about one in six (spaces, punctuation). */
+#define ADAPT_MIN_INPUT  (8 * 1024)
+#define BASE64_OTHER_MAX 50
 
 /* The deflate levels the effort moves between, and the input that makes a
  * window. A level goes up when the writes waited more than LEVEL_UP_WAIT
@@ -61,15 +71,36 @@ static const int compress_levels[] = {1, 3, 6};
 #define COMPRESS_LEVELS (sizeof compress_levels / sizeof compress_levels[0])
 #define LEVEL_WINDOW    (256 * 1024)
 #define LEVEL_UP_WAIT   4
+/* Windows in a row that the CPU must limit before the level goes down: a
+ * link that just drained (the writer waited for an answer) has nothing
+ * piled up for a moment, and the level would drop at every such pause. */
+#define LEVEL_DOWN_WINDOWS 4
+/* Unsent bytes below that say the link is the limit (a quarter of a
+ * second at 8 Mbit/s), and below which it surely is not. */
+#define BACKLOG_HIGH (256 * 1024)
+#define BACKLOG_LOW  (64 * 1024)
+
+/* Where the kernel tells how long this process ran and how long it waited
+ * to run, in nanoseconds (Linux; elsewhere the file does not exist). */
+#ifndef COMPRESS_SCHEDSTAT
+#define COMPRESS_SCHEDSTAT "/proc/self/schedstat"
+#endif
 
 struct compress_stream {
     struct stream base;
-    z_stream in;    /* inflate: lower -> caller */
-    z_stream out;   /* deflate: caller -> lower */
-    bool in_end;    /* the peer finished its DEFLATE stream */
-    bool huffman;   /* deflating with Z_HUFFMAN_ONLY (see the top) */
-    unsigned level; /* index in compress_levels (see the top) */
-    size_t win_in;  /* input of the current window */
+    z_stream in;          /* inflate: lower -> caller */
+    z_stream out;         /* deflate: caller -> lower */
+    bool in_end;          /* the peer finished its DEFLATE stream */
+    bool huffman;         /* deflating with Z_HUFFMAN_ONLY (see the top) */
+    unsigned level;       /* index in compress_levels (see the top) */
+    unsigned level_next;  /* the level the next write asks for */
+    unsigned cpu_windows; /* windows in a row that the CPU limited */
+    /* the scheduler's times for this process at the last window's end */
+    unsigned long long sched_run, sched_queued;
+    bool sched_known;
+    uint64_t win_start;        /* wall clock at the window's start */
+    uint64_t busy_ns, wall_ns; /* decaying sums (see compress_cpu_room) */
+    size_t win_in;             /* input of the current window */
     uint64_t win_deflate_ns, win_wait_ns;
     int in_err;
     int out_err;
@@ -147,32 +178,81 @@ static int compress_send(struct compress_stream *cs, size_t have)
     return 0;
 }
 
-/* The level the window that ends asks for: up while the writes mostly
- * waited, down while deflate took longer than they waited. */
+/* Whether the process has time to spare: lately (the windows' times, each
+ * window's weighing 1/8 less than the next one's), it ran or waited for a
+ * core (the machine is busy; the servers may run on it too) at most half
+ * of the time. A link slower than the writer shows as long idle stretches
+ * between bursts (the writer waits for the server's answers while the
+ * link drains), during which the window does not move: they count in the
+ * next window's time. Where the kernel does not tell the time spent
+ * waiting for a core, deflate's CPU time stands for the time busy. */
+static bool compress_cpu_room(struct compress_stream *cs)
+{
+    uint64_t now = uv_hrtime();
+    uint64_t wall = cs->win_start ? now - cs->win_start : 0;
+    cs->win_start = now;
+    uint64_t busy = cs->win_deflate_ns;
+    FILE *f = fopen(COMPRESS_SCHEDSTAT, "r");
+    unsigned long long run = 0, queued = 0;
+    if (f) {
+        if (fscanf(f, "%llu %llu", &run, &queued) == 2) {
+            if (cs->sched_known)
+                busy = (run - cs->sched_run) + (queued - cs->sched_queued);
+            cs->sched_run = run;
+            cs->sched_queued = queued;
+            cs->sched_known = true;
+        }
+        fclose(f);
+    }
+    cs->busy_ns = cs->busy_ns - cs->busy_ns / 8 + busy;
+    cs->wall_ns = cs->wall_ns - cs->wall_ns / 8 + wall;
+    return cs->busy_ns * 2 <= cs->wall_ns;
+}
+
+/* The level the window that ends asks for: up while the link is the
+ * limit and the machine has a core for us, down while deflate is the
+ * limit or the machine has none. */
 static unsigned compress_next_level(struct compress_stream *cs, size_t in)
 {
-    unsigned level = cs->level;
+    unsigned level = cs->level_next;
     cs->win_in += in;
     if (cs->win_in < LEVEL_WINDOW)
         return level;
-    if (cs->win_wait_ns > LEVEL_UP_WAIT * cs->win_deflate_ns && level + 1 < COMPRESS_LEVELS)
+    size_t backlog = stream_backlog(cs->base.lower);
+    bool link_bound =
+        backlog > BACKLOG_HIGH || cs->win_wait_ns > LEVEL_UP_WAIT * cs->win_deflate_ns;
+    bool cpu_bound = backlog < BACKLOG_LOW && cs->win_wait_ns < cs->win_deflate_ns;
+    bool room = compress_cpu_room(cs);
+    cs->cpu_windows = cpu_bound ? cs->cpu_windows + 1 : 0;
+    if (link_bound && room && level + 1 < COMPRESS_LEVELS)
         level++;
-    else if (cs->win_wait_ns < cs->win_deflate_ns && level > 0)
+    else if (level > 0 && (!room || cs->cpu_windows >= LEVEL_DOWN_WINDOWS)) {
         level--;
+        cs->cpu_windows = 0;
+    }
     cs->win_in = 0;
     cs->win_deflate_ns = cs->win_wait_ns = 0;
     return level;
 }
 
-/* Called after a write of `in` bytes produced `out`, everything flushed. */
-static int compress_adapt(struct compress_stream *cs, size_t in, size_t out)
+/* Whether the bytes are base64 text (an attachment): nearly all from its
+ * alphabet or line ends. */
+static bool compress_looks_base64(const unsigned char *p, size_t len)
 {
-    bool huffman = cs->huffman;
-    if (in >= ADAPT_MIN_INPUT) {
-        size_t pct = out * 100 / in;
-        huffman = cs->huffman ? pct > ADAPT_TO_MATCHING : pct > ADAPT_TO_HUFFMAN;
+    size_t other = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = p[i];
+        bool b64 = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                   c == '+' || c == '/' || c == '=' || c == '\r' || c == '\n';
+        other += !b64;
     }
-    unsigned level = compress_next_level(cs, in);
+    return other * BASE64_OTHER_MAX < len;
+}
+
+/* Sets the strategy and level the next write is deflated with; nothing is
+ * pending after the previous write's sync flush. */
+static int compress_set_params(struct compress_stream *cs, bool huffman, unsigned level)
+{
     if (huffman == cs->huffman && level == cs->level)
         return 0;
     /* nothing is pending after the sync flush; should zlib still emit
@@ -197,7 +277,11 @@ static int compress_write(struct stream *s, const void *buf, size_t len)
         return cs->out_err;
     if (len == 0)
         return 0;
-    size_t in_total = len, out_total = 0;
+    bool huffman = len >= ADAPT_MIN_INPUT ? compress_looks_base64(p, len) : cs->huffman;
+    int rc = compress_set_params(cs, huffman, cs->level_next);
+    if (rc < 0)
+        return rc;
+    size_t in_total = len;
     do {
         size_t chunk = len > COMPRESS_CHUNK ? COMPRESS_CHUNK : len;
         int flush = chunk == len ? Z_SYNC_FLUSH : Z_NO_FLUSH;
@@ -215,16 +299,15 @@ static int compress_write(struct stream *s, const void *buf, size_t len)
                                  cs->out.msg ? cs->out.msg : zError(z));
                 return cs->out_err = ERR_PROTOCOL;
             }
-            size_t have = sizeof cs->outbuf - cs->out.avail_out;
-            out_total += have;
-            int rc = compress_send(cs, have);
+            rc = compress_send(cs, sizeof cs->outbuf - cs->out.avail_out);
             if (rc < 0)
                 return rc;
         } while (cs->out.avail_out == 0);
         p += chunk;
         len -= chunk;
     } while (len > 0);
-    return compress_adapt(cs, in_total, out_total);
+    cs->level_next = compress_next_level(cs, in_total);
+    return 0;
 }
 
 static void compress_destroy(struct compress_stream *cs)
@@ -288,5 +371,5 @@ void compress_stream_totals(const struct stream *s, uint64_t *raw_in, uint64_t *
 int compress_stream_level(const struct stream *s)
 {
     const struct compress_stream *cs = (const struct compress_stream *)s;
-    return compress_levels[cs->level];
+    return compress_levels[cs->level_next];
 }

@@ -29,6 +29,15 @@ void stream_free(struct stream **s)
     *s = NULL;
 }
 
+size_t stream_backlog(const struct stream *s)
+{
+    size_t n = 0;
+    for (; s; s = s->lower)
+        if (s->ops->backlog)
+            n += s->ops->backlog(s);
+    return n;
+}
+
 void stream_set_timeouts(struct stream *s, uint64_t read_ms, uint64_t write_ms)
 {
     for (; s; s = s->lower) {

@@ -14,8 +14,12 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/sockios.h>
+#endif
 
 #include "coro/await.h"
 #include "coro/coro.h"
@@ -138,10 +142,31 @@ static void transport_free(struct stream *s)
     uv_close(h, transport_closed_cb);
 }
 
+/* What libuv still holds, plus what the kernel has not sent yet (for TCP:
+ * bytes sent but not acknowledged are on their way, and a long link holds
+ * many of them without being the bottleneck). */
+static size_t transport_backlog(const struct stream *s)
+{
+    const struct transport *t = (const struct transport *)s;
+    if (!t->handle_open)
+        return 0;
+    uv_stream_t *h = transport_handle((struct transport *)t);
+    size_t n = uv_stream_get_write_queue_size(h);
+#ifdef SIOCOUTQNSD
+    uv_os_fd_t fd;
+    int unsent = 0;
+    if (t->kind == TRANSPORT_TCP && uv_fileno((uv_handle_t *)h, &fd) == 0 &&
+        ioctl(fd, SIOCOUTQNSD, &unsent) == 0 && unsent > 0)
+        n += (size_t)unsent;
+#endif
+    return n;
+}
+
 static const struct stream_ops transport_ops = {
     .read = transport_read,
     .write = transport_write,
     .free = transport_free,
+    .backlog = transport_backlog,
 };
 
 static struct transport *transport_new(struct coro_sched *sched, enum transport_kind kind)

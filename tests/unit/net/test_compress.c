@@ -16,7 +16,9 @@
  * clocks.wall_step and each reading of the CPU clock by clocks.cpu_step,
  * so every write below seems to wait wall_step and every deflate call to
  * cost cpu_step, whatever the machine is doing. Both steps are 0 but in
- * the test of the deflate level.
+ * the test of the deflate level. What the scheduler says of the process
+ * (whether it waits for a core) is read from COMPRESS_SCHEDSTAT, a file
+ * the test writes (see meson.build).
  */
 #include "errors.h"
 #include "net/compress.h"
@@ -55,6 +57,20 @@ int fake_clock_gettime(clockid_t id, struct timespec *ts)
     ts->tv_sec = (time_t)(clocks.cpu / 1000000000u);
     ts->tv_nsec = (long)(clocks.cpu % 1000000000u);
     return 0;
+}
+
+/* What the layer reads of the scheduler: the process ran 200 us more
+ * since the last reading, and waited `queued_us` more for a core. */
+static void sched_advance(unsigned queued_us)
+{
+    static unsigned long long run, queued;
+    run += 200000;
+    queued += queued_us * 1000ull;
+    FILE *f = fopen(COMPRESS_SCHEDSTAT, "w");
+    if (!f)
+        abort();
+    fprintf(f, "%llu %llu 1\n", run, queued);
+    fclose(f);
 }
 
 /* ---- the layer's memory ---- */
@@ -394,10 +410,11 @@ static void test_adaptive(void)
 
 /* Writes `total` bytes of text through s in 60 KB writes; returns the
  * plaintext's CRC-32 continued from crc. */
-static uLong write_text(struct stream *s, size_t *off, size_t total, uLong crc)
+static uLong write_text(struct stream *s, size_t *off, size_t total, uLong crc, unsigned queued_us)
 {
     static unsigned char buf[60000];
     for (size_t done = 0; done < total; done += sizeof buf) {
+        sched_advance(queued_us);
         fill_mail_like(false, *off, buf, sizeof buf);
         *off += sizeof buf;
         CHECK(stream_write(s, buf, sizeof buf) == 0);
@@ -422,19 +439,20 @@ static void test_effort_follows_the_link(void)
      * clock), each deflate call to take 50 us of CPU */
     clocks.wall_step = 5000000;
     clocks.cpu_step = 50000;
-    crc = write_text(s, &off, 1200000, crc);
+    crc = write_text(s, &off, 1200000, crc, 0);
     int slow_level = compress_stream_level(s);
     uint64_t in0, out0, out1;
     compress_stream_totals(s, &in0, &out0);
-    crc = write_text(s, &off, 1200000, crc);
+    crc = write_text(s, &off, 1200000, crc, 0);
     compress_stream_totals(s, &in0, &out1);
     size_t slow_wire = (size_t)(out1 - out0);
     CHECK(slow_level == 6 && compress_stream_level(s) == 6);
     clocks.wall_step = 0;
-    crc = write_text(s, &off, 1200000, crc);
+    /* (down one level every four windows of 256 KiB) */
+    crc = write_text(s, &off, 3000000, crc, 0);
     int fast_level = compress_stream_level(s);
     compress_stream_totals(s, &in0, &out0);
-    crc = write_text(s, &off, 1200000, crc);
+    crc = write_text(s, &off, 1200000, crc, 0);
     compress_stream_totals(s, &in0, &out1);
     size_t fast_wire = (size_t)(out1 - out0);
     CHECK(fast_level == 1 && compress_stream_level(s) == 1);
@@ -446,6 +464,95 @@ static void test_effort_follows_the_link(void)
     if (slow_level != 6 || fast_level != 1 || slow_wire >= fast_wire)
         fprintf(stderr, "  levels %d then %d; text on the wire %zu then %zu bytes\n", slow_level,
                 fast_level, slow_wire, fast_wire);
+}
+
+/* A layer that passes everything through and reports the backlog the
+ * test sets. */
+struct pile_stream {
+    struct stream base;
+    size_t backlog;
+};
+
+static ssize_t pile_read(struct stream *s, void *buf, size_t cap)
+{
+    return stream_read(s->lower, buf, cap);
+}
+
+static int pile_write(struct stream *s, const void *buf, size_t len)
+{
+    return stream_write(s->lower, buf, len);
+}
+
+static void pile_free(struct stream *s)
+{
+    stream_free(&s->lower);
+    free(s);
+}
+
+static size_t pile_backlog(const struct stream *s)
+{
+    return ((const struct pile_stream *)s)->backlog;
+}
+
+static const struct stream_ops pile_ops = {
+    .read = pile_read, .write = pile_write, .free = pile_free, .backlog = pile_backlog};
+
+static void test_effort_follows_the_backlog(void)
+{
+    /* A link slower than the writer may never make a write wait (the
+     * socket buffers hold megabytes), but what was written piles up below,
+     * unsent: the level climbs. Once the pile is gone and deflate costs
+     * more than the (absent) waits, it comes back down. */
+    struct peer pe = {.mode = PEER_SINK};
+    int fds[2];
+    test_socketpair(fds);
+    pe.fd = fds[1];
+    if (pthread_create(&pe.thread, NULL, peer_main, &pe) != 0)
+        abort();
+    struct pile_stream *pile = calloc(1, sizeof *pile);
+    if (!pile)
+        abort();
+    stream_init(&pile->base, &pile_ops, fd_stream_new(fds[0]), NULL);
+    struct stream *s = NULL;
+    char err[128];
+    CHECK(compress_stream_new(&pile->base, &s, err, sizeof err) == 0);
+    if (!s)
+        abort();
+    size_t off = 0;
+    uLong crc = crc32(0, Z_NULL, 0);
+    /* every write below waits 1 ms, every deflate call takes 1 ms of CPU:
+     * the waits alone do not say the link is the limit */
+    clocks.wall_step = 1000000;
+    clocks.cpu_step = 1000000;
+    pile->backlog = (size_t)1 << 20;
+    /* a busy machine: the process waits 5 ms for a core at every write */
+    crc = write_text(s, &off, 600000, crc, 5000);
+    int busy_level = compress_stream_level(s);
+    CHECK(busy_level == 1);
+    /* (what the layer knows of the machine fades by 1/8 a window) */
+    crc = write_text(s, &off, 4000000, crc, 0);
+    int piled_level = compress_stream_level(s);
+    CHECK(piled_level == 6);
+    pile->backlog = 0;
+    clocks.cpu_step = 3000000; /* deflate now takes longer than the waits */
+    crc = write_text(s, &off, 3000000, crc, 0);
+    int drained_level = compress_stream_level(s);
+    CHECK(drained_level == 1);
+    /* the pile again, the machine busy again: back down */
+    pile->backlog = (size_t)1 << 20;
+    clocks.cpu_step = 1000000;
+    crc = write_text(s, &off, 1200000, crc, 0);
+    CHECK(compress_stream_level(s) == 6);
+    crc = write_text(s, &off, 3000000, crc, 5000);
+    int busy_again = compress_stream_level(s);
+    CHECK(busy_again == 1);
+    if (busy_level != 1 || piled_level != 6 || drained_level != 1 || busy_again != 1)
+        fprintf(stderr, "  levels %d busy, %d with a pile, %d without, %d busy again\n", busy_level,
+                piled_level, drained_level, busy_again);
+    clocks.cpu_step = clocks.wall_step = 0;
+    stream_free(&s);
+    pthread_join(pe.thread, NULL);
+    CHECK(pe.ok && pe.received == off && pe.crc == crc);
 }
 
 static void test_bomb(void)
@@ -531,12 +638,14 @@ static void test_eof_and_lower_error(void)
 
 int main(void)
 {
+    sched_advance(0);
     /* a peer may write after the other end hung up, in failure cases */
     signal(SIGPIPE, SIG_IGN);
     test_small();
     test_large();
     test_adaptive();
     test_effort_follows_the_link();
+    test_effort_follows_the_backlog();
     test_bomb();
     test_garbage();
     test_eof_and_lower_error();

@@ -162,6 +162,55 @@ static void echo_check(struct coro_sched *sched, const char *host, const char *p
     CHECK(s == NULL);
 }
 
+/* Writes a pile larger than every buffer on the way to a server that
+ * reads nothing; ends when the server hangs up. */
+struct pile_job {
+    struct stream *s;
+    int result;
+};
+
+static void pile_main(struct coro *self, void *arg)
+{
+    (void)self;
+    struct pile_job *job = arg;
+    size_t len = (size_t)32 << 20;
+    char *pile = calloc(1, len);
+    if (!pile)
+        abort();
+    job->result = stream_write(job->s, pile, len);
+    free(pile);
+}
+
+/* What is written to a server that does not read piles up below the
+ * stream, and stream_backlog says how much. */
+static void check_backlog(struct coro *self, struct coro_sched *sched)
+{
+    struct server sv;
+    struct stream *s = NULL;
+    char err[256];
+    CHECK(server_start(&sv, sched, "127.0.0.1", SERVE_SILENT));
+    CHECK_INT(transport_tcp_connect(sched, "127.0.0.1", sv.port, false, 5000, &s, err, sizeof err),
+              0);
+    if (!s)
+        return;
+    stream_set_timeouts(s, 5000, 5000);
+    CHECK(stream_backlog(s) == 0);
+    struct pile_job job = {s, 1};
+    struct coro *w = coro_spawn(sched, pile_main, &job, 0);
+    CHECK(w != NULL);
+    await_sleep(sched, 200);
+    size_t pile = stream_backlog(s);
+    CHECK(pile > (size_t)4 << 20);
+    if (pile <= (size_t)4 << 20)
+        fprintf(stderr, "  backlog %zu bytes\n", pile);
+    /* the server hangs up after its pause: the pile never goes */
+    if (w)
+        coro_join(self, w);
+    CHECK(job.result < 0);
+    stream_free(&s);
+    server_stop(&sv);
+}
+
 static void client_main(struct coro *self, void *arg)
 {
     struct coro_sched *sched = arg;
@@ -261,6 +310,8 @@ static void client_main(struct coro *self, void *arg)
     CHECK(!transport_host_is_literal("imap.example.org", host, sizeof host));
     CHECK_STR(host, "imap.ex"); /* truncated to the buffer */
     CHECK(!transport_host_is_literal("[", host, sizeof host));
+
+    check_backlog(self, sched);
 }
 
 int main(void)

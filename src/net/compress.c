@@ -44,11 +44,13 @@
 #include "net/stream.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 #include <zlib.h>
 
@@ -178,6 +180,29 @@ static int compress_send(struct compress_stream *cs, size_t have)
     return 0;
 }
 
+/* The kernel's figures for this process: nanoseconds it ran and waited to
+ * run. False where they cannot be read. */
+static bool compress_schedstat(unsigned long long *run, unsigned long long *queued)
+{
+    char buf[128];
+    int fd = open(COMPRESS_SCHEDSTAT, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    char *end;
+    errno = 0;
+    *run = strtoull(buf, &end, 10);
+    if (end == buf)
+        return false;
+    char *p = end;
+    *queued = strtoull(p, &end, 10);
+    return end != p && errno == 0;
+}
+
 /* Whether the process has time to spare: lately (the windows' times, each
  * window's weighing 1/8 less than the next one's), it ran or waited for a
  * core (the machine is busy; the servers may run on it too) at most half
@@ -192,17 +217,13 @@ static bool compress_cpu_room(struct compress_stream *cs)
     uint64_t wall = cs->win_start ? now - cs->win_start : 0;
     cs->win_start = now;
     uint64_t busy = cs->win_deflate_ns;
-    FILE *f = fopen(COMPRESS_SCHEDSTAT, "r");
-    unsigned long long run = 0, queued = 0;
-    if (f) {
-        if (fscanf(f, "%llu %llu", &run, &queued) == 2) {
-            if (cs->sched_known)
-                busy = (run - cs->sched_run) + (queued - cs->sched_queued);
-            cs->sched_run = run;
-            cs->sched_queued = queued;
-            cs->sched_known = true;
-        }
-        fclose(f);
+    unsigned long long run, queued;
+    if (compress_schedstat(&run, &queued)) {
+        if (cs->sched_known)
+            busy = (run - cs->sched_run) + (queued - cs->sched_queued);
+        cs->sched_run = run;
+        cs->sched_queued = queued;
+        cs->sched_known = true;
     }
     cs->busy_ns = cs->busy_ns - cs->busy_ns / 8 + busy;
     cs->wall_ns = cs->wall_ns - cs->wall_ns / 8 + wall;

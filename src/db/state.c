@@ -17,6 +17,7 @@
 #include <sqlite3.h>
 
 #include "errors.h"
+#include "util/array.h"
 #include "util/uidset.h"
 
 enum {
@@ -835,16 +836,12 @@ int state_db_mailbox_list(struct state_db *db, struct state_mailbox **out, size_
     size_t count = 0, cap = 0;
     int rc, ret = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            struct state_mailbox *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                ret = -ENOMEM;
-                goto fail;
-            }
-            v = nv;
-            cap = ncap;
+        struct state_mailbox *nv = array_reserve(v, &cap, count + 1, sizeof *nv, 16);
+        if (!nv) {
+            ret = -ENOMEM;
+            goto fail;
         }
+        v = nv;
         struct state_mailbox *m = &v[count];
         memset(m, 0, sizeof *m);
         m->idx = sqlite3_column_int64(st, 0);
@@ -969,17 +966,13 @@ int state_db_interrupted_list(struct state_db *db, int64_t **out, size_t *n)
     size_t count = 0, cap = 0;
     int rc, ret = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            int64_t *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                set_msg(db->err, sizeof db->err, "out of memory");
-                ret = -ENOMEM;
-                break;
-            }
-            v = nv;
-            cap = ncap;
+        int64_t *nv = array_reserve(v, &cap, count + 1, sizeof *nv, 16);
+        if (!nv) {
+            set_msg(db->err, sizeof db->err, "out of memory");
+            ret = -ENOMEM;
+            break;
         }
+        v = nv;
         v[count++] = sqlite3_column_int64(st, 0);
     }
     if (ret == 0 && rc != SQLITE_DONE)
@@ -1209,17 +1202,13 @@ int state_db_mapping_all(struct state_db *db, int64_t idx, struct state_pair **o
     size_t count = 0, cap = 0;
     int rc, ret = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 256;
-            struct state_pair *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                set_msg(db->err, sizeof db->err, "out of memory");
-                ret = -ENOMEM;
-                break;
-            }
-            v = nv;
-            cap = ncap;
+        struct state_pair *nv = array_reserve(v, &cap, count + 1, sizeof *nv, 256);
+        if (!nv) {
+            set_msg(db->err, sizeof db->err, "out of memory");
+            ret = -ENOMEM;
+            break;
         }
+        v = nv;
         v[count].luid = (uint32_t)sqlite3_column_int64(st, 0);
         v[count].ruid = (uint32_t)sqlite3_column_int64(st, 1);
         count++;
@@ -1329,16 +1318,12 @@ int state_db_copy_list(struct state_db *db, int64_t idx, struct state_copy **out
     size_t count = 0, cap = 0;
     int rc, ret = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 64;
-            struct state_copy *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                ret = -ENOMEM;
-                break;
-            }
-            v = nv;
-            cap = ncap;
+        struct state_copy *nv = array_reserve(v, &cap, count + 1, sizeof *nv, 64);
+        if (!nv) {
+            ret = -ENOMEM;
+            break;
         }
+        v = nv;
         struct state_copy *c = &v[count++];
         memset(c, 0, sizeof *c);
         /* SELECT *: idx first, then the columns of journal_schema */
@@ -1458,16 +1443,12 @@ int state_db_command_list(struct state_db *db, struct state_command **out, size_
     size_t count = 0, cap = 0;
     int rc, ret = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 4;
-            struct state_command *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                ret = -ENOMEM;
-                break;
-            }
-            v = nv;
-            cap = ncap;
+        struct state_command *nv = array_reserve(v, &cap, count + 1, sizeof *nv, 4);
+        if (!nv) {
+            ret = -ENOMEM;
+            break;
         }
+        v = nv;
         struct state_command *c = &v[count++];
         memset(c, 0, sizeof *c);
         c->id = sqlite3_column_int64(st, 0);
@@ -1588,16 +1569,12 @@ int state_db_flags_list(struct state_db *db, int64_t idx, enum side s, struct st
     size_t count = 0, cap = 0;
     int rc, ret = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : 256;
-            struct state_flags *nv = realloc(v, ncap * sizeof *nv);
-            if (!nv) {
-                ret = -ENOMEM;
-                break;
-            }
-            v = nv;
-            cap = ncap;
+        struct state_flags *nv = array_reserve(v, &cap, count + 1, sizeof *nv, 256);
+        if (!nv) {
+            ret = -ENOMEM;
+            break;
         }
+        v = nv;
         const unsigned char *t = sqlite3_column_text(st, 1);
         v[count].uid = (uint32_t)sqlite3_column_int64(st, 0);
         v[count].flags = strdup(t ? (const char *)t : "");

@@ -19,6 +19,7 @@
 #include "imap/trace.h"
 #include "log.h"
 #include "net/stream.h"
+#include "util/array.h"
 
 /* Untagged responses the server may send between two tagged ones, per
  * command in flight: a FETCH of new messages gives one per message, and
@@ -236,18 +237,12 @@ static void lb_put(struct linebuf *b, const char *s, size_t n)
 {
     if (b->oom || n == 0)
         return;
-    if (!b->data || b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *d = realloc(b->data, cap);
-        if (!d) {
-            b->oom = true;
-            return;
-        }
-        b->data = d;
-        b->cap = cap;
+    char *d = array_reserve(b->data, &b->cap, b->len + n + 1, 1, 256);
+    if (!d) {
+        b->oom = true;
+        return;
     }
+    b->data = d;
     memcpy(b->data + b->len, s, n);
     b->len += n;
     b->data[b->len] = '\0';

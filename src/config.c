@@ -22,6 +22,7 @@
 
 #include "errors.h"
 #include "log.h"
+#include "util/array.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -269,14 +270,10 @@ void config_mailbox_list_free(struct bytes **list, size_t count)
 
 static int mailbox_list_push(struct bytes **v, size_t *count, size_t *cap, char *data, size_t len)
 {
-    if (*count == *cap) {
-        size_t ncap = *cap ? *cap * 2 : 4;
-        struct bytes *nv = realloc(*v, ncap * sizeof(*nv));
-        if (nv == NULL)
-            return -ENOMEM;
-        *v = nv;
-        *cap = ncap;
-    }
+    struct bytes *nv = array_reserve(*v, cap, *count + 1, sizeof(*nv), 4);
+    if (nv == NULL)
+        return -ENOMEM;
+    *v = nv;
     (*v)[*count].data = data;
     (*v)[*count].len = len;
     (*count)++;
@@ -665,8 +662,8 @@ static int ini_read_file(struct ini *ini, const char *path, char *err, size_t er
 {
     struct stat st;
     FILE *f;
-    size_t cap = 4096, n = 0;
-    char *buf;
+    size_t cap = 0, n = 0;
+    char *buf = NULL;
 
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
         set_err(err, errlen, "%s: no such config file", path);
@@ -677,18 +674,13 @@ static int ini_read_file(struct ini *ini, const char *path, char *err, size_t er
         set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return ERR_CONFIG;
     }
-    buf = malloc(cap);
-    if (buf == NULL)
-        goto fail_nomem;
     for (;;) {
         size_t got;
-        if (n + 1 >= cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL)
-                goto fail_nomem;
-            buf = nb;
-            cap *= 2;
-        }
+        /* room for more than the terminating NUL */
+        char *nb = array_reserve(buf, &cap, n + 2, 1, 4096);
+        if (nb == NULL)
+            goto fail_nomem;
+        buf = nb;
         got = fread(buf + n, 1, cap - n - 1, f);
         n += got;
         if (got == 0)
@@ -715,14 +707,10 @@ fail_nomem:
 
 static int ini_push(struct ini *ini, const struct ini_entry *e)
 {
-    if (ini->n == ini->cap) {
-        size_t ncap = ini->cap ? ini->cap * 2 : 32;
-        struct ini_entry *nv = realloc(ini->v, ncap * sizeof(*nv));
-        if (nv == NULL)
-            return -ENOMEM;
-        ini->v = nv;
-        ini->cap = ncap;
-    }
+    struct ini_entry *nv = array_reserve(ini->v, &ini->cap, ini->n + 1, sizeof(*nv), 32);
+    if (nv == NULL)
+        return -ENOMEM;
+    ini->v = nv;
     ini->v[ini->n++] = *e;
     return 0;
 }

@@ -21,6 +21,7 @@
  *      log_prefix_check() rejects.
  */
 #include "log.h"
+#include "util/array.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -59,19 +60,12 @@ static void sb_add(struct strbuf *b, const char *s, size_t n)
 {
     if (b->failed || n == 0)
         return;
-    if (!b->data || b->len + n + 1 > b->cap) {
-        size_t ncap = b->cap ? b->cap : 128;
-        char *nd;
-        while (ncap < b->len + n + 1)
-            ncap *= 2;
-        nd = realloc(b->data, ncap);
-        if (nd == NULL) {
-            b->failed = true;
-            return;
-        }
-        b->data = nd;
-        b->cap = ncap;
+    char *nd = array_reserve(b->data, &b->cap, b->len + n + 1, 1, 128);
+    if (nd == NULL) {
+        b->failed = true;
+        return;
     }
+    b->data = nd;
     memcpy(b->data + b->len, s, n);
     b->len += n;
     b->data[b->len] = '\0';
@@ -108,18 +102,14 @@ static void sb_vprintf(struct strbuf *b, const char *fmt, va_list ap)
         return;
     }
     /* Make room, then format again in place. */
-    sb_add(b, "", 0);
     if (b->failed)
         return;
-    if (b->len + (size_t)n + 1 > b->cap) {
-        char *nd = realloc(b->data, b->len + (size_t)n + 1);
-        if (nd == NULL) {
-            b->failed = true;
-            return;
-        }
-        b->data = nd;
-        b->cap = b->len + (size_t)n + 1;
+    char *nd = array_reserve(b->data, &b->cap, b->len + (size_t)n + 1, 1, 128);
+    if (nd == NULL) {
+        b->failed = true;
+        return;
     }
+    b->data = nd;
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     b->len += (size_t)n;
 }

@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "imap/values.h"
+#include "util/array.h"
 
 void imap_cmdbuf_fini(struct imap_cmdbuf *b)
 {
@@ -27,16 +28,10 @@ void imap_cmdbuf_fini(struct imap_cmdbuf *b)
 
 static int put(struct imap_cmdbuf *b, const char *s, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *d = realloc(b->data, cap);
-        if (!d)
-            return -ENOMEM;
-        b->data = d;
-        b->cap = cap;
-    }
+    char *d = array_reserve(b->data, &b->cap, b->len + n + 1, 1, 256);
+    if (!d)
+        return -ENOMEM;
+    b->data = d;
     memcpy(b->data + b->len, s, n);
     b->len += n;
     b->data[b->len] = '\0';

@@ -377,42 +377,36 @@ static void tunnel_child_abandon(struct tunnel_child *ch)
     uv_timer_start(&ch->timer, tunnel_timer_cb, TUNNEL_EXIT_GRACE_MS, 0);
 }
 
-int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool null_stderr,
-                           struct stream **out, char *err, size_t errlen)
+/* The tunnel's argument vector: split from the command, or *shell_argv
+ * when the command needs a shell. */
+static int tunnel_argv(const char *command, char **shell_argv, char ***out, char *err,
+                       size_t errlen)
 {
-    *out = NULL;
-    int r, sv[2] = {-1, -1}, devnull = -1;
-    char **argv = NULL;
-    char *shell_argv[] = {"/bin/sh", "-c", (char *)command, NULL};
-    struct tunnel_child *child = NULL;
-    struct transport *t = transport_new(sched, TRANSPORT_TUNNEL);
-    if (!t) {
-        r = -ENOMEM;
-        snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
-        return r;
-    }
-    snprintf(t->peer, sizeof t->peer, "tunnel '%s'", command);
-
     if (command_needs_shell(command)) {
-        argv = shell_argv;
-    } else {
-        argv = command_split(command);
-        if (!argv) {
-            r = -ENOMEM;
-            snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
-            goto fail;
-        }
-        if (!argv[0]) {
-            r = ERR_CONFIG;
-            snprintf(err, errlen, "empty tunnel command");
-            goto fail;
-        }
+        *out = shell_argv;
+        return 0;
     }
+    char **argv = command_split(command);
+    if (!argv) {
+        snprintf(err, errlen, "tunnel '%s': %s", command, err_str(-ENOMEM));
+        return -ENOMEM;
+    }
+    *out = argv;
+    if (!argv[0]) {
+        snprintf(err, errlen, "empty tunnel command");
+        return ERR_CONFIG;
+    }
+    return 0;
+}
 
+/* The socket pair between us (sv[0]) and the child (sv[1]), with large
+ * buffers. */
+static int tunnel_socketpair(const char *command, int sv[2], char *err, size_t errlen)
+{
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-        r = -errno;
+        int r = -errno;
         snprintf(err, errlen, "tunnel '%s': socketpair: %s", command, err_str(r));
-        goto fail;
+        return r;
     }
     int size = TUNNEL_SOCKBUF;
     for (int i = 0; i < 2; i++) {
@@ -420,17 +414,19 @@ int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool n
         setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
         setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
     }
-    if (null_stderr && (devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)) < 0) {
-        r = -errno;
-        snprintf(err, errlen, "tunnel '%s': /dev/null: %s", command, err_str(r));
-        goto fail;
-    }
+    return 0;
+}
 
+/* Starts the child on its end of the pair (child_fd) and ties it to the
+ * transport. */
+static int tunnel_child_start(struct coro_sched *sched, struct transport *t, const char *command,
+                              char **argv, int child_fd, int devnull, char *err, size_t errlen)
+{
     /* The child gets the other end of the pair as stdin and stdout; libuv
      * dup2()s it into place (clearing close-on-exec on the copies only). */
     uv_stdio_container_t stdio[3] = {
-        {.flags = UV_INHERIT_FD, .data.fd = sv[1]},
-        {.flags = UV_INHERIT_FD, .data.fd = sv[1]},
+        {.flags = UV_INHERIT_FD, .data.fd = child_fd},
+        {.flags = UV_INHERIT_FD, .data.fd = child_fd},
         {.flags = UV_INHERIT_FD, .data.fd = devnull >= 0 ? devnull : STDERR_FILENO},
     };
     uv_process_options_t opts = {
@@ -440,40 +436,78 @@ int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool n
         .stdio_count = 3,
         .stdio = stdio,
     };
-    child = calloc(1, sizeof *child);
+    struct tunnel_child *child = calloc(1, sizeof *child);
     if (!child) {
-        r = -ENOMEM;
-        snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
-        goto fail;
+        snprintf(err, errlen, "tunnel '%s': %s", command, err_str(-ENOMEM));
+        return -ENOMEM;
     }
     child->proc.data = child;
     child->timer.data = child;
-    r = uv_spawn(coro_sched_loop(sched), &child->proc, &opts);
+    int r = uv_spawn(coro_sched_loop(sched), &child->proc, &opts);
     if (r < 0) {
         snprintf(err, errlen, "cannot run tunnel command '%s': %s", command, err_str(r));
         /* a failed spawn still registered the handle with the loop */
         child->open_handles = 1;
         uv_close((uv_handle_t *)&child->proc, tunnel_child_closed_cb);
-        goto fail;
+        return r;
     }
     uv_timer_init(coro_sched_loop(sched), &child->timer);
     child->open_handles = 2;
     child->t = t;
     t->child = child;
-    close(sv[1]);
-    sv[1] = -1;
+    return 0;
+}
 
-    r = uv_pipe_init(coro_sched_loop(sched), &t->h.pipe, 0);
+/* Our end of the pair becomes the transport's pipe handle, which owns it
+ * on success. */
+static int tunnel_pipe_open(struct coro_sched *sched, struct transport *t, const char *command,
+                            int fd, char *err, size_t errlen)
+{
+    int r = uv_pipe_init(coro_sched_loop(sched), &t->h.pipe, 0);
     if (r == 0) {
         t->handle_open = true;
-        r = uv_pipe_open(&t->h.pipe, sv[0]);
+        r = uv_pipe_open(&t->h.pipe, fd);
     }
     if (r < 0) {
         snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
-        goto fail; /* the child sees EOF once sv[0] is closed and exits */
+        return r;
     }
-    sv[0] = -1; /* the pipe handle owns it now */
     await_reader_init(&t->reader, (uv_stream_t *)&t->h.pipe);
+    return 0;
+}
+
+int transport_tunnel_spawn(struct coro_sched *sched, const char *command, bool null_stderr,
+                           struct stream **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int r, sv[2] = {-1, -1}, devnull = -1;
+    char **argv = NULL;
+    char *shell_argv[] = {"/bin/sh", "-c", (char *)command, NULL};
+    struct transport *t = transport_new(sched, TRANSPORT_TUNNEL);
+    if (!t) {
+        r = -ENOMEM;
+        snprintf(err, errlen, "tunnel '%s': %s", command, err_str(r));
+        return r;
+    }
+    snprintf(t->peer, sizeof t->peer, "tunnel '%s'", command);
+
+    if ((r = tunnel_argv(command, shell_argv, &argv, err, errlen)) < 0)
+        goto fail;
+    if ((r = tunnel_socketpair(command, sv, err, errlen)) < 0)
+        goto fail;
+    if (null_stderr && (devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)) < 0) {
+        r = -errno;
+        snprintf(err, errlen, "tunnel '%s': /dev/null: %s", command, err_str(r));
+        goto fail;
+    }
+    if ((r = tunnel_child_start(sched, t, command, argv, sv[1], devnull, err, errlen)) < 0)
+        goto fail;
+    close(sv[1]);
+    sv[1] = -1;
+    /* on failure, the child sees EOF once sv[0] is closed and exits */
+    if ((r = tunnel_pipe_open(sched, t, command, sv[0], err, errlen)) < 0)
+        goto fail;
+    sv[0] = -1; /* the pipe handle owns it now */
     if (argv != shell_argv)
         free(argv);
     if (devnull >= 0)

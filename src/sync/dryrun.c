@@ -158,100 +158,138 @@ static void dry_report_copy(struct sync_engine *e, struct dry_side d[2], enum si
     t->bytes += from->new_bytes;
 }
 
-/* Known messages: the removals and flag stores the real run would send
- * (see known.c), reported instead. */
-static int dry_plan_known(struct sync_engine *e, int64_t idx, const struct state_side db[2],
-                          struct dry_side d[2], const char *pretty, struct dry_totals *t)
+/* What dry_plan_known works out for known messages, per side. */
+struct dry_known {
+    struct uidset vanished[2]; /* known UIDs gone from this side */
+    struct uidset remove[2];   /* UIDs this side would have removed */
+    struct flag_plan plan[2];  /* flag stores this side would get */
+};
+
+/* The UIDs each side reports gone that the database knows (below its
+ * UIDNEXT); each side's changes compacted. */
+static int dry_vanished(const struct state_side db[2], struct dry_side d[2], struct dry_known *k)
 {
-    struct uidset vanished[2], remove[2];
-    struct flag_plan plan[2] = {{0}, {0}};
     int rc = 0;
     for (int s = 0; s < 2; s++) {
-        uidset_init(&vanished[s]);
-        uidset_init(&remove[s]);
         uidset_normalize(&d[s].st.vanished);
         for (size_t i = 0; i < d[s].st.vanished.count; i++)
             if (d[s].st.vanished.uids[i] < db[s].uidnext)
-                if (uidset_add(&vanished[s], d[s].st.vanished.uids[i]) < 0)
+                if (uidset_add(&k->vanished[s], d[s].st.vanished.uids[i]) < 0)
                     rc = -ENOMEM;
         changes_compact(&d[s].st);
     }
+    return rc;
+}
+
+/* A message gone from one side is removed from the other, unless it is
+ * gone there too. */
+static int dry_removals(struct sync_engine *e, int64_t idx, struct dry_known *k)
+{
+    int rc = 0;
     for (int s = 0; s < 2 && rc == 0; s++) {
-        for (size_t i = 0; i < vanished[s].count; i++) {
+        for (size_t i = 0; i < k->vanished[s].count; i++) {
             uint32_t other;
-            int f = state_db_mapping_lookup(e->db, idx, (enum side)s, vanished[s].uids[i], &other);
+            int f =
+                state_db_mapping_lookup(e->db, idx, (enum side)s, k->vanished[s].uids[i], &other);
             if (f < 0) {
                 rc = ERR_DB;
                 break;
             }
-            if (f == 1 && !uidset_contains(&vanished[OTHER(s)], other))
-                if (uidset_add(&remove[OTHER(s)], other) < 0)
+            if (f == 1 && !uidset_contains(&k->vanished[OTHER(s)], other))
+                if (uidset_add(&k->remove[OTHER(s)], other) < 0)
                     rc = -ENOMEM;
         }
     }
     for (int s = 0; s < 2; s++)
-        uidset_normalize(&remove[s]);
+        uidset_normalize(&k->remove[s]);
+    return rc;
+}
+
+/* Flags changed on both sides to different values: both would get their
+ * union (reported once, from the local side). */
+static int dry_conflict(struct sync_engine *e, struct dry_known *k, enum side s,
+                        const struct change *ch, const struct change *och, uint32_t other,
+                        const char *pretty)
+{
+    int rc = 0;
+    char *u = flags_union(ch->flags, och->flags);
+    char *shown[3] = {flags_display(ch->flags), flags_display(och->flags),
+                      u ? flags_display(u) : NULL};
+    if (shown[0] && shown[1] && shown[2])
+        log_warn(e->log, NULL, NULL,
+                 "Conflicting flag update in %s for local UID %" PRIu32
+                 " (%s) and remote UID %" PRIu32 " (%s). Would set both to the union (%s).",
+                 pretty, ch->uid, shown[0], other, shown[1], shown[2]);
+    if (u) {
+        if (plan_add(&k->plan[s], u, ch->uid) < 0)
+            rc = -ENOMEM;
+        if (plan_add(&k->plan[OTHER(s)], u, other) < 0)
+            rc = -ENOMEM;
+    } else {
+        rc = -ENOMEM;
+    }
+    for (int n = 0; n < 3; n++)
+        free(shown[n]);
+    free(u);
+    return rc;
+}
+
+/* One flag change on side s: what the other side would get. */
+static int dry_flag_change(struct sync_engine *e, int64_t idx, enum side s, const struct change *ch,
+                           struct dry_side d[2], struct dry_known *k, const char *pretty)
+{
+    uint32_t other;
+    int f = state_db_mapping_lookup(e->db, idx, s, ch->uid, &other);
+    if (f < 0)
+        return ERR_DB;
+    if (f == 0) {
+        log_warn(e->log, side_name[OTHER(s)], d[OTHER(s)].st.mailbox,
+                 "No match for modified %s UID %" PRIu32 ". Try '--repair'.", side_name[s],
+                 ch->uid);
+        return 0;
+    }
+    if (uidset_contains(&k->vanished[OTHER(s)], other) ||
+        uidset_contains(&k->remove[OTHER(s)], other))
+        return 0;
+    const struct change *och = change_find(&d[OTHER(s)].st, other);
+    if (!och)
+        return plan_add(&k->plan[OTHER(s)], ch->flags, other) < 0 ? -ENOMEM : 0;
+    if (s == SIDE_REMOTE || flags_equal(ch->flags, och->flags))
+        return 0;
+    return dry_conflict(e, k, s, ch, och, other, pretty);
+}
+
+static int dry_flag_changes(struct sync_engine *e, int64_t idx, const struct state_side db[2],
+                            struct dry_side d[2], struct dry_known *k, const char *pretty)
+{
+    int rc = 0;
     for (int s = 0; s < 2 && rc == 0; s++) {
         for (size_t i = 0; i < d[s].st.nchanges && rc == 0; i++) {
             const struct change *ch = &d[s].st.changes[i];
-            if (ch->uid >= db[s].uidnext || uidset_contains(&vanished[s], ch->uid))
+            if (ch->uid >= db[s].uidnext || uidset_contains(&k->vanished[s], ch->uid))
                 continue;
-            uint32_t other;
-            int f = state_db_mapping_lookup(e->db, idx, (enum side)s, ch->uid, &other);
-            if (f < 0) {
-                rc = ERR_DB;
-                break;
-            }
-            if (f == 0) {
-                log_warn(e->log, side_name[OTHER(s)], d[OTHER(s)].st.mailbox,
-                         "No match for modified %s UID %" PRIu32 ". Try '--repair'.", side_name[s],
-                         ch->uid);
-                continue;
-            }
-            if (uidset_contains(&vanished[OTHER(s)], other) ||
-                uidset_contains(&remove[OTHER(s)], other))
-                continue;
-            const struct change *och = change_find(&d[OTHER(s)].st, other);
-            if (!och) {
-                if (plan_add(&plan[OTHER(s)], ch->flags, other) < 0)
-                    rc = -ENOMEM;
-                continue;
-            }
-            if (s == SIDE_REMOTE || flags_equal(ch->flags, och->flags))
-                continue;
-            char *u = flags_union(ch->flags, och->flags);
-            char *shown[3] = {flags_display(ch->flags), flags_display(och->flags),
-                              u ? flags_display(u) : NULL};
-            if (shown[0] && shown[1] && shown[2])
-                log_warn(e->log, NULL, NULL,
-                         "Conflicting flag update in %s for local UID %" PRIu32
-                         " (%s) and remote UID %" PRIu32 " (%s). Would set both to the union (%s).",
-                         pretty, ch->uid, shown[0], other, shown[1], shown[2]);
-            if (u) {
-                if (plan_add(&plan[s], u, ch->uid) < 0)
-                    rc = -ENOMEM;
-                if (plan_add(&plan[OTHER(s)], u, other) < 0)
-                    rc = -ENOMEM;
-            } else {
-                rc = -ENOMEM;
-            }
-            for (int k = 0; k < 3; k++)
-                free(shown[k]);
-            free(u);
+            rc = dry_flag_change(e, idx, (enum side)s, ch, d, k, pretty);
         }
     }
-    for (int s = 0; s < 2 && rc == 0; s++) {
+    return rc;
+}
+
+/* The "Would remove" and "Would update flags" lines, and their totals. */
+static void dry_known_report(struct sync_engine *e, struct dry_side d[2], struct dry_known *k,
+                             struct dry_totals *t)
+{
+    for (int s = 0; s < 2; s++) {
         const char *name = d[s].st.mailbox;
-        if (remove[s].count) {
+        if (k->remove[s].count) {
             size_t pos = 0;
-            char *set = uidset_format(&remove[s], &pos, SIZE_MAX);
-            log_info(e->log, side_name[s], name, "Would remove %zu UID(s) %s", remove[s].count,
+            char *set = uidset_format(&k->remove[s], &pos, SIZE_MAX);
+            log_info(e->log, side_name[s], name, "Would remove %zu UID(s) %s", k->remove[s].count,
                      set ? set : "?");
             free(set);
-            t->removed += remove[s].count;
+            t->removed += k->remove[s].count;
         }
-        for (size_t g = 0; g < plan[s].count; g++) {
-            struct flag_group *fg = &plan[s].groups[g];
+        for (size_t g = 0; g < k->plan[s].count; g++) {
+            struct flag_group *fg = &k->plan[s].groups[g];
             uidset_normalize(&fg->uids);
             size_t pos = 0;
             char *set = uidset_format(&fg->uids, &pos, SIZE_MAX);
@@ -263,10 +301,29 @@ static int dry_plan_known(struct sync_engine *e, int64_t idx, const struct state
             t->updated += fg->uids.count;
         }
     }
+}
+
+/* Known messages: the removals and flag stores the real run would send
+ * (see known.c), reported instead. */
+static int dry_plan_known(struct sync_engine *e, int64_t idx, const struct state_side db[2],
+                          struct dry_side d[2], const char *pretty, struct dry_totals *t)
+{
+    struct dry_known k = {0};
     for (int s = 0; s < 2; s++) {
-        plan_fini(&plan[s]);
-        uidset_fini(&vanished[s]);
-        uidset_fini(&remove[s]);
+        uidset_init(&k.vanished[s]);
+        uidset_init(&k.remove[s]);
+    }
+    int rc = dry_vanished(db, d, &k);
+    if (rc == 0)
+        rc = dry_removals(e, idx, &k);
+    if (rc == 0)
+        rc = dry_flag_changes(e, idx, db, d, &k, pretty);
+    if (rc == 0)
+        dry_known_report(e, d, &k, t);
+    for (int s = 0; s < 2; s++) {
+        plan_fini(&k.plan[s]);
+        uidset_fini(&k.vanished[s]);
+        uidset_fini(&k.remove[s]);
     }
     if (rc == -ENOMEM)
         log_error(e->log, NULL, pretty, "out of memory");

@@ -79,116 +79,140 @@ static struct listed *listed_by_name(struct listing *l, const char *n, size_t nl
     return NULL;
 }
 
+/* An untagged LSUB: subscriptions of a server without LIST-EXTENDED. */
+static void list_lsub(struct listing *l, const struct imap_response *r)
+{
+    const char *n;
+    size_t nlen;
+    struct listed *it;
+    if (imap_value_string(&r->args[3], &n, &nlen) && (it = listed_by_name(l, n, nlen, true)))
+        it->subscribed = true;
+}
+
+/* The delimiter of a LIST line: NUL for NIL (a flat namespace). */
+static char list_delimiter_of(const struct imap_value *delim)
+{
+    const char *ds;
+    size_t dl;
+    if (delim->type != IMAP_NIL && imap_value_string(delim, &ds, &dl) && dl == 1)
+        return ds[0];
+    return '\0';
+}
+
+/* Adds a listed mailbox: its server name, and its key (the name without
+ * the list reference, hierarchy delimiters as NUL, INBOX in capitals). */
+static void listed_add(struct listing *l, const char *n, size_t nlen, size_t rl, bool is_inbox,
+                       char d, bool selectable, bool subscribed)
+{
+    if (l->count >= LISTING_MAX) {
+        l->too_many = true;
+        return;
+    }
+    struct listed *grown = array_reserve(l->items, &l->cap, l->count + 1, sizeof *grown, 32);
+    if (!grown) {
+        l->failed = true;
+        return;
+    }
+    l->items = grown;
+    struct listed *it = &l->items[l->count];
+    memset(it, 0, sizeof *it);
+    it->server_name = strndup(n, nlen);
+    it->keylen = is_inbox && rl == 0 ? 5 : nlen - rl;
+    it->key = malloc(it->keylen + 1);
+    if (!it->server_name || !it->key) {
+        free(it->server_name);
+        free(it->key);
+        l->failed = true;
+        return;
+    }
+    if (is_inbox && rl == 0)
+        memcpy(it->key, "INBOX", 5);
+    else
+        memcpy(it->key, n + rl, it->keylen);
+    it->key[it->keylen] = '\0';
+    if (d)
+        for (size_t i = 0; i < it->keylen; i++)
+            if (it->key[i] == d)
+                it->key[i] = '\0';
+    it->selectable = selectable;
+    it->subscribed = subscribed;
+    l->count++;
+}
+
+/* An untagged LIST: the delimiter (LIST "" ""), or a mailbox. */
+static void list_list(struct side_state *st, const struct imap_response *r)
+{
+    struct listing *l = st->listing;
+    const struct imap_value *attrs = &r->args[1], *name = &r->args[3];
+    const char *n;
+    size_t nlen;
+    if (attrs->type != IMAP_LIST || !imap_value_string(name, &n, &nlen))
+        return;
+    char d = list_delimiter_of(&r->args[2]);
+    if (nlen == 0) {
+        /* answer to LIST "" "": the hierarchy delimiter */
+        l->delimiter = d;
+        l->delimiter_known = true;
+        return;
+    }
+    bool is_inbox = nlen == 5 && strncasecmp(n, "INBOX", 5) == 0;
+    if (!l->delimiter_known && !is_inbox) {
+        l->delimiter = d;
+        l->delimiter_known = true;
+    }
+    bool selectable = true, subscribed = false;
+    for (size_t i = 0; i < attrs->count; i++) {
+        if (imap_value_is_atom(&attrs->items[i], "\\NoSelect") ||
+            imap_value_is_atom(&attrs->items[i], "\\NonExistent"))
+            selectable = false;
+        if (imap_value_is_atom(&attrs->items[i], "\\Subscribed"))
+            subscribed = true;
+    }
+    const struct sync_engine *e = st->e;
+    const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
+    const char *ref = sc->list_reference ? sc->list_reference : "";
+    size_t rl = strlen(ref);
+    if (nlen < rl || memcmp(n, ref, rl) != 0)
+        return; /* outside the reference: not ours */
+    if (listed_by_name(l, n, nlen, false))
+        return; /* listed by two patterns (one LIST per pattern) */
+    listed_add(l, n, nlen, rl, is_inbox, d, selectable, subscribed);
+}
+
+/* An untagged STATUS of a listed mailbox. */
+static void list_status(struct listing *l, const struct imap_response *r)
+{
+    const char *n;
+    size_t nlen;
+    struct listed *it;
+    if (!imap_value_string(&r->args[1], &n, &nlen) || !(it = listed_by_name(l, n, nlen, true)))
+        return;
+    const struct imap_value *v = &r->args[2];
+    for (size_t k = 0; k + 1 < v->count; k += 2) {
+        if (imap_value_is_atom(&v->items[k], "UIDVALIDITY"))
+            imap_value_u32(&v->items[k + 1], &it->uidvalidity);
+        else if (imap_value_is_atom(&v->items[k], "UIDNEXT"))
+            imap_value_u32(&v->items[k + 1], &it->uidnext);
+        else if (imap_value_is_atom(&v->items[k], "HIGHESTMODSEQ"))
+            imap_value_u64(&v->items[k + 1], &it->highestmodseq);
+        else if (imap_value_is_atom(&v->items[k], "MESSAGES"))
+            it->has_messages = imap_value_u32(&v->items[k + 1], &it->messages);
+    }
+    it->has_status = true;
+}
+
 static void list_untagged(void *ctx, const struct imap_response *r)
 {
     struct side_state *st = ctx;
-    struct listing *l = st->listing;
-    struct sync_engine *e = st->e;
     if (r->status != IMAP_STATUS_NONE || r->nargs < 1)
         return;
-    if (imap_value_is_atom(&r->args[0], "LSUB") && r->nargs >= 4) {
-        /* subscriptions of a server without LIST-EXTENDED */
-        const char *n;
-        size_t nlen;
-        struct listed *it;
-        if (imap_value_string(&r->args[3], &n, &nlen) && (it = listed_by_name(l, n, nlen, true)))
-            it->subscribed = true;
-        return;
-    }
-    if (imap_value_is_atom(&r->args[0], "LIST") && r->nargs >= 4) {
-        const struct imap_value *attrs = &r->args[1], *delim = &r->args[2], *name = &r->args[3];
-        const char *n;
-        size_t nlen;
-        if (attrs->type != IMAP_LIST || !imap_value_string(name, &n, &nlen))
-            return;
-        char d = '\0';
-        if (delim->type != IMAP_NIL) {
-            const char *ds;
-            size_t dl;
-            if (imap_value_string(delim, &ds, &dl) && dl == 1)
-                d = ds[0];
-        }
-        if (nlen == 0) {
-            /* answer to LIST "" "": the hierarchy delimiter */
-            l->delimiter = d;
-            l->delimiter_known = true;
-            return;
-        }
-        bool is_inbox = nlen == 5 && strncasecmp(n, "INBOX", 5) == 0;
-        if (!l->delimiter_known && !is_inbox) {
-            l->delimiter = d;
-            l->delimiter_known = true;
-        }
-        bool selectable = true, subscribed = false;
-        for (size_t i = 0; i < attrs->count; i++) {
-            if (imap_value_is_atom(&attrs->items[i], "\\NoSelect") ||
-                imap_value_is_atom(&attrs->items[i], "\\NonExistent"))
-                selectable = false;
-            if (imap_value_is_atom(&attrs->items[i], "\\Subscribed"))
-                subscribed = true;
-        }
-        const struct server_config *sc = st->side == SIDE_LOCAL ? &e->cfg->local : &e->cfg->remote;
-        const char *ref = sc->list_reference ? sc->list_reference : "";
-        size_t rl = strlen(ref);
-        if (nlen < rl || memcmp(n, ref, rl) != 0)
-            return; /* outside the reference: not ours */
-        if (listed_by_name(l, n, nlen, false))
-            return; /* listed by two patterns (one LIST per pattern) */
-        if (l->count >= LISTING_MAX) {
-            l->too_many = true;
-            return;
-        }
-        struct listed *grown = array_reserve(l->items, &l->cap, l->count + 1, sizeof *grown, 32);
-        if (!grown) {
-            l->failed = true;
-            return;
-        }
-        l->items = grown;
-        struct listed *it = &l->items[l->count];
-        memset(it, 0, sizeof *it);
-        it->server_name = strndup(n, nlen);
-        it->keylen = is_inbox && rl == 0 ? 5 : nlen - rl;
-        it->key = malloc(it->keylen + 1);
-        if (!it->server_name || !it->key) {
-            free(it->server_name);
-            free(it->key);
-            l->failed = true;
-            return;
-        }
-        if (is_inbox && rl == 0)
-            memcpy(it->key, "INBOX", 5);
-        else
-            memcpy(it->key, n + rl, it->keylen);
-        it->key[it->keylen] = '\0';
-        if (d)
-            for (size_t i = 0; i < it->keylen; i++)
-                if (it->key[i] == d)
-                    it->key[i] = '\0';
-        it->selectable = selectable;
-        it->subscribed = subscribed;
-        l->count++;
-        return;
-    }
-    if (imap_value_is_atom(&r->args[0], "STATUS") && r->nargs >= 3 &&
-        r->args[2].type == IMAP_LIST) {
-        const char *n;
-        size_t nlen;
-        struct listed *it;
-        if (!imap_value_string(&r->args[1], &n, &nlen) || !(it = listed_by_name(l, n, nlen, true)))
-            return;
-        const struct imap_value *v = &r->args[2];
-        for (size_t k = 0; k + 1 < v->count; k += 2) {
-            if (imap_value_is_atom(&v->items[k], "UIDVALIDITY"))
-                imap_value_u32(&v->items[k + 1], &it->uidvalidity);
-            else if (imap_value_is_atom(&v->items[k], "UIDNEXT"))
-                imap_value_u32(&v->items[k + 1], &it->uidnext);
-            else if (imap_value_is_atom(&v->items[k], "HIGHESTMODSEQ"))
-                imap_value_u64(&v->items[k + 1], &it->highestmodseq);
-            else if (imap_value_is_atom(&v->items[k], "MESSAGES"))
-                it->has_messages = imap_value_u32(&v->items[k + 1], &it->messages);
-        }
-        it->has_status = true;
-    }
+    if (imap_value_is_atom(&r->args[0], "LSUB") && r->nargs >= 4)
+        list_lsub(st->listing, r);
+    else if (imap_value_is_atom(&r->args[0], "LIST") && r->nargs >= 4)
+        list_list(st, r);
+    else if (imap_value_is_atom(&r->args[0], "STATUS") && r->nargs >= 3 &&
+             r->args[2].type == IMAP_LIST)
+        list_status(st->listing, r);
 }
 
 static const struct imap_handler list_handler = {list_untagged, NULL};

@@ -337,15 +337,12 @@ char *uidset_format(const struct uidset *s, size_t *pos, size_t max_len)
                          s->uids[j]);
         if (len && len + (size_t)n > max_len)
             break;
-        if (len + (size_t)n + 1 > cap) {
-            cap = (len + (size_t)n + 1) * 2;
-            char *o = realloc(out, cap);
-            if (!o) {
-                free(out);
-                return NULL;
-            }
-            out = o;
+        char *o = array_reserve(out, &cap, len + (size_t)n + 1, 1, 256);
+        if (!o) {
+            free(out);
+            return NULL;
         }
+        out = o;
         memcpy(out + len, item, (size_t)n + 1);
         len += (size_t)n;
         i = j + 1;
@@ -360,14 +357,10 @@ static int list_item(char **out, size_t *len, size_t *cap, uint32_t from, uint32
     int n = from == to
                 ? snprintf(item, sizeof item, "%s%" PRIu32, *len ? "," : "", from)
                 : snprintf(item, sizeof item, "%s%" PRIu32 ":%" PRIu32, *len ? "," : "", from, to);
-    if (*len + (size_t)n + 1 > *cap) {
-        size_t ncap = (*len + (size_t)n + 1) * 2;
-        char *o = realloc(*out, ncap);
-        if (!o)
-            return -ENOMEM;
-        *out = o;
-        *cap = ncap;
-    }
+    char *o = array_reserve(*out, cap, *len + (size_t)n + 1, 1, 64);
+    if (!o)
+        return -ENOMEM;
+    *out = o;
     memcpy(*out + *len, item, (size_t)n + 1);
     *len += (size_t)n;
     return 0;

@@ -301,13 +301,17 @@ int engine_cycle(struct sync_engine *e)
             next = mbox_new(e, &work[todo[k + 1]], repair);
         int r = -ENOMEM;
         unsigned long logged = logger_error_count(e->log);
+        unsigned long long done = e->totals.added + e->totals.removed + e->totals.updated;
         if (cur) {
             cur->next = next;
             progress_mailbox(e->opts.progress, cur->pretty, k + 1, ntodo);
             r = sync_one(cur);
         }
         if (r == 0) {
-            e->cycle_synced++;
+            /* a mailbox read and found in step does not count: a side
+             * without mod-sequences reads every mailbox on every cycle */
+            if (e->totals.added + e->totals.removed + e->totals.updated != done)
+                e->cycle_synced++;
         } else if (r == MAILBOX_AGAIN && !again[todo[k]]) {
             again[todo[k]] = true;
             todo[ntodo++] = todo[k];

@@ -286,7 +286,7 @@ struct sync_engine {
     } totals;
     int refused_names; /* names of the last listing that cannot be synchronized */
     char errbuf[512];
-    unsigned cycle_synced; /* mailboxes the last cycle synchronized */
+    unsigned cycle_synced; /* mailboxes the last cycle changed something in */
 
     /* --watch (watch.c) */
     struct coro *sleeper; /* the engine while it sleeps between cycles */

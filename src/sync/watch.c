@@ -304,18 +304,27 @@ static void watch_notify_set(struct sync_engine *e)
 }
 
 /* Whether INBOX, as an EXAMINE just reported it, differs from what the
- * database holds: a change that came before IDLE could report it. */
+ * database holds: a change that came before IDLE could report it. Only
+ * what the side's tier records counts: on a side without mod-sequences
+ * the database holds no HIGHESTMODSEQ (a server may report one all the
+ * same), and some servers (Courier-IMAP) send no UIDNEXT either; there
+ * the message count is compared with the messages the database pairs,
+ * which shows expunges too. Flag changes made before the IDLE are not
+ * seen there: the interval finds them. */
 static bool watch_inbox_changed(struct sync_engine *e, enum side s,
                                 const struct imap_mailbox_state *ms)
 {
-    int64_t idx;
+    int64_t idx, count;
     bool subscribed;
     struct state_side db;
     if (state_db_mailbox_find(e->db, "INBOX", 5, &idx, &subscribed) != 1 ||
         state_db_side_get(e->db, idx, s, &db) != 1)
         return false; /* not synchronized: its changes are no news */
-    return db.uidvalidity != ms->uidvalidity || db.uidnext != ms->uidnext ||
-           db.highestmodseq != ms->highestmodseq;
+    if (db.uidvalidity != ms->uidvalidity || (ms->uidnext && db.uidnext != ms->uidnext))
+        return true;
+    if (e->tier[s] != TIER_PLAIN && db.highestmodseq && ms->highestmodseq)
+        return db.highestmodseq != ms->highestmodseq;
+    return state_db_mapping_count(e->db, idx, &count) < 0 || count != (int64_t)ms->exists;
 }
 
 /* IDLE on INBOX on both servers (those that offer it) for up to ms. */

@@ -115,6 +115,63 @@ static int rename_side(struct sync_engine *e, enum side s, const struct state_co
     return r;
 }
 
+/* The UIDVALIDITY a server gives a mailbox now (EXAMINE), or 0. */
+static uint32_t uidvalidity_now(struct sync_engine *e, enum side s, const char *server_mbox)
+{
+    struct imap_client *c = e->client[s];
+    struct imap_mailbox_state ms;
+    memset(&ms, 0, sizeof ms);
+    imap_client_select_now(c, NULL, &ms, &ms);
+    int r = imap_client_run(c, "EXAMINE %m", server_mbox);
+    imap_client_release(c, &ms);
+    return r < 0 ? 0 : ms.uidvalidity;
+}
+
+/*
+ * After a RENAME on the sides in `renamed`: a server may give the renamed
+ * mailbox (and its children) a new UIDVALIDITY and new UIDs, as
+ * Courier-IMAP does. The database's mapping no longer holds there, so the
+ * mailbox is forgotten; the next run pairs its messages again by content
+ * (as it does for mailboxes the database does not know) instead of
+ * refusing it for a changed UIDVALIDITY.
+ */
+static int rename_revalidate(struct sync_engine *e, const struct state_command *c, unsigned renamed)
+{
+    struct state_mailbox *list = NULL;
+    size_t n = 0;
+    if (state_db_mailbox_list(e->db, &list, &n) < 0)
+        return db_fail(e);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct state_mailbox *mb = &list[i];
+        if (!mb->known || mb->namelen < c->newlen || memcmp(mb->name, c->newname, c->newlen) != 0 ||
+            (mb->namelen > c->newlen && mb->name[c->newlen] != '\0'))
+            continue;
+        for (int s = 0; s < 2; s++) {
+            if (!(renamed & side_bit((enum side)s)))
+                continue;
+            char *name = server_name(e, (enum side)s, mb->name, mb->namelen);
+            if (!name) {
+                rc = -ENOMEM;
+                break;
+            }
+            uint32_t v = uidvalidity_now(e, (enum side)s, name);
+            if (v && v != mb->side[s].uidvalidity) {
+                log_warn(e->log, side_name[s], name,
+                         "the server gave the renamed mailbox a new UIDVALIDITY; its messages "
+                         "will be paired again by content on the next run");
+                if (state_db_mailbox_delete(e->db, mb->idx) < 0 || db_commit(e) < 0)
+                    rc = ERR_DB;
+                free(name);
+                break;
+            }
+            free(name);
+        }
+    }
+    state_db_mailbox_list_free(&list, n);
+    return rc == ERR_DB ? db_fail(e) : rc;
+}
+
 /* One server's DELETE, unless the mailbox is gone there already. */
 static int delete_side(struct sync_engine *e, enum side s, const struct state_command *c)
 {
@@ -136,6 +193,7 @@ static int delete_side(struct sync_engine *e, enum side s, const struct state_co
 static int command_carry_out(struct sync_engine *e, struct state_command *c)
 {
     int status = EXIT_IN_STEP;
+    unsigned renamed = 0;
     for (int s = 0; s < 2; s++) {
         unsigned bit = side_bit((enum side)s);
         if (!(c->targets & bit) || (c->done & bit))
@@ -147,11 +205,16 @@ static int command_carry_out(struct sync_engine *e, struct state_command *c)
             if (imap_client_is_broken(e->client[s]))
                 return EXIT_FAILURE_GENERIC; /* journaled: the next run goes on */
             status = EXIT_PARTIAL;
+        } else if (c->rename) {
+            renamed |= bit;
         }
         if (journal_step(e, c, bit) < 0)
             return EXIT_FAILURE_GENERIC;
     }
+    bool database = (c->targets & SYNC_TARGET_DATABASE) && !(c->done & SYNC_TARGET_DATABASE);
     if (journal_finish(e, c) < 0)
+        return EXIT_FAILURE_GENERIC;
+    if (renamed && database && rename_revalidate(e, c, renamed) < 0)
         return EXIT_FAILURE_GENERIC;
     return status;
 }

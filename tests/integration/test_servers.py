@@ -38,6 +38,9 @@ from imapfixture import (Courier, Dovecot, check, check_eq, courier_available,  
 from imapfixture.mail import MessageGenerator  # noqa: E402
 
 KINDS = ("dovecot", "cyrus", "condstore", "plain", "courier")
+# The line said on the first use of a server without QRESYNC.
+TIER_SAID = {"dovecot": None, "cyrus": None, "condstore": "CONDSTORE without QRESYNC",
+             "plain": "neither QRESYNC nor CONDSTORE", "courier": "neither QRESYNC nor CONDSTORE"}
 
 
 def need(kind):
@@ -229,8 +232,15 @@ def initial_and_changes(m):
     imap_fill(m.srv[m.role], {"INBOX": 6, base + "Work": 4, base + "Projets/Été": 3}, seed=1)
     imap_fill(m.srv[m.other], {"INBOX": 3, base + "Listes/Débats/Ça": 4, base + "Reçus": 2}, seed=2)
     r = m.run(what="initial")
-    check(any(": tier " in line or "tier" in line for line in r.err.splitlines()),
-          "the tiers are said with --debug")
+    for side in ("local", "remote"):
+        check(any(line.startswith(side + ": tier ") for line in r.err.splitlines()),
+              "--debug says the %s tier" % side)
+    said = [line for line in summary(r) if "QRESYNC" in line]
+    if TIER_SAID[m.kind]:
+        check(any(line.startswith("%s: %s" % (m.role, TIER_SAID[m.kind])) for line in said),
+              "the %s tier is said on first use: %r" % (m.role, said))
+    else:
+        check_eq(said, [], "with QRESYNC on both sides, no tier line")
     a, b = m.in_step()
     check_eq(a.total(), 22, "messages after the initial copy")
     names = m.names(a)

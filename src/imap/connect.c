@@ -522,9 +522,14 @@ static int client_authenticate(struct imap_client *c)
     if (!sasl)
         client_send_after_login(c);
     r = imap_cmd_wait(cmd);
-    if (sasl && r == 0)
-        client_send_after_login(c);
     bool caps_in_reply = cmd->code && strcasecmp(cmd->code, "CAPABILITY") == 0;
+    if (sasl && r == 0) {
+        /* the capabilities of the reply are known now: what the server
+         * advertised on an earlier connection no longer counts */
+        if (caps_in_reply)
+            c->caps_final = true;
+        client_send_after_login(c);
+    }
     if ((r == ERR_NO || r == ERR_BAD) && sasl_err[0]) {
         client_set_error(c, "%s: authentication failed (%s): %s; the server said: %s", cfg->name,
                          sasl_mech_name(mech), sasl_err, imap_cmd_text(cmd));

@@ -477,6 +477,84 @@ def pairing(kind, role):
         watch(m)
 
 
+def connections(log, side):
+    """The trace of side cut at each greeting: one piece per connection."""
+    pieces, cur = [], None
+    for line in log.splitlines():
+        if re.match(r"^%s: S: \* (OK \[CAPABILITY |PREAUTH)" % side, line):
+            cur = []
+            pieces.append(cur)
+        if cur is not None:
+            cur.append(line)
+    return ["\n".join(p) for p in pieces]
+
+
+def after_login(piece, side):
+    """A connection's trace from the login's tagged reply on: what was sent
+    once the server's capabilities were known."""
+    lines = piece.splitlines()
+    tag = None
+    for i, line in enumerate(lines):
+        mt = re.match(r"^%s: C: (\d+) (LOGIN|AUTHENTICATE) " % side, line)
+        if mt and tag is None:
+            tag = mt.group(1)
+        elif tag and line.startswith("%s: S: %s " % (side, tag)):
+            return "\n".join(lines[i:])
+    raise AssertionError("no login reply in %r" % piece[:500])
+
+
+def test_watch_capabilities_change():
+    """The remote server restarts with neither NOTIFY, QRESYNC, CONDSTORE
+    nor COMPRESS while --watch --notify runs on NOTIFY: the watcher
+    reconnects, waits with IDLE from then on, changes still arrive, and
+    once the new login's capabilities are known nothing it no longer
+    advertises is sent (what went behind the login on the old ones is
+    allowed to fail)."""
+    with Pair() as p:
+        imap_fill(p.local, {"INBOX": 3}, seed=1)
+        w = Watcher(p, "--debug", "--watch=600", "--notify")
+        g = MessageGenerator(60)
+        try:
+            check(wait_for(lambda: re.search(r"^remote: C: \d+ NOTIFY SET", w.text(), re.M),
+                           bound=60) is not None, "NOTIFY at first: %s" % w.text()[-2000:])
+            p.remote.stop(remove=False)
+            p.remote.capability = M365
+            p.remote.start(keep_ports=True)
+            check(wait_for(lambda: len(connections(w.text(), "remote")) >= 2 and
+                           re.search(r"^remote: C: \d+ IDLE$", w.text(), re.M), bound=90)
+                  is not None, "reconnected, then IDLE: %s" % w.text()[-3000:])
+            for side, dest in (("remote", "local"), ("local", "remote")):
+                conn = p.login(side)
+                try:
+                    n = len(mail.uids(conn, "INBOX"))
+                    mail.append(conn, "INBOX", g.message())
+                finally:
+                    conn.logout()
+
+                def arrived():
+                    c = p.login(dest)
+                    try:
+                        return len(mail.uids(c, "INBOX")) == n + 1
+                    finally:
+                        c.logout()
+                check(wait_for(arrived, bound=30) is not None,
+                      "a change on %s reached %s after the restart: %s"
+                      % (side, dest, w.text()[-3000:]))
+        finally:
+            code, log = w.stop()
+        check_eq(code, 0, "SIGTERM ends the watcher with status 0")
+        pieces = connections(log, "remote")
+        check(len(pieces) >= 2, "two connections to remote")
+        check("NOTIFY" in advertised(pieces[0], "remote"), "NOTIFY offered before the restart")
+        last = pieces[-1]
+        check("NOTIFY" not in advertised(last, "remote"), "and no longer after it")
+        late = after_login(last, "remote")
+        check_extensions(late, "remote", "after the restart")
+        check(not re.search(r"^remote: C: \d+ NOTIFY", late, re.M), "no NOTIFY after the restart")
+        check_extensions(log, "local", "watch across a restart")
+        p.assert_in_step()
+
+
 def _make(kind, role):
     def test():
         pairing(kind, role)

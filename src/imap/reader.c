@@ -28,7 +28,7 @@
 #define MAX_UNTAGGED_PER_COMMAND (4u << 20)
 
 /* How far before the login deadline a timed-out read still counts as
- * stopped by it (see client_read_response). */
+ * stopped by it (see client_read_some). */
 #define LOGIN_DEADLINE_SLACK_MS 250
 
 static char *xstrdup(const char *s)

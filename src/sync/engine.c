@@ -289,6 +289,11 @@ int engine_cycle(struct sync_engine *e)
     for (size_t i = 0; i < nwork; i++)
         if (repair || !unchanged(e, &work[i]))
             todo[ntodo++] = i;
+    /* mailboxes with only flag changes and expunges, a window at a time */
+    if (!repair && passes_run(e, work, todo, &ntodo) < 0) {
+        status = EXIT_FAILURE_GENERIC;
+        ntodo = 0;
+    }
     struct mbox_ctx *cur = take_speculative(e, work, todo, ntodo), *next = NULL;
     for (size_t k = 0; k < ntodo && !e->stop; k++) {
         if (!cur)

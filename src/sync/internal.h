@@ -181,6 +181,8 @@ struct side_state {
     uint32_t last_new_uid;           /* the last new message accepted in this FETCH */
     uint32_t streamed_uid;           /* its body was streamed (0: none) */
     size_t mem_used, mem_limit;
+    bool budget_soft; /* over mem_limit: over_budget, not a failure (passes.c) */
+    bool over_budget;
     unsigned refused; /* messages or changes refused (each reported) */
     int error;        /* a response we cannot act on: the mailbox fails */
 };
@@ -382,6 +384,16 @@ struct flag_plan {
     size_t count, cap;
 };
 
+/* What one round of sync_known works on: a snapshot of what both sides
+ * reported, and what it decided to send. */
+struct known_round {
+    struct uidset vanished[2]; /* known messages the side reported gone */
+    struct side_state snap[2]; /* the side's changes, taken from its state */
+    struct uidset remove[2];   /* counterparts to expunge on that side */
+    struct flag_plan plan[2];  /* flag stores for that side */
+    struct uidset modified[2]; /* stores refused by UNCHANGEDSINCE */
+};
+
 /* tiers.c: capability tiers */
 enum tier tier_of(struct imap_client *c);
 void caps_load(struct sync_engine *e);
@@ -429,6 +441,12 @@ void flags_send(struct side_state *st, struct flag_plan *p, uint64_t unchangedsi
 void changes_compact(struct side_state *st);
 const struct change *change_find(const struct side_state *st, uint32_t uid);
 int sync_known(struct mbox_ctx *m, bool may_release);
+bool round_take(struct mbox_ctx *m, struct known_round *r);
+int round_plan(struct mbox_ctx *m, struct known_round *r);
+void round_send_side(struct mbox_ctx *m, struct known_round *r, enum side s, struct cmd_batch *b);
+int round_wait_side(struct mbox_ctx *m, struct known_round *r, enum side s, struct cmd_batch *b);
+void round_fini(struct known_round *r);
+void drop_echoes(struct side_state *st, const struct flag_plan *plan);
 
 /* copy.c: copying */
 void copy_init(struct new_copy *cp, struct mbox_ctx *m, enum side src);
@@ -489,6 +507,9 @@ void mbox_release(struct mbox_ctx *m);
 int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struct imap_cmd *after);
 int select_wait_target(struct mbox_ctx *m);
 int sync_one(struct mbox_ctx *m);
+int qresync_sample(struct sync_engine *e, int64_t idx, enum side s, char **seqs, char **uids);
+int mbox_save_state(struct mbox_ctx *m);
+void log_summary(struct mbox_ctx *m);
 bool may_have_new(const struct mbox_ctx *m, enum side s);
 const char *fetch_flags_items(const struct side_state *st);
 bool unchanged(struct sync_engine *e, struct mbox_work *w);
@@ -498,6 +519,9 @@ struct mbox_ctx *take_speculative(struct sync_engine *e, const struct mbox_work 
 void drop_speculative(struct sync_engine *e);
 struct mbox_ctx *mbox_new(struct sync_engine *e, const struct mbox_work *w, bool repair);
 void mbox_free(struct mbox_ctx **pm);
+
+/* passes.c: spread changes */
+int passes_run(struct sync_engine *e, const struct mbox_work *work, size_t *todo, size_t *ntodo);
 
 /* recovery.c: recovery */
 int interrupted_pairs(struct mbox_ctx *m, struct uidset pairs[2], struct uidset skip[2]);

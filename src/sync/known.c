@@ -220,19 +220,9 @@ const struct change *change_find(const struct side_state *st, uint32_t uid)
     return NULL;
 }
 
-/* What one round of sync_known works on: a snapshot of what both sides
- * reported, and what it decided to send. */
-struct known_round {
-    struct uidset vanished[2]; /* known messages the side reported gone */
-    struct side_state snap[2]; /* the side's changes, taken from its state */
-    struct uidset remove[2];   /* counterparts to expunge on that side */
-    struct flag_plan plan[2];  /* flag stores for that side */
-    struct uidset modified[2]; /* stores refused by UNCHANGEDSINCE */
-};
-
 /* Takes what was reported so far; responses to our own commands
  * accumulate for the next round. Returns whether there is anything. */
-static bool round_take(struct mbox_ctx *m, struct known_round *r)
+bool round_take(struct mbox_ctx *m, struct known_round *r)
 {
     bool any = false;
     memset(r, 0, sizeof *r);
@@ -260,7 +250,7 @@ static bool round_take(struct mbox_ctx *m, struct known_round *r)
     return any;
 }
 
-static void round_fini(struct known_round *r)
+void round_fini(struct known_round *r)
 {
     for (int s = 0; s < 2; s++) {
         plan_fini(&r->plan[s]);
@@ -357,59 +347,80 @@ static int plan_flag_changes(struct mbox_ctx *m, struct known_round *r)
     return 0;
 }
 
+/* Queues side s's removals and stores of the round. UNCHANGEDSINCE
+ * protects a change made by someone else after what we have seen (it
+ * comes back MODIFIED). */
+void round_send_side(struct mbox_ctx *m, struct known_round *r, enum side s, struct cmd_batch *b)
+{
+    /* (a server without CONDSTORE may still report mod-sequences; it gets
+     * no UNCHANGEDSINCE, which it does not advertise) */
+    uint64_t seen = m->e->tier[s] != TIER_PLAIN ? m->st[s].max_modseq : 0;
+    if (r->remove[s].count) {
+        removal_send(&m->st[s], &r->remove[s], b);
+        m->removed[s] += (unsigned)r->remove[s].count;
+    }
+    if (r->plan[s].count)
+        flags_send(&m->st[s], &r->plan[s], seen, b);
+}
+
+/* Waits for what round_send_side queued on side s and says what was done;
+ * the VANISHED our own expunges caused need nothing more. */
+int round_wait_side(struct mbox_ctx *m, struct known_round *r, enum side s, struct cmd_batch *b)
+{
+    int rc = batch_wait(b, &m->st[s], &r->modified[s]);
+    if (rc == 0) {
+        log_removed(&m->st[s], &r->remove[s]);
+        log_stored(&m->st[s], &r->plan[s], &r->modified[s]);
+    }
+    struct uidset *v = &m->st[s].vanished;
+    uidset_normalize(&r->remove[s]);
+    size_t o = 0;
+    for (size_t i = 0; i < v->count; i++)
+        if (!uidset_contains(&r->remove[s], v->uids[i]))
+            v->uids[o++] = v->uids[i];
+    v->count = o;
+    return rc;
+}
+
 /* Removals and stores touch different messages: all of them go to both
- * servers at once, in one write each, and are waited for together.
- * UNCHANGEDSINCE protects a change made by someone else after what we have
- * seen (it comes back MODIFIED). */
+ * servers at once, in one write each, and are waited for together. */
 static int round_send(struct mbox_ctx *m, struct known_round *r, bool may_release)
 {
     int rc = 0;
-    /* (a server without CONDSTORE may still report mod-sequences; it gets
-     * no UNCHANGEDSINCE, which it does not advertise) */
-    uint64_t seen[2];
-    for (int s = 0; s < 2; s++)
-        seen[s] = m->e->tier[s] != TIER_PLAIN ? m->st[s].max_modseq : 0;
     struct cmd_batch batch[2] = {{0}, {0}};
     for (int s = 0; s < 2; s++)
         imap_client_hold(m->st[s].c);
-    for (int s = 0; s < 2; s++) {
-        if (r->remove[s].count) {
-            removal_send(&m->st[s], &r->remove[s], &batch[s]);
-            m->removed[s] += (unsigned)r->remove[s].count;
-        }
-        if (r->plan[s].count)
-            flags_send(&m->st[s], &r->plan[s], seen[s], &batch[s]);
-    }
+    for (int s = 0; s < 2; s++)
+        round_send_side(m, r, (enum side)s, &batch[s]);
     if (may_release && (batch[0].n || batch[1].n))
         mbox_release(m);
     for (int s = 0; s < 2; s++)
         imap_client_push(m->st[s].c);
     for (int s = 0; s < 2; s++) {
-        int w = batch_wait(&batch[s], &m->st[s], &r->modified[s]);
-        if (w < 0) {
+        int w = round_wait_side(m, r, (enum side)s, &batch[s]);
+        if (w < 0)
             rc = w;
-            continue;
-        }
-        log_removed(&m->st[s], &r->remove[s]);
-        log_stored(&m->st[s], &r->plan[s], &r->modified[s]);
     }
-    /* the VANISHED our own expunges caused need nothing more */
-    for (int s = 0; s < 2; s++) {
-        struct uidset *v = &m->st[s].vanished;
-        uidset_normalize(&r->remove[s]);
-        size_t o = 0;
-        for (size_t i = 0; i < v->count; i++)
-            if (!uidset_contains(&r->remove[s], v->uids[i]))
-                v->uids[o++] = v->uids[i];
-        v->count = o;
-    }
+    return rc;
+}
+
+/* What the round sends: the removals of the pairs that vanished on one
+ * side, and the flag stores (the conflicts' union on both sides). */
+int round_plan(struct mbox_ctx *m, struct known_round *r)
+{
+    int rc = plan_removals(m, r);
+    if (rc == 0)
+        rc = plan_flag_changes(m, r);
+    for (int s = 0; s < 2; s++)
+        for (size_t g = 0; g < r->plan[s].count; g++)
+            m->updated[s] += (unsigned)r->plan[s].groups[g].uids.count;
     return rc;
 }
 
 /* Our own stores may come back as FETCH responses carrying the flags we
  * set: they need no propagation (a side compared with a flag record always
  * answers, with the flags the message kept). */
-static void drop_echoes(struct side_state *st, const struct flag_plan *plan)
+void drop_echoes(struct side_state *st, const struct flag_plan *plan)
 {
     size_t o = 0;
     for (size_t i = 0; i < st->nchanges; i++) {
@@ -466,12 +477,7 @@ int sync_known(struct mbox_ctx *m, bool may_release)
             /* news after the next mailbox was selected: do this one again */
             return any ? MAILBOX_AGAIN : 0;
         }
-        int rc = plan_removals(m, &r);
-        if (rc == 0)
-            rc = plan_flag_changes(m, &r);
-        for (int s = 0; s < 2; s++)
-            for (size_t g = 0; g < r.plan[s].count; g++)
-                m->updated[s] += (unsigned)r.plan[s].groups[g].uids.count;
+        int rc = round_plan(m, &r);
         if (rc == 0)
             rc = round_send(m, &r, may_release);
         for (int s = 0; s < 2 && rc == 0; s++) {

@@ -59,6 +59,12 @@ void side_fail(struct side_state *st, int code, const char *fmt, ...)
 
 static void side_over_budget(struct side_state *st)
 {
+    if (st->budget_soft) {
+        /* a share of a window of mailboxes (passes.c): the mailbox is
+         * done on its own instead, with the whole budget */
+        st->over_budget = true;
+        return;
+    }
     side_fail(st, ERR_TOO_BIG,
               "the server's responses for this mailbox need more than %zu MiB of memory; "
               "refusing them (broken or hostile server?)",
@@ -324,7 +330,7 @@ const struct imap_handler selected_handler = {selected_untagged, selected_litera
 /* Up to 1024 of the highest known UIDs with their sequence numbers, for
  * the QRESYNC known-UIDs parameter (RFC 7162 3.2.5.2), so the server can
  * tell which messages vanished without remembering every expunge. */
-static int qresync_sample(struct sync_engine *e, int64_t idx, enum side s, char **seqs, char **uids)
+int qresync_sample(struct sync_engine *e, int64_t idx, enum side s, char **seqs, char **uids)
 {
     *seqs = *uids = NULL;
     int64_t count = 0;
@@ -527,7 +533,7 @@ int select_wait_target(struct mbox_ctx *m)
 
 /* The mailbox's line per side that changed, and its share of the line
  * that ends the cycle. */
-static void log_summary(struct mbox_ctx *m)
+void log_summary(struct mbox_ctx *m)
 {
     struct sync_engine *e = m->e;
     for (int s = 0; s < 2; s++) {
@@ -724,11 +730,11 @@ static void one_advance(struct mbox_ctx *m, struct one_run *o)
 }
 
 /* UIDNEXT and HIGHESTMODSEQ are saved, and the copy journal dropped, in
- * one transaction. Not after messages or changes were refused (each
- * reported already), so that the next run meets them again instead of
- * passing over them for good, nor on sets an allocation failure left
- * short. */
-static int one_save(struct mbox_ctx *m)
+ * the open transaction (the caller commits). Not after messages or
+ * changes were refused (each reported already), so that the next run
+ * meets them again instead of passing over them for good, nor on sets an
+ * allocation failure left short. */
+int mbox_save_state(struct mbox_ctx *m)
 {
     struct sync_engine *e = m->e;
     if (m->st[0].refused || m->st[1].refused)
@@ -749,10 +755,18 @@ static int one_save(struct mbox_ctx *m)
             flags_record(m, (enum side)s, hms) < 0)
             return ERR_DB;
     }
-    if (state_db_copy_clear(e->db, m->idx) < 0 || state_db_commit(e->db) < 0 ||
-        state_db_begin(e->db) < 0)
+    if (state_db_copy_clear(e->db, m->idx) < 0)
         return ERR_DB;
     return 0;
+}
+
+/* ... in one transaction of their own. */
+static int one_save(struct mbox_ctx *m)
+{
+    int rc = mbox_save_state(m);
+    if (rc == 0 && !m->nomem && (state_db_commit(m->e->db) < 0 || state_db_begin(m->e->db) < 0))
+        rc = ERR_DB;
+    return rc;
 }
 
 /* The end of sync_one, whatever happened. */

@@ -289,20 +289,30 @@ int engine_cycle(struct sync_engine *e)
     for (size_t i = 0; i < nwork; i++)
         if (repair || !unchanged(e, &work[i]))
             todo[ntodo++] = i;
-    /* mailboxes with only flag changes and expunges, a window at a time */
-    if (!repair && passes_run(e, work, todo, &ntodo) < 0) {
-        status = EXIT_FAILURE_GENERIC;
-        ntodo = 0;
-    }
     struct mbox_ctx *cur = take_speculative(e, work, todo, ntodo), *next = NULL;
+    /* the mailboxes with only flag changes and expunges go first, a
+     * window at a time (passes.c), once the speculative INBOX is done */
+    bool passes = !repair && passes_wanted(e, ntodo - (cur ? 1 : 0));
     for (size_t k = 0; k < ntodo && !e->stop; k++) {
+        if (passes && !(k == 0 && cur)) {
+            passes = false;
+            size_t rest = ntodo - k;
+            if (passes_run(e, work, todo + k, &rest) < 0) {
+                status = EXIT_FAILURE_GENERIC;
+                break;
+            }
+            ntodo = k + rest;
+            if (k == ntodo)
+                break;
+        }
         if (!cur)
             cur = mbox_new(e, &work[todo[k]], repair);
         /* the next one is set up now so that this one can send its
          * SELECTs ahead (not when repairing, nor for a mailbox's second
-         * pass, which may need every command it can send) */
+         * pass, which may need every command it can send, nor ahead of
+         * the passes, which begin with nothing in flight) */
         next = NULL;
-        if (cur && !repair && !again[todo[k]] && k + 1 < ntodo)
+        if (cur && !repair && !again[todo[k]] && k + 1 < ntodo && !passes)
             next = mbox_new(e, &work[todo[k + 1]], repair);
         int r = -ENOMEM;
         unsigned long logged = logger_error_count(e->log);

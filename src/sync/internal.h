@@ -521,6 +521,7 @@ struct mbox_ctx *mbox_new(struct sync_engine *e, const struct mbox_work *w, bool
 void mbox_free(struct mbox_ctx **pm);
 
 /* passes.c: spread changes */
+bool passes_wanted(const struct sync_engine *e, size_t count);
 int passes_run(struct sync_engine *e, const struct mbox_work *work, size_t *todo, size_t *ntodo);
 
 /* recovery.c: recovery */

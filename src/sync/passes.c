@@ -476,6 +476,13 @@ static int window_run(struct window *w)
     return rc;
 }
 
+/* Whether the passes may take some of `count` mailboxes to do. */
+bool passes_wanted(const struct sync_engine *e, size_t count)
+{
+    return !e->no_lookahead && e->tier[0] == TIER_QRESYNC && e->tier[1] == TIER_QRESYNC &&
+           count >= PASSES_MIN;
+}
+
 /*
  * Synchronizes, window by window, the mailboxes of `todo` the passes can
  * take, and leaves in `todo` (in their order) the others and those the
@@ -484,8 +491,7 @@ static int window_run(struct window *w)
  */
 int passes_run(struct sync_engine *e, const struct mbox_work *work, size_t *todo, size_t *ntodo)
 {
-    if (e->no_lookahead || e->tier[0] != TIER_QRESYNC || e->tier[1] != TIER_QRESYNC ||
-        *ntodo < PASSES_MIN)
+    if (!passes_wanted(e, *ntodo))
         return 0;
     /* which ones, by what the database and the listing say */
     bool *take = calloc(*ntodo, sizeof *take);
@@ -512,11 +518,12 @@ int passes_run(struct sync_engine *e, const struct mbox_work *work, size_t *todo
         free(take);
         return rc;
     }
-    /* nothing may be in flight when a chain begins */
+    /* nothing may be in flight when a chain begins (engine_cycle did the
+     * speculative INBOX first, or let it go) */
     drop_speculative(e);
     size_t left = 0, k = 0, done = 0;
     while (k < *ntodo && rc == 0) {
-        if (e->stop) {
+        if (e->stop || count == 0) {
             for (; k < *ntodo; k++)
                 todo[left++] = todo[k];
             break;

@@ -421,6 +421,8 @@ static void conclude(struct window *w)
         if (w->fate[i] == FATE_DONE) {
             log_summary(m);
             e->cycle_synced++;
+        } else if (w->fate[i] == FATE_REDO) {
+            log_debug(e->log, NULL, m->pretty, "left to the per-mailbox path");
         } else if (w->fate[i] == FATE_FAILED) {
             e->failed_mailboxes++;
             for (int s = 0; s < 2; s++)

@@ -171,6 +171,30 @@ def sc_expunge(acct):
     return {"args": [], "origin": origin, "avoid_msgs": gone, "expunged": gone}
 
 
+def sc_spread(acct):
+    """Flag changes and expunges spread over several mailboxes, synchronized
+    in the two pipelined passes; one pair changed on both sides."""
+    origin = synced(acct, {"INBOX": 3, "A": 5, "B": 5, "C": 5, "D": 5}, {})
+    touched, gone = set(), set()
+    lc, rc = acct.login("local"), acct.login("remote")
+    try:
+        for k, name in enumerate(("A", "B", "C", "D")):
+            lu, ru = uids_by_msgid(lc, name), uids_by_msgid(rc, name)
+            ids = sorted(lu, key=lu.get)
+            mail.set_flags(lc, name, [lu[ids[0]]], ["\\Flagged"])
+            mail.set_flags(rc, name, [ru[ids[1]]], ["$Label1"])
+            if name == "A":
+                mail.set_flags(rc, name, [ru[ids[0]]], ["$Conflict"])
+            side, uids = (lc, lu) if k % 2 else (rc, ru)
+            mail.expunge(side, name, [uids[ids[3]]])
+            touched.update(ids[:2])
+            gone.add(ids[3])
+    finally:
+        lc.logout()
+        rc.logout()
+    return {"args": [], "origin": origin, "avoid_msgs": touched | gone, "expunged": gone}
+
+
 def sc_created(acct):
     """A mailbox created on each side (one nested), with messages."""
     origin = synced(acct, {"INBOX": 4}, {"INBOX": 3})
@@ -234,6 +258,7 @@ SCENARIOS = [
     ("new_mail", sc_new_mail),
     ("flags", sc_flags),
     ("expunge", sc_expunge),
+    ("spread", sc_spread),
     ("created", sc_created),
     ("rename", sc_rename),
     ("delete", sc_delete),

@@ -45,11 +45,15 @@ enum fate {
  * its own side state. The client keeps one mailbox state up to date (ms);
  * it is copied to the mailbox the responses belong to as they come.
  */
+struct chain_link {
+    struct mbox_ctx *m;
+    struct imap_cmd *cmd; /* its SELECT or EXAMINE */
+};
+
 struct chain {
     enum side side;
     struct imap_client *c;
-    struct mbox_ctx **boxes; /* in sending order */
-    struct imap_cmd **cmds;  /* their SELECT or EXAMINE */
+    struct chain_link *links; /* in sending order */
     size_t n;
     long cur;      /* the mailbox answered now; -1 the one selected before */
     size_t closed; /* [CLOSED] responses seen */
@@ -64,7 +68,7 @@ static void chain_untagged(void *ctx, const struct imap_response *r)
     if (r->status != IMAP_STATUS_NONE && r->code && strcasecmp(r->code, "CLOSED") == 0) {
         /* the previous mailbox is closed: what follows is the next one's */
         if (in)
-            ch->boxes[ch->cur]->st[ch->side].ms = ch->ms;
+            ch->links[ch->cur].m->st[ch->side].ms = ch->ms;
         memset(&ch->ms, 0, sizeof ch->ms);
         ch->cur++;
         ch->closed++;
@@ -72,7 +76,7 @@ static void chain_untagged(void *ctx, const struct imap_response *r)
     }
     if (!in)
         return; /* the mailbox selected before: done with */
-    struct side_state *st = &ch->boxes[ch->cur]->st[ch->side];
+    struct side_state *st = &ch->links[ch->cur].m->st[ch->side];
     st->ms = ch->ms;
     selected_untagged(st, r);
 }
@@ -86,14 +90,13 @@ static bool chain_literal(void *ctx, const struct imap_response *partial, uint64
 
 static const struct imap_handler chain_handler = {chain_untagged, chain_literal};
 
+/* ch: zeroed by the caller */
 static int chain_init(struct chain *ch, struct sync_engine *e, enum side s, size_t cap)
 {
-    memset(ch, 0, sizeof *ch);
     ch->side = s;
     ch->c = e->client[s];
-    ch->boxes = calloc(cap ? cap : 1, sizeof *ch->boxes);
-    ch->cmds = calloc(cap ? cap : 1, sizeof *ch->cmds);
-    return ch->boxes && ch->cmds ? 0 : -ENOMEM;
+    ch->links = calloc(cap ? cap : 1, sizeof *ch->links);
+    return ch->links ? 0 : -ENOMEM;
 }
 
 /* Takes over the connection's responses; nothing may be in flight. */
@@ -107,8 +110,7 @@ static void chain_begin(struct chain *ch)
 
 static void chain_add(struct chain *ch, struct mbox_ctx *m, struct imap_cmd *cmd)
 {
-    ch->boxes[ch->n] = m;
-    ch->cmds[ch->n++] = cmd;
+    ch->links[ch->n++] = (struct chain_link){m, cmd};
 }
 
 /* Once every command of the chain is answered: whether each mailbox got
@@ -119,14 +121,14 @@ static bool chain_end(struct chain *ch, bool *failed)
 {
     bool ok = true;
     for (size_t i = 0; i < ch->n; i++) {
-        if (!ch->cmds[i] || imap_cmd_wait(ch->cmds[i]) < 0) {
+        if (!ch->links[i].cmd || imap_cmd_wait(ch->links[i].cmd) < 0) {
             ok = false;
             *failed = true;
         }
-        imap_cmd_free(&ch->cmds[i]);
+        imap_cmd_free(&ch->links[i].cmd);
     }
     if (ch->cur >= 0 && (size_t)ch->cur < ch->n)
-        ch->boxes[ch->cur]->st[ch->side].ms = ch->ms;
+        ch->links[ch->cur].m->st[ch->side].ms = ch->ms;
     imap_client_release(ch->c, ch);
     if (ch->n == 0)
         return ok;
@@ -138,10 +140,10 @@ static void chain_fini(struct chain *ch)
     if (ch->c)
         imap_client_release(ch->c, ch);
     for (size_t i = 0; i < ch->n; i++)
-        imap_cmd_free(&ch->cmds[i]);
-    free(ch->boxes);
-    free(ch->cmds);
-    memset(ch, 0, sizeof *ch);
+        imap_cmd_free(&ch->links[i].cmd);
+    free(ch->links);
+    ch->links = NULL;
+    ch->n = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -180,14 +182,20 @@ static int eligible(struct mbox_ctx *m)
     return clean ? 1 : 0;
 }
 
+/* One mailbox of a window. */
+struct slot {
+    struct mbox_ctx *m;
+    struct known_round round;
+    bool planned; /* `round` holds a round to finish */
+    struct cmd_batch batch[2];
+    enum fate fate;
+    size_t at; /* its index in the work list */
+};
+
 /* What the window works on. */
 struct window {
     struct sync_engine *e;
-    struct mbox_ctx **boxes;
-    struct known_round *rounds;
-    bool *planned;              /* rounds[i] holds a round to finish */
-    struct cmd_batch (*batch)[2];
-    enum fate *fate;
+    struct slot *slots;
     size_t n;
 };
 
@@ -239,7 +247,7 @@ static bool news_left(const struct mbox_ctx *m, enum side s)
 static int scan(struct window *w)
 {
     struct sync_engine *e = w->e;
-    struct chain ch[2];
+    struct chain ch[2] = {{0}, {0}};
     int rc = 0;
     for (int s = 0; s < 2; s++)
         if (chain_init(&ch[s], e, (enum side)s, w->n) < 0)
@@ -248,7 +256,7 @@ static int scan(struct window *w)
         for (int s = 0; s < 2; s++) {
             chain_begin(&ch[s]);
             for (size_t i = 0; i < w->n; i++)
-                chain_add(&ch[s], w->boxes[i], scan_send(w->boxes[i], (enum side)s));
+                chain_add(&ch[s], w->slots[i].m, scan_send(w->slots[i].m, (enum side)s));
             imap_client_push(ch[s].c);
         }
         bool valid = true, failed = false;
@@ -264,7 +272,7 @@ static int scan(struct window *w)
                 log_debug(e->log, NULL, NULL, "no [CLOSED] from the server: one mailbox at a time");
             }
             for (size_t i = 0; i < w->n; i++)
-                w->fate[i] = FATE_REDO;
+                w->slots[i].fate = FATE_REDO;
         }
     }
     for (int s = 0; s < 2; s++)
@@ -278,29 +286,29 @@ static int scan(struct window *w)
 static void plan(struct window *w)
 {
     for (size_t i = 0; i < w->n; i++) {
-        struct mbox_ctx *m = w->boxes[i];
-        if (w->fate[i] != FATE_OPEN)
+        struct mbox_ctx *m = w->slots[i].m;
+        if (w->slots[i].fate != FATE_OPEN)
             continue;
         if (side_error(m) || m->st[0].refused || m->st[1].refused) {
-            w->fate[i] = FATE_FAILED; /* said already */
+            w->slots[i].fate = FATE_FAILED; /* said already */
             continue;
         }
         if (!selected_fits(m, SIDE_LOCAL) || !selected_fits(m, SIDE_REMOTE)) {
-            w->fate[i] = FATE_REDO;
+            w->slots[i].fate = FATE_REDO;
             continue;
         }
         for (int s = 0; s < 2; s++)
             if (m->st[s].max_modseq < m->st[s].ms.highestmodseq)
                 m->st[s].max_modseq = m->st[s].ms.highestmodseq;
-        round_take(m, &w->rounds[i]);
-        w->planned[i] = true;
-        int rc = round_plan(m, &w->rounds[i]);
+        round_take(m, &w->slots[i].round);
+        w->slots[i].planned = true;
+        int rc = round_plan(m, &w->slots[i].round);
         if (rc < 0 || m->nomem) {
             if (rc == ERR_DB)
                 log_error(w->e->log, "database", m->pretty, "%s", state_db_error(w->e->db));
             else
                 log_error(w->e->log, NULL, m->pretty, "out of memory");
-            w->fate[i] = FATE_FAILED;
+            w->slots[i].fate = FATE_FAILED;
         }
     }
 }
@@ -325,7 +333,7 @@ static struct imap_cmd *apply_select(struct mbox_ctx *m, enum side s)
 static int apply(struct window *w)
 {
     struct sync_engine *e = w->e;
-    struct chain ch[2];
+    struct chain ch[2] = {{0}, {0}};
     int rc = 0;
     for (int s = 0; s < 2; s++)
         if (chain_init(&ch[s], e, (enum side)s, w->n) < 0)
@@ -334,22 +342,23 @@ static int apply(struct window *w)
         for (int s = 0; s < 2; s++) {
             chain_begin(&ch[s]);
             for (size_t i = 0; i < w->n; i++) {
-                struct mbox_ctx *m = w->boxes[i];
-                if (w->fate[i] != FATE_OPEN || !has_work(&w->rounds[i], (enum side)s))
+                struct mbox_ctx *m = w->slots[i].m;
+                if (w->slots[i].fate != FATE_OPEN || !has_work(&w->slots[i].round, (enum side)s))
                     continue;
                 chain_add(&ch[s], m, apply_select(m, (enum side)s));
-                round_send_side(m, &w->rounds[i], (enum side)s, &w->batch[i][s]);
+                round_send_side(m, &w->slots[i].round, (enum side)s, &w->slots[i].batch[s]);
             }
             imap_client_push(ch[s].c);
         }
         /* the mailboxes' answers in order, each with what it did */
         for (size_t i = 0; i < w->n; i++) {
-            if (w->fate[i] != FATE_OPEN)
+            if (w->slots[i].fate != FATE_OPEN)
                 continue;
             for (int s = 0; s < 2; s++)
-                if (has_work(&w->rounds[i], (enum side)s) &&
-                    round_wait_side(w->boxes[i], &w->rounds[i], (enum side)s, &w->batch[i][s]) < 0)
-                    w->fate[i] = FATE_FAILED;
+                if (has_work(&w->slots[i].round, (enum side)s) &&
+                    round_wait_side(w->slots[i].m, &w->slots[i].round, (enum side)s,
+                                    &w->slots[i].batch[s]) < 0)
+                    w->slots[i].fate = FATE_FAILED;
         }
         bool valid = true, failed = false;
         for (int s = 0; s < 2; s++)
@@ -357,23 +366,23 @@ static int apply(struct window *w)
         if (engine_broken(e))
             rc = -EIO;
         for (size_t i = 0; i < w->n; i++) {
-            struct mbox_ctx *m = w->boxes[i];
-            if (w->fate[i] != FATE_OPEN)
+            struct mbox_ctx *m = w->slots[i].m;
+            if (w->slots[i].fate != FATE_OPEN)
                 continue;
             if (side_error(m) || m->st[0].refused || m->st[1].refused) {
-                w->fate[i] = FATE_FAILED;
+                w->slots[i].fate = FATE_FAILED;
                 continue;
             }
             bool again = !valid;
             for (int s = 0; s < 2; s++) {
-                struct known_round *r = &w->rounds[i];
+                struct known_round *r = &w->slots[i].round;
                 drop_echoes(&m->st[s], &r->plan[s]);
                 if (r->modified[s].count || news_left(m, (enum side)s) ||
                     (has_work(r, (enum side)s) && !selected_fits(m, (enum side)s)))
                     again = true;
             }
             if (again)
-                w->fate[i] = FATE_REDO;
+                w->slots[i].fate = FATE_REDO;
         }
     }
     for (int s = 0; s < 2; s++)
@@ -390,40 +399,40 @@ static void conclude(struct window *w)
     struct sync_engine *e = w->e;
     bool failed = false;
     for (size_t i = 0; i < w->n; i++) {
-        if (w->fate[i] == FATE_OPEN) {
-            int rc = mbox_save_state(w->boxes[i]);
-            if (rc == 0 && w->boxes[i]->nomem) {
-                log_error(e->log, NULL, w->boxes[i]->pretty, "out of memory");
+        if (w->slots[i].fate == FATE_OPEN) {
+            int rc = mbox_save_state(w->slots[i].m);
+            if (rc == 0 && w->slots[i].m->nomem) {
+                log_error(e->log, NULL, w->slots[i].m->pretty, "out of memory");
                 rc = -ENOMEM;
             }
             if (rc == ERR_DB)
-                log_error(e->log, "database", w->boxes[i]->pretty, "%s", state_db_error(e->db));
-            w->fate[i] = rc == 0 ? FATE_DONE : FATE_FAILED;
+                log_error(e->log, "database", w->slots[i].m->pretty, "%s", state_db_error(e->db));
+            w->slots[i].fate = rc == 0 ? FATE_DONE : FATE_FAILED;
         }
-        failed |= w->fate[i] == FATE_FAILED && w->planned[i];
+        failed |= w->slots[i].fate == FATE_FAILED && w->slots[i].planned;
     }
     if (!failed && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)) {
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
         for (size_t i = 0; i < w->n; i++)
-            if (w->fate[i] == FATE_DONE)
-                w->fate[i] = FATE_FAILED;
+            if (w->slots[i].fate == FATE_DONE)
+                w->slots[i].fate = FATE_FAILED;
         failed = true;
     }
     if (failed) {
         state_db_rollback(e->db);
         state_db_begin(e->db);
         for (size_t i = 0; i < w->n; i++)
-            if (w->fate[i] == FATE_DONE)
-                w->fate[i] = FATE_REDO;
+            if (w->slots[i].fate == FATE_DONE)
+                w->slots[i].fate = FATE_REDO;
     }
     for (size_t i = 0; i < w->n; i++) {
-        struct mbox_ctx *m = w->boxes[i];
-        if (w->fate[i] == FATE_DONE) {
+        struct mbox_ctx *m = w->slots[i].m;
+        if (w->slots[i].fate == FATE_DONE) {
             log_summary(m);
             e->cycle_synced++;
-        } else if (w->fate[i] == FATE_REDO) {
+        } else if (w->slots[i].fate == FATE_REDO) {
             log_debug(e->log, NULL, m->pretty, "left to the per-mailbox path");
-        } else if (w->fate[i] == FATE_FAILED) {
+        } else if (w->slots[i].fate == FATE_FAILED) {
             e->failed_mailboxes++;
             for (int s = 0; s < 2; s++)
                 if (m->st[s].refused > REFUSALS_SHOWN)
@@ -440,20 +449,16 @@ static void window_fini(struct window *w)
         /* commands not waited for (a broken connection) are answered
          * later, if ever, and ignored */
         for (int s = 0; s < 2; s++) {
-            struct cmd_batch *b = &w->batch[i][s];
+            struct cmd_batch *b = &w->slots[i].batch[s];
             for (size_t k = 0; k < b->n; k++)
                 imap_cmd_free(&b->items[k].cmd);
             free(b->items);
         }
-        if (w->planned[i])
-            round_fini(&w->rounds[i]);
-        mbox_free(&w->boxes[i]);
+        if (w->slots[i].planned)
+            round_fini(&w->slots[i].round);
+        mbox_free(&w->slots[i].m);
     }
-    free(w->boxes);
-    free(w->rounds);
-    free(w->planned);
-    free(w->batch);
-    free(w->fate);
+    free(w->slots);
     memset(w, 0, sizeof *w);
 }
 
@@ -467,9 +472,9 @@ static int window_run(struct window *w)
      * command goes out for it */
     bool any = false, undo = false;
     for (size_t i = 0; i < w->n; i++) {
-        undo |= w->fate[i] == FATE_FAILED && w->planned[i];
-        any |= w->fate[i] == FATE_OPEN && (has_work(&w->rounds[i], SIDE_LOCAL) ||
-                                           has_work(&w->rounds[i], SIDE_REMOTE));
+        undo |= w->slots[i].fate == FATE_FAILED && w->slots[i].planned;
+        any |= w->slots[i].fate == FATE_OPEN && (has_work(&w->slots[i].round, SIDE_LOCAL) ||
+                                                 has_work(&w->slots[i].round, SIDE_REMOTE));
     }
     if (rc == 0 && any && !undo)
         rc = apply(w);
@@ -532,15 +537,8 @@ int passes_run(struct sync_engine *e, const struct mbox_work *work, size_t *todo
         }
         struct window w = {.e = e};
         size_t cap = count < PASSES_WINDOW ? count : PASSES_WINDOW;
-        w.boxes = calloc(cap, sizeof *w.boxes);
-        w.rounds = calloc(cap, sizeof *w.rounds);
-        w.planned = calloc(cap, sizeof *w.planned);
-        w.batch = calloc(cap, sizeof *w.batch);
-        w.fate = calloc(cap, sizeof *w.fate);
-        size_t *at = calloc(cap, sizeof *at); /* their places in todo */
-        if (!w.boxes || !w.rounds || !w.planned || !w.batch || !w.fate || !at) {
-            free(at);
-            window_fini(&w);
+        w.slots = calloc(cap, sizeof *w.slots);
+        if (!w.slots) {
             rc = -ENOMEM;
             break;
         }
@@ -562,17 +560,16 @@ int passes_run(struct sync_engine *e, const struct mbox_work *work, size_t *todo
                 m->uidnext[s] = m->db[s].uidnext;
             }
             progress_mailbox(e->opts.progress, m->pretty, ++done, count);
-            at[w.n] = todo[k];
-            w.boxes[w.n++] = m;
+            w.slots[w.n].at = todo[k];
+            w.slots[w.n++].m = m;
         }
         count -= w.n;
         if (rc == 0)
             rc = window_run(&w);
         /* those left go back, in order, before the mailboxes not yet seen */
         for (size_t i = 0; i < w.n; i++)
-            if (rc == 0 && w.fate[i] == FATE_REDO)
-                todo[left++] = at[i];
-        free(at);
+            if (rc == 0 && w.slots[i].fate == FATE_REDO)
+                todo[left++] = w.slots[i].at;
         window_fini(&w);
     }
     free(take);

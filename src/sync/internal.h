@@ -392,6 +392,8 @@ struct known_round {
     struct uidset remove[2];   /* counterparts to expunge on that side */
     struct flag_plan plan[2];  /* flag stores for that side */
     struct uidset modified[2]; /* stores refused by UNCHANGEDSINCE */
+    struct state_pair *forgot; /* pairs deleted from the database */
+    size_t nforgot, capforgot;
 };
 
 /* tiers.c: capability tiers */

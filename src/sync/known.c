@@ -261,6 +261,23 @@ void round_fini(struct known_round *r)
             free(r->snap[s].changes[i].flags);
         free(r->snap[s].changes);
     }
+    free(r->forgot);
+    r->forgot = NULL;
+    r->nforgot = r->capforgot = 0;
+}
+
+/* Notes a pair the round deleted from the database, so that it can be
+ * put back should the round come to nothing (passes.c). */
+static void forgot_add(struct mbox_ctx *m, struct known_round *r, uint32_t luid, uint32_t ruid)
+{
+    struct state_pair *grown =
+        array_reserve(r->forgot, &r->capforgot, r->nforgot + 1, sizeof *grown, 16);
+    if (!grown) {
+        mbox_note(m, -ENOMEM);
+        return;
+    }
+    r->forgot = grown;
+    r->forgot[r->nforgot++] = (struct state_pair){luid, ruid};
 }
 
 /* Vanished on one side: remove the counterpart on the other, and forget
@@ -277,7 +294,8 @@ static int plan_removals(struct mbox_ctx *m, struct known_round *r)
                 continue; /* not ours (or already forgotten) */
             if (!uidset_contains(&r->vanished[OTHER(s)], other))
                 mbox_note(m, uidset_add(&r->remove[OTHER(s)], other));
-            state_db_mapping_delete(m->e->db, m->idx, (enum side)s, uid);
+            if (state_db_mapping_delete(m->e->db, m->idx, (enum side)s, uid) == 1)
+                forgot_add(m, r, s == SIDE_LOCAL ? uid : other, s == SIDE_LOCAL ? other : uid);
         }
     }
     return 0;

@@ -390,26 +390,41 @@ static int apply(struct window *w)
     return rc;
 }
 
+/* Puts back the pairs a failed mailbox's plan deleted: as if its round
+ * had never been planned (its state is not saved either). */
+static int undo_plan(struct window *w, size_t i)
+{
+    struct slot *sl = &w->slots[i];
+    for (size_t k = 0; k < sl->round.nforgot; k++)
+        if (state_db_mapping_insert(w->e->db, sl->m->idx, sl->round.forgot[k].luid,
+                                    sl->round.forgot[k].ruid) < 0)
+            return ERR_DB;
+    return 0;
+}
+
 /* The window's end: the saved state of the mailboxes done moves in one
- * transaction with the pairs their expunges let go. Should one mailbox
- * have failed, nothing of the window is kept: the others are done again
- * on their own (what the passes did is then found equal on both sides). */
+ * transaction with the pairs their expunges let go; a mailbox that failed
+ * gets back the pairs its plan let go. Should that not be possible,
+ * nothing of the window is kept: the others are done again on their own
+ * (what the passes did is then found equal on both sides). */
 static void conclude(struct window *w)
 {
     struct sync_engine *e = w->e;
     bool failed = false;
     for (size_t i = 0; i < w->n; i++) {
-        if (w->slots[i].fate == FATE_OPEN) {
-            int rc = mbox_save_state(w->slots[i].m);
-            if (rc == 0 && w->slots[i].m->nomem) {
-                log_error(e->log, NULL, w->slots[i].m->pretty, "out of memory");
+        struct slot *sl = &w->slots[i];
+        if (sl->fate == FATE_OPEN) {
+            int rc = mbox_save_state(sl->m);
+            if (rc == 0 && sl->m->nomem) {
+                log_error(e->log, NULL, sl->m->pretty, "out of memory");
                 rc = -ENOMEM;
             }
             if (rc == ERR_DB)
-                log_error(e->log, "database", w->slots[i].m->pretty, "%s", state_db_error(e->db));
-            w->slots[i].fate = rc == 0 ? FATE_DONE : FATE_FAILED;
+                log_error(e->log, "database", sl->m->pretty, "%s", state_db_error(e->db));
+            sl->fate = rc == 0 ? FATE_DONE : FATE_FAILED;
         }
-        failed |= w->slots[i].fate == FATE_FAILED && w->slots[i].planned;
+        if (sl->fate == FATE_FAILED && sl->planned && (sl->m->nomem || undo_plan(w, i) < 0))
+            failed = true;
     }
     if (!failed && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0)) {
         log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
@@ -468,15 +483,11 @@ static int window_run(struct window *w)
     int rc = scan(w);
     if (rc == 0)
         plan(w);
-    /* a failure once the database was written to undoes the window: no
-     * command goes out for it */
-    bool any = false, undo = false;
-    for (size_t i = 0; i < w->n; i++) {
-        undo |= w->slots[i].fate == FATE_FAILED && w->slots[i].planned;
+    bool any = false;
+    for (size_t i = 0; i < w->n; i++)
         any |= w->slots[i].fate == FATE_OPEN && (has_work(&w->slots[i].round, SIDE_LOCAL) ||
                                                  has_work(&w->slots[i].round, SIDE_REMOTE));
-    }
-    if (rc == 0 && any && !undo)
+    if (rc == 0 && any)
         rc = apply(w);
     if (rc == 0)
         conclude(w);

@@ -252,6 +252,27 @@ static void engine_explain_broken(struct sync_engine *e)
             log_error(e->log, side_name[s], NULL, "%s", imap_client_reason(e->client[s]));
 }
 
+/* A mailbox that failed: counted, and said unless something said it
+ * already (every failure gets its message). Returns whether a connection
+ * broke. */
+static bool cycle_failed(struct sync_engine *e, struct mbox_ctx *cur, const char *key, int r,
+                         unsigned long logged)
+{
+    e->failed_mailboxes++;
+    bool reported = cur && (side_error(cur) || cur->st[0].refused || cur->st[1].refused);
+    if (r < 0 && !reported && logger_error_count(e->log) == logged)
+        log_error(e->log, NULL, cur ? cur->pretty : key, "synchronization failed: %s",
+                  engine_failure_text(e, r));
+    return engine_broken(e);
+}
+
+static void work_free(struct mbox_work *work, size_t nwork)
+{
+    for (size_t i = 0; i < nwork; i++)
+        free(work[i].key);
+    free(work);
+}
+
 /* One synchronization of every mailbox that changed (of every one, when
  * repairing); returns an exit status. */
 int engine_cycle(struct sync_engine *e)
@@ -269,9 +290,7 @@ int engine_cycle(struct sync_engine *e)
         return EXIT_FAILURE_GENERIC;
     e->totals.mailboxes = nwork;
     if (!repair && status_fill(e, work, nwork) < 0) {
-        for (size_t i = 0; i < nwork; i++)
-            free(work[i].key);
-        free(work);
+        work_free(work, nwork);
         return EXIT_FAILURE_GENERIC;
     }
     /* the mailboxes to do, in order; one done again (MAILBOX_AGAIN) goes
@@ -281,9 +300,7 @@ int engine_cycle(struct sync_engine *e)
     if (!todo || !again) {
         free(todo);
         free(again);
-        for (size_t i = 0; i < nwork; i++)
-            free(work[i].key);
-        free(work);
+        work_free(work, nwork);
         return EXIT_FAILURE_GENERIC;
     }
     for (size_t i = 0; i < nwork; i++)
@@ -330,19 +347,11 @@ int engine_cycle(struct sync_engine *e)
         } else if (r == MAILBOX_AGAIN && !again[todo[k]]) {
             again[todo[k]] = true;
             todo[ntodo++] = todo[k];
-        } else {
-            e->failed_mailboxes++;
-            /* every failure gets its message */
-            bool reported = cur && (side_error(cur) || cur->st[0].refused || cur->st[1].refused);
-            if (r < 0 && !reported && logger_error_count(e->log) == logged)
-                log_error(e->log, NULL, cur ? cur->pretty : work[todo[k]].key,
-                          "synchronization failed: %s", engine_failure_text(e, r));
-            if (engine_broken(e)) {
-                /* the connections were up: an error stopped the run,
-                 * whatever broke them (status 3 is for reaching them) */
-                status = EXIT_FAILURE_GENERIC;
-                break;
-            }
+        } else if (cycle_failed(e, cur, work[todo[k]].key, r, logged)) {
+            /* the connections were up: an error stopped the run, whatever
+             * broke them (status 3 is for reaching them) */
+            status = EXIT_FAILURE_GENERIC;
+            break;
         }
         mbox_free(&cur);
         cur = next;
@@ -355,9 +364,7 @@ int engine_cycle(struct sync_engine *e)
     free(again);
     if (status == EXIT_IN_STEP && e->failed_mailboxes)
         status = EXIT_PARTIAL;
-    for (size_t i = 0; i < nwork; i++)
-        free(work[i].key);
-    free(work);
+    work_free(work, nwork);
     /* what was learnt of the servers (HIGHESTMODSEQ after APPEND) */
     if (caps_save(e) < 0)
         status = EXIT_FAILURE_GENERIC;

@@ -798,5 +798,8 @@ int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release)
             again_local = false;
         }
     }
-    return 0;
+    /* messages still arriving after the last round: the copies made are
+     * kept, but UIDNEXT must not move past those not copied yet (the
+     * copies' UIDs lie above them) */
+    return look[0] || look[1] ? MAILBOX_AGAIN : 0;
 }

@@ -259,6 +259,12 @@ static bool cycle_failed(struct sync_engine *e, struct mbox_ctx *cur, const char
                          unsigned long logged)
 {
     e->failed_mailboxes++;
+    if (r == MAILBOX_AGAIN && cur)
+        /* its second pass was not enough: what was done is kept, and the
+         * saved state stays below what was not */
+        log_error(e->log, NULL, cur->pretty,
+                  "changes kept coming in while it was synchronized; the rest is left for the "
+                  "next run");
     bool reported = cur && (side_error(cur) || cur->st[0].refused || cur->st[1].refused);
     if (r < 0 && !reported && logger_error_count(e->log) == logged)
         log_error(e->log, NULL, cur ? cur->pretty : key, "synchronization failed: %s",

@@ -506,5 +506,7 @@ int sync_known(struct mbox_ctx *m, bool may_release)
         if (rc != 0)
             return rc;
     }
-    return 0;
+    /* changes still coming in: what was done is kept, HIGHESTMODSEQ is not
+     * moved past those not propagated yet */
+    return MAILBOX_AGAIN;
 }

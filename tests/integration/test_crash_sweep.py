@@ -522,6 +522,66 @@ def test_delivery_while_appending():
                 check_eq(acct.state(), st, "a further run changes nothing")
 
 
+def test_deliveries_outlasting_the_rounds():
+    """Messages delivered to the target of every APPEND while it is held,
+    more times than a mailbox's copy rounds allow in one pass: each one
+    gets a UID below the copies', and the copies' UIDs must not carry the
+    saved UIDNEXT past it. The mailbox is done again, and whatever is left
+    when the deliveries still outlast that pass is for the next run, which
+    must find it."""
+    wanted = 130  # more than the 100 rounds of one pass
+    with Env(accounts=2) as env:
+        acct = env.account()
+        origin = synced(acct, {"INBOX": 2}, {"INBOX": 2})
+        append_new(acct, "remote", "INBOX", "first", 1, origin)
+        delivered = []
+        for s in SIDES:
+            env.relays[s].arm(Trap("send", k=1, verb="APPEND", keep=True))
+        proc = acct.start([])
+        try:
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and time.monotonic() < deadline:
+                fired = [s for s in SIDES if env.relays[s].trap and env.relays[s].trap.fired.is_set()]
+                if not fired:
+                    time.sleep(0.005)
+                    continue
+                for s in fired:
+                    if len(delivered) < wanted:
+                        conn = acct.login(s)
+                        try:
+                            mail.append(conn, "INBOX", make_message("race", len(delivered)), (),
+                                        idate(len(delivered)))
+                        finally:
+                            conn.logout()
+                        delivered.append(msgid_of("race", len(delivered)))
+                    env.relays[s].resume()
+                    env.relays[s].arm(Trap("send", k=1, verb="APPEND", keep=True))
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            for s in SIDES:
+                env.relays[s].resume()
+        # a hundred rounds at least: as many as one pass holds
+        check(len(delivered) >= 100, "a delivery behind each APPEND: %d" % len(delivered))
+        err = err.decode("utf-8", "replace")
+        check(proc.returncode in (0, 4), "exit of the raced run: %d\n%s" % (proc.returncode, err[-800:]))
+        if proc.returncode == 4:
+            check("left for the next run" in err, "the mailbox left for later is said: %s" % err[-800:])
+        r = acct.run([], expect=None)
+        check_eq(r.code, 0, "the next run (%r)" % r)
+        st = acct.state()
+        want = sorted(list(origin) + delivered)
+        for s in SIDES:
+            got = [m for m, _f in st[s]["INBOX"]]
+            check_eq(sorted(set(want) - set(got)), [], "%s: lost" % s)
+            check_eq(sorted({m for m in got if got.count(m) > 1}), [], "%s: duplicated" % s)
+            check_eq(sorted(got), want, "%s: every message once" % s)
+        acct.run()
+        check_eq(acct.state(), st, "a further run changes nothing")
+
+
 # -- the reported case: 3000 + 300 messages, killed a third of the way ----------
 
 

@@ -6,7 +6,7 @@
                          [--delays 0,25] [--rates 50,10]
                          [--tools perl,ours,mbsync,floor] [--timeout S]
                          [--tier qresync|condstore|plain]
-                         [--ours PATH] [--no-verify] [--keep]
+                         [--ours PATH] [--before PATH] [--no-verify] [--keep]
 
 For every workload, link and repetition it starts two fresh Dovecot servers
 (tests/fixtures), fills them with the same seeded mail, puts a latency relay
@@ -741,8 +741,9 @@ class Bench:
     def tool_argv(self, tool, d, ports, mode=None):
         if tool == "perl":
             return [PERL_INTERIMAP, "--config", os.path.join(d, "config")]
-        if tool == "ours":
-            return [self.args.ours, "--config", os.path.join(d, "config")]
+        if tool in ("ours", "before"):
+            binary = self.args.ours if tool == "ours" else self.args.before
+            return [binary, "--config", os.path.join(d, "config")]
         if tool == "mbsync":
             return [MBSYNC, "-q", "-c", os.path.join(d, "mbsyncrc"), "-a"]
         return [self.floor] + (["--list"] if mode == "list" else []) + [
@@ -939,7 +940,7 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-TOOLS = ("perl", "mbsync", "ours", "floor")
+TOOLS = ("perl", "mbsync", "before", "ours", "floor")
 CPUS = os.cpu_count() or 1
 
 
@@ -1034,7 +1035,7 @@ def table(summary):
                          (s.get("verified") or "") + (" (%d/%d ok)" % (s["ok"], s["runs"])
                                                       if s["ok"] < s["runs"] else "")])
         o = by.get((wl, delay, rate, "ours"))
-        for other in ("perl", "mbsync", "floor"):
+        for other in ("perl", "mbsync", "before", "floor"):
             b = by.get((wl, delay, rate, other))
             if o and b and "wall" in o and "wall" in b:
                 rows.append([wl, link, "ours/" + other,
@@ -1148,6 +1149,9 @@ def main():
                     help="seconds before a tool's run is killed and its row marked so (default 900)")
     ap.add_argument("--ours", default=os.path.join(TOP, "build", "src", "interimap"),
                     help="our binary (default build/src/interimap)")
+    ap.add_argument("--before", metavar="PATH",
+                    help="another build of ours (an earlier commit), run as the tool 'before' "
+                         "when --tools names it, alternating with the others")
     ap.add_argument("--no-verify", dest="verify", action="store_false",
                     help="skip comparing the servers after the first repetition")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
@@ -1185,6 +1189,8 @@ def main():
         log("our binary %s is missing: its rows are skipped (build it with "
             "'meson setup build && ninja -C build')" % args.ours)
         args.tools.remove("ours")
+    if "before" in args.tools and not (args.before and os.access(args.before, os.X_OK)):
+        ap.error("--tools before needs --before PATH, an executable build of ours")
     if "mbsync" in args.tools and not os.access(MBSYNC, os.X_OK):
         log("mbsync is missing: its rows are skipped (Debian package isync)")
         args.tools.remove("mbsync")

@@ -580,37 +580,43 @@ static bool round_probe(struct mbox_ctx *m, struct copy_round *r)
 
 /*
  * Whether a message may hide from the probe of side t. A server may
- * answer the probe before the APPEND it follows is complete (Dovecot runs
- * them side by side), from a view of the mailbox that holds neither the
- * copies nor a message delivered just before them. Such a message has a
- * UID between what that view (or anything earlier) showed and the copies'
- * first UID: when the copies start right there, nothing can hide.
+ * answer the probe before the APPENDs it follows are complete (Dovecot runs
+ * them side by side), from a view of the mailbox that holds only some of
+ * the copies, or none, and not a message delivered among them. Such a
+ * message has a UID that nothing accounts for between the SELECT's UIDNEXT
+ * and the last copy: every UID there must be one the probe listed, one of
+ * our copies, or one fetched or copied before. When they all are, nothing
+ * can hide; a gap (a message delivered meanwhile, or one expunged) costs
+ * one more probe.
  */
-static bool probe_blind(struct mbox_ctx *m, enum side t, const struct uidset *copies,
-                        const struct uidset *skip)
+static bool probe_blind(struct mbox_ctx *m, enum side t, struct uidset *copies, struct uidset *skip)
 {
     struct side_state *st = &m->st[t];
     uidset_normalize(&st->probe);
-    uint32_t first = 0;
+    uidset_normalize(copies);
+    uidset_normalize(skip);
     bool saw = true;
-    for (size_t i = 0; i < copies->count; i++) {
-        if (!first || copies->uids[i] < first)
-            first = copies->uids[i];
-        if (!uidset_contains(&st->probe, copies->uids[i]))
-            saw = false;
-    }
-    if (saw || !first)
+    for (size_t i = 0; i < copies->count && saw; i++)
+        saw = uidset_contains(&st->probe, copies->uids[i]);
+    if (saw)
         return false;
-    /* the next UID as far as anything showed (a server need not say its
-     * UIDNEXT; UIDs start at 1) */
-    uint32_t known = st->ms.uidnext ? st->ms.uidnext : 1;
-    for (size_t i = 0; i < st->probe.count; i++)
-        if (st->probe.uids[i] >= known)
-            known = st->probe.uids[i] + 1;
-    for (size_t i = 0; i < skip->count; i++)
-        if (skip->uids[i] < first && skip->uids[i] >= known)
-            known = skip->uids[i] + 1;
-    return first > known;
+    /* walks the three sorted sets together, one UID after the other: as
+     * many steps as they hold UIDs, whatever the UIDs are */
+    const struct uidset *sets[3] = {&st->probe, copies, skip};
+    size_t at[3] = {0, 0, 0};
+    uint32_t last = copies->uids[copies->count - 1];
+    /* a server need not say its UIDNEXT; UIDs start at 1 */
+    for (uint32_t want = st->ms.uidnext ? st->ms.uidnext : 1; want < last; want++) {
+        bool found = false;
+        for (int k = 0; k < 3; k++) {
+            while (at[k] < sets[k]->count && sets[k]->uids[at[k]] < want)
+                at[k]++;
+            found |= at[k] < sets[k]->count && sets[k]->uids[at[k]] == want;
+        }
+        if (!found)
+            return true;
+    }
+    return false;
 }
 
 /* Waits for the probe of side t; asks again, now that the APPENDs are

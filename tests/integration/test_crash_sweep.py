@@ -535,6 +535,54 @@ def test_delivery_while_appending():
                 check_eq(acct.state(), st, "a further run changes nothing")
 
 
+def test_delivery_between_batches():
+    """The same with more copies than one APPEND carries: a message
+    delivered while the second APPEND is held gets a UID between the two
+    batches' copies. A probe answered from a view holding the first batch
+    only must not pass over it."""
+    n = 1100  # two APPENDs (1000 messages each at most)
+    with Env(accounts=len(DELAYS) * 2 + 1) as env:
+        for delay in DELAYS:
+            for rep in range(2):
+                acct = env.account()
+                origin = fill_both(acct, {"INBOX": n}, {"INBOX": 2})
+                relay = env.relays["remote"]
+                env.set_delay(delay)
+                trap = Trap("send", k=2, verb="APPEND", keep=True)
+                relay.arm(trap)
+                proc = acct.start([])
+                late = msgid_of("between%d" % rep, delay)
+                try:
+                    check(trap.fired.wait(120), "the second APPEND into the remote was reached")
+                    conn = acct.login("remote")
+                    try:
+                        mail.append(conn, "INBOX", make_message("between%d" % rep, delay), (),
+                                    idate(0))
+                    finally:
+                        conn.logout()
+                    origin[late] = "remote"
+                    relay.resume()
+                    out, err = proc.communicate(timeout=180)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.communicate()
+                    relay.disarm()
+                    env.set_delay(0)
+                check_eq(proc.returncode, 0, "exit of the run (%s)" % err.decode()[-500:])
+                st = acct.state()
+                check(any(m == late for m, _f in st["local"]["INBOX"]),
+                      "%s, delivered between the batches at %d ms, reached the local side"
+                      % (late, delay))
+                r = acct.run([], expect=None)
+                check_eq(r.code, 0, "the next run (%r)" % r)
+                st = acct.state()
+                for s in SIDES:
+                    got = [m for m, _f in st[s]["INBOX"]]
+                    check_eq(sorted(set(origin) - set(got)), [], "%s: lost" % s)
+                    check_eq(len(got), len(origin), "%s: every message once" % s)
+
+
 def test_deliveries_outlasting_the_rounds():
     """Messages delivered to the target of every APPEND while it is held,
     more times than a mailbox's copy rounds allow in one pass: each one

@@ -541,9 +541,10 @@ def test_delivery_between_batches():
     batches' copies. A probe answered from a view holding the first batch
     only must not pass over it."""
     n = 1100  # two APPENDs (1000 messages each at most)
-    with Env(accounts=len(DELAYS) * 2 + 1) as env:
+    reps = 3 if LONG else 1
+    with Env(accounts=len(DELAYS) * reps + 1) as env:
         for delay in DELAYS:
-            for rep in range(2):
+            for rep in range(reps):
                 acct = env.account()
                 origin = fill_both(acct, {"INBOX": n}, {"INBOX": 2})
                 relay = env.relays["remote"]

@@ -99,6 +99,16 @@ static int chain_init(struct chain *ch, struct sync_engine *e, enum side s, size
     return ch->links ? 0 : -ENOMEM;
 }
 
+/* Both servers' chains, for up to cap mailboxes each. */
+static int chains_init(struct chain ch[2], struct sync_engine *e, size_t cap)
+{
+    int rc = 0;
+    for (int s = 0; s < 2; s++)
+        if (chain_init(&ch[s], e, (enum side)s, cap) < 0)
+            rc = -ENOMEM;
+    return rc;
+}
+
 /* Takes over the connection's responses; nothing may be in flight. */
 static void chain_begin(struct chain *ch)
 {
@@ -248,10 +258,7 @@ static int scan(struct window *w)
 {
     struct sync_engine *e = w->e;
     struct chain ch[2] = {{0}, {0}};
-    int rc = 0;
-    for (int s = 0; s < 2; s++)
-        if (chain_init(&ch[s], e, (enum side)s, w->n) < 0)
-            rc = -ENOMEM;
+    int rc = chains_init(ch, e, w->n);
     if (rc == 0) {
         for (int s = 0; s < 2; s++) {
             chain_begin(&ch[s]);
@@ -334,10 +341,7 @@ static int apply(struct window *w)
 {
     struct sync_engine *e = w->e;
     struct chain ch[2] = {{0}, {0}};
-    int rc = 0;
-    for (int s = 0; s < 2; s++)
-        if (chain_init(&ch[s], e, (enum side)s, w->n) < 0)
-            rc = -ENOMEM;
+    int rc = chains_init(ch, e, w->n);
     if (rc == 0) {
         for (int s = 0; s < 2; s++) {
             chain_begin(&ch[s]);

@@ -47,7 +47,8 @@ struct stream {
      * timeouts allow: a peer that trickles bytes resets a timeout at each
      * one, never a deadline. 0: none. */
     uint64_t deadline_ms;
-    char error[256]; /* last failure, "" if none */
+    bool deadline_passed; /* the last wait that timed out ended at the deadline */
+    char error[256];      /* last failure, "" if none */
 };
 
 static inline ssize_t stream_read(struct stream *s, void *buf, size_t cap)
@@ -77,6 +78,12 @@ void stream_set_timeouts(struct stream *s, uint64_t read_ms, uint64_t write_ms);
 
 /* Sets the deadline of every layer down to the transport (0: none). */
 void stream_set_deadline(struct stream *s, uint64_t deadline_ms);
+
+/* Whether the last wait below s that timed out was ended by the deadline
+ * rather than by a timeout (the layer that waited knows; the clocks of the
+ * event loop and of the caller may disagree by a few milliseconds). Does
+ * not yield. */
+bool stream_deadline_passed(const struct stream *s);
 
 /* Monotonic milliseconds, the clock of deadlines. */
 uint64_t stream_clock_ms(void);

@@ -27,10 +27,6 @@
  * talking without ever completing a command is cut off here. */
 #define MAX_UNTAGGED_PER_COMMAND (4u << 20)
 
-/* How far before the login deadline a timed-out read still counts as
- * stopped by it (see client_read_some). */
-#define LOGIN_DEADLINE_SLACK_MS 250
-
 static char *xstrdup(const char *s)
 {
     return s ? strdup(s) : NULL;
@@ -105,9 +101,7 @@ static ssize_t client_read_some(struct imap_client *c, void *buf, size_t cap)
     if (n == 0 || c->broken)
         return n == 0 ? 0 : c->broken_code; /* the watchdog said why */
     const struct server_config *cfg = c->cfg;
-    /* the event loop's clock, which times the wait, may lag behind ours:
-     * a wait cut short by the deadline can end a little before it */
-    if (n == -ETIMEDOUT && c->opening && now + LOGIN_DEADLINE_SLACK_MS >= c->login_deadline)
+    if (n == -ETIMEDOUT && c->opening && stream_deadline_passed(c->stream))
         client_set_error(c, "%s: no usable session after %u s (login-timeout)", cfg->name,
                          cfg->login_timeout);
     else if (n == -ETIMEDOUT)

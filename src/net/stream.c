@@ -18,6 +18,7 @@ void stream_init(struct stream *s, const struct stream_ops *ops, struct stream *
     s->read_timeout_ms = lower ? lower->read_timeout_ms : 0;
     s->write_timeout_ms = lower ? lower->write_timeout_ms : 0;
     s->deadline_ms = lower ? lower->deadline_ms : 0;
+    s->deadline_passed = false;
     s->error[0] = '\0';
 }
 
@@ -50,6 +51,14 @@ void stream_set_deadline(struct stream *s, uint64_t deadline_ms)
 {
     for (; s; s = s->lower)
         s->deadline_ms = deadline_ms;
+}
+
+bool stream_deadline_passed(const struct stream *s)
+{
+    for (; s; s = s->lower)
+        if (s->deadline_passed)
+            return true;
+    return false;
 }
 
 uint64_t stream_clock_ms(void)

@@ -85,6 +85,7 @@ static ssize_t transport_read(struct stream *s, void *buf, size_t cap)
     ssize_t n = await_read(s->sched, &t->reader, buf, cap, wait);
     if (n >= 0)
         return n;
+    s->deadline_passed = n == -ETIMEDOUT && by_deadline;
     if (n == -ETIMEDOUT && by_deadline) {
         stream_set_error(s, "gave up waiting for data from %s (time limit reached)", t->peer);
     } else if (n == -ETIMEDOUT) {
@@ -105,6 +106,7 @@ static int transport_write(struct stream *s, const void *buf, size_t len)
     int r = await_write(s->sched, transport_handle(t), buf, len, wait);
     if (r >= 0)
         return 0;
+    s->deadline_passed = r == -ETIMEDOUT && by_deadline;
     if (r == -ETIMEDOUT && by_deadline) {
         stream_set_error(s, "gave up writing to %s (time limit reached)", t->peer);
     } else if (r == -ETIMEDOUT) {

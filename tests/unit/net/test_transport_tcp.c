@@ -276,7 +276,16 @@ static void client_main(struct coro *self, void *arg)
     snprintf(expect, sizeof expect, "timed out after 100 ms waiting for data from 127.0.0.1:%s",
              v4.port);
     CHECK_STR(s->error, expect);
+    CHECK(!stream_deadline_passed(s));
+    /* a deadline nearer than the timeout ends the wait, and says so */
     stream_set_timeouts(s, 30000, 30000);
+    stream_set_deadline(s, stream_clock_ms() + 100);
+    CHECK_INT(stream_read(s, buf, sizeof buf), -ETIMEDOUT);
+    CHECK(stream_deadline_passed(s));
+    snprintf(expect, sizeof expect,
+             "gave up waiting for data from 127.0.0.1:%s (time limit reached)", v4.port);
+    CHECK_STR(s->error, expect);
+    stream_set_deadline(s, 0);
     /* the server closes after its pause: end of stream, not an error */
     CHECK_INT(stream_read(s, buf, sizeof buf), 0);
     stream_free(&s);

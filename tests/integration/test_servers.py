@@ -124,6 +124,12 @@ NEEDS = [
     (r"^\d+ ID\b", ("ID",)),
     (r"\{\d+\+\}$", ("LITERAL+", "LITERAL-")),
 ]
+# What each kind of server offers and lacks, as the tests rely on it.
+KIND_CAPS = {"dovecot": (("QRESYNC", "CONDSTORE"), ()),
+             "cyrus": (("QRESYNC", "CONDSTORE"), ()),
+             "condstore": (("CONDSTORE",), ("QRESYNC",)),
+             "plain": ((), ("QRESYNC", "CONDSTORE")),
+             "courier": ((), ("QRESYNC", "CONDSTORE"))}
 CAP_RX = re.compile(r"\[CAPABILITY ([^\]]*)\]|^\* CAPABILITY (.*)$")
 
 
@@ -184,7 +190,18 @@ class Matrix:
         r = self.p.run("--debug", *args)
         for side in ("local", "remote"):
             check_extensions(r.err, side, "%s %s/%s" % (what, self.kind, self.role))
+        self.check_kind(r.err)
         return r
+
+    def check_kind(self, log):
+        """The server under test really offered what its kind says (and not
+        more): a tier test against a server that advertised QRESYNC after
+        all would test nothing."""
+        caps = advertised(log, self.role)
+        has, lacks = KIND_CAPS[self.kind]
+        check(set(has) <= caps and not set(lacks) & caps,
+              "the %s server (%s) advertises %s and not %s: %s"
+              % (self.kind, self.role, "/".join(has) or "-", "/".join(lacks) or "-", sorted(caps)))
 
     def settle(self, parents):
         """Cyrus makes the parents of a new nested mailbox real mailboxes,

@@ -490,6 +490,34 @@ def test_half_done_commands_finished_by_next_run():
 # -- a delivery between the SELECT and the APPEND ------------------------------
 
 
+def run_with_delivery_while_held(env, acct, side, k, tag, n, delay, wait):
+    """Runs the tool with the k-th APPEND into `side` held by the relay,
+    delivers message n of `tag` there meanwhile (after checking that the
+    APPEND was reached), releases it and waits for the run. Returns the
+    run's exit status and standard error."""
+    relay = env.relays[side]
+    env.set_delay(delay)
+    trap = Trap("send", k=k, verb="APPEND", keep=True)
+    relay.arm(trap)
+    proc = acct.start([])
+    try:
+        check(trap.fired.wait(wait), "APPEND number %d into %s was reached" % (k, side))
+        conn = acct.login(side)
+        try:
+            mail.append(conn, "INBOX", make_message(tag, n), (), idate(0))
+        finally:
+            conn.logout()
+        relay.resume()
+        _out, err = proc.communicate(timeout=wait + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        relay.disarm()
+        env.set_delay(0)
+    return proc.returncode, err.decode()
+
+
 def test_delivery_while_appending():
     """A message delivered to the target after its SELECT and before the
     APPEND of the copies gets a UID below theirs. It must be copied too,
@@ -503,27 +531,9 @@ def test_delivery_while_appending():
                 origin = synced(acct, {"INBOX": 3}, {"INBOX": 3})
                 other = "remote" if side == "local" else "local"
                 append_new(acct, other, "INBOX", "d" + side, 4, origin)
-                relay = env.relays[side]
-                env.set_delay(delay)
-                trap = Trap("send", k=1, verb="APPEND", keep=True)
-                relay.arm(trap)
-                proc = acct.start([])
-                try:
-                    check(trap.fired.wait(60), "the APPEND into %s was reached" % side)
-                    conn = acct.login(side)
-                    try:
-                        mail.append(conn, "INBOX", make_message("late" + side, 0), (), idate(0))
-                    finally:
-                        conn.logout()
-                    relay.resume()
-                    out, err = proc.communicate(timeout=120)
-                finally:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.communicate()
-                    relay.disarm()
-                    env.set_delay(0)
-                check_eq(proc.returncode, 0, "exit of the run (%s)" % err.decode()[-500:])
+                code, err = run_with_delivery_while_held(env, acct, side, 1, "late" + side, 0,
+                                                         delay, 60)
+                check_eq(code, 0, "exit of the run (%s)" % err[-500:])
                 st = acct.state()
                 want = msgid_of("late" + side, 0)
                 for s in SIDES:
@@ -547,30 +557,11 @@ def test_delivery_between_batches():
             for rep in range(reps):
                 acct = env.account()
                 origin = fill_both(acct, {"INBOX": n}, {"INBOX": 2})
-                relay = env.relays["remote"]
-                env.set_delay(delay)
-                trap = Trap("send", k=2, verb="APPEND", keep=True)
-                relay.arm(trap)
-                proc = acct.start([])
                 late = msgid_of("between%d" % rep, delay)
-                try:
-                    check(trap.fired.wait(120), "the second APPEND into the remote was reached")
-                    conn = acct.login("remote")
-                    try:
-                        mail.append(conn, "INBOX", make_message("between%d" % rep, delay), (),
-                                    idate(0))
-                    finally:
-                        conn.logout()
-                    origin[late] = "remote"
-                    relay.resume()
-                    out, err = proc.communicate(timeout=180)
-                finally:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.communicate()
-                    relay.disarm()
-                    env.set_delay(0)
-                check_eq(proc.returncode, 0, "exit of the run (%s)" % err.decode()[-500:])
+                origin[late] = "remote"
+                code, err = run_with_delivery_while_held(env, acct, "remote", 2,
+                                                         "between%d" % rep, delay, delay, 120)
+                check_eq(code, 0, "exit of the run (%s)" % err[-500:])
                 st = acct.state()
                 check(any(m == late for m, _f in st["local"]["INBOX"]),
                       "%s, delivered between the batches at %d ms, reached the local side"

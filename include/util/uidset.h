@@ -25,6 +25,11 @@ void uidset_normalize(struct uidset *s);
 /* Binary search; the set must be normalized. */
 bool uidset_contains(const struct uidset *s, uint32_t uid);
 
+/* In an array of n elements of `size` bytes sorted by UID, where each
+ * element starts with its UID (a uint32_t), the element holding uid, or
+ * NULL. */
+const void *uid_find(const void *base, size_t n, size_t size, uint32_t uid);
+
 /*
  * Parses a sequence-set of explicit UIDs ("*" is rejected), appending in
  * the order written (APPENDUID and COPYUID rely on that order). Ranges

@@ -4,6 +4,8 @@
  */
 #include "internal.h"
 
+#include <stddef.h>
+
 static void batch_add(struct cmd_batch *b, struct imap_cmd *cmd, const char *what)
 {
     struct batched *grown = array_reserve(b->items, &b->cap, b->n + 1, sizeof *grown, 16);
@@ -205,19 +207,11 @@ void changes_compact(struct side_state *st)
     st->nchanges = o;
 }
 
+_Static_assert(offsetof(struct change, uid) == 0, "uid_find reads the UID first");
+
 const struct change *change_find(const struct side_state *st, uint32_t uid)
 {
-    size_t lo = 0, hi = st->nchanges;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (st->changes[mid].uid == uid)
-            return &st->changes[mid];
-        if (st->changes[mid].uid < uid)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return NULL;
+    return uid_find(st->changes, st->nchanges, sizeof *st->changes, uid);
 }
 
 /* Takes what was reported so far; responses to our own commands

@@ -7,6 +7,8 @@
  */
 #include "internal.h"
 
+#include <stddef.h>
+
 const char *const tier_name[3] = {"IMAP4rev1", "CONDSTORE", "QRESYNC"};
 
 /* What each tier means for the user, said once (see caps_adopt). */
@@ -240,19 +242,11 @@ void now_note(struct side_state *st, uint32_t uid, const char *flags)
     st->nnow++;
 }
 
+_Static_assert(offsetof(struct state_flags, uid) == 0, "uid_find reads the UID first");
+
 const struct state_flags *rec_find(const struct side_state *st, uint32_t uid)
 {
-    size_t lo = 0, hi = st->nrec;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (st->rec[mid].uid == uid)
-            return &st->rec[mid];
-        if (st->rec[mid].uid < uid)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return NULL;
+    return uid_find(st->rec, st->nrec, sizeof *st->rec, uid);
 }
 
 /* The mapped UIDs of one side, sorted. */

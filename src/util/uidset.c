@@ -80,19 +80,22 @@ void uidset_normalize(struct uidset *s)
     s->count = o;
 }
 
+static int uid_key_cmp(const void *key, const void *elem)
+{
+    uint32_t k = *(const uint32_t *)key, u;
+    memcpy(&u, elem, sizeof u);
+    return (k > u) - (k < u);
+}
+
+const void *uid_find(const void *base, size_t n, size_t size, uint32_t uid)
+{
+    /* (bsearch must not be given a null array, even an empty one) */
+    return n ? bsearch(&uid, base, n, size, uid_key_cmp) : NULL;
+}
+
 bool uidset_contains(const struct uidset *s, uint32_t uid)
 {
-    size_t lo = 0, hi = s->count;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->uids[mid] == uid)
-            return true;
-        if (s->uids[mid] < uid)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return false;
+    return uid_find(s->uids, s->count, sizeof *s->uids, uid) != NULL;
 }
 
 static bool parse_u32(const char **p, const char *end, uint32_t *out)

@@ -219,6 +219,12 @@ int imap_cmd_wait(struct imap_cmd *cmd);
 const char *imap_cmd_code(const struct imap_cmd *cmd);
 const char *imap_cmd_code_args(const struct imap_cmd *cmd);
 const char *imap_cmd_text(const struct imap_cmd *cmd);
+/* Whether the tagged response came (or the connection broke). Does not
+ * yield: a response handler may ask it to tell which of several commands
+ * in flight the response belongs to (commands are answered in order). */
+bool imap_cmd_done(const struct imap_cmd *cmd);
+/* Once done: 0 for OK, ERR_NO, ERR_BAD or a connection error. */
+int imap_cmd_result(const struct imap_cmd *cmd);
 void imap_cmd_free(struct imap_cmd **cmd);
 /* Send + wait + free, for commands whose result is just OK or not. */
 int imap_client_run(struct imap_client *c, const char *fmt, ...);

@@ -162,6 +162,16 @@ const char *imap_cmd_text(const struct imap_cmd *cmd)
     return cmd->text ? cmd->text : "";
 }
 
+bool imap_cmd_done(const struct imap_cmd *cmd)
+{
+    return cmd->done;
+}
+
+int imap_cmd_result(const struct imap_cmd *cmd)
+{
+    return cmd->result;
+}
+
 void imap_cmd_free(struct imap_cmd **pcmd)
 {
     if (!pcmd || !*pcmd)

@@ -42,6 +42,11 @@ void copy_fini(struct new_copy *cp)
     cp->entries = NULL;
     cp->capentries = 0;
     fp_scan_fini(&cp->scan);
+    for (size_t i = 0; i < cp->nmade; i++)
+        free(cp->made[i].flags);
+    free(cp->made);
+    cp->made = NULL;
+    cp->nmade = cp->capmade = 0;
     uidset_fini(&cp->open_uids);
     uidset_fini(&cp->appended);
 }
@@ -99,9 +104,14 @@ static void copy_record(struct new_copy *cp, struct pending_batch *b)
         goto out;
     }
     /* the target's UIDVALIDITY, from the database or from its SELECT
-     * (not waited for yet into a mailbox created in this run) */
+     * (not waited for yet into a mailbox created in this run), or else
+     * the one the copy's first APPEND reported */
     uint32_t uidvalidity = (uint32_t)strtoul(args, NULL, 10);
     uint32_t want = m->have_row[dst] ? m->db[dst].uidvalidity : m->st[dst].ms.uidvalidity;
+    if (!want)
+        want = cp->uidvalidity;
+    if (!cp->uidvalidity)
+        cp->uidvalidity = uidvalidity;
     if (want && uidvalidity != want) {
         log_error(e->log, side_name[dst], m->st[dst].mailbox,
                   "UIDVALIDITY changed during the APPEND");
@@ -118,11 +128,15 @@ static void copy_record(struct new_copy *cp, struct pending_batch *b)
         mbox_note(m, uidset_add(&cp->appended, tu));
         if (tu >= cp->bound)
             cp->bound = tu + 1;
+        struct copy_made *made =
+            (struct copy_made *)uid_find(cp->made, cp->nmade, sizeof *made, b->src_uids.uids[i]);
+        if (made)
+            made->tuid = tu;
     }
     m->added[dst] += (unsigned)tuids.count;
     log_added(m, dst, &b->src_uids, &tuids);
     uidset_fini(&tuids);
-    if (err == 0 && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0))
+    if (err == 0 && !cp->deferred && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0))
         err = ERR_DB;
     if (err == ERR_DB)
         log_error(e->log, "database", m->pretty, "%s", state_db_error(e->db));
@@ -171,7 +185,7 @@ static void recorder_main(struct coro *self, void *arg)
 /* Journals the messages of the open APPEND (committed), then writes its
  * final CRLF: the server cannot store them before, so the journal always
  * knows what a killed run may have left on the target. */
-static int copy_close_batch(struct new_copy *cp)
+int copy_close(struct new_copy *cp)
 {
     if (!cp->append_open)
         return 0;
@@ -218,6 +232,8 @@ static int copy_close_batch(struct new_copy *cp)
     uidset_init(&cp->open_uids);
     *cp->batches_tail = b;
     cp->batches_tail = &b->next;
+    if (cp->deferred)
+        return 0; /* recorded by copy_finish */
     if (!cp->recorder)
         cp->recorder = coro_spawn(e->sched, recorder_main, cp, 0);
     else if (cp->recorder_idle)
@@ -249,6 +265,21 @@ static int entry_add(struct new_copy *cp, uint32_t uid, uint64_t size, const cha
     memcpy(c->msgid, msgid, idlen);
     c->msgid[idlen] = '\0';
     cp->nentries++;
+    return 0;
+}
+
+/* Remembers what a message of a deferred copy was appended with. */
+static int made_add(struct new_copy *cp, uint32_t suid, const char *flags)
+{
+    struct copy_made *grown =
+        array_reserve(cp->made, &cp->capmade, cp->nmade + 1, sizeof *grown, 64);
+    if (!grown)
+        return -ENOMEM;
+    cp->made = grown;
+    char *f = strdup(flags);
+    if (!f)
+        return -ENOMEM;
+    cp->made[cp->nmade++] = (struct copy_made){suid, 0, f};
     return 0;
 }
 
@@ -310,7 +341,7 @@ int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_
     bool literal_open = false;
     if (cp->append_open && (!multi || cp->open_count >= APPEND_BATCH_MESSAGES ||
                             cp->open_bytes + size > APPEND_BATCH_BYTES))
-        r = copy_close_batch(cp);
+        r = copy_close(cp);
     if (r == 0 && !cp->append_open) {
         r = imap_client_lock_write(t);
         if (r == 0) {
@@ -335,6 +366,8 @@ int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_
     }
     if (r == 0 && cp->target->how == TIER_PLAIN)
         sent_note(cp->target, f->uid, flags); /* for its flag record */
+    if (r == 0 && cp->deferred)
+        r = made_add(cp, f->uid, flags);
     /* written but not noted, the APPEND must not complete: fail */
     if (r == 0)
         r = entry_add(cp, f->uid, size, f->date, flags);
@@ -365,7 +398,7 @@ int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_
  * first error met while recording. */
 int copy_finish(struct new_copy *cp, struct uidset *appended)
 {
-    int rc = copy_close_batch(cp);
+    int rc = copy_close(cp);
     cp->closing = true;
     if (cp->recorder) {
         if (cp->recorder_idle)
@@ -520,7 +553,7 @@ static int round_wait_fetch(struct mbox_ctx *m, struct copy_round *r)
             rc = r->cp[s].error;
         }
         r->copied[s] = r->cp[s].batches || r->cp[s].append_open || r->cp[s].recorder;
-        if (copy_close_batch(&r->cp[s]) < 0 && rc == 0)
+        if (copy_close(&r->cp[s]) < 0 && rc == 0)
             rc = -ENOMEM;
     }
     for (int t = 0; t < 2; t++) {

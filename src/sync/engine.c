@@ -310,17 +310,24 @@ int engine_cycle(struct sync_engine *e)
         return EXIT_FAILURE_GENERIC;
     }
     for (size_t i = 0; i < nwork; i++)
-        if (repair || !unchanged(e, &work[i]))
+        if (repair || !unchanged(e, &work[i])) {
             todo[ntodo++] = i;
+            work[i].rank = ntodo;
+        }
+    e->cycle_todo = ntodo;
     struct mbox_ctx *cur = take_speculative(e, work, todo, ntodo), *next = NULL;
-    /* the mailboxes with only flag changes and expunges go first, a
-     * window at a time (passes.c), once the speculative INBOX is done */
-    bool passes = !repair && passes_wanted(e, ntodo - (cur ? 1 : 0));
+    /* the mailboxes with only flag changes and expunges (passes.c), and
+     * those created on one side in this run (fresh.c), go first, a window
+     * at a time, once the speculative INBOX is done */
+    size_t first = cur ? 1 : 0;
+    bool passes = !repair && (passes_wanted(e, ntodo - first) ||
+                              fresh_wanted(e, work, todo + first, ntodo - first));
     for (size_t k = 0; k < ntodo && !e->stop; k++) {
         if (passes && !(k == 0 && cur)) {
             passes = false;
             size_t rest = ntodo - k;
-            if (passes_run(e, work, todo + k, &rest) < 0) {
+            if (passes_run(e, work, todo + k, &rest) < 0 ||
+                fresh_run(e, work, todo + k, &rest) < 0) {
                 status = EXIT_FAILURE_GENERIC;
                 break;
             }
@@ -342,7 +349,7 @@ int engine_cycle(struct sync_engine *e)
         unsigned long long done = e->totals.added + e->totals.removed + e->totals.updated;
         if (cur) {
             cur->next = next;
-            progress_mailbox(e->opts.progress, cur->pretty, k + 1, ntodo);
+            progress_mailbox(e->opts.progress, cur->pretty, work[todo[k]].rank, e->cycle_todo);
             r = sync_one(cur);
         }
         if (r == 0) {

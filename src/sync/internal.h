@@ -177,6 +177,7 @@ struct side_state {
     /* Checks on what this side reports (doc/internals/trust.md). */
     uint32_t known_uidnext;          /* the database's UIDNEXT, as sent with QRESYNC */
     uint32_t fetch_from;             /* the new-message FETCH asks for UIDs from here */
+    uint32_t fetch_until;            /* ... to here, if not 0 (fresh.c) */
     const struct uidset *fetch_skip; /* ... but not these (normalized) */
     uint32_t last_new_uid;           /* the last new message accepted in this FETCH */
     uint32_t streamed_uid;           /* its body was streamed (0: none) */
@@ -203,6 +204,15 @@ struct copy_entry {
     char *flags;
     char *msgid;
     size_t msgidlen;
+};
+
+/* A message copied by a deferred copy: its source UID, the flags it was
+ * appended with, and the target UID its APPEND's answer gave (0 until
+ * then). Elements start with the source UID (uid_find). */
+struct copy_made {
+    uint32_t suid;
+    uint32_t tuid;
+    char *flags;
 };
 
 /*
@@ -235,6 +245,14 @@ struct new_copy {
     int record_error;       /* while recording an answer */
     unsigned copied;
     bool target_aborted; /* a message was cut short: the target connection is given up */
+    /* Deferred (fresh.c): no recorder; the answers are recorded by
+     * copy_finish, uncommitted (the caller commits once for many copies:
+     * the journal covers them meanwhile), and what each message became is
+     * kept in `made`, in the order appended. */
+    bool deferred;
+    struct copy_made *made;
+    size_t nmade, capmade;
+    uint32_t uidvalidity; /* the target's, as the first APPENDUID said */
 };
 
 /* A STATUS report of NOTIFY, kept until the next wait tells whether it is
@@ -289,6 +307,7 @@ struct sync_engine {
     int refused_names; /* names of the last listing that cannot be synchronized */
     char errbuf[512];
     unsigned cycle_synced; /* mailboxes the last cycle changed something in */
+    size_t cycle_todo;     /* mailboxes the cycle set out to do (progress line) */
 
     /* --watch (watch.c) */
     struct coro *sleeper; /* the engine while it sleeps between cycles */
@@ -313,6 +332,7 @@ struct mbox_work {
     size_t keylen;
     int64_t idx;
     bool created[2]; /* created on that side in this run */
+    size_t rank;     /* its number in the cycle's progress line (1...) */
 };
 struct mbox_ctx {
     struct sync_engine *e;
@@ -455,6 +475,7 @@ void copy_init(struct new_copy *cp, struct mbox_ctx *m, enum side src);
 void copy_fini(struct new_copy *cp);
 int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_t size,
                         struct imap_literal *lit, const char *inline_body);
+int copy_close(struct new_copy *cp);
 int copy_finish(struct new_copy *cp, struct uidset *appended);
 int copy_uids(struct mbox_ctx *m, enum side src, struct uidset *uids, struct uidset skip[2]);
 int sync_new(struct mbox_ctx *m, struct uidset skip[2], bool may_release);
@@ -504,6 +525,8 @@ void side_fail(struct side_state *st, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int side_error(const struct mbox_ctx *m);
 void selected_untagged(void *ctx, const struct imap_response *r);
+bool selected_literal(void *ctx, const struct imap_response *partial, uint64_t size,
+                      struct imap_literal *lit);
 extern const struct imap_handler selected_handler;
 void mbox_release(struct mbox_ctx *m);
 int select_send_side(struct mbox_ctx *m, enum side s, enum select_how how, struct imap_cmd *after);
@@ -521,6 +544,11 @@ struct mbox_ctx *take_speculative(struct sync_engine *e, const struct mbox_work 
 void drop_speculative(struct sync_engine *e);
 struct mbox_ctx *mbox_new(struct sync_engine *e, const struct mbox_work *w, bool repair);
 void mbox_free(struct mbox_ctx **pm);
+
+/* fresh.c: first copies of mailboxes new to the database */
+bool fresh_wanted(const struct sync_engine *e, const struct mbox_work *work, const size_t *todo,
+                  size_t ntodo);
+int fresh_run(struct sync_engine *e, struct mbox_work *work, size_t *todo, size_t *ntodo);
 
 /* passes.c: spread changes */
 bool passes_wanted(const struct sync_engine *e, size_t count);

@@ -132,6 +132,7 @@ static void side_uid_add(struct side_state *st, struct uidset *set, uint32_t uid
 static bool new_message_wanted(struct side_state *st, uint32_t uid)
 {
     if (uid < st->fetch_from || uid <= st->last_new_uid ||
+        (st->fetch_until && uid > st->fetch_until) ||
         (st->fetch_skip && uidset_contains(st->fetch_skip, uid))) {
         if (++st->refused <= REFUSALS_SHOWN)
             log_error(st->e->log, side_name[st->side], st->mailbox,
@@ -295,8 +296,8 @@ void selected_untagged(void *ctx, const struct imap_response *r)
     }
 }
 
-static bool selected_literal(void *ctx, const struct imap_response *partial, uint64_t size,
-                             struct imap_literal *lit)
+bool selected_literal(void *ctx, const struct imap_response *partial, uint64_t size,
+                      struct imap_literal *lit)
 {
     struct side_state *st = ctx;
     if (!st->copy || partial->nargs < 3 || !imap_value_is_atom(&partial->args[1], "FETCH"))

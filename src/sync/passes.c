@@ -543,7 +543,7 @@ int passes_run(struct sync_engine *e, const struct mbox_work *work, size_t *todo
     /* nothing may be in flight when a chain begins (engine_cycle did the
      * speculative INBOX first, or let it go) */
     drop_speculative(e);
-    size_t left = 0, k = 0, done = 0;
+    size_t left = 0, k = 0;
     while (k < *ntodo && rc == 0) {
         if (e->stop || count == 0) {
             for (; k < *ntodo; k++)
@@ -574,7 +574,7 @@ int passes_run(struct sync_engine *e, const struct mbox_work *work, size_t *todo
                 m->st[s].budget_soft = true;
                 m->uidnext[s] = m->db[s].uidnext;
             }
-            progress_mailbox(e->opts.progress, m->pretty, ++done, count);
+            progress_mailbox(e->opts.progress, m->pretty, work[todo[k]].rank, e->cycle_todo);
             w.slots[w.n].at = todo[k];
             w.slots[w.n++].m = m;
         }

@@ -209,6 +209,14 @@ def sc_created(acct):
     return {"args": [], "origin": origin}
 
 
+def sc_fresh(acct):
+    """First run: several mailboxes on one side only, in both directions,
+    copied a window at a time (their commands in flight together)."""
+    origin = fill_both(acct, {"INBOX": 3, "F1": 4, "F2/Sub": 3, "F3": 5, "Fé": 2},
+                       {"G1": 4, "G2": 3, "G3/Deep": 2}, tag="f")
+    return {"args": [], "origin": origin}
+
+
 def sc_rename(acct):
     """--rename of a mailbox with a child."""
     origin = synced(acct, {"INBOX": 4, "Proj": 6, "Proj/a": 5}, {"Proj/b": 4})
@@ -260,6 +268,7 @@ SCENARIOS = [
     ("expunge", sc_expunge),
     ("spread", sc_spread),
     ("created", sc_created),
+    ("fresh", sc_fresh),
     ("rename", sc_rename),
     ("delete", sc_delete),
     ("repair", sc_repair),

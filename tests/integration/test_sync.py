@@ -317,6 +317,15 @@ def test_delivery_during_append_is_not_lost():
         check_eq(a.total(), 41, "the concurrent delivery reached local")
 
 
+def create_empty(p, side, names):
+    conn = p.login(side)
+    try:
+        for name in names:
+            mail.create(conn, name)
+    finally:
+        conn.logout()
+
+
 def test_next_select_sent_ahead_and_late_delivery_done_in_same_run():
     """The next mailbox's SELECT goes out behind the current mailbox's
     APPEND; a message delivered to the current mailbox meanwhile makes the
@@ -327,6 +336,9 @@ def test_next_select_sent_ahead_and_late_delivery_done_in_same_run():
         # other delivery commits; B and C come before and after it
         mail.fill(p.local, {"B": gen.mailbox(3), "A": gen.mailbox(40, size=400000),
                             "C": gen.mailbox(3), "D": gen.mailbox(3)})
+        # on both sides already (empty on the remote), so that they are
+        # synchronized one by one, not as fresh mailboxes (test_fresh.py)
+        create_empty(p, "remote", ["A", "B", "C", "D"])
         proc = subprocess.Popen([binary(), "--config", p.config_path, "--debug"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         target = None
@@ -460,6 +472,7 @@ def test_server_without_closed_marker():
     rest of the run selects one mailbox at a time."""
     with Pair() as p:
         fill(p.local, {"INBOX": 5, "A": 6, "B": 7, "C": 8})
+        create_empty(p, "remote", ["A", "B", "C"])  # one by one, not fresh
         relay = ClosedStripper(p.remote.imap_port)
         try:
             with open(p.config_path) as f:

@@ -1,0 +1,648 @@
+/*
+ * Fresh mailboxes: the first synchronization of mailboxes the database
+ * does not know yet and that one side created in this run (so one side
+ * holds messages and the other none), a window at a time, with the
+ * commands of every mailbox of the window in flight together instead of
+ * a round trip or more each (the reasoning, crash safety included, is in
+ * doc/internals/sync.md, "Fresh mailboxes"):
+ *
+ *  1. copy: the source server gets at once, for every mailbox of the
+ *     window, an EXAMINE and a UID FETCH of every message below the
+ *     UIDNEXT its listing gave; each message streams into an APPEND to
+ *     the target as it comes, journaled as on the per-mailbox path, and
+ *     the answers are recorded once all are in;
+ *  2. check: the target server gets at once, for every mailbox, an
+ *     EXAMINE and a UID FETCH of every message's flags: each must hold
+ *     exactly our copies, with the flags we gave them.
+ *
+ * The state of the mailboxes that passed is saved in one transaction. A
+ * mailbox that did not is left to the per-mailbox path, which finds
+ * there what a run killed at that point would have left (the journal,
+ * the pairs recorded) and settles it.
+ *
+ * A server answers pipelined commands in order, so every response that
+ * comes after the tagged answer to a mailbox's last command belongs to a
+ * later mailbox: that is how one mailbox's responses are told from the
+ * next one's (no [CLOSED] needed).
+ */
+#include "internal.h"
+
+enum {
+    /* mailboxes per window: their commands are in flight together */
+    FRESH_WINDOW = 256,
+    /* below this, the per-mailbox path costs no more round trips */
+    FRESH_MIN = 2,
+};
+
+enum fresh_fate {
+    FRESH_OPEN,   /* still in the window */
+    FRESH_DONE,   /* synchronized; its state is saved with the window's */
+    FRESH_REDO,   /* left to the per-mailbox path */
+    FRESH_FAILED, /* failed, and said why */
+};
+
+/* What one mailbox's EXAMINE reported. */
+struct fresh_seen {
+    uint32_t uidvalidity, uidnext;
+    uint64_t highestmodseq;
+    bool nomodseq;
+};
+
+/* A message the check found on the target. Starts with its UID. */
+struct fresh_found {
+    uint32_t uid;
+    char *flags;
+};
+
+/* One mailbox of a window. */
+struct fresh_slot {
+    struct mbox_ctx *m;
+    size_t at;   /* its index in the work list */
+    size_t rank; /* its number on the progress line */
+    struct new_copy cp;
+    bool copying;                /* cp was set up (the source has messages) */
+    struct imap_cmd *examine[2]; /* per side: its EXAMINE */
+    struct imap_cmd *fetch[2];   /* ... and the FETCH behind it */
+    struct fresh_seen seen[2];
+    struct fresh_found *found; /* the target's messages, by the check */
+    size_t nfound, capfound;
+    bool closed;   /* its last APPEND was ended (slot_close) */
+    int close_rc;  /* ... and what that gave */
+    bool confused; /* the check got a response it could not read */
+    enum fresh_fate fate;
+};
+
+struct fresh_window {
+    struct sync_engine *e;
+    enum side src;
+    struct fresh_slot *slots;
+    size_t n;
+};
+
+/* ------------------------------------------------------------------ */
+/* responses */
+
+/* The untagged responses of one server during a pass, each given to the
+ * mailbox whose commands are still being answered. */
+struct fresh_route {
+    struct fresh_window *w;
+    enum side side;
+    size_t cur;
+    size_t shown; /* the mailbox on the progress line, + 1 */
+    bool check;   /* the check pass (else the copy) */
+};
+
+static bool slot_answered(const struct fresh_slot *sl, enum side s)
+{
+    const struct imap_cmd *last = sl->fetch[s] ? sl->fetch[s] : sl->examine[s];
+    return !last || imap_cmd_done(last);
+}
+
+/*
+ * The end of a mailbox's copy, once its FETCH was answered: its last
+ * APPEND is journaled and ended. In the copy pass this runs in the
+ * source's reader, before the next mailbox's first message is written
+ * there (the reader writes the APPENDs, and holds the target's write
+ * lock while one is open), or at the end of the pass.
+ */
+static void slot_close(struct fresh_window *w, struct fresh_slot *sl)
+{
+    struct sync_engine *e = w->e;
+    struct mbox_ctx *m = sl->m;
+    enum side s = w->src;
+    if (sl->closed)
+        return;
+    sl->closed = true;
+    if (!m->have_row[s] && sl->seen[s].uidvalidity && sl->examine[s] &&
+        imap_cmd_done(sl->examine[s]) && imap_cmd_result(sl->examine[s]) == 0) {
+        /* as the per-mailbox path's SELECT does: the source's row exists
+         * before any of its messages is journaled */
+        if (state_db_side_insert(e->db, m->idx, s, sl->seen[s].uidvalidity) < 0) {
+            log_error(e->log, "database", m->pretty, "%s", state_db_error(e->db));
+            sl->close_rc = ERR_DB;
+        } else {
+            m->have_row[s] = true;
+            m->db[s] = (struct state_side){sl->seen[s].uidvalidity, 0, 0};
+        }
+    }
+    if (sl->copying && copy_close(&sl->cp) < 0 && !sl->close_rc)
+        sl->close_rc = -ENOMEM;
+}
+
+/* The mailbox the response being read belongs to, or NULL. */
+static struct fresh_slot *route_slot(struct fresh_route *rt)
+{
+    while (rt->cur < rt->w->n && slot_answered(&rt->w->slots[rt->cur], rt->side)) {
+        if (!rt->check)
+            slot_close(rt->w, &rt->w->slots[rt->cur]);
+        rt->cur++;
+    }
+    if (rt->cur == rt->w->n)
+        return NULL;
+    struct fresh_slot *sl = &rt->w->slots[rt->cur];
+    if (!rt->check && rt->shown != rt->cur + 1) {
+        /* the mailbox whose messages stream now */
+        rt->shown = rt->cur + 1;
+        progress_mailbox(rt->w->e->opts.progress, sl->m->pretty, sl->rank, rt->w->e->cycle_todo);
+    }
+    /* responses to a FETCH behind an EXAMINE that failed are not this
+     * mailbox's (nothing should come: no mailbox is selected) */
+    if (!sl->examine[rt->side] ||
+        (imap_cmd_done(sl->examine[rt->side]) && imap_cmd_result(sl->examine[rt->side]) != 0))
+        return NULL;
+    return sl;
+}
+
+static void seen_note(struct fresh_seen *seen, const struct imap_response *r)
+{
+    if (!r->code)
+        return;
+    if (strcasecmp(r->code, "NOMODSEQ") == 0) {
+        seen->nomodseq = true;
+        return;
+    }
+    if (r->code_nargs != 1)
+        return;
+    if (strcasecmp(r->code, "UIDVALIDITY") == 0)
+        imap_value_u32(&r->code_args[0], &seen->uidvalidity);
+    else if (strcasecmp(r->code, "UIDNEXT") == 0)
+        imap_value_u32(&r->code_args[0], &seen->uidnext);
+    else if (strcasecmp(r->code, "HIGHESTMODSEQ") == 0)
+        imap_value_u64(&r->code_args[0], &seen->highestmodseq);
+}
+
+/* A message the check listed on the target. */
+static void found_note(struct fresh_slot *sl, const struct imap_response *r)
+{
+    struct imap_fetch f;
+    char why[200];
+    /* more messages than our copies: the check fails, whatever the rest */
+    size_t want = sl->copying ? sl->cp.nmade : 0;
+    if (imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) < 0 || !f.uid || !f.flags ||
+        sl->nfound >= want) {
+        sl->confused = true;
+        return;
+    }
+    struct fresh_found *grown =
+        array_reserve(sl->found, &sl->capfound, sl->nfound + 1, sizeof *grown, 64);
+    char *flags = grown ? flags_normalize(f.flags) : NULL;
+    if (grown)
+        sl->found = grown;
+    if (!flags) {
+        mbox_note(sl->m, -ENOMEM);
+        return;
+    }
+    sl->found[sl->nfound++] = (struct fresh_found){f.uid, flags};
+}
+
+static void route_untagged(void *ctx, const struct imap_response *r)
+{
+    struct fresh_route *rt = ctx;
+    struct fresh_slot *sl = route_slot(rt);
+    if (!sl)
+        return;
+    if (r->status != IMAP_STATUS_NONE) {
+        seen_note(&sl->seen[rt->side], r);
+        return;
+    }
+    if (r->nargs < 3 || !imap_value_is_atom(&r->args[1], "FETCH"))
+        return;
+    if (rt->check)
+        found_note(sl, r);
+    else
+        selected_untagged(&sl->m->st[rt->side], r); /* a message to copy */
+}
+
+static bool route_literal(void *ctx, const struct imap_response *partial, uint64_t size,
+                          struct imap_literal *lit)
+{
+    struct fresh_route *rt = ctx;
+    struct fresh_slot *sl = rt->check ? NULL : route_slot(rt);
+    return sl && selected_literal(&sl->m->st[rt->side], partial, size, lit);
+}
+
+static const struct imap_handler route_handler = {route_untagged, route_literal};
+
+/* ------------------------------------------------------------------ */
+/* the passes */
+
+/* The answer to a mailbox's EXAMINE on side s, said if it failed. */
+static int examine_wait(struct fresh_slot *sl, enum side s)
+{
+    struct mbox_ctx *m = sl->m;
+    int r = imap_cmd_wait(sl->examine[s]);
+    if (r < 0)
+        log_error(m->e->log, side_name[s], m->st[s].mailbox, "cannot select: %s",
+                  imap_client_reason(m->st[s].c));
+    return r;
+}
+
+/* Sends the copy pass's commands of one mailbox to the source. */
+static void copy_send(struct fresh_window *w, struct fresh_slot *sl)
+{
+    enum side s = w->src;
+    struct mbox_ctx *m = sl->m;
+    struct side_state *st = &m->st[s];
+    sl->examine[s] = imap_client_send(st->c, "EXAMINE %m (CONDSTORE)", st->mailbox);
+    if (m->status_uidnext[s] <= 1)
+        return; /* never held a message */
+    copy_init(&sl->cp, m, s);
+    sl->cp.deferred = true;
+    sl->copying = true;
+    /* what the answer may hold: UIDs below the listing's UIDNEXT,
+     * ascending, each once */
+    st->fetch_from = 1;
+    st->fetch_until = m->status_uidnext[s] - 1;
+    st->fetch_skip = NULL;
+    st->last_new_uid = 0;
+    st->streamed_uid = 0;
+    st->copy = &sl->cp;
+    sl->fetch[s] = imap_client_send(st->c, "UID FETCH 1:%u (%a INTERNALDATE BODY.PEEK[])",
+                                    m->status_uidnext[s] - 1, fetch_flags_items(st));
+}
+
+/* The answers to one mailbox's EXAMINE and FETCH on the source. */
+static int copy_wait(struct fresh_window *w, struct fresh_slot *sl)
+{
+    enum side s = w->src;
+    struct mbox_ctx *m = sl->m;
+    int rc = examine_wait(sl, s);
+    if (rc == 0 && sl->fetch[s]) {
+        rc = imap_cmd_wait(sl->fetch[s]);
+        if (rc < 0)
+            log_error(w->e->log, side_name[s], m->st[s].mailbox, "FETCH failed: %s",
+                      imap_client_reason(m->st[s].c));
+    }
+    return rc;
+}
+
+/* What became of one mailbox's copy, once every FETCH was answered. */
+static int copy_end(struct fresh_window *w, struct fresh_slot *sl)
+{
+    struct mbox_ctx *m = sl->m;
+    enum side t = OTHER(w->src);
+    m->st[w->src].copy = NULL;
+    slot_close(w, sl); /* the last ones: the reader is past them */
+    if (sl->copying && sl->cp.error) {
+        log_error(w->e->log, side_name[t], m->st[t].mailbox, "copying new messages failed: %s",
+                  imap_client_reason(m->st[t].c));
+        return sl->cp.error;
+    }
+    return sl->close_rc ? sl->close_rc : side_error(m);
+}
+
+/* Pass 1: every mailbox's messages streamed from the source into the
+ * target; then the APPENDs' answers recorded. Returns < 0 when a
+ * connection broke. */
+static int copy_pass(struct fresh_window *w)
+{
+    struct sync_engine *e = w->e;
+    enum side s = w->src, t = OTHER(s);
+    struct fresh_route rt = {.w = w, .side = s};
+    struct imap_mailbox_state scratch;
+    memset(&scratch, 0, sizeof scratch);
+    imap_client_select_now(e->client[s], &route_handler, &rt, &scratch);
+    imap_client_hold(e->client[s]);
+    /* the copies' small pieces leave in full buffers, not one write each */
+    imap_client_hold(e->client[t]);
+    for (size_t i = 0; i < w->n; i++)
+        copy_send(w, &w->slots[i]);
+    int rc = imap_client_push(e->client[s]);
+    for (size_t i = 0; i < w->n; i++)
+        if (copy_wait(w, &w->slots[i]) != 0)
+            w->slots[i].fate = FRESH_FAILED;
+    for (size_t i = 0; i < w->n; i++)
+        if (copy_end(w, &w->slots[i]) != 0)
+            w->slots[i].fate = FRESH_FAILED;
+    int pr = imap_client_push(e->client[t]);
+    imap_client_release(e->client[s], &rt);
+    if (rc == 0)
+        rc = pr;
+    for (size_t i = 0; i < w->n; i++) {
+        struct fresh_slot *sl = &w->slots[i];
+        struct uidset appended;
+        uidset_init(&appended);
+        if (sl->copying && copy_finish(&sl->cp, &appended) != 0)
+            sl->fate = FRESH_FAILED;
+        uidset_fini(&appended);
+    }
+    return engine_broken(e) ? -EIO : rc;
+}
+
+/* Pass 2: every mailbox examined on the target, with its messages'
+ * flags. Returns < 0 when a connection broke. */
+static int check_pass(struct fresh_window *w)
+{
+    struct sync_engine *e = w->e;
+    enum side t = OTHER(w->src);
+    struct imap_client *c = e->client[t];
+    struct fresh_route rt = {.w = w, .side = t, .check = true};
+    struct imap_mailbox_state scratch;
+    memset(&scratch, 0, sizeof scratch);
+    imap_client_select_now(c, &route_handler, &rt, &scratch);
+    imap_client_hold(c);
+    for (size_t i = 0; i < w->n; i++) {
+        struct fresh_slot *sl = &w->slots[i];
+        if (sl->fate != FRESH_OPEN)
+            continue;
+        sl->examine[t] = imap_client_send(c, "EXAMINE %m (CONDSTORE)", sl->m->st[t].mailbox);
+        sl->fetch[t] = imap_client_send(c, "UID FETCH 1:* (UID FLAGS)");
+    }
+    int rc = imap_client_push(c);
+    for (size_t i = 0; i < w->n; i++) {
+        struct fresh_slot *sl = &w->slots[i];
+        if (sl->fate != FRESH_OPEN)
+            continue;
+        if (examine_wait(sl, t) != 0)
+            sl->fate = FRESH_FAILED;
+        else if (imap_cmd_wait(sl->fetch[t]) != 0)
+            sl->fate = FRESH_REDO; /* a server that will not list an empty mailbox so */
+    }
+    imap_client_release(c, &rt);
+    return engine_broken(e) ? -EIO : rc;
+}
+
+/* Orders the copies and the messages found by target UID. */
+static int cmp_made(const void *a, const void *b)
+{
+    const struct copy_made *x = a, *y = b;
+    return x->tuid < y->tuid ? -1 : x->tuid > y->tuid;
+}
+
+static int cmp_found(const void *a, const void *b)
+{
+    const struct fresh_found *x = a, *y = b;
+    return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+/* Whether the target holds our copies and nothing else, each with the
+ * flags it was given, and both EXAMINEs said what the state needs. */
+static bool slot_checks(struct fresh_window *w, struct fresh_slot *sl)
+{
+    enum side s = w->src, t = OTHER(s);
+    struct mbox_ctx *m = sl->m;
+    const struct fresh_seen *src = &sl->seen[s], *dst = &sl->seen[t];
+    if (sl->confused || src->uidvalidity != m->status_uidvalidity[s] || src->nomodseq ||
+        !src->highestmodseq || dst->nomodseq || !dst->highestmodseq || !dst->uidvalidity ||
+        !dst->uidnext)
+        return false;
+    size_t nmade = sl->copying ? sl->cp.nmade : 0;
+    if (nmade != sl->nfound || (nmade && dst->uidvalidity != sl->cp.uidvalidity))
+        return false;
+    if (!nmade)
+        return true;
+    qsort(sl->cp.made, nmade, sizeof *sl->cp.made, cmp_made);
+    qsort(sl->found, sl->nfound, sizeof *sl->found, cmp_found);
+    for (size_t i = 0; i < nmade; i++)
+        if (!sl->cp.made[i].tuid || sl->cp.made[i].tuid != sl->found[i].uid ||
+            strcmp(sl->cp.made[i].flags, sl->found[i].flags) != 0)
+            return false;
+    return dst->uidnext > sl->cp.made[nmade - 1].tuid;
+}
+
+/* The saved state of a mailbox that passed, in the open transaction:
+ * the source's listing UIDNEXT (every message below was fetched) and its
+ * EXAMINE's HIGHESTMODSEQ; the target's EXAMINE's UIDNEXT and
+ * HIGHESTMODSEQ (it held our copies and nothing else). */
+static int slot_save(struct fresh_window *w, struct fresh_slot *sl)
+{
+    struct state_db *db = w->e->db;
+    struct mbox_ctx *m = sl->m;
+    uint32_t next[2];
+    next[w->src] = m->status_uidnext[w->src];
+    next[OTHER(w->src)] = sl->seen[OTHER(w->src)].uidnext;
+    for (int s = 0; s < 2; s++) {
+        if (!m->have_row[s] &&
+            state_db_side_insert(db, m->idx, (enum side)s, sl->seen[s].uidvalidity) < 0)
+            return ERR_DB;
+        m->have_row[s] = true;
+        if (state_db_side_update(db, m->idx, (enum side)s, next[s], sl->seen[s].highestmodseq) < 0)
+            return ERR_DB;
+    }
+    return state_db_copy_clear(db, m->idx) < 0 ? ERR_DB : 0;
+}
+
+/* The window's end: the mailboxes that passed are saved in one
+ * transaction (their copies' records with them). */
+static int conclude(struct fresh_window *w)
+{
+    struct sync_engine *e = w->e;
+    int rc = 0;
+    for (size_t i = 0; i < w->n && rc == 0; i++) {
+        struct fresh_slot *sl = &w->slots[i];
+        struct mbox_ctx *m = sl->m;
+        if (sl->fate == FRESH_OPEN &&
+            (m->nomem || side_error(m) || m->st[0].refused || m->st[1].refused)) {
+            if (m->nomem)
+                log_error(e->log, NULL, m->pretty, "out of memory");
+            sl->fate = FRESH_FAILED;
+        }
+        if (sl->fate == FRESH_OPEN && !slot_checks(w, sl))
+            sl->fate = FRESH_REDO;
+        if (sl->fate == FRESH_OPEN) {
+            rc = slot_save(w, sl);
+            sl->fate = FRESH_DONE;
+        }
+    }
+    if (rc == 0 && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0))
+        rc = ERR_DB;
+    if (rc < 0) {
+        log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+        return rc;
+    }
+    for (size_t i = 0; i < w->n; i++) {
+        struct fresh_slot *sl = &w->slots[i];
+        struct mbox_ctx *m = sl->m;
+        if (sl->fate == FRESH_DONE || sl->fate == FRESH_REDO)
+            log_summary(m); /* what was copied, either way */
+        if (sl->fate == FRESH_DONE && (m->added[0] || m->added[1]))
+            e->cycle_synced++;
+        if (sl->fate == FRESH_REDO)
+            log_debug(e->log, NULL, m->pretty, "left to the per-mailbox path");
+        if (sl->fate == FRESH_FAILED) {
+            e->failed_mailboxes++;
+            for (int s = 0; s < 2; s++)
+                if (m->st[s].refused > REFUSALS_SHOWN)
+                    log_error(e->log, side_name[s], m->st[s].mailbox,
+                              "%u more responses refused (not shown)",
+                              m->st[s].refused - REFUSALS_SHOWN);
+        }
+    }
+    return 0;
+}
+
+static void window_fini(struct fresh_window *w)
+{
+    for (size_t i = 0; i < w->n; i++) {
+        struct fresh_slot *sl = &w->slots[i];
+        /* commands not waited for (a broken connection) are answered
+         * later, if ever, and ignored */
+        for (int s = 0; s < 2; s++) {
+            imap_cmd_free(&sl->examine[s]);
+            imap_cmd_free(&sl->fetch[s]);
+        }
+        if (sl->copying)
+            copy_fini(&sl->cp);
+        for (size_t k = 0; k < sl->nfound; k++)
+            free(sl->found[k].flags);
+        free(sl->found);
+        mbox_free(&sl->m);
+    }
+    free(w->slots);
+    memset(w, 0, sizeof *w);
+}
+
+/* One window, set up already; < 0 when the run must stop. */
+static int window_run(struct fresh_window *w)
+{
+    int rc = copy_pass(w);
+    if (rc == 0)
+        rc = check_pass(w);
+    /* what was recorded is kept even when a connection broke: it is
+     * true, and the journal covers the rest */
+    int c = conclude(w);
+    return rc < 0 ? rc : c;
+}
+
+/* ------------------------------------------------------------------ */
+/* which mailboxes */
+
+/*
+ * The side to copy from when the window can take the mailbox, else -1:
+ * nothing of it in the database (no state, pairs or journal), created on
+ * one side in this run, listed with its STATUS on the other, and both
+ * servers with mod-sequences; the target must report the UIDs of
+ * appended messages.
+ */
+static int fresh_source(struct mbox_ctx *m, const struct mbox_work *w)
+{
+    struct sync_engine *e = m->e;
+    if (m->repair || m->have_row[0] || m->have_row[1] || w->created[0] == w->created[1])
+        return -1;
+    enum side t = w->created[0] ? SIDE_LOCAL : SIDE_REMOTE, s = OTHER(t);
+    if (e->tier[0] == TIER_PLAIN || e->tier[1] == TIER_PLAIN || !m->status_uidvalidity[s] ||
+        !m->status_uidnext[s] || !imap_client_has_cap(e->client[t], "UIDPLUS"))
+        return -1;
+    int64_t paired = 0;
+    struct state_copy *rows = NULL;
+    size_t nrows = 0;
+    if (state_db_mapping_count(e->db, m->idx, &paired) < 0 ||
+        state_db_copy_list(e->db, m->idx, &rows, &nrows) < 0)
+        return ERR_DB;
+    state_db_copy_list_free(&rows, nrows);
+    return paired || nrows ? -1 : (int)s;
+}
+
+/* Sets up the next window: the mailboxes of todo[*k...] whose source is
+ * the window's, up to a window's worth. */
+static int window_fill(struct fresh_window *w, const struct mbox_work *work, const size_t *todo,
+                       size_t ntodo, const signed char *take, size_t *k)
+{
+    struct sync_engine *e = w->e;
+    for (; *k < ntodo && w->n < FRESH_WINDOW; (*k)++) {
+        if (take[*k] != (signed char)w->src)
+            continue;
+        struct mbox_ctx *m = mbox_new(e, &work[todo[*k]], false);
+        if (!m)
+            return -ENOMEM;
+        w->slots[w->n].at = todo[*k];
+        w->slots[w->n].rank = work[todo[*k]].rank;
+        w->slots[w->n++].m = m;
+    }
+    return 0;
+}
+
+/* Marks in `take` the source side of each mailbox of `todo` the windows
+ * can take (-1: not); returns how many, or < 0. */
+static long fresh_select(struct sync_engine *e, const struct mbox_work *work, const size_t *todo,
+                         size_t ntodo, signed char *take)
+{
+    long count = 0;
+    for (size_t k = 0; k < ntodo; k++) {
+        struct mbox_ctx *m = mbox_new(e, &work[todo[k]], false);
+        if (!m)
+            return -ENOMEM;
+        int f = fresh_source(m, &work[todo[k]]);
+        mbox_free(&m);
+        if (f < -1) {
+            log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+            return f;
+        }
+        take[k] = (signed char)f;
+        count += f >= 0;
+    }
+    return count;
+}
+
+/* Whether the windows may take some of the mailboxes to do: at least
+ * FRESH_MIN created on one side in this run. */
+bool fresh_wanted(const struct sync_engine *e, const struct mbox_work *work, const size_t *todo,
+                  size_t ntodo)
+{
+    size_t count = 0;
+    for (size_t k = 0; k < ntodo && count < FRESH_MIN; k++)
+        count += work[todo[k]].created[0] != work[todo[k]].created[1];
+    return e->opts.command != SYNC_REPAIR && count >= FRESH_MIN;
+}
+
+/*
+ * Synchronizes, window by window (the remote server's mailboxes first),
+ * the mailboxes of `todo` the windows can take, and leaves in `todo` (in
+ * their order) the others and those the windows left. Returns < 0 when a
+ * connection broke or the database failed: the run stops.
+ */
+int fresh_run(struct sync_engine *e, struct mbox_work *work, size_t *todo, size_t *ntodo)
+{
+    if (e->opts.command == SYNC_REPAIR || *ntodo < FRESH_MIN)
+        return 0;
+    size_t n = *ntodo, nrest = 0;
+    signed char *take = calloc(n, 1);
+    size_t *rest = malloc(n * sizeof *rest);
+    long count = take && rest ? fresh_select(e, work, todo, n, take) : -ENOMEM;
+    if (count < FRESH_MIN) {
+        free(take);
+        free(rest);
+        return count < 0 ? (int)count : 0;
+    }
+    /* nothing may be in flight when a pass begins */
+    drop_speculative(e);
+    for (size_t k = 0; k < n; k++)
+        if (take[k] < 0)
+            rest[nrest++] = todo[k];
+    int rc = 0;
+    for (int d = 0; d < 2 && rc == 0; d++) {
+        struct fresh_window w = {.e = e, .src = d == 0 ? SIDE_REMOTE : SIDE_LOCAL};
+        size_t k = 0;
+        while (k < n && rc == 0) {
+            if (e->stop) {
+                /* those not done go back for engine_cycle to pass over */
+                for (; k < n; k++)
+                    if (take[k] == (signed char)w.src)
+                        rest[nrest++] = todo[k];
+                break;
+            }
+            w.slots = calloc(FRESH_WINDOW, sizeof *w.slots);
+            rc = w.slots ? window_fill(&w, work, todo, n, take, &k) : -ENOMEM;
+            if (rc == 0 && w.n)
+                rc = window_run(&w);
+            for (size_t i = 0; i < w.n; i++) {
+                if (w.slots[i].fate != FRESH_REDO)
+                    continue;
+                rest[nrest++] = w.slots[i].at;
+                /* the target holds our copies now, and maybe more: not
+                 * the empty mailbox sync_one takes one created in this
+                 * run for (it would not look for new messages there) */
+                work[w.slots[i].at].created[0] = work[w.slots[i].at].created[1] = false;
+            }
+            window_fini(&w);
+            w = (struct fresh_window){.e = e, .src = d == 0 ? SIDE_REMOTE : SIDE_LOCAL};
+        }
+    }
+    if (rc == 0) {
+        memcpy(todo, rest, nrest * sizeof *todo);
+        *ntodo = nrest;
+    }
+    free(take);
+    free(rest);
+    return rc;
+}

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Fresh mailboxes: mailboxes created on one side in this run are copied a
+window at a time, their commands pipelined across mailboxes (EXAMINE and
+FETCH of each on the source, APPENDs streamed into the target, then an
+EXAMINE and a flag listing of each on the target), then checked. Real
+Dovecot servers behind the command relays of the crash tests (plain IMAP,
+so that the relays read the commands); the Perl interimap side by side
+on the database they leave."""
+
+import os
+import re
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from sweep import SIDES, Env, idate, make_message, msgid_of, uid_of  # noqa: E402
+from pair import PERL_INTERIMAP, Pair  # noqa: E402
+from imapfixture import check, check_eq, main, mail, skip  # noqa: E402
+from imapfixture.relay import Trap  # noqa: E402
+
+# local-only mailboxes (copied to the remote), remote-only ones (copied to
+# the local side): nested, non-ASCII, empty, keywords
+LOCAL_ONLY = {"Dir/Sub": 3, "Réunion": 2, "Empty": 0, "A": 4, "B": 1, "C": 5}
+REMOTE_ONLY = {"R1": 2, "R2/Deep": 3, "R3": 0}
+
+
+def spec_of(tag, boxes):
+    spec = {}
+    for b, (name, n) in enumerate(sorted(boxes.items())):
+        spec[name] = [(make_message("%s%d" % (tag, b), i),
+                       ("\\Seen", "$Label%d" % i) if i % 2 else ("\\Flagged",), idate(i))
+                      for i in range(n)]
+    return spec
+
+
+def fill(acct):
+    acct.fill("local", dict(spec_of("l", LOCAL_ONLY), INBOX=[(make_message("in", 0), (),
+                                                               idate(0))]))
+    acct.fill("remote", spec_of("r", REMOTE_ONLY))
+
+
+def selected_names(debug, side, verb):
+    """The mailbox names the given side was sent `verb` for, from the
+    --debug trace."""
+    out = []
+    for m in re.finditer(r'^%s: C: \d+ %s ("?)(.*?)\1(?: \(.*)?$' % (side, verb), debug, re.M):
+        out.append(mail.mutf7_decode(m.group(2)))
+    return out
+
+
+def assert_equal_sides(acct):
+    st = acct.state()
+    check_eq(st["local"], st["remote"], "both servers hold the same messages and flags")
+    for side in SIDES:
+        for name, msgs in st[side].items():
+            ids = [m for m, _f in msgs]
+            check_eq(len(ids), len(set(ids)), "%s %s: no duplicate" % (side, name))
+    return st["local"]
+
+
+def test_windows_copy_both_ways():
+    """Mailboxes on one side only, in both directions, go through the
+    windows: no SELECT of theirs on either server, EXAMINE on both; one
+    run leaves both servers equal, the next has nothing to do."""
+    with Env(accounts=2) as env:
+        acct = env.account()
+        fill(acct)
+        text = acct.run(["--debug"]).err
+        fresh = set(LOCAL_ONLY) | set(REMOTE_ONLY)
+        for side in SIDES:
+            selected = set(selected_names(text, side, "SELECT"))
+            check_eq(selected & fresh, set(), "%s: no mailbox created in this run was selected on "
+                     "its own" % side)
+            examined = selected_names(text, side, "EXAMINE")
+            check_eq(sorted(set(examined) & fresh), sorted(fresh),
+                     "%s: every fresh mailbox was examined (copy or check)" % side)
+        check("left to the per-mailbox path" not in text, "no mailbox left the windows")
+        st = assert_equal_sides(acct)
+        for name, n in list(LOCAL_ONLY.items()) + list(REMOTE_ONLY.items()):
+            check_eq(len(st[name]), n, "%s: %d messages" % (name, n))
+        check_eq(st["A"][1][1], ("$Label1", "\\Seen"), "keywords and flags copied")
+        r = acct.run(["--debug"])
+        # (INBOX is selected behind the login, speculatively, and let go)
+        check(not re.search(r"C: \d+ (SELECT|EXAMINE) (?!INBOX )", r.err),
+              "the next run selects nothing:\n" + r.err[-3000:])
+        check("nothing to do" in r.err or "0 message(s) added" not in r.err,
+              "the next run has nothing to do")
+        check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
+
+
+def test_changes_between_the_passes_left_to_one_by_one():
+    """Between the copy and the check (the target's first EXAMINE held by
+    the relay), another client delivers a message into one fresh mailbox
+    on the target, changes the flags of a copy in another and expunges a
+    copy in a third: those three are left to the per-mailbox path in the
+    same run, which settles them; the others are saved by the window.
+    Nothing is lost or doubled."""
+    with Env(accounts=2) as env:
+        acct = env.account()
+        fill(acct)
+        relay = env.relays["remote"]
+        for s in SIDES:
+            env.relays[s].disarm()
+            env.relays[s].reset()
+        # the check's first flag listing on the target (the remote side's
+        # first EXAMINEs are those of the copy from it)
+        trap = Trap("send", k=1, verb="UID FETCH (UID FLAGS)", keep=True)
+        relay.arm(trap)
+        proc = acct.start(["--debug"])
+        errors = []
+
+        def meddle():
+            if not trap.fired.wait(60):
+                errors.append("the remote EXAMINE was never sent")
+                return
+            try:
+                conn = acct.login("remote")
+                try:
+                    mail.append(conn, "A", make_message("late", 0), ("\\Answered",), idate(9))
+                    uid = uid_of(conn, "B", msgid_of("l1", 0))
+                    if uid is None:
+                        errors.append("B's copy is not on the remote side")
+                    else:
+                        mail.set_flags(conn, "B", [uid], ["\\Answered", "$Other"])
+                    uid = uid_of(conn, "C", msgid_of("l2", 1))
+                    if uid is None:
+                        errors.append("C's copy is not on the remote side")
+                    else:
+                        mail.expunge(conn, "C", [uid])
+                finally:
+                    conn.logout()
+            except Exception as e:  # reported below
+                errors.append(repr(e))
+            finally:
+                relay.resume()
+
+        t = threading.Thread(target=meddle)
+        t.start()
+        out, err = proc.communicate(timeout=120)
+        t.join(30)
+        relay.disarm()
+        check_eq(errors, [], "the changes between the passes were made")
+        text = err.decode("utf-8", "replace")
+        check_eq(proc.returncode, 0, "exit status:\n" + text[-3000:])
+        check_eq(text.count("left to the per-mailbox path"), 3,
+                 "three mailboxes left the window:\n" + text[-3000:])
+        st = assert_equal_sides(acct)
+        check(msgid_of("late", 0) in [m for m, _f in st["A"]], "A: the late message copied back")
+        check_eq(len(st["A"]), LOCAL_ONLY["A"] + 1, "A: its messages and the late one")
+        b0 = [f for m, f in st["B"] if m == msgid_of("l1", 0)]
+        check_eq(b0, [("$Other", "\\Answered", "\\Flagged")], "B: the flag change reached the local side")
+        check(msgid_of("l2", 1) not in [m for m, _f in st["C"]], "C: the expunge propagated")
+        check_eq(len(st["C"]), LOCAL_ONLY["C"] - 1, "C: the other messages kept")
+        r = acct.run()
+        check("message(s) added" not in r.err, "nothing left for the next run:\n" + r.err)
+        check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
+
+
+def test_perl_tool_takes_over_the_database():
+    """The database the windows leave is one the Perl interimap 0.5.7
+    continues from: it finds nothing to do, then propagates a change."""
+    if not os.path.exists(PERL_INTERIMAP):
+        skip("%s is not installed" % PERL_INTERIMAP)
+    with Pair() as p:
+        mail.fill(p.local, spec_of("l", LOCAL_ONLY))
+        mail.fill(p.remote, spec_of("r", REMOTE_ONLY))
+        r = p.run("--debug")
+        check("EXAMINE" in r.err and "left to the per-mailbox path" not in r.err,
+              "the windows took the mailboxes")
+        p.assert_in_step()
+        perl = p.run_perl()
+        check(not re.search(r"Added|message\(s\) added|ERROR|WARNING", perl.err),
+              "the Perl tool finds nothing to do:\n" + perl.err)
+        conn = p.login("remote")
+        try:
+            mail.append(conn, "Dir/Sub", make_message("perl", 0), (), idate(3))
+        finally:
+            conn.logout()
+        perl = p.run_perl()
+        check("1 message(s) added" in perl.err or "Added 1 UID" in perl.err,
+              "the Perl tool copied the new message:\n" + perl.err)
+        p.assert_in_step()
+        r = p.run()
+        check("added" not in r.err, "and we find nothing to do after it:\n" + r.err)
+
+
+if __name__ == "__main__":
+    main(globals())

@@ -127,6 +127,10 @@ static void slot_close(struct fresh_window *w, struct fresh_slot *sl)
     }
     if (sl->copying && copy_close(&sl->cp) < 0 && !sl->close_rc)
         sl->close_rc = -ENOMEM;
+    /* the buffer that held each header as it streamed: not needed while
+     * the rest of the window is copied (one per mailbox would add up) */
+    if (sl->copying)
+        fp_scan_fini(&sl->cp.scan);
 }
 
 /* The mailbox the response being read belongs to, or NULL. */

@@ -279,6 +279,22 @@ static void work_free(struct mbox_work *work, size_t nwork)
     free(work);
 }
 
+/* The end of a cycle: what was learnt of the servers (HIGHESTMODSEQ after
+ * APPEND) saved, the last transaction committed, the line that ends it. */
+static int cycle_end(struct sync_engine *e, int status, uint64_t started)
+{
+    if (caps_save(e) < 0)
+        status = EXIT_FAILURE_GENERIC;
+    if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0) {
+        log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
+        status = EXIT_FAILURE_GENERIC;
+    }
+    progress_end(e->opts.progress);
+    if (status != EXIT_CONNECTION && status != EXIT_FAILURE_GENERIC)
+        log_totals(e, started);
+    return status;
+}
+
 /* One synchronization of every mailbox that changed (of every one, when
  * repairing); returns an exit status. */
 int engine_cycle(struct sync_engine *e)
@@ -378,17 +394,7 @@ int engine_cycle(struct sync_engine *e)
     if (status == EXIT_IN_STEP && e->failed_mailboxes)
         status = EXIT_PARTIAL;
     work_free(work, nwork);
-    /* what was learnt of the servers (HIGHESTMODSEQ after APPEND) */
-    if (caps_save(e) < 0)
-        status = EXIT_FAILURE_GENERIC;
-    if (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0) {
-        log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
-        status = EXIT_FAILURE_GENERIC;
-    }
-    progress_end(e->opts.progress);
-    if (status != EXIT_CONNECTION && status != EXIT_FAILURE_GENERIC)
-        log_totals(e, started);
-    return status;
+    return cycle_end(e, status, started);
 }
 
 static void logout_main(struct coro *self, void *arg)

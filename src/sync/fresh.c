@@ -34,13 +34,6 @@ enum {
     FRESH_MIN = 2,
 };
 
-enum fresh_fate {
-    FRESH_OPEN,   /* still in the window */
-    FRESH_DONE,   /* synchronized; its state is saved with the window's */
-    FRESH_REDO,   /* left to the per-mailbox path */
-    FRESH_FAILED, /* failed, and said why */
-};
-
 /* What one mailbox's EXAMINE reported. */
 struct fresh_seen {
     uint32_t uidvalidity, uidnext;
@@ -69,7 +62,7 @@ struct fresh_slot {
     bool closed;   /* its last APPEND was ended (slot_close) */
     int close_rc;  /* ... and what that gave */
     bool confused; /* the check got a response it could not read */
-    enum fresh_fate fate;
+    enum fate fate;
 };
 
 struct fresh_window {
@@ -314,10 +307,10 @@ static int copy_pass(struct fresh_window *w)
     int rc = imap_client_push(e->client[s]);
     for (size_t i = 0; i < w->n; i++)
         if (copy_wait(w, &w->slots[i]) != 0)
-            w->slots[i].fate = FRESH_FAILED;
+            w->slots[i].fate = FATE_FAILED;
     for (size_t i = 0; i < w->n; i++)
         if (copy_end(w, &w->slots[i]) != 0)
-            w->slots[i].fate = FRESH_FAILED;
+            w->slots[i].fate = FATE_FAILED;
     int pr = imap_client_push(e->client[t]);
     imap_client_release(e->client[s], &rt);
     if (rc == 0)
@@ -327,7 +320,7 @@ static int copy_pass(struct fresh_window *w)
         struct uidset appended;
         uidset_init(&appended);
         if (sl->copying && copy_finish(&sl->cp, &appended) != 0)
-            sl->fate = FRESH_FAILED;
+            sl->fate = FATE_FAILED;
         uidset_fini(&appended);
     }
     return engine_broken(e) ? -EIO : rc;
@@ -347,7 +340,7 @@ static int check_pass(struct fresh_window *w)
     imap_client_hold(c);
     for (size_t i = 0; i < w->n; i++) {
         struct fresh_slot *sl = &w->slots[i];
-        if (sl->fate != FRESH_OPEN)
+        if (sl->fate != FATE_OPEN)
             continue;
         sl->examine[t] = imap_client_send(c, "EXAMINE %m (CONDSTORE)", sl->m->st[t].mailbox);
         sl->fetch[t] = imap_client_send(c, "UID FETCH 1:* (UID FLAGS)");
@@ -355,12 +348,12 @@ static int check_pass(struct fresh_window *w)
     int rc = imap_client_push(c);
     for (size_t i = 0; i < w->n; i++) {
         struct fresh_slot *sl = &w->slots[i];
-        if (sl->fate != FRESH_OPEN)
+        if (sl->fate != FATE_OPEN)
             continue;
         if (examine_wait(sl, t) != 0)
-            sl->fate = FRESH_FAILED;
+            sl->fate = FATE_FAILED;
         else if (imap_cmd_wait(sl->fetch[t]) != 0)
-            sl->fate = FRESH_REDO; /* a server that will not list an empty mailbox so */
+            sl->fate = FATE_REDO; /* a server that will not list an empty mailbox so */
     }
     imap_client_release(c, &rt);
     return engine_broken(e) ? -EIO : rc;
@@ -435,17 +428,17 @@ static int conclude(struct fresh_window *w)
     for (size_t i = 0; i < w->n && rc == 0; i++) {
         struct fresh_slot *sl = &w->slots[i];
         struct mbox_ctx *m = sl->m;
-        if (sl->fate == FRESH_OPEN &&
+        if (sl->fate == FATE_OPEN &&
             (m->nomem || side_error(m) || m->st[0].refused || m->st[1].refused)) {
             if (m->nomem)
                 log_error(e->log, NULL, m->pretty, "out of memory");
-            sl->fate = FRESH_FAILED;
+            sl->fate = FATE_FAILED;
         }
-        if (sl->fate == FRESH_OPEN && !slot_checks(w, sl))
-            sl->fate = FRESH_REDO;
-        if (sl->fate == FRESH_OPEN) {
+        if (sl->fate == FATE_OPEN && !slot_checks(w, sl))
+            sl->fate = FATE_REDO;
+        if (sl->fate == FATE_OPEN) {
             rc = slot_save(w, sl);
-            sl->fate = FRESH_DONE;
+            sl->fate = FATE_DONE;
         }
     }
     if (rc == 0 && (state_db_commit(e->db) < 0 || state_db_begin(e->db) < 0))
@@ -457,19 +450,15 @@ static int conclude(struct fresh_window *w)
     for (size_t i = 0; i < w->n; i++) {
         struct fresh_slot *sl = &w->slots[i];
         struct mbox_ctx *m = sl->m;
-        if (sl->fate == FRESH_DONE || sl->fate == FRESH_REDO)
+        if (sl->fate == FATE_DONE || sl->fate == FATE_REDO)
             log_summary(m); /* what was copied, either way */
-        if (sl->fate == FRESH_DONE && (m->added[0] || m->added[1]))
+        if (sl->fate == FATE_DONE && (m->added[0] || m->added[1]))
             e->cycle_synced++;
-        if (sl->fate == FRESH_REDO)
+        if (sl->fate == FATE_REDO)
             log_debug(e->log, NULL, m->pretty, "left to the per-mailbox path");
-        if (sl->fate == FRESH_FAILED) {
+        if (sl->fate == FATE_FAILED) {
             e->failed_mailboxes++;
-            for (int s = 0; s < 2; s++)
-                if (m->st[s].refused > REFUSALS_SHOWN)
-                    log_error(e->log, side_name[s], m->st[s].mailbox,
-                              "%u more responses refused (not shown)",
-                              m->st[s].refused - REFUSALS_SHOWN);
+            log_refused_rest(m);
         }
     }
     return 0;
@@ -630,7 +619,7 @@ int fresh_run(struct sync_engine *e, struct mbox_work *work, size_t *todo, size_
             if (rc == 0 && w.n)
                 rc = window_run(&w);
             for (size_t i = 0; i < w.n; i++) {
-                if (w.slots[i].fate != FRESH_REDO)
+                if (w.slots[i].fate != FATE_REDO)
                     continue;
                 rest[nrest++] = w.slots[i].at;
                 /* the target holds our copies now, and maybe more: not

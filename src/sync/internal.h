@@ -535,6 +535,7 @@ int sync_one(struct mbox_ctx *m);
 int qresync_sample(struct sync_engine *e, int64_t idx, enum side s, char **seqs, char **uids);
 int mbox_save_state(struct mbox_ctx *m);
 void log_summary(struct mbox_ctx *m);
+void log_refused_rest(const struct mbox_ctx *m);
 bool may_have_new(const struct mbox_ctx *m, enum side s);
 const char *fetch_flags_items(const struct side_state *st);
 bool unchanged(struct sync_engine *e, struct mbox_work *w);
@@ -549,6 +550,14 @@ void mbox_free(struct mbox_ctx **pm);
 bool fresh_wanted(const struct sync_engine *e, const struct mbox_work *work, const size_t *todo,
                   size_t ntodo);
 int fresh_run(struct sync_engine *e, struct mbox_work *work, size_t *todo, size_t *ntodo);
+
+/* What became of a mailbox of a window (passes.c, fresh.c). */
+enum fate {
+    FATE_OPEN,   /* still in the window */
+    FATE_DONE,   /* synchronized; its state is saved with the window's */
+    FATE_REDO,   /* left to the per-mailbox path */
+    FATE_FAILED, /* failed, and said why */
+};
 
 /* passes.c: spread changes */
 bool passes_wanted(const struct sync_engine *e, size_t count);

@@ -551,6 +551,16 @@ void log_summary(struct mbox_ctx *m)
     }
 }
 
+/* One line per side for the refused responses beyond those reported one
+ * by one. */
+void log_refused_rest(const struct mbox_ctx *m)
+{
+    for (int s = 0; s < 2; s++)
+        if (m->st[s].refused > REFUSALS_SHOWN)
+            log_error(m->e->log, side_name[s], m->st[s].mailbox,
+                      "%u more responses refused (not shown)", m->st[s].refused - REFUSALS_SHOWN);
+}
+
 /* Sets up a mailbox's context: names, and what the database knows. No
  * command is sent. */
 static int mbox_init(struct mbox_ctx *m, struct sync_engine *e, const struct mbox_work *w,
@@ -774,10 +784,7 @@ static int one_save(struct mbox_ctx *m)
 static int one_end(struct mbox_ctx *m, struct one_run *o, int rc)
 {
     struct sync_engine *e = m->e;
-    for (int s = 0; s < 2; s++)
-        if (m->st[s].refused > REFUSALS_SHOWN)
-            log_error(e->log, side_name[s], m->st[s].mailbox,
-                      "%u more responses refused (not shown)", m->st[s].refused - REFUSALS_SHOWN);
+    log_refused_rest(m);
     if (rc >= 0 && side_error(m))
         rc = side_error(m);
     if (m->nomem && rc >= 0) {

@@ -31,14 +31,6 @@ enum {
     PASSES_MIN = 2,
 };
 
-/* What became of a mailbox of the window. */
-enum fate {
-    FATE_OPEN,   /* still in the passes */
-    FATE_DONE,   /* synchronized; its state is saved with the window's */
-    FATE_REDO,   /* left to the per-mailbox path */
-    FATE_FAILED, /* failed, and said why */
-};
-
 /*
  * One connection's chain of SELECT or EXAMINE commands, sent at once with
  * other commands between them: each mailbox's untagged responses reach
@@ -453,11 +445,7 @@ static void conclude(struct window *w)
             log_debug(e->log, NULL, m->pretty, "left to the per-mailbox path");
         } else if (w->slots[i].fate == FATE_FAILED) {
             e->failed_mailboxes++;
-            for (int s = 0; s < 2; s++)
-                if (m->st[s].refused > REFUSALS_SHOWN)
-                    log_error(e->log, side_name[s], m->st[s].mailbox,
-                              "%u more responses refused (not shown)",
-                              m->st[s].refused - REFUSALS_SHOWN);
+            log_refused_rest(m);
         }
     }
 }

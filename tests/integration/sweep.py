@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -308,6 +309,38 @@ def record(env, fn):
     fn()
     out = [(c.time, s, c) for s in SIDES for c in env.relays[s].commands]
     return sorted(out, key=lambda x: x[0])
+
+
+def run_meddling(env, acct, side, trap, meddle, args=("--debug",), timeout=120):
+    """Runs interimap with args while `trap` (a keeping "send" trap) holds
+    what it sends on side's link; meddle() runs once the trap fired, then
+    the link resumes. Returns (exit code, stderr text, errors: the trap
+    that never fired, or what meddle raised)."""
+    relay = env.relays[side]
+    for s in SIDES:
+        env.relays[s].disarm()
+        env.relays[s].reset()
+    relay.arm(trap)
+    proc = acct.start(list(args))
+    errors = []
+
+    def run():
+        if not trap.fired.wait(60):
+            errors.append("the held command (%r) was never sent" % trap)
+            return
+        try:
+            meddle(errors)
+        except Exception as e:  # reported by the caller
+            errors.append(repr(e))
+        finally:
+            relay.resume()
+
+    t = threading.Thread(target=run)
+    t.start()
+    _out, err = proc.communicate(timeout=timeout)
+    t.join(30)
+    relay.disarm()
+    return proc.returncode, err.decode("utf-8", "replace"), errors
 
 
 def kill_at(env, acct, args, point, settle=0.15, timeout=120, during=None):

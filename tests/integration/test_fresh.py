@@ -10,11 +10,10 @@ on the database they leave."""
 import os
 import re
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from sweep import SIDES, Env, idate, make_message, msgid_of, uid_of  # noqa: E402
+from sweep import SIDES, Env, idate, make_message, msgid_of, run_meddling, uid_of  # noqa: E402
 from pair import PERL_INTERIMAP, Pair  # noqa: E402
 from imapfixture import check, check_eq, main, mail, skip  # noqa: E402
 from imapfixture.relay import Trap  # noqa: E402
@@ -99,50 +98,30 @@ def test_changes_between_the_passes_left_to_one_by_one():
     with Env(accounts=2) as env:
         acct = env.account()
         fill(acct)
-        relay = env.relays["remote"]
-        for s in SIDES:
-            env.relays[s].disarm()
-            env.relays[s].reset()
+        def meddle(errors):
+            conn = acct.login("remote")
+            try:
+                mail.append(conn, "A", make_message("late", 0), ("\\Answered",), idate(9))
+                uid = uid_of(conn, "B", msgid_of("l1", 0))
+                if uid is None:
+                    errors.append("B's copy is not on the remote side")
+                else:
+                    mail.set_flags(conn, "B", [uid], ["\\Answered", "$Other"])
+                uid = uid_of(conn, "C", msgid_of("l2", 1))
+                if uid is None:
+                    errors.append("C's copy is not on the remote side")
+                else:
+                    mail.expunge(conn, "C", [uid])
+            finally:
+                conn.logout()
+
         # the check's first flag listing on the target (the remote side's
         # first EXAMINEs are those of the copy from it)
-        trap = Trap("send", k=1, verb="UID FETCH (UID FLAGS)", keep=True)
-        relay.arm(trap)
-        proc = acct.start(["--debug"])
-        errors = []
-
-        def meddle():
-            if not trap.fired.wait(60):
-                errors.append("the remote EXAMINE was never sent")
-                return
-            try:
-                conn = acct.login("remote")
-                try:
-                    mail.append(conn, "A", make_message("late", 0), ("\\Answered",), idate(9))
-                    uid = uid_of(conn, "B", msgid_of("l1", 0))
-                    if uid is None:
-                        errors.append("B's copy is not on the remote side")
-                    else:
-                        mail.set_flags(conn, "B", [uid], ["\\Answered", "$Other"])
-                    uid = uid_of(conn, "C", msgid_of("l2", 1))
-                    if uid is None:
-                        errors.append("C's copy is not on the remote side")
-                    else:
-                        mail.expunge(conn, "C", [uid])
-                finally:
-                    conn.logout()
-            except Exception as e:  # reported below
-                errors.append(repr(e))
-            finally:
-                relay.resume()
-
-        t = threading.Thread(target=meddle)
-        t.start()
-        out, err = proc.communicate(timeout=120)
-        t.join(30)
-        relay.disarm()
+        code, text, errors = run_meddling(
+            env, acct, "remote", Trap("send", k=1, verb="UID FETCH (UID FLAGS)", keep=True),
+            meddle)
         check_eq(errors, [], "the changes between the passes were made")
-        text = err.decode("utf-8", "replace")
-        check_eq(proc.returncode, 0, "exit status:\n" + text[-3000:])
+        check_eq(code, 0, "exit status:\n" + text[-3000:])
         check_eq(text.count("left to the per-mailbox path"), 3,
                  "three mailboxes left the window:\n" + text[-3000:])
         st = assert_equal_sides(acct)

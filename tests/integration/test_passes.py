@@ -9,11 +9,11 @@ commands)."""
 import os
 import re
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from sweep import SIDES, Env, idate, make_message, msgid_of, record, uid_of  # noqa: E402
+from sweep import (SIDES, Env, idate, make_message, msgid_of, record, run_meddling,  # noqa: E402
+                   uid_of)
 from imapfixture import check, check_eq, main, mail  # noqa: E402
 from imapfixture.relay import Trap  # noqa: E402
 
@@ -136,37 +136,16 @@ def test_change_between_the_passes_done_in_same_run():
         change(acct, "local", "B", 0, ["\\Flagged"])
         change(acct, "remote", "A", 0, ["$Label1"])
         change(acct, "remote", "C", 0, ["$Label1"])
-        relay = env.relays["remote"]
-        for s in SIDES:
-            env.relays[s].disarm()
-            env.relays[s].reset()
         # the first UID STORE on the remote side (B's) is held while
         # another client changes B: the message being stored, and another
-        trap = Trap("send", k=1, verb="UID STORE", keep=True)
-        relay.arm(trap)
-        proc = acct.start(["--debug"])
-        errors = []
+        def meddle(errors):
+            change(acct, "remote", "B", 0, ["$Other"])
+            change(acct, "remote", "B", 3, ["\\Answered"])
 
-        def meddle():
-            if not trap.fired.wait(60):
-                errors.append("the remote UID STORE was never sent")
-                return
-            try:
-                change(acct, "remote", "B", 0, ["$Other"])
-                change(acct, "remote", "B", 3, ["\\Answered"])
-            except Exception as e:  # reported below
-                errors.append(repr(e))
-            finally:
-                relay.resume()
-
-        t = threading.Thread(target=meddle)
-        t.start()
-        out, err = proc.communicate(timeout=120)
-        t.join(30)
-        relay.disarm()
+        code, text, errors = run_meddling(env, acct, "remote",
+                                          Trap("send", k=1, verb="UID STORE", keep=True), meddle)
         check_eq(errors, [], "the change between the passes was made")
-        check_eq(proc.returncode, 0, "exit status:\n" + err.decode()[-2000:])
-        text = err.decode("utf-8", "replace")
+        check_eq(code, 0, "exit status:\n" + text[-2000:])
         check("EXAMINE B" in text, "B went through the scan")
         check("left to the per-mailbox path" in text, "a mailbox was done again on its own")
         for name in ("A", "C"):

@@ -41,12 +41,6 @@ struct fresh_seen {
     bool nomodseq;
 };
 
-/* A message the check found on the target. Starts with its UID. */
-struct fresh_found {
-    uint32_t uid;
-    char *flags;
-};
-
 /* One mailbox of a window. */
 struct fresh_slot {
     struct mbox_ctx *m;
@@ -57,8 +51,7 @@ struct fresh_slot {
     struct imap_cmd *examine[2]; /* per side: its EXAMINE */
     struct imap_cmd *fetch[2];   /* ... and the FETCH behind it */
     struct fresh_seen seen[2];
-    struct fresh_found *found; /* the target's messages, by the check */
-    size_t nfound, capfound;
+    size_t nfound; /* messages the check found as we copied them */
     bool closed;   /* its last APPEND was ended (slot_close) */
     int close_rc;  /* ... and what that gave */
     bool confused; /* the check got a response it could not read */
@@ -168,28 +161,33 @@ static void seen_note(struct fresh_seen *seen, const struct imap_response *r)
         imap_value_u64(&r->code_args[0], &seen->highestmodseq);
 }
 
-/* A message the check listed on the target. */
+/*
+ * A message the check listed on the target: it must be the next of our
+ * copies. Both come in UID order (a server gives the messages it adds
+ * ascending UIDs, and lists them ascending), so each is compared as it
+ * comes, and nothing of the listing is kept.
+ */
 static void found_note(struct fresh_slot *sl, const struct imap_response *r)
 {
     struct imap_fetch f;
     char why[200];
-    /* more messages than our copies: the check fails, whatever the rest */
-    size_t want = sl->copying ? sl->cp.nmade : 0;
+    size_t nmade = sl->copying ? sl->cp.nmade : 0;
+    if (sl->confused)
+        return;
     if (imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) < 0 || !f.uid || !f.flags ||
-        sl->nfound >= want) {
+        sl->nfound >= nmade || sl->cp.made[sl->nfound].tuid != f.uid) {
         sl->confused = true;
         return;
     }
-    struct fresh_found *grown =
-        array_reserve(sl->found, &sl->capfound, sl->nfound + 1, sizeof *grown, 64);
-    char *flags = grown ? flags_normalize(f.flags) : NULL;
-    if (grown)
-        sl->found = grown;
+    char *flags = flags_normalize(f.flags);
     if (!flags) {
         mbox_note(sl->m, -ENOMEM);
         return;
     }
-    sl->found[sl->nfound++] = (struct fresh_found){f.uid, flags};
+    if (strcmp(flags, sl->cp.made[sl->nfound].flags) != 0)
+        sl->confused = true;
+    sl->nfound++;
+    free(flags);
 }
 
 static void route_untagged(void *ctx, const struct imap_response *r)
@@ -359,19 +357,6 @@ static int check_pass(struct fresh_window *w)
     return engine_broken(e) ? -EIO : rc;
 }
 
-/* Orders the copies and the messages found by target UID. */
-static int cmp_made(const void *a, const void *b)
-{
-    const struct copy_made *x = a, *y = b;
-    return x->tuid < y->tuid ? -1 : x->tuid > y->tuid;
-}
-
-static int cmp_found(const void *a, const void *b)
-{
-    const struct fresh_found *x = a, *y = b;
-    return x->uid < y->uid ? -1 : x->uid > y->uid;
-}
-
 /* Whether the target holds our copies and nothing else, each with the
  * flags it was given, and both EXAMINEs said what the state needs. */
 static bool slot_checks(struct fresh_window *w, struct fresh_slot *sl)
@@ -386,15 +371,7 @@ static bool slot_checks(struct fresh_window *w, struct fresh_slot *sl)
     size_t nmade = sl->copying ? sl->cp.nmade : 0;
     if (nmade != sl->nfound || (nmade && dst->uidvalidity != sl->cp.uidvalidity))
         return false;
-    if (!nmade)
-        return true;
-    qsort(sl->cp.made, nmade, sizeof *sl->cp.made, cmp_made);
-    qsort(sl->found, sl->nfound, sizeof *sl->found, cmp_found);
-    for (size_t i = 0; i < nmade; i++)
-        if (!sl->cp.made[i].tuid || sl->cp.made[i].tuid != sl->found[i].uid ||
-            strcmp(sl->cp.made[i].flags, sl->found[i].flags) != 0)
-            return false;
-    return dst->uidnext > sl->cp.made[nmade - 1].tuid;
+    return !nmade || dst->uidnext > sl->cp.made[nmade - 1].tuid;
 }
 
 /* The saved state of a mailbox that passed, in the open transaction:
@@ -476,9 +453,6 @@ static void window_fini(struct fresh_window *w)
         }
         if (sl->copying)
             copy_fini(&sl->cp);
-        for (size_t k = 0; k < sl->nfound; k++)
-            free(sl->found[k].flags);
-        free(sl->found);
         mbox_free(&sl->m);
     }
     free(w->slots);

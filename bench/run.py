@@ -571,8 +571,22 @@ class SpreadNew(Spread):
         append_all(remote, self.added[1])
 
 
+class SpreadArrivals(SpreadNew):
+    """New mail delivered to the remote server only (the local one a
+    mirror): one message per mailbox."""
+    name = "spread-arrivals"
+    what = "new messages on the remote side only"
+
+    def __init__(self, quick):
+        super().__init__(quick)
+        self.title = self.title.replace("on each side", "")
+
+    def change(self, local, remote):
+        append_all(remote, self.added[1])
+
+
 WORKLOADS = [Initial, Resync, Flags, NewMail, Expunge, Big, ManyBoxes, ManyBoxesNoChange, Large,
-             LargeNoChange, LargeFlags, SpreadFlags, SpreadExpunge, SpreadNew]
+             LargeNoChange, LargeFlags, SpreadFlags, SpreadExpunge, SpreadNew, SpreadArrivals]
 
 
 def subscribe(server, names):

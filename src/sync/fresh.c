@@ -1,19 +1,22 @@
 /*
- * Fresh mailboxes: the first synchronization of mailboxes the database
- * does not know yet and that one side created in this run (so one side
- * holds messages and the other none), a window at a time, with the
- * commands of every mailbox of the window in flight together instead of
- * a round trip or more each (the reasoning, crash safety included, is in
- * doc/internals/sync.md, "Fresh mailboxes"):
+ * Fresh mailboxes and arrivals: the first synchronization of mailboxes
+ * the database does not know yet and that one side created in this run
+ * (so one side holds messages and the other none), and mailboxes known
+ * before whose only news is new messages on one side, a window at a
+ * time, with the commands of every mailbox of the window in flight
+ * together instead of a round trip or more each (the reasoning, crash
+ * safety included, is in doc/internals/sync.md, "Fresh mailboxes"):
  *
  *  1. copy: the source server gets at once, for every mailbox of the
  *     window, an EXAMINE and a UID FETCH of every message below the
- *     UIDNEXT its listing gave; each message streams into an APPEND to
- *     the target as it comes, journaled as on the per-mailbox path, and
- *     the answers are recorded once all are in;
+ *     UIDNEXT its listing gave (from the saved UIDNEXT on, for a known
+ *     mailbox, whose EXAMINE with QRESYNC must report no other change); each message streams into
+ * an APPEND to the target as it comes, journaled as on the per-mailbox path, and the answers are
+ * recorded once all are in;
  *  2. check: the target server gets at once, for every mailbox, an
- *     EXAMINE and a UID FETCH of every message's flags: each must hold
- *     exactly our copies, with the flags we gave them.
+ *     EXAMINE and a UID FETCH of every message's flags (from the saved
+ *     UIDNEXT on, for a known one): each must hold exactly our copies
+ *     there, with the flags we gave them, and no other change.
  *
  * The state of the mailboxes that passed is saved in one transaction. A
  * mailbox that did not is left to the per-mailbox path, which finds
@@ -190,6 +193,20 @@ static void found_note(struct fresh_slot *sl, const struct imap_response *r)
     free(flags);
 }
 
+/*
+ * A FETCH in the answer to the check's EXAMINE: for a known mailbox, the
+ * report of QRESYNC on what changed since the saved state, which only our
+ * copies may have done; for a new one, a change someone made to a copy.
+ */
+static void examined_note(struct fresh_slot *sl, enum side t, const struct imap_response *r)
+{
+    struct imap_fetch f;
+    char why[200];
+    if (!sl->m->known || imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) < 0 ||
+        f.uid < sl->m->db[t].uidnext)
+        sl->confused = true;
+}
+
 static void route_untagged(void *ctx, const struct imap_response *r)
 {
     struct fresh_route *rt = ctx;
@@ -200,12 +217,21 @@ static void route_untagged(void *ctx, const struct imap_response *r)
         seen_note(&sl->seen[rt->side], r);
         return;
     }
+    bool vanished = r->nargs >= 2 && imap_value_is_atom(&r->args[0], "VANISHED");
+    bool expunged = r->nargs >= 2 && imap_value_is_atom(&r->args[1], "EXPUNGE");
+    if ((vanished || expunged) && (rt->check || sl->m->known)) {
+        /* a message gone meanwhile: the per-mailbox path sorts it out */
+        sl->confused = true;
+        return;
+    }
     if (r->nargs < 3 || !imap_value_is_atom(&r->args[1], "FETCH"))
         return;
-    if (rt->check)
+    if (rt->check && !imap_cmd_done(sl->examine[rt->side]))
+        examined_note(sl, rt->side, r);
+    else if (rt->check)
         found_note(sl, r);
     else
-        selected_untagged(&sl->m->st[rt->side], r); /* a message to copy */
+        selected_untagged(&sl->m->st[rt->side], r); /* a message to copy, or a change */
 }
 
 static bool route_literal(void *ctx, const struct imap_response *partial, uint64_t size,
@@ -232,27 +258,43 @@ static int examine_wait(struct fresh_slot *sl, enum side s)
     return r;
 }
 
+/* EXAMINE of a mailbox of the window: with QRESYNC from the saved state
+ * for a known one (it reports what changed since, which must be nothing
+ * but new messages), with CONDSTORE for a new one. */
+static struct imap_cmd *examine_send(struct mbox_ctx *m, enum side s)
+{
+    struct side_state *st = &m->st[s];
+    if (!m->known)
+        return imap_client_send(st->c, "EXAMINE %m (CONDSTORE)", st->mailbox);
+    return imap_client_send(st->c, "EXAMINE %m (QRESYNC (%u %U 1:%u))", st->mailbox,
+                            m->db[s].uidvalidity, m->db[s].highestmodseq, m->db[s].uidnext - 1);
+}
+
 /* Sends the copy pass's commands of one mailbox to the source. */
 static void copy_send(struct fresh_window *w, struct fresh_slot *sl)
 {
     enum side s = w->src;
     struct mbox_ctx *m = sl->m;
     struct side_state *st = &m->st[s];
-    sl->examine[s] = imap_client_send(st->c, "EXAMINE %m (CONDSTORE)", st->mailbox);
-    if (m->status_uidnext[s] <= 1)
-        return; /* never held a message */
+    sl->examine[s] = examine_send(m, s);
+    /* a known mailbox: the messages from the saved UIDNEXT on */
+    uint32_t from = m->known ? m->db[s].uidnext : 1;
+    if (m->status_uidnext[s] <= from)
+        return; /* nothing new */
     copy_init(&sl->cp, m, s);
     sl->cp.deferred = true;
     sl->copying = true;
+    if (m->known)
+        sl->cp.bound = m->db[OTHER(s)].uidnext;
     /* what the answer may hold: UIDs below the listing's UIDNEXT,
      * ascending, each once */
-    st->fetch_from = 1;
+    st->fetch_from = from;
     st->fetch_until = m->status_uidnext[s] - 1;
     st->fetch_skip = NULL;
     st->last_new_uid = 0;
     st->streamed_uid = 0;
     st->copy = &sl->cp;
-    sl->fetch[s] = imap_client_send(st->c, "UID FETCH 1:%u (%a INTERNALDATE BODY.PEEK[])",
+    sl->fetch[s] = imap_client_send(st->c, "UID FETCH %u:%u (%a INTERNALDATE BODY.PEEK[])", from,
                                     m->status_uidnext[s] - 1, fetch_flags_items(st));
 }
 
@@ -340,8 +382,9 @@ static int check_pass(struct fresh_window *w)
         struct fresh_slot *sl = &w->slots[i];
         if (sl->fate != FATE_OPEN)
             continue;
-        sl->examine[t] = imap_client_send(c, "EXAMINE %m (CONDSTORE)", sl->m->st[t].mailbox);
-        sl->fetch[t] = imap_client_send(c, "UID FETCH 1:* (UID FLAGS)");
+        sl->examine[t] = examine_send(sl->m, t);
+        sl->fetch[t] = imap_client_send(c, "UID FETCH %u:* (UID FLAGS)",
+                                        sl->m->known ? sl->m->db[t].uidnext : 1);
     }
     int rc = imap_client_push(c);
     for (size_t i = 0; i < w->n; i++) {
@@ -364,6 +407,12 @@ static bool slot_checks(struct fresh_window *w, struct fresh_slot *sl)
     enum side s = w->src, t = OTHER(s);
     struct mbox_ctx *m = sl->m;
     const struct fresh_seen *src = &sl->seen[s], *dst = &sl->seen[t];
+    /* a known mailbox: its saved UIDVALIDITY, and no change reported on
+     * the source but new messages */
+    if (m->known &&
+        (src->uidvalidity != m->db[s].uidvalidity || dst->uidvalidity != m->db[t].uidvalidity ||
+         m->st[s].nchanges || m->st[s].vanished.count))
+        return false;
     if (sl->confused || src->uidvalidity != m->status_uidvalidity[s] || src->nomodseq ||
         !src->highestmodseq || dst->nomodseq || !dst->highestmodseq || !dst->uidvalidity ||
         !dst->uidnext)
@@ -475,6 +524,53 @@ static int window_run(struct fresh_window *w)
 /* which mailboxes */
 
 /*
+ * For a mailbox synchronized before: the side to copy from when its only
+ * news, by the listing's STATUS, is new messages on that side, else -1.
+ * QRESYNC on both servers (the EXAMINEs report what else changed); no
+ * copy journal and no pairs above the saved UIDNEXTs (what an interrupted
+ * run left is for sync_one).
+ */
+static int known_source(struct mbox_ctx *m, const struct mbox_work *w)
+{
+    struct sync_engine *e = m->e;
+    int src = -1;
+    if (e->tier[0] != TIER_QRESYNC || e->tier[1] != TIER_QRESYNC)
+        return -1;
+    for (int s = 0; s < 2; s++) {
+        const struct listed *it = listing_find(&e->listing[s], w->key, w->keylen);
+        const struct state_side *db = &m->db[s];
+        if (!it || !it->has_status || it->uidvalidity != db->uidvalidity || !db->highestmodseq ||
+            db->uidnext <= 1 || it->uidnext < db->uidnext)
+            return -1;
+        if (it->uidnext > db->uidnext) {
+            if (src >= 0)
+                return -1; /* new messages on both sides */
+            src = s;
+        } else if (it->highestmodseq != db->highestmodseq) {
+            return -1; /* the target changed too */
+        }
+    }
+    if (src < 0 || !imap_client_has_cap(e->client[OTHER(src)], "UIDPLUS"))
+        return -1;
+    struct state_copy *rows = NULL;
+    size_t nrows = 0;
+    struct uidset above[2];
+    uidset_init(&above[0]);
+    uidset_init(&above[1]);
+    int r = state_db_copy_list(e->db, m->idx, &rows, &nrows);
+    if (r == 0)
+        r = state_db_mapping_above(e->db, m->idx, m->db[0].uidnext, m->db[1].uidnext, &above[0],
+                                   &above[1]);
+    state_db_copy_list_free(&rows, nrows);
+    bool clean = nrows == 0 && above[0].count == 0 && above[1].count == 0;
+    uidset_fini(&above[0]);
+    uidset_fini(&above[1]);
+    if (r < 0)
+        return ERR_DB;
+    return clean ? src : -1;
+}
+
+/*
  * The side to copy from when the window can take the mailbox, else -1:
  * nothing of it in the database (no state, pairs or journal), created on
  * one side in this run, listed with its STATUS on the other, and both
@@ -484,6 +580,8 @@ static int window_run(struct fresh_window *w)
 static int fresh_source(struct mbox_ctx *m, const struct mbox_work *w)
 {
     struct sync_engine *e = m->e;
+    if (m->known && !m->repair)
+        return known_source(m, w);
     if (m->repair || m->have_row[0] || m->have_row[1] || w->created[0] == w->created[1])
         return -1;
     enum side t = w->created[0] ? SIDE_LOCAL : SIDE_REMOTE, s = OTHER(t);

@@ -217,6 +217,15 @@ def sc_fresh(acct):
     return {"args": [], "origin": origin}
 
 
+def sc_arrivals(acct):
+    """Mailboxes synchronized before, new messages on the remote side only
+    in several of them: copied a window at a time (known mailboxes)."""
+    origin = synced(acct, {"INBOX": 2, "K1": 3, "K2": 2, "K3/Sub": 2}, {"K4": 2})
+    for name, n in (("K1", 4), ("K2", 2), ("K3/Sub", 3), ("K4", 2)):
+        append_new(acct, "remote", name, "a" + name[:2], n, origin)
+    return {"args": [], "origin": origin}
+
+
 def sc_rename(acct):
     """--rename of a mailbox with a child."""
     origin = synced(acct, {"INBOX": 4, "Proj": 6, "Proj/a": 5}, {"Proj/b": 4})
@@ -269,6 +278,7 @@ SCENARIOS = [
     ("spread", sc_spread),
     ("created", sc_created),
     ("fresh", sc_fresh),
+    ("arrivals", sc_arrivals),
     ("rename", sc_rename),
     ("delete", sc_delete),
     ("repair", sc_repair),

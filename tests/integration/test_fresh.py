@@ -136,6 +136,62 @@ def test_changes_between_the_passes_left_to_one_by_one():
         check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
 
 
+def test_arrivals_in_known_mailboxes():
+    """Mailboxes synchronized before, with new messages on the remote side
+    only: copied a window at a time too (EXAMINE with QRESYNC from the
+    saved state on both sides, no SELECT). During the check another client
+    delivers a message to one of them on the local side and changes an
+    old message of another there: those two are left to the per-mailbox
+    path, which settles them in the same run."""
+    boxes = {"K1": 3, "K2": 2, "K3/Sub": 2, "K4": 4, "K5": 1}
+    with Env(accounts=2) as env:
+        acct = env.account()
+        acct.fill("local", spec_of("k", boxes))
+        acct.run()
+        conn = acct.login("remote")
+        try:
+            for b, name in enumerate(sorted(boxes)):
+                for i in range(2):
+                    mail.append(conn, name, make_message("new%d" % b, i),
+                                ("\\Seen",) if i else (), idate(20 + i))
+        finally:
+            conn.logout()
+
+        def meddle(errors):
+            conn = acct.login("local")
+            try:
+                mail.append(conn, "K1", make_message("late", 0), (), idate(30))
+                uid = uid_of(conn, "K2", msgid_of("k1", 0))
+                if uid is None:
+                    errors.append("K2's first message is not on the local side")
+                else:
+                    mail.set_flags(conn, "K2", [uid], ["$Meddled"])
+            finally:
+                conn.logout()
+
+        code, text, errors = run_meddling(
+            env, acct, "local", Trap("send", k=1, verb="UID FETCH (UID FLAGS)", keep=True), meddle)
+        check_eq(errors, [], "the changes during the check were made")
+        check_eq(code, 0, "exit status:\n" + text[-3000:])
+        for name in ("K3/Sub", "K4", "K5"):
+            check_eq(selected_names(text, "local", "SELECT").count(name), 0,
+                     "%s: not selected on its own" % name)
+        check(re.search(r"remote: C: \d+ EXAMINE K4 \(QRESYNC \(", text),
+              "K4 examined from its saved state on the source")
+        check_eq(text.count("left to the per-mailbox path"), 2,
+                 "K1 and K2 left the window:\n" + text[-3000:])
+        st = assert_equal_sides(acct)
+        for b, name in enumerate(sorted(boxes)):
+            check_eq(len(st[name]), boxes[name] + 2 + (name == "K1"),
+                     "%s: its messages, the new ones (and the late one)" % name)
+        k2 = [f for m, f in st["K2"] if m == msgid_of("k1", 0)]
+        check_eq(k2, [("$Meddled", "\\Flagged")], "K2: the change reached the remote side")
+        r = acct.run(["--debug"])
+        check(not re.search(r"C: \d+ (SELECT|EXAMINE) (?!INBOX )", r.err),
+              "the next run selects nothing:\n" + r.err[-3000:])
+        check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
+
+
 def test_perl_tool_takes_over_the_database():
     """The database the windows leave is one the Perl interimap 0.5.7
     continues from: it finds nothing to do, then propagates a change."""

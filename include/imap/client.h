@@ -136,6 +136,24 @@ bool imap_client_is_broken(const struct imap_client *c);
  * nothing else is sent before then.
  */
 int imap_client_expect_caps(struct imap_client *c, const char *caps);
+/*
+ * The greeting of this connection, for imap_client_expect_greeting() on a
+ * later one: "+" when the server takes commands pipelined behind an
+ * AUTHENTICATE PLAIN that carries its initial response, "-" otherwise,
+ * then the capabilities it advertised before the login. NULL until they
+ * are known. Does not yield.
+ */
+const char *imap_client_greeting(const struct imap_client *c);
+/*
+ * The greeting of an earlier connection with the same settings
+ * (imap_client_greeting()). With it, an imaps connection sends its login,
+ * chosen from those capabilities, right behind the TLS handshake instead
+ * of a round trip later, behind the greeting; should that login fail
+ * while the greeting turns out to differ from the remembered one, the
+ * login is done again from the greeting. Call before
+ * imap_client_connect().
+ */
+int imap_client_expect_greeting(struct imap_client *c, const char *greeting);
 /* Whether cap may be relied on now: advertised, or, while the login's
  * capabilities are not known yet, expected. Does not yield. */
 bool imap_client_may_use(const struct imap_client *c, const char *cap);

@@ -262,6 +262,8 @@ void imap_client_free(struct imap_client **pc)
     imap_parser_free(&c->parser);
     client_caps_clear(c);
     client_expected_clear(c);
+    free(c->greeting_memory);
+    free(c->greeting_seen);
     free(c->rbuf);
     free(c->obuf);
     free(c);

@@ -91,6 +91,13 @@ struct imap_client {
     char **expected;
     size_t nexpected;
     bool caps_final; /* caps are the authenticated state's */
+    /* the greeting of an earlier connection and this one's, as
+     * imap_client_greeting() describes them; with one remembered, an
+     * imaps login goes out before the greeting arrives */
+    char *greeting_memory, *greeting_seen;
+    bool greeting_pending; /* the login went out ahead of the greeting */
+    bool greeting_preauth; /* ... and the greeting was PREAUTH after all */
+    bool auth_pipelining;  /* commands may follow AUTHENTICATE before its reply */
 
     unsigned next_tag;
     struct imap_cmd *inflight, *inflight_tail;

@@ -128,6 +128,63 @@ char *imap_client_caps_string(const struct imap_client *c)
     return out;
 }
 
+const char *imap_client_greeting(const struct imap_client *c)
+{
+    return c->greeting_seen;
+}
+
+int imap_client_expect_greeting(struct imap_client *c, const char *greeting)
+{
+    free(c->greeting_memory);
+    c->greeting_memory = NULL;
+    if (greeting && (greeting[0] == '+' || greeting[0] == '-') &&
+        !(c->greeting_memory = strdup(greeting)))
+        return -ENOMEM;
+    return 0;
+}
+
+/* What the greeting (and the capabilities before the login) said, in
+ * the form imap_client_greeting() gives; NULL when there were none. */
+static void client_greeting_note(struct imap_client *c)
+{
+    free(c->greeting_seen);
+    c->greeting_seen = NULL;
+    char *caps = c->ncaps ? imap_client_caps_string(c) : NULL;
+    if (!caps)
+        return;
+    size_t len = strlen(caps) + 3;
+    c->greeting_seen = malloc(len);
+    if (c->greeting_seen)
+        snprintf(c->greeting_seen, len, "%c %s", c->auth_pipelining ? '+' : '-', caps);
+    free(caps);
+}
+
+/* The capabilities of a remembered greeting, presumed until the greeting
+ * itself arrives. */
+static int client_caps_presume(struct imap_client *c, const char *greeting)
+{
+    client_caps_clear(c);
+    const char *p = greeting + 1;
+    size_t n = 0;
+    for (const char *q = p; *q; q++)
+        n += *q == ' ';
+    c->caps = calloc(n ? n : 1, sizeof *c->caps);
+    if (!c->caps)
+        return -ENOMEM;
+    while (*p) {
+        p += strspn(p, " ");
+        size_t len = strcspn(p, " ");
+        if (len && c->ncaps < n) {
+            char *cap = strndup(p, len);
+            if (!cap)
+                return -ENOMEM;
+            c->caps[c->ncaps++] = cap;
+        }
+        p += len;
+    }
+    return 0;
+}
+
 static uint64_t login_left_ms(const struct imap_client *c)
 {
     uint64_t now = stream_clock_ms();
@@ -340,6 +397,24 @@ static int client_secret(struct imap_client *c, bool token, char **out)
     return r;
 }
 
+static int connect_greeting(struct imap_client *c, bool *preauth);
+
+/* Reads the greeting of a connection whose login went out ahead of it;
+ * from here on the capabilities it advertised count. */
+static int client_greeting_ahead(struct imap_client *c)
+{
+    if (!c->greeting_pending)
+        return 0;
+    c->greeting_pending = false;
+    client_caps_clear(c);
+    bool preauth = false;
+    int r = connect_greeting(c, &preauth);
+    c->greeting_preauth = preauth;
+    if (r == 0)
+        client_greeting_note(c);
+    return r;
+}
+
 /* Sends a SASL response on its own line; "*" cancels the exchange. */
 static void client_sasl_send(struct imap_client *c, const unsigned char *data, size_t len,
                              bool cancel)
@@ -392,7 +467,7 @@ static void client_sasl_answer(struct imap_client *c, struct sasl *sasl, const c
  * reader coroutine does not run yet.
  */
 static struct imap_cmd *client_sasl(struct imap_client *c, enum sasl_mech mech, const char *secret,
-                                    char *sasl_err, size_t errlen)
+                                    char *sasl_err, size_t errlen, bool *after_sent)
 {
     const struct server_config *cfg = c->cfg;
     struct sasl *sasl = sasl_new(mech, cfg->username, secret);
@@ -414,9 +489,18 @@ static struct imap_cmd *client_sasl(struct imap_client *c, enum sasl_mech mech, 
         explicit_bzero(b64, strlen(b64));
         free(b64);
         sasl_secret_free(&first, first_len);
+        /* the whole exchange on one line, no security layer after it: what
+         * follows the login rides along where the server takes it */
+        if (cmd && mech == SASL_PLAIN && c->auth_pipelining) {
+            client_send_after_login(c);
+            *after_sent = true;
+        }
     } else {
         cmd = imap_client_send(c, "AUTHENTICATE %a", sasl_mech_name(mech));
     }
+    int gr = cmd ? client_greeting_ahead(c) : 0;
+    if (gr < 0)
+        client_break(c, gr);
     while (cmd && !cmd->done && !c->broken) {
         const struct imap_response *resp;
         int rc = client_read_response(c, &resp);
@@ -506,29 +590,37 @@ static int client_authenticate(struct imap_client *c)
 
     char sasl_err[256] = "";
     struct imap_cmd *cmd;
+    bool after_sent = false;
     if (!sasl) {
         /* LOGIN takes astrings; 8-bit passwords would need a literal */
         cmd = imap_client_send(c, "LOGIN %s %s", cfg->username, secret);
     } else {
-        cmd = client_sasl(c, mech, secret, sasl_err, sizeof sasl_err);
+        cmd = client_sasl(c, mech, secret, sasl_err, sizeof sasl_err, &after_sent);
     }
     secret_free(&secret);
     if (!cmd)
         return -ENOMEM;
-    /* Behind LOGIN the first commands share its round trip. Nothing may
-     * follow an AUTHENTICATE before its tagged reply: the server reads the
-     * lines after it as the SASL exchange (Cyrus misreads them even after
-     * the exchange ends), and a security layer could start right after. */
-    if (!sasl)
+    /* Behind LOGIN the first commands share its round trip. In general
+     * nothing may follow an AUTHENTICATE before its tagged reply: the
+     * server may read the lines after it as the SASL exchange (Cyrus does,
+     * even after the exchange ends), and a security layer could start
+     * right after. client_sasl() makes the exception for a server known to
+     * take them behind a one-line PLAIN exchange. */
+    if (!sasl) {
         client_send_after_login(c);
-    r = imap_cmd_wait(cmd);
+        after_sent = true;
+    }
+    r = client_greeting_ahead(c);
+    if (r == 0)
+        r = imap_cmd_wait(cmd);
     bool caps_in_reply = cmd->code && strcasecmp(cmd->code, "CAPABILITY") == 0;
     if (sasl && r == 0) {
         /* the capabilities of the reply are known now: what the server
          * advertised on an earlier connection no longer counts */
         if (caps_in_reply)
             c->caps_final = true;
-        client_send_after_login(c);
+        if (!after_sent)
+            client_send_after_login(c);
     }
     if ((r == ERR_NO || r == ERR_BAD) && sasl_err[0]) {
         client_set_error(c, "%s: authentication failed (%s): %s; the server said: %s", cfg->name,
@@ -615,6 +707,11 @@ static int connect_greeting(struct imap_client *c, bool *preauth)
     }
     *preauth = g->status == IMAP_STATUS_PREAUTH;
     client_note_status_code(c, g);
+    /* Dovecot hands the commands that follow a login to the session it
+     * starts, AUTHENTICATE included; other servers may not (see
+     * client_authenticate). Trusted only when the greeting names it; a
+     * greeting changed by its administrator costs the round trip. */
+    c->auth_pipelining = g->text && strstr(g->text, "Dovecot") != NULL;
     return 0;
 }
 
@@ -669,7 +766,57 @@ static int connect_login(struct imap_client *c, bool preauth)
         return 0;
     if (want_starttls && (r = connect_starttls(c)) < 0)
         return r;
+    client_greeting_note(c);
     return client_authenticate(c);
+}
+
+/*
+ * The login of an imaps connection sent right behind the TLS handshake,
+ * chosen from the capabilities of the greeting remembered from an earlier
+ * connection (the connection is already authenticated and encrypted: the
+ * greeting tells nothing that protects the credentials); the greeting is
+ * read behind it. Should that login fail while the greeting differs from
+ * the remembered one, the server changed: the login is done again from
+ * its greeting, and what went out behind the first one (refused, the
+ * session not being authenticated) is sent again or, for the login
+ * hook's commands, left to the caller, which sees them fail.
+ */
+static int connect_login_ahead(struct imap_client *c)
+{
+    int r = client_caps_presume(c, c->greeting_memory);
+    if (r < 0)
+        return r;
+    bool sasl = false, preauth = false;
+    enum sasl_mech mech = SASL_PLAIN;
+    if (client_pick_mechanism(c, &sasl, &mech) < 0) {
+        /* nothing to send ahead: the usual way */
+        client_caps_clear(c);
+        r = connect_greeting(c, &preauth);
+        return r < 0 ? r : connect_login(c, preauth);
+    }
+    log_debug(c->log, c->cfg->name, NULL, "login sent ahead of the greeting, as remembered: %s",
+              c->greeting_memory);
+    c->auth_pipelining = c->greeting_memory[0] == '+';
+    c->greeting_pending = true;
+    r = client_authenticate(c);
+    if (c->greeting_pending)
+        return r; /* failed before anything went out */
+    if (c->greeting_preauth) {
+        /* authenticated whatever the login said: as after a PREAUTH
+         * greeting, with the capabilities asked for */
+        c->need_caps = true;
+        return c->broken ? c->broken_code : 0;
+    }
+    bool stale = !c->greeting_seen || strcmp(c->greeting_seen, c->greeting_memory) != 0;
+    if (r != ERR_AUTH || !stale || c->broken)
+        return r;
+    log_debug(c->log, c->cfg->name, NULL,
+              "the greeting differs from the remembered one (%s): login again",
+              c->greeting_seen ? c->greeting_seen : "no capabilities");
+    c->enable_sent = false;
+    imap_cmd_free(&c->compress_cmd);
+    c->login_hook = NULL;
+    return connect_login(c, false);
 }
 
 /* The opening sequence is over: responses are read by a coroutine of
@@ -697,10 +844,14 @@ int imap_client_connect(struct imap_client *c)
     c->login_deadline = stream_clock_ms() + (uint64_t)cfg->login_timeout * 1000;
     bool preauth = false;
     int r = connect_transport(c);
-    if (r == 0)
-        r = connect_greeting(c, &preauth);
-    if (r == 0)
-        r = connect_login(c, preauth);
+    if (r == 0 && cfg->type == SERVER_IMAPS && c->greeting_memory) {
+        r = connect_login_ahead(c);
+    } else {
+        if (r == 0)
+            r = connect_greeting(c, &preauth);
+        if (r == 0)
+            r = connect_login(c, preauth);
+    }
     if (r == 0)
         r = client_enable_compress(c);
     if (r == 0 && c->need_caps)

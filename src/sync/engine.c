@@ -180,6 +180,7 @@ void sync_engine_free(struct sync_engine **pe)
     for (int s = 0; s < 2; s++) {
         listing_fini(&e->listing[s]);
         free(e->caps[s]);
+        free(e->greeting[s]);
     }
     if (e->ignore_re)
         pcre2_code_free(e->ignore_re);

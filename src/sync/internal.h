@@ -291,6 +291,10 @@ struct sync_engine {
     bool caps_new[2];   /* nothing was remembered for these settings */
     bool caps_dirty[2]; /* to be written to the database */
     bool tell_tier[2];  /* the tier is to be said (caps_tell) */
+    /* each server's greeting (imap_client_greeting(), remembered beside
+     * caps[]: the next connection sends its login ahead of it) */
+    char *greeting[2];
+    bool greeting_dirty[2];
     /* whether each server reports a new HIGHESTMODSEQ after APPEND
      * (STATE_APPEND_HMS_*, 0 not known yet; remembered with caps[]) */
     int append_hms[2];

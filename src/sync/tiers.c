@@ -1,7 +1,8 @@
 /*
  * Capability tiers: what each server offers for finding changes (enum
  * tier), remembering what it advertised so that the next run can send
- * extension commands behind the login, and the ways of finding changes
+ * extension commands behind the login (and, from its greeting, the login
+ * itself behind the TLS handshake), and the ways of finding changes
  * on a server without QRESYNC: the commands sent behind its SELECT, and
  * the per-message flag records of a server without mod-sequences.
  */
@@ -57,7 +58,8 @@ static void caps_key(const struct server_config *sc, char out[20])
 
 /* Before connecting: what each server advertised last time (from this
  * process's previous connection, or from the database) is what the login
- * may be followed by. */
+ * may be followed by, and what its greeting said is what the login may
+ * go out without waiting for. */
 void caps_load(struct sync_engine *e)
 {
     for (int s = 0; s < 2; s++) {
@@ -69,8 +71,16 @@ void caps_load(struct sync_engine *e)
                                               &e->append_hms[s])
                           : 0;
             e->caps_new[s] = f != 1;
+            /* the greeting is kept on a line of its own behind them */
+            char *nl = e->caps[s] ? strchr(e->caps[s], '\n') : NULL;
+            if (nl) {
+                *nl = '\0';
+                free(e->greeting[s]);
+                e->greeting[s] = strdup(nl + 1); /* (without it: a round trip lost) */
+            }
         }
         imap_client_expect_caps(e->client[s], e->caps[s]);
+        imap_client_expect_greeting(e->client[s], e->greeting[s]);
         e->tier[s] = tier_of(e->client[s]);
     }
 }
@@ -100,6 +110,15 @@ void caps_adopt(struct sync_engine *e)
         } else {
             free(caps);
         }
+        const char *greeting = imap_client_greeting(e->client[s]);
+        if (greeting && (!e->greeting[s] || strcmp(greeting, e->greeting[s]) != 0)) {
+            char *copy = strdup(greeting);
+            if (copy) {
+                free(e->greeting[s]);
+                e->greeting[s] = copy;
+                e->greeting_dirty[s] = true;
+            }
+        }
     }
 }
 
@@ -119,16 +138,27 @@ void caps_tell(struct sync_engine *e)
 int caps_save(struct sync_engine *e)
 {
     for (int s = 0; s < 2; s++) {
-        if (!e->caps_dirty[s])
+        if (!e->caps_dirty[s] && !e->greeting_dirty[s])
             continue;
         if (!e->caps[s])
             continue;
-        if (state_db_caps_set(e->db, (enum side)s, e->capkey[s], e->caps[s], e->append_hms[s]) <
-            0) {
+        /* the capabilities, then the greeting on a line of its own (an
+         * older version takes the line for part of the last capability,
+         * which costs it at most a round trip) */
+        const char *g = e->greeting[s];
+        size_t len = strlen(e->caps[s]) + (g ? strlen(g) + 1 : 0) + 1;
+        char *text = malloc(len);
+        if (!text)
+            return -ENOMEM;
+        snprintf(text, len, "%s%s%s", e->caps[s], g ? "\n" : "", g ? g : "");
+        int r = state_db_caps_set(e->db, (enum side)s, e->capkey[s], text, e->append_hms[s]);
+        free(text);
+        if (r < 0) {
             log_error(e->log, "database", NULL, "%s", state_db_error(e->db));
             return ERR_DB;
         }
         e->caps_dirty[s] = false;
+        e->greeting_dirty[s] = false;
     }
     return 0;
 }

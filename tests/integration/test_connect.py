@@ -4,6 +4,7 @@ refusals: each bad case must end with one clear error line, a non-zero
 exit, and no credential sent."""
 
 import os
+import sqlite3
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -248,6 +249,97 @@ def test_list_asked_again_without_list_status():
         fake.wait()
         check_eq(fake.errors, [], "the fake server's script ran to its end")
         check_refused(r, "that was the question")
+
+
+def side_lines(r, side):
+    return [l[len(side) + 2:] for l in r.err.splitlines() if l.startswith(side + ": ")]
+
+
+def first_index(lines, prefix):
+    for i, l in enumerate(lines):
+        if l.startswith(prefix):
+            return i
+    raise AssertionError("no line starting with %r in %r" % (prefix, lines))
+
+
+def remembered_greeting(p, side):
+    db = sqlite3.connect(p.db)
+    try:
+        row = db.execute("SELECT capabilities FROM capabilities WHERE side = ?",
+                         (0 if side == "local" else 1,)).fetchone()
+    finally:
+        db.close()
+    check(row is not None, "capabilities remembered for %s" % side)
+    text = row[0]
+    return text.split("\n", 1)[1] if "\n" in text else None
+
+
+def test_login_ahead_of_the_greeting():
+    """Once a run has seen the imaps server's greeting, the next sends its
+    login right behind the TLS handshake, with the first commands behind
+    it (Dovecot takes them behind AUTHENTICATE PLAIN), and reads the
+    greeting after; the STARTTLS side still waits for its greeting."""
+    with Pair() as p:
+        seed(p)
+        r = sync_ok(p)
+        check("login sent ahead" not in r.err, "nothing remembered on the first run")
+        greeting_text = remembered_greeting(p, "remote")
+        check(greeting_text is not None and greeting_text.startswith("+ ") and
+              "AUTH=PLAIN" in greeting_text, "the remote greeting remembered: %r" % greeting_text)
+        with p.local.login() as conn:
+            mail.append(conn, "INBOX", MessageGenerator(7).mailbox(1)[0][0])
+        r = sync_ok(p)
+        remote = side_lines(r, "remote")
+        check(any(l.startswith("login sent ahead of the greeting") for l in remote),
+              "remote login sent ahead: %r" % remote[:6])
+        auth = first_index(remote, "C: 1 AUTHENTICATE PLAIN")
+        greet = first_index(remote, "S: * OK [CAPABILITY")
+        check(auth < greet, "AUTHENTICATE before the greeting was read")
+        check(first_index(remote, "C: 2 ENABLE QRESYNC") < first_index(remote, "S: 1 OK"),
+              "ENABLE behind AUTHENTICATE, before its reply")
+        check(first_index(remote, 'C: 4 LIST "" "*" RETURN') < first_index(remote, "S: 1 OK"),
+              "the listing behind AUTHENTICATE, before its reply")
+        local = side_lines(r, "local")
+        check(not any(l.startswith("login sent ahead") for l in local),
+              "the STARTTLS side reads its greeting first")
+        with p.remote.login() as conn:
+            check_eq(len(mail.uids(conn, "INBOX")), 4, "the new message reached the remote INBOX")
+
+
+def test_login_again_when_the_greeting_changed():
+    """A remembered greeting that no longer holds (here: a mechanism the
+    server stopped offering) makes the login sent ahead fail; the login is
+    done again from the real greeting, the commands that rode behind the
+    failed one are asked again, and the new greeting is remembered."""
+    with Pair(remote_section="auth = SCRAM-SHA-256 PLAIN") as p:
+        seed(p)
+        sync_ok(p)
+        real = remembered_greeting(p, "remote")
+        check(real is not None and "AUTH=SCRAM-SHA-256" not in real,
+              "the server offers no SCRAM: %r" % real)
+        db = sqlite3.connect(p.db)
+        with db:
+            db.execute("UPDATE capabilities SET capabilities = "
+                       "substr(capabilities, 1, instr(capabilities, char(10))) || ? "
+                       "WHERE side = 1", ("+ IMAP4REV1 SASL-IR AUTH=SCRAM-SHA-256 AUTH=PLAIN",))
+        db.close()
+        with p.local.login() as conn:
+            mail.append(conn, "INBOX", MessageGenerator(8).mailbox(1)[0][0])
+        r = sync_ok(p)
+        remote = side_lines(r, "remote")
+        first = first_index(remote, "C: 1 AUTHENTICATE SCRAM-SHA-256")
+        check(first < first_index(remote, "S: * OK [CAPABILITY"), "SCRAM sent ahead of the greeting")
+        check(any(l.startswith("the greeting differs from the remembered one") for l in remote),
+              "the change noticed: %r" % remote[:12])
+        again = [l for l in remote if " AUTHENTICATE PLAIN" in l and l.startswith("C: ")]
+        check(len(again) == 1 and first_index(remote, again[0]) > first,
+              "then PLAIN, from the greeting: %r" % again)
+        with p.remote.login() as conn:
+            check_eq(len(mail.uids(conn, "INBOX")), 4, "the new message reached the remote INBOX")
+        check_eq(remembered_greeting(p, "remote"), real, "the real greeting remembered again")
+        r = sync_ok(p)
+        check(not any(l.startswith("the greeting differs") for l in side_lines(r, "remote")),
+              "the next run logs in ahead without a second try")
 
 
 if __name__ == "__main__":

@@ -163,8 +163,9 @@ char *imap_client_caps_string(const struct imap_client *c);
 
 /*
  * Called during imap_client_connect() once a LOGIN command is sent,
- * before its reply, or once an AUTHENTICATE succeeded (nothing may follow
- * that command before its reply), with ENABLE QRESYNC already sent when
+ * before its reply, or once an AUTHENTICATE succeeded (in general nothing
+ * may follow that command before its reply; behind a one-line PLAIN to
+ * Dovecot, once it is sent), with ENABLE QRESYNC already sent when
  * the server is known to offer it: commands the hook sends (with
  * imap_client_send, not waited for there) share the login's round trip, or
  * the one after it. They may use only what imap_client_may_use() accepts,

@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,14 +26,15 @@ from imapfixture.mail import MessageGenerator  # noqa: E402
 CAPS = b"IMAP4rev1 LITERAL+ ENABLE UIDPLUS CONDSTORE QRESYNC LIST-EXTENDED LIST-STATUS"
 
 
-def fake_pair(fake, p, section=""):
-    """Point [local] at a fake server (plain IMAP, user 'user', password
-    'secret')."""
+def fake_pair(fake, p, section="", kind="imap"):
+    """Point [local] at a fake server (plain IMAP, or imaps with kind,
+    user 'user', password 'secret')."""
     text = open(p.config_path).read()
     head, rest = text.split("[local]", 1)
     _, remote = rest.split("[remote]", 1)
-    local = ("\ntype = imap\nhost = %s\nport = %d\nusername = user\npassword = secret\n"
-             "STARTTLS = NO\n%s\n\n" % (fake.host, fake.port, section))
+    local = ("\ntype = %s\nhost = %s\nport = %d\nusername = user\npassword = secret\n"
+             "%s%s\n\n" % (kind, fake.host, fake.port,
+                           "STARTTLS = NO\n" if kind == "imap" else "", section))
     with open(p.config_path, "w") as f:
         f.write(head + "[local]" + local + "[remote]" + remote)
 
@@ -376,6 +378,49 @@ def test_scram_server_that_does_not_know_the_password():
     check_one_error(r, "local: ERROR: authentication failed (SCRAM-SHA-256)",
                     "without proving that it knows the password")
     fake.assert_never(rb"ENABLE|LIST|SELECT")
+
+
+def settings_digest(*parts):
+    """The database's key of a server's remembered capabilities (FNV-1a
+    over the connection settings, see caps_key in src/sync/tiers.c)."""
+    h = 0xcbf29ce484222325
+    for part in parts:
+        for b in part.encode() + b"\xff":
+            h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
+def test_login_ahead_without_commands_behind_it():
+    """Over imaps, with a greeting remembered from an earlier run, the
+    AUTHENTICATE goes out before the greeting arrives; the remembered
+    greeting did not name Dovecot ('-'), so nothing follows the
+    AUTHENTICATE before its reply."""
+    caps = CAPS + b" SASL-IR AUTH=PLAIN"
+    ahead = [
+        Expect(rb"(?P<tag>\S+) AUTHENTICATE PLAIN (?P<ir>[A-Za-z0-9+/=]+)\r\n"),
+        Silence(0.6),
+        greeting(caps=caps),
+        reply(text=b"[CAPABILITY " + CAPS + b"] logged in"),
+        command(rb"ENABLE QRESYNC"),
+        Send(b"* BYE that is all for this test\r\n"),
+        Close(),
+    ]
+    with FakeImapServer(ahead, implicit_tls=True) as fake, Pair() as p:
+        p.run()  # the database and its tables, from the real servers
+        fake_pair(fake, p, "SSL_CAfile = %s" % fake.ca_file, kind="imaps")
+        key = settings_digest("imaps", fake.host, str(fake.port), "user", "", "")
+        db = sqlite3.connect(p.db)
+        with db:
+            db.execute("INSERT OR REPLACE INTO capabilities (side, server, capabilities) "
+                       "VALUES (0, ?, ?)", (key, CAPS.decode().upper() + "\n- " +
+                                            caps.decode().upper()))
+        db.close()
+        r = p.run("--debug", expect=None)
+        check(fake.wait(), "the session ended")
+        check_eq(fake.errors, [], "script ran to its end")
+        check_plain_ir(fake.sessions[0].captures["ir"])
+        check(r.code != 0 and "that is all" in r.err, "the client read the BYE: %r" % r)
+        check("local: login sent ahead of the greeting" in r.err, "login sent ahead: %r" % r.err)
 
 
 if __name__ == "__main__":

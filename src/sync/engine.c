@@ -77,6 +77,7 @@ static int engine_connect(struct sync_engine *e)
         }
     }
     if (rc < 0) {
+        caps_keep_greeting(e);
         early_list_free(e);
         mbox_free(&e->spec);
         return rc;

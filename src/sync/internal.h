@@ -425,6 +425,7 @@ enum tier tier_of(struct imap_client *c);
 void caps_load(struct sync_engine *e);
 void caps_adopt(struct sync_engine *e);
 void caps_tell(struct sync_engine *e);
+void caps_keep_greeting(struct sync_engine *e);
 int caps_save(struct sync_engine *e);
 int prefetch_send(struct mbox_ctx *m, enum side s);
 int prefetch_wait(struct mbox_ctx *m, enum side s);

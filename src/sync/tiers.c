@@ -122,6 +122,35 @@ void caps_adopt(struct sync_engine *e)
     }
 }
 
+/* After a failed connection: a greeting that differs from the remembered
+ * one replaces it at once, so that the next run does not send its login
+ * ahead the way that failed (a server that misread the commands behind
+ * the login can leave the second login of the same connection failing
+ * too). Best effort: without the table nothing was remembered. */
+void caps_keep_greeting(struct sync_engine *e)
+{
+    for (int s = 0; s < 2; s++) {
+        const char *greeting = e->client[s] ? imap_client_greeting(e->client[s]) : NULL;
+        if (!e->db || !e->caps[s] || !greeting ||
+            (e->greeting[s] && strcmp(greeting, e->greeting[s]) == 0))
+            continue;
+        char *copy = strdup(greeting);
+        if (!copy)
+            continue;
+        free(e->greeting[s]);
+        e->greeting[s] = copy;
+        size_t len = strlen(e->caps[s]) + strlen(copy) + 2;
+        char *text = malloc(len);
+        if (!text)
+            continue;
+        snprintf(text, len, "%s\n%s", e->caps[s], copy);
+        if (state_db_caps_set(e->db, (enum side)s, e->capkey[s], text, e->append_hms[s]) < 0)
+            log_debug(e->log, "database", NULL, "greeting not remembered: %s",
+                      state_db_error(e->db));
+        free(text);
+    }
+}
+
 /* Says which tier a side runs on where caps_adopt found it worth saying;
  * once the servers are listed, so that a run that fails earlier says only
  * why. */

@@ -408,17 +408,80 @@ def test_login_ahead_without_commands_behind_it():
     with FakeImapServer(ahead, implicit_tls=True) as fake, Pair() as p:
         p.run()  # the database and its tables, from the real servers
         fake_pair(fake, p, "SSL_CAfile = %s" % fake.ca_file, kind="imaps")
-        key = settings_digest("imaps", fake.host, str(fake.port), "user", "", "")
-        db = sqlite3.connect(p.db)
-        with db:
-            db.execute("INSERT OR REPLACE INTO capabilities (side, server, capabilities) "
-                       "VALUES (0, ?, ?)", (key, CAPS.decode().upper() + "\n- " +
-                                            caps.decode().upper()))
-        db.close()
+        plant_greeting(p, fake, "- " + caps.decode().upper())
         r = p.run("--debug", expect=None)
         check(fake.wait(), "the session ended")
         check_eq(fake.errors, [], "script ran to its end")
         check_plain_ir(fake.sessions[0].captures["ir"])
+        check(r.code != 0 and "that is all" in r.err, "the client read the BYE: %r" % r)
+        check("local: login sent ahead of the greeting" in r.err, "login sent ahead: %r" % r.err)
+
+
+def plant_greeting(p, fake, greeting_line):
+    """Remembers greeting_line as the greeting of the fake server in [local]
+    (with CAPS as its capabilities after login)."""
+    key = settings_digest("imaps", fake.host, str(fake.port), "user", "", "")
+    db = sqlite3.connect(p.db)
+    with db:
+        db.execute("INSERT OR REPLACE INTO capabilities (side, server, capabilities) "
+                   "VALUES (0, ?, ?)", (key, CAPS.decode().upper() + "\n" + greeting_line))
+    db.close()
+
+
+def remembered_local_greeting(p):
+    db = sqlite3.connect(p.db)
+    row = db.execute("SELECT capabilities FROM capabilities WHERE side = 0").fetchone()
+    db.close()
+    check(row is not None and "\n" in row[0], "a greeting remembered: %r" % (row,))
+    return row[0].split("\n", 1)[1]
+
+
+def test_changed_server_forgotten_after_a_failed_login():
+    """The remembered greeting named Dovecot, but another server answers
+    now: it takes the commands behind the AUTHENTICATE sent ahead for part
+    of the exchange and refuses, and the second login on that connection
+    fails too. The run fails, but the new greeting replaces the remembered
+    one at once: the next run sends its login ahead without commands
+    behind it."""
+    caps = CAPS + b" SASL-IR AUTH=PLAIN"
+    now = CAPS + b" ID SASL-IR AUTH=PLAIN"
+    confused = [
+        Expect(rb"(?P<auth>\S+) AUTHENTICATE PLAIN (?P<ir>[A-Za-z0-9+/=]+)\r\n"),
+        command(rb"ENABLE QRESYNC"),
+        greeting(caps=now),
+        Send(b"{auth} NO confused by what followed\r\n"),
+        Expect(rb"\S+ AUTHENTICATE PLAIN [A-Za-z0-9+/=]+\r\n"),
+        Send(b"* BYE still confused\r\n"),
+        Close(),
+    ]
+    ahead = [
+        Expect(rb"(?P<tag>\S+) AUTHENTICATE PLAIN (?P<ir>[A-Za-z0-9+/=]+)\r\n"),
+        Silence(0.6),
+        greeting(caps=now),
+        reply(text=b"[CAPABILITY " + CAPS + b"] logged in"),
+        command(rb"ENABLE QRESYNC"),
+        Send(b"* BYE that is all for this test\r\n"),
+        Close(),
+    ]
+    with Pair() as p:
+        p.run()  # the database and its tables, from the real servers
+        with FakeImapServer(confused, implicit_tls=True, ca=p.ca) as fake:
+            fake_pair(fake, p, "SSL_CAfile = %s" % fake.ca_file, kind="imaps")
+            plant_greeting(p, fake, "+ " + caps.decode().upper())
+            r = p.run("--debug", expect=None)
+            check(fake.wait(), "the first session ended")
+            check_eq(fake.errors, [], "first script ran to its end")
+            port = fake.port
+        check(r.code != 0 and "still confused" in r.err, "the run failed on the BYE: %r" % r.err)
+        check("local: the greeting differs from the remembered one" in r.err,
+              "the change noticed: %r" % r.err)
+        check_eq(remembered_local_greeting(p), "- " + now.decode().upper(),
+                 "the new greeting remembered, without commands behind AUTHENTICATE")
+        with FakeImapServer(ahead, implicit_tls=True, port=port, ca=p.ca) as fake:
+            check_eq(fake.port, port, "the same port again")
+            r = p.run("--debug", expect=None)
+            check(fake.wait(), "the second session ended")
+            check_eq(fake.errors, [], "second script ran to its end")
         check(r.code != 0 and "that is all" in r.err, "the client read the BYE: %r" % r)
         check("local: login sent ahead of the greeting" in r.err, "login sent ahead: %r" % r.err)
 

@@ -39,6 +39,7 @@
 #include "imap/command.h"
 #include "imap/values.h"
 #include "util/array.h"
+#include "util/nameindex.h"
 #include "util/uidset.h"
 #include "log.h"
 #include "progress.h"
@@ -112,6 +113,9 @@ struct listed {
 struct listing {
     struct listed *items;
     size_t count, cap;
+    /* the items by key and by server name (lookups over thousands of
+     * mailboxes would otherwise compare with each) */
+    struct nameindex by_key, by_name;
     char delimiter; /* '\0' for a flat namespace (NIL) */
     bool delimiter_known;
     bool with_status; /* the LIST asked for STATUS (LIST-STATUS) */

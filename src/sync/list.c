@@ -15,18 +15,54 @@ void listing_fini(struct listing *l)
         free(l->items[i].key);
     }
     free(l->items);
+    nameindex_fini(&l->by_key);
+    nameindex_fini(&l->by_name);
     memset(l, 0, sizeof *l);
 }
 
+static const char *listed_key_at(const void *ctx, size_t pos, size_t *len)
+{
+    const struct listing *l = ctx;
+    *len = l->items[pos].keylen;
+    return l->items[pos].key;
+}
+
+static const char *listed_name_at(const void *ctx, size_t pos, size_t *len)
+{
+    const struct listing *l = ctx;
+    *len = strlen(l->items[pos].server_name);
+    return l->items[pos].server_name;
+}
+
+/* Indexes the item just added (see struct listing); without memory the
+ * lookups compare with each item, as they can. */
+static void listing_index_last(struct listing *l)
+{
+    if (!l->by_key.name)
+        nameindex_init(&l->by_key, listed_key_at, l);
+    if (!l->by_name.name)
+        nameindex_init(&l->by_name, listed_name_at, l);
+    nameindex_add(&l->by_key);
+    nameindex_add(&l->by_name);
+}
+
 /* Refused names (listing_check_names) are not found: nothing is done
- * with them on either side. */
+ * with them on either side. The first item of the listing with that key
+ * that is not refused. */
 struct listed *listing_find(struct listing *l, const char *key, size_t keylen)
 {
-    for (size_t i = 0; i < l->count; i++)
-        if (!l->items[i].refused && l->items[i].keylen == keylen &&
-            memcmp(l->items[i].key, key, keylen) == 0)
-            return &l->items[i];
-    return NULL;
+    if (l->by_key.failed || l->by_key.count != l->count) {
+        for (size_t i = 0; i < l->count; i++)
+            if (!l->items[i].refused && l->items[i].keylen == keylen &&
+                memcmp(l->items[i].key, key, keylen) == 0)
+                return &l->items[i];
+        return NULL;
+    }
+    size_t cursor = 0, best = SIZE_MAX, pos;
+    while ((pos = nameindex_next(&l->by_key, key, keylen, &cursor)) != SIZE_MAX)
+        if (pos < best && !l->items[pos].refused)
+            best = pos;
+    return best == SIZE_MAX ? NULL : &l->items[best];
 }
 
 /* Internal name -> server name: NUL -> delimiter, reference prefixed. */
@@ -68,6 +104,14 @@ char *pretty_name(struct sync_engine *e, const char *key, size_t keylen)
 static struct listed *listed_by_name(struct listing *l, const char *n, size_t nlen,
                                      bool inbox_any_case)
 {
+    /* server names are listed once each (list_list): the one with that
+     * name, found by the index, unless INBOX may be spelled otherwise */
+    bool inbox = inbox_any_case && nlen == 5 && strncasecmp(n, "INBOX", 5) == 0;
+    if (!inbox && !l->by_name.failed && l->by_name.count == l->count) {
+        size_t cursor = 0;
+        size_t pos = nameindex_next(&l->by_name, n, nlen, &cursor);
+        return pos == SIZE_MAX ? NULL : &l->items[pos];
+    }
     for (size_t j = 0; j < l->count; j++) {
         struct listed *it = &l->items[j == 0 ? l->count - 1 : j - 1];
         size_t len = strlen(it->server_name);
@@ -137,6 +181,7 @@ static void listed_add(struct listing *l, const char *n, size_t nlen, size_t rl,
     it->selectable = selectable;
     it->subscribed = subscribed;
     l->count++;
+    listing_index_last(l);
 }
 
 /* An untagged LIST: the delimiter (LIST "" ""), or a mailbox. */

@@ -91,12 +91,24 @@ struct list_merge {
     struct sync_engine *e;
     struct mbox_work *work;
     size_t n;
+    struct nameindex by_key; /* the work list by key */
     struct pending_create *creates;
     size_t ncreate;
 };
 
+static const char *work_key_at(const void *ctx, size_t pos, size_t *len)
+{
+    const struct list_merge *mg = ctx;
+    *len = mg->work[pos].keylen;
+    return mg->work[pos].key;
+}
+
 static bool merge_has(const struct list_merge *mg, const char *key, size_t keylen)
 {
+    if (!mg->by_key.failed && mg->by_key.count == mg->n) {
+        size_t cursor = 0;
+        return nameindex_next(&mg->by_key, key, keylen, &cursor) != SIZE_MAX;
+    }
     for (size_t k = 0; k < mg->n; k++)
         if (mg->work[k].keylen == keylen && memcmp(mg->work[k].key, key, keylen) == 0)
             return true;
@@ -199,6 +211,7 @@ static int merge_one(struct list_merge *mg, const struct listed *it)
     w->keylen = it->keylen;
     w->idx = idx;
     mg->n++;
+    nameindex_add(&mg->by_key); /* (without memory, merge_has compares with each) */
     return 0;
 }
 
@@ -240,6 +253,7 @@ int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size_t *nou
 {
     size_t cap = e->listing[0].count + e->listing[1].count + 1;
     struct list_merge mg = {.e = e};
+    nameindex_init(&mg.by_key, work_key_at, &mg);
     mg.work = calloc(cap, sizeof *mg.work);
     mg.creates = calloc(cap, sizeof *mg.creates);
     if (!mg.work || !mg.creates) {
@@ -252,6 +266,7 @@ int sync_mailbox_list(struct sync_engine *e, struct mbox_work **out, size_t *nou
         for (size_t i = 0; i < e->listing[s].count && rc == 0; i++)
             rc = merge_one(&mg, &e->listing[s].items[i]);
     rc = merge_settle_creates(&mg, rc);
+    nameindex_fini(&mg.by_key);
     free(mg.creates);
     size_t o = 0;
     for (size_t k = 0; k < mg.n; k++) {

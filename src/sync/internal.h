@@ -83,9 +83,10 @@ enum {
 /* and, where every message's flags are read (a side without
  * mod-sequences), what each costs twice: a change and its record */
 #define SIDE_MEMORY_PER_PLAIN_MESSAGE ((size_t)256)
-/* Mailboxes one server may list: each costs a few hundred bytes and the
- * merge of both lists is quadratic; accounts with more folders than this
- * are not known to exist. */
+/* The largest INBOX selected ahead, behind the login (speculative_inbox) */
+#define SPECULATE_MAX_MESSAGES 10000
+/* Mailboxes one server may list: each costs a few hundred bytes;
+ * accounts with more folders than this are not known to exist. */
 #define LISTING_MAX 20000
 /* Refused responses reported one by one per mailbox and side; beyond, one
  * line counts the rest (a server must not flood the log). */

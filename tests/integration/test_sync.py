@@ -413,6 +413,38 @@ def test_inbox_selected_behind_the_login():
         check_eq(r.err, "", "nor anything with -q")
 
 
+def test_large_inbox_not_selected_behind_the_login():
+    """An INBOX of more than 10,000 messages is not selected ahead: a run
+    where it did not change sends no SELECT at all, and one where it did
+    selects it after the listing and propagates the change."""
+    small = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: s\r\n\r\nbody\r\n", (), 1700000000)
+    with Pair() as p:
+        mail.fill(p.local, {"INBOX": [small] * 10001, "A": [small] * 3})
+        p.run()
+        r = p.run("--debug")
+        check("remote: C: 1 AUTHENTICATE" in r.err, "the run logged its commands")
+        check(not re.search(r"C: \d+ SELECT INBOX", r.err), "no SELECT of the large INBOX")
+        check("nothing to do" in r.err, "nothing to do: %r" % r.err[-300:])
+        rc = p.login("remote")
+        try:
+            mail.expunge(rc, "INBOX", mail.uids(rc, "INBOX")[:1])
+        finally:
+            rc.logout()
+        r = p.run("--debug")
+        for side in ("local", "remote"):
+            lines = r.err.splitlines()
+            sel = [k for k, l in enumerate(lines) if re.search(side + r": C: \d+ SELECT INBOX", l)]
+            status = [k for k, l in enumerate(lines) if re.search(side + r": S: \d+ OK List", l)]
+            check_eq(len(sel), 1, "%s: INBOX selected once" % side)
+            check(status and sel and sel[0] > status[-1],
+                  "%s: after the listing was answered" % side)
+        lc = p.login("local")
+        try:
+            check_eq(len(mail.uids(lc, "INBOX")), 10000, "the expunge propagated")
+        finally:
+            lc.logout()
+
+
 class ClosedStripper:
     """A relay in front of a real Dovecot that drops the server's
     `* OK [CLOSED]` lines, like a server that does not mark where the

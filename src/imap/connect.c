@@ -490,8 +490,10 @@ static struct imap_cmd *client_sasl(struct imap_client *c, enum sasl_mech mech, 
         free(b64);
         sasl_secret_free(&first, first_len);
         /* the whole exchange on one line, no security layer after it: what
-         * follows the login rides along where the server takes it */
-        if (cmd && mech == SASL_PLAIN && c->auth_pipelining) {
+         * follows the login rides along where the server takes it, and
+         * where what the server offers once logged in is remembered (a
+         * first run's listing waits for it, to ask for what it offers) */
+        if (cmd && mech == SASL_PLAIN && c->auth_pipelining && c->nexpected > 0) {
             client_send_after_login(c);
             *after_sent = true;
         }

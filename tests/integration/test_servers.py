@@ -495,10 +495,18 @@ def pairing(kind, role):
 
 
 def connections(log, side):
-    """The trace of side cut at each greeting: one piece per connection."""
-    pieces, cur = [], None
+    """The trace of side cut at each greeting, or where the login went out
+    ahead of it (imaps, a greeting remembered): one piece per connection."""
+    pieces, cur, ahead = [], None, False
     for line in log.splitlines():
-        if re.match(r"^%s: S: \* (OK \[CAPABILITY |PREAUTH)" % side, line):
+        greeting = re.match(r"^%s: S: \* (OK \[CAPABILITY |PREAUTH)" % side, line)
+        if line.startswith("%s: login sent ahead of the greeting" % side):
+            ahead = True
+            cur = []
+            pieces.append(cur)
+        elif greeting and ahead:
+            ahead = False  # the greeting of the connection just begun
+        elif greeting:
             cur = []
             pieces.append(cur)
         if cur is not None:

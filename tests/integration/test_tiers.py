@@ -109,6 +109,7 @@ def summary(r):
     what is left tells what the run did."""
     return [l for l in r.err.splitlines() if not re.match(r"^\S+: [CS]: ", l)
             and "TLS established" not in l and "COMPRESS=DEFLATE active" not in l
+            and "login sent ahead of the greeting" not in l
             and ": tier " not in l and "IMAP traffic (bytes)" not in l
             and not (l.startswith("Done: ") and l.endswith("nothing to do"))]
 

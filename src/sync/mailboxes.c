@@ -110,7 +110,8 @@ static bool merge_has(const struct list_merge *mg, const char *key, size_t keyle
         return nameindex_next(&mg->by_key, key, keylen, &cursor) != SIZE_MAX;
     }
     for (size_t k = 0; k < mg->n; k++)
-        if (mg->work[k].keylen == keylen && memcmp(mg->work[k].key, key, keylen) == 0)
+        if (mg->work[k].key && mg->work[k].keylen == keylen &&
+            memcmp(mg->work[k].key, key, keylen) == 0)
             return true;
     return false;
 }

@@ -394,7 +394,7 @@ int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_
 }
 
 /* Ends the open APPEND and waits until every answer is recorded; the
- * target UIDs of the copies are added to `appended`. Returns 0 or the
+ * target UIDs of the copies are added to `appended` (unless NULL). Returns 0 or the
  * first error met while recording. */
 int copy_finish(struct new_copy *cp, struct uidset *appended)
 {
@@ -412,7 +412,7 @@ int copy_finish(struct new_copy *cp, struct uidset *appended)
         copy_record(cp, b);
         free(b);
     }
-    for (size_t i = 0; i < cp->appended.count; i++)
+    for (size_t i = 0; appended && i < cp->appended.count; i++)
         mbox_note(cp->m, uidset_add(appended, cp->appended.uids[i]));
     if (rc == 0)
         rc = cp->record_error;

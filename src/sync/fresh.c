@@ -355,19 +355,19 @@ static int copy_pass(struct fresh_window *w)
     imap_client_release(e->client[s], &rt);
     if (rc == 0)
         rc = pr;
-    for (size_t i = 0; i < w->n; i++) {
-        struct fresh_slot *sl = &w->slots[i];
-        struct uidset appended;
-        uidset_init(&appended);
-        if (sl->copying && copy_finish(&sl->cp, &appended) != 0)
-            sl->fate = FATE_FAILED;
-        uidset_fini(&appended);
-    }
+    /* the answers, in order (the check compares with `made`) */
+    for (size_t i = 0; i < w->n; i++)
+        if (w->slots[i].copying && copy_finish(&w->slots[i].cp, NULL) != 0)
+            w->slots[i].fate = FATE_FAILED;
     return engine_broken(e) ? -EIO : rc;
 }
 
 /* Pass 2: every mailbox examined on the target, with its messages'
- * flags. Returns < 0 when a connection broke. */
+ * flags. It waits for the APPENDs' answers (copy_pass) rather than riding
+ * behind them: a server may answer a command sent behind an APPEND from a
+ * view of the mailbox that lacks some of the copies (Dovecot runs them
+ * side by side), and the check would then miss them. Returns < 0 when a
+ * connection broke. */
 static int check_pass(struct fresh_window *w)
 {
     struct sync_engine *e = w->e;

@@ -98,11 +98,16 @@ def uids_by_msgid(conn, mailbox):
 
 
 # -- scenarios ------------------------------------------------------------------
+
+# What only the windows of new mailboxes and arrivals send (their check of
+# the target), so that a scenario can tell it went through them.
+WINDOW_CHECK = "UID FETCH (UID FLAGS)"
 #
 # setup(acct) prepares an account and returns a dict: args (the command to
 # kill), origin ({Message-ID: side}), and optionally avoid_boxes,
 # avoid_msgs (what the changes during the outage leave alone), rename
-# (old name -> new name), inbox (where deliveries go during the outage).
+# (old name -> new name), inbox (where deliveries go during the outage),
+# sent ([(side, verb)] the reference run must send: the path taken).
 
 
 def sc_initial(acct):
@@ -110,7 +115,9 @@ def sc_initial(acct):
     non-ASCII names."""
     origin = fill_both(acct, {"INBOX": 14, "Archive/2023": 10, "Été": 6},
                        {"INBOX": 8, "Sent": 10})
-    return {"args": [], "origin": origin}
+    # the two mailboxes created on the remote side go through a window
+    # (its check lists their flags there)
+    return {"args": [], "origin": origin, "sent": [("remote", WINDOW_CHECK)]}
 
 
 def synced(acct, local, remote):
@@ -206,7 +213,8 @@ def sc_created(acct):
             conn.logout()
     append_new(acct, "local", "New/Sub", "cl", 10, origin)
     append_new(acct, "remote", "Autre été", "cr", 7, origin)
-    return {"args": [], "origin": origin}
+    both = [("remote", WINDOW_CHECK), ("local", WINDOW_CHECK)]
+    return {"args": [], "origin": origin, "sent": both}
 
 
 def sc_fresh(acct):
@@ -214,7 +222,8 @@ def sc_fresh(acct):
     copied a window at a time (their commands in flight together)."""
     origin = fill_both(acct, {"INBOX": 3, "F1": 4, "F2/Sub": 3, "F3": 5, "Fé": 2},
                        {"G1": 4, "G2": 3, "G3/Deep": 2}, tag="f")
-    return {"args": [], "origin": origin}
+    both = [("remote", WINDOW_CHECK), ("local", WINDOW_CHECK)]
+    return {"args": [], "origin": origin, "sent": both}
 
 
 def sc_arrivals(acct):
@@ -223,7 +232,7 @@ def sc_arrivals(acct):
     origin = synced(acct, {"INBOX": 2, "K1": 3, "K2": 2, "K3/Sub": 2}, {"K4": 2})
     for name, n in (("K1", 4), ("K2", 2), ("K3/Sub", 3), ("K4", 2)):
         append_new(acct, "remote", name, "a" + name[:2], n, origin)
-    return {"args": [], "origin": origin}
+    return {"args": [], "origin": origin, "sent": [("local", WINDOW_CHECK)]}
 
 
 def sc_rename(acct):
@@ -293,6 +302,10 @@ def reference(env, setup):
     acct = env.account()
     info = setup(acct)
     commands = record(env, lambda: acct.run(info["args"]))
+    # the path the scenario is about was taken (its commands were sent)
+    for side, verb in info.get("sent", ()):
+        check(any(s == side and c.verb == verb for _t, s, c in commands),
+              "the reference run sent %s to the %s server" % (verb, side))
     st = acct.state()
     diff = describe_diff(st["remote"], st["local"], "reference")
     check(not diff, "the uninterrupted run leaves the servers different:\n" + "\n".join(diff))

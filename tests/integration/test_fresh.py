@@ -201,8 +201,13 @@ def test_perl_tool_takes_over_the_database():
         mail.fill(p.local, spec_of("l", LOCAL_ONLY))
         mail.fill(p.remote, spec_of("r", REMOTE_ONLY))
         r = p.run("--debug")
-        check("EXAMINE" in r.err and "left to the per-mailbox path" not in r.err,
-              "the windows took the mailboxes")
+        fresh = set(LOCAL_ONLY) | set(REMOTE_ONLY)
+        for side in ("local", "remote"):
+            check_eq(set(selected_names(r.err, side, "SELECT")) & fresh, set(),
+                     "%s: no fresh mailbox selected on its own" % side)
+            check_eq(set(selected_names(r.err, side, "EXAMINE")) & fresh, fresh,
+                     "%s: every fresh mailbox examined by the windows" % side)
+        check("left to the per-mailbox path" not in r.err, "none left the windows")
         p.assert_in_step()
         perl = p.run_perl()
         check(not re.search(r"Added|message\(s\) added|ERROR|WARNING", perl.err),

@@ -12,6 +12,7 @@ a byte tap. Every test checks, besides its own outcome:
     under AddressSanitizer, whose shadow memory would dominate).
 """
 
+import hashlib
 import os
 import random
 import re
@@ -362,6 +363,39 @@ def test_flag_literal_injection_into_append():
         check(not [c for c in cmds if c.name == "APPEND" and b"INBOX" in c.raw[:40]],
               "no message of the refused kind was appended to INBOX")
         check_local_intact(h)
+
+
+def test_window_fetch_beyond_its_range_refused():
+    """Mailboxes only on this server are copied a window at a time, each
+    FETCH asking for the UIDs below the UIDNEXT the listing gave. A message
+    answered beyond that range (which the saved state would then pass
+    over, and the next run copy again) is refused, not copied."""
+    extra = body(77)
+    sent = []
+
+    def inject(data):
+        if b"BODY[]" not in data:
+            return data
+        sent.append(True)
+        return (b'* 9 FETCH (UID 40 FLAGS () INTERNALDATE "01-Jan-2024 10:00:00 +0000" '
+                b"BODY[] {%d}\r\n" % len(extra) + extra + b")\r\n" + data)
+    srv = Rewrite("UID FETCH", inject)
+    for name in (b"X", b"Y"):
+        srv.mailbox(name).add(body(1))
+        srv.mailbox(name).add(body(2), ["\\Seen"])
+    with Hostile(srv) as h:
+        r = h.run("--debug")
+        check(sent, "the message beyond the range was sent")
+        check(re.search(r"remote: C: \d+ UID FETCH 1:2 \(", r.err),
+              "the window asked for the UIDs below the listed UIDNEXT")
+        check_run(r, EXIT_PARTIAL, r"remote\(X\): ERROR: the server returned UID 40, which was "
+                  r"not asked for", errors=None)
+        snap = h.local_snapshot()
+        for name in ("X", "Y"):
+            check(hashlib.sha256(extra).hexdigest() not in
+                  [m.sha256 for m in snap.mailboxes[name].messages],
+                  "%s: the message beyond the range was not copied" % name)
+            check_eq(len(snap.mailboxes[name].messages), 2, "%s: the two asked for" % name)
 
 
 def test_date_literal_injection_into_append():

@@ -394,8 +394,8 @@ int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_
 }
 
 /* Ends the open APPEND and waits until every answer is recorded; the
- * target UIDs of the copies are added to `appended` (unless NULL). Returns 0 or the
- * first error met while recording. */
+ * target UIDs of the copies are added to `appended` (unless NULL).
+ * Returns 0 or the first error met while recording. */
 int copy_finish(struct new_copy *cp, struct uidset *appended)
 {
     int rc = copy_close(cp);

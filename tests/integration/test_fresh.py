@@ -192,6 +192,42 @@ def test_arrivals_in_known_mailboxes():
         check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
 
 
+def turnarounds(boxes, arrivals=False):
+    """Turn-arounds on the remote link of a first run copying `boxes` new
+    mailboxes to it, or (arrivals) of a run copying one new message in
+    each of them from it, the mailboxes known already."""
+    with Pair() as p:
+        relays = p.use_relays(("remote",))
+        spec = {"M%03d" % b: [(make_message("t%d" % b, i), (), idate(i)) for i in range(2)]
+                for b in range(boxes)}
+        mail.fill(p.local, spec)
+        if arrivals:
+            p.run()
+            conn = p.login("remote")
+            try:
+                for b, name in enumerate(spec):
+                    mail.append(conn, name, make_message("n%d" % b, 0), (), idate(5))
+            finally:
+                conn.logout()
+        relays["remote"].ctl.reset()
+        r = p.run("--debug")
+        turns = relays["remote"].ctl.stats()["turnarounds"]
+        check_eq(set(selected_names(r.err, "remote", "SELECT")) & set(spec), set(),
+                 "%d mailboxes: none selected on its own (the windows took them)" % boxes)
+        p.assert_in_step()
+        return turns
+
+
+def test_round_trips_do_not_grow_with_the_mailboxes():
+    """The remote link waits as often for 40 new mailboxes as for 4, and
+    for new mail in 40 known mailboxes as in 4: a window's commands are in
+    flight together."""
+    few, many = turnarounds(4), turnarounds(40)
+    check(many <= few + 1, "copying 40 new mailboxes: %d turn-arounds, 4: %d" % (many, few))
+    few, many = turnarounds(4, arrivals=True), turnarounds(40, arrivals=True)
+    check(many <= few + 1, "arrivals in 40 mailboxes: %d turn-arounds, 4: %d" % (many, few))
+
+
 def test_perl_tool_takes_over_the_database():
     """The database the windows leave is one the Perl interimap 0.5.7
     continues from: it finds nothing to do, then propagates a change."""

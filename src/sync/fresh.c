@@ -10,13 +10,19 @@
  *  1. copy: the source server gets at once, for every mailbox of the
  *     window, an EXAMINE and a UID FETCH of every message below the
  *     UIDNEXT its listing gave (from the saved UIDNEXT on, for a known
- *     mailbox, whose EXAMINE with QRESYNC must report no other change); each message streams into
- * an APPEND to the target as it comes, journaled as on the per-mailbox path, and the answers are
- * recorded once all are in;
+ *     mailbox, whose EXAMINE with QRESYNC must report no other change);
+ *     each message streams into an APPEND to the target as it comes,
+ *     journaled as on the per-mailbox path, and the answers are recorded
+ *     once all are in;
  *  2. check: the target server gets at once, for every mailbox, an
  *     EXAMINE and a UID FETCH of every message's flags (from the saved
  *     UIDNEXT on, for a known one): each must hold exactly our copies
  *     there, with the flags we gave them, and no other change.
+ *
+ * A known mailbox with new messages on both sides (an exchange) has its
+ * own windows: a copy pass from each side, then a check of each, which
+ * must list that side's own new messages as they were copied, then our
+ * copies into it.
  *
  * The state of the mailboxes that passed is saved in one transaction. A
  * mailbox that did not is left to the per-mailbox path, which finds
@@ -31,6 +37,9 @@
 #include "internal.h"
 
 enum {
+    /* what fresh_source gives for a mailbox with new messages on both
+     * sides (else the side to copy from, or -1) */
+    FRESH_BOTH = 2,
     /* mailboxes per window: their commands are in flight together */
     FRESH_WINDOW = 256,
     /* below this, the per-mailbox path costs no more round trips */
@@ -47,23 +56,24 @@ struct fresh_seen {
 /* One mailbox of a window. */
 struct fresh_slot {
     struct mbox_ctx *m;
-    size_t at;   /* its index in the work list */
-    size_t rank; /* its number on the progress line */
-    struct new_copy cp;
-    bool copying;                /* cp was set up (the source has messages) */
-    struct imap_cmd *examine[2]; /* per side: its EXAMINE */
+    size_t at;                   /* its index in the work list */
+    size_t rank;                 /* its number on the progress line */
+    struct new_copy cp[2];       /* per source side: the copy from it */
+    bool copying[2];             /* cp[s] was set up (s has messages to copy) */
+    bool closed[2];              /* cp[s]'s last APPEND was ended (slot_close) */
+    struct imap_cmd *examine[2]; /* per side: its latest EXAMINE */
     struct imap_cmd *fetch[2];   /* ... and the FETCH behind it */
-    struct fresh_seen seen[2];
-    size_t nfound; /* messages the check found as we copied them */
-    bool closed;   /* its last APPEND was ended (slot_close) */
-    int close_rc;  /* ... and what that gave */
-    bool confused; /* the check got a response it could not read */
+    struct fresh_seen seen[2];   /* ... and what that EXAMINE said */
+    size_t nfound[2];            /* per checked side: messages found as expected */
+    int close_rc;                /* what ending the last APPENDs gave */
+    bool confused;               /* the check got a response it could not read */
     enum fate fate;
 };
 
 struct fresh_window {
     struct sync_engine *e;
-    enum side src;
+    enum side src; /* the source of the copy pass running */
+    bool both;     /* an exchange: each side is a source, then checked */
     struct fresh_slot *slots;
     size_t n;
 };
@@ -99,9 +109,9 @@ static void slot_close(struct fresh_window *w, struct fresh_slot *sl)
     struct sync_engine *e = w->e;
     struct mbox_ctx *m = sl->m;
     enum side s = w->src;
-    if (sl->closed)
+    if (sl->closed[s])
         return;
-    sl->closed = true;
+    sl->closed[s] = true;
     if (!m->have_row[s] && sl->seen[s].uidvalidity && sl->examine[s] &&
         imap_cmd_done(sl->examine[s]) && imap_cmd_result(sl->examine[s]) == 0) {
         /* as the per-mailbox path's SELECT does: the source's row exists
@@ -114,12 +124,12 @@ static void slot_close(struct fresh_window *w, struct fresh_slot *sl)
             m->db[s] = (struct state_side){sl->seen[s].uidvalidity, 0, 0};
         }
     }
-    if (sl->copying && copy_close(&sl->cp) < 0 && !sl->close_rc)
+    if (sl->copying[s] && copy_close(&sl->cp[s]) < 0 && !sl->close_rc)
         sl->close_rc = -ENOMEM;
     /* the buffer that held each header as it streamed: not needed while
      * the rest of the window is copied (one per mailbox would add up) */
-    if (sl->copying)
-        fp_scan_fini(&sl->cp.scan);
+    if (sl->copying[s])
+        fp_scan_fini(&sl->cp[s].scan);
 }
 
 /* The mailbox the response being read belongs to, or NULL. */
@@ -164,21 +174,44 @@ static void seen_note(struct fresh_seen *seen, const struct imap_response *r)
         imap_value_u64(&r->code_args[0], &seen->highestmodseq);
 }
 
+/* How many messages the check on side t expects to find: those copied
+ * from t in an exchange (its own new ones), then our copies into t. */
+static size_t expected_count(const struct fresh_slot *sl, enum side t)
+{
+    return (sl->copying[t] ? sl->cp[t].nmade : 0) +
+           (sl->copying[OTHER(t)] ? sl->cp[OTHER(t)].nmade : 0);
+}
+
+/* The i-th message the check on side t expects: its UID there and its
+ * flags. */
+static void expected_at(const struct fresh_slot *sl, enum side t, size_t i, uint32_t *uid,
+                        const char **flags)
+{
+    size_t own = sl->copying[t] ? sl->cp[t].nmade : 0;
+    const struct copy_made *made = i < own ? &sl->cp[t].made[i] : &sl->cp[OTHER(t)].made[i - own];
+    *uid = i < own ? made->suid : made->tuid;
+    *flags = made->flags;
+}
+
 /*
- * A message the check listed on the target: it must be the next of our
- * copies. Both come in UID order (a server gives the messages it adds
- * ascending UIDs, and lists them ascending), so each is compared as it
- * comes, and nothing of the listing is kept.
+ * A message the check listed on side t: it must be the next one expected
+ * there. Both come in UID order (a server gives the messages it adds
+ * ascending UIDs, and lists them ascending; t's own new messages are
+ * below the UIDNEXT its listing gave, our copies above), so each is
+ * compared as it comes, and nothing of the listing is kept.
  */
-static void found_note(struct fresh_slot *sl, const struct imap_response *r)
+static void found_note(struct fresh_slot *sl, enum side t, const struct imap_response *r)
 {
     struct imap_fetch f;
     char why[200];
-    size_t nmade = sl->copying ? sl->cp.nmade : 0;
+    uint32_t uid = 0;
+    const char *want = NULL;
     if (sl->confused)
         return;
+    if (sl->nfound[t] < expected_count(sl, t))
+        expected_at(sl, t, sl->nfound[t], &uid, &want);
     if (imap_fetch_parse(&r->args[2], false, &f, why, sizeof why) < 0 || !f.uid || !f.flags ||
-        sl->nfound >= nmade || sl->cp.made[sl->nfound].tuid != f.uid) {
+        !want || uid != f.uid) {
         sl->confused = true;
         return;
     }
@@ -187,9 +220,9 @@ static void found_note(struct fresh_slot *sl, const struct imap_response *r)
         mbox_note(sl->m, -ENOMEM);
         return;
     }
-    if (strcmp(flags, sl->cp.made[sl->nfound].flags) != 0)
+    if (strcmp(flags, want) != 0)
         sl->confused = true;
-    sl->nfound++;
+    sl->nfound[t]++;
     free(flags);
 }
 
@@ -229,7 +262,7 @@ static void route_untagged(void *ctx, const struct imap_response *r)
     if (rt->check && !imap_cmd_done(sl->examine[rt->side]))
         examined_note(sl, rt->side, r);
     else if (rt->check)
-        found_note(sl, r);
+        found_note(sl, rt->side, r);
     else
         selected_untagged(&sl->m->st[rt->side], r); /* a message to copy, or a change */
 }
@@ -281,11 +314,16 @@ static void copy_send(struct fresh_window *w, struct fresh_slot *sl)
     uint32_t from = m->known ? m->db[s].uidnext : 1;
     if (m->status_uidnext[s] <= from)
         return; /* nothing new */
-    copy_init(&sl->cp, m, s);
-    sl->cp.deferred = true;
-    sl->copying = true;
+    struct new_copy *cp = &sl->cp[s];
+    copy_init(cp, m, s);
+    cp->deferred = true;
+    sl->copying[s] = true;
+    /* the target's own messages, new ones included (an exchange), are
+     * below the UIDNEXT its listing gave */
     if (m->known)
-        sl->cp.bound = m->db[OTHER(s)].uidnext;
+        cp->bound = m->status_uidnext[OTHER(s)] > m->db[OTHER(s)].uidnext
+                        ? m->status_uidnext[OTHER(s)]
+                        : m->db[OTHER(s)].uidnext;
     /* what the answer may hold: UIDs below the listing's UIDNEXT,
      * ascending, each once */
     st->fetch_from = from;
@@ -293,7 +331,7 @@ static void copy_send(struct fresh_window *w, struct fresh_slot *sl)
     st->fetch_skip = NULL;
     st->last_new_uid = 0;
     st->streamed_uid = 0;
-    st->copy = &sl->cp;
+    st->copy = cp;
     sl->fetch[s] = imap_client_send(st->c, "UID FETCH %u:%u (%a INTERNALDATE BODY.PEEK[])", from,
                                     m->status_uidnext[s] - 1, fetch_flags_items(st));
 }
@@ -320,10 +358,10 @@ static int copy_end(struct fresh_window *w, struct fresh_slot *sl)
     enum side t = OTHER(w->src);
     m->st[w->src].copy = NULL;
     slot_close(w, sl); /* the last ones: the reader is past them */
-    if (sl->copying && sl->cp.error) {
+    if (sl->copying[w->src] && sl->cp[w->src].error) {
         log_error(w->e->log, side_name[t], m->st[t].mailbox, "copying new messages failed: %s",
                   imap_client_reason(m->st[t].c));
-        return sl->cp.error;
+        return sl->cp[w->src].error;
     }
     return sl->close_rc ? sl->close_rc : side_error(m);
 }
@@ -337,19 +375,26 @@ static int copy_pass(struct fresh_window *w)
     enum side s = w->src, t = OTHER(s);
     struct fresh_route rt = {.w = w, .side = s};
     struct imap_mailbox_state scratch;
+    /* (an exchange's second copy pass leaves out what the first failed) */
+    bool *in = calloc(w->n, sizeof *in);
+    if (!in)
+        return -ENOMEM;
     memset(&scratch, 0, sizeof scratch);
     imap_client_select_now(e->client[s], &route_handler, &rt, &scratch);
     imap_client_hold(e->client[s]);
     /* the copies' small pieces leave in full buffers, not one write each */
     imap_client_hold(e->client[t]);
-    for (size_t i = 0; i < w->n; i++)
-        copy_send(w, &w->slots[i]);
+    for (size_t i = 0; i < w->n; i++) {
+        in[i] = w->slots[i].fate == FATE_OPEN;
+        if (in[i])
+            copy_send(w, &w->slots[i]);
+    }
     int rc = imap_client_push(e->client[s]);
     for (size_t i = 0; i < w->n; i++)
-        if (copy_wait(w, &w->slots[i]) != 0)
+        if (in[i] && copy_wait(w, &w->slots[i]) != 0)
             w->slots[i].fate = FATE_FAILED;
     for (size_t i = 0; i < w->n; i++)
-        if (copy_end(w, &w->slots[i]) != 0)
+        if (in[i] && copy_end(w, &w->slots[i]) != 0)
             w->slots[i].fate = FATE_FAILED;
     int pr = imap_client_push(e->client[t]);
     imap_client_release(e->client[s], &rt);
@@ -357,21 +402,21 @@ static int copy_pass(struct fresh_window *w)
         rc = pr;
     /* the answers, in order (the check compares with `made`) */
     for (size_t i = 0; i < w->n; i++)
-        if (w->slots[i].copying && copy_finish(&w->slots[i].cp, NULL) != 0)
+        if (in[i] && w->slots[i].copying[s] && copy_finish(&w->slots[i].cp[s], NULL) != 0)
             w->slots[i].fate = FATE_FAILED;
+    free(in);
     return engine_broken(e) ? -EIO : rc;
 }
 
-/* Pass 2: every mailbox examined on the target, with its messages'
- * flags. It waits for the APPENDs' answers (copy_pass) rather than riding
- * behind them: a server may answer a command sent behind an APPEND from a
- * view of the mailbox that lacks some of the copies (Dovecot runs them
- * side by side), and the check would then miss them. Returns < 0 when a
- * connection broke. */
-static int check_pass(struct fresh_window *w)
+/* Pass 2: every mailbox examined on side t (the target; in an exchange,
+ * each side in turn), with its messages' flags. It waits for the APPENDs'
+ * answers (copy_pass) rather than riding behind them: a server may answer
+ * a command sent behind an APPEND from a view of the mailbox that lacks
+ * some of the copies (Dovecot runs them side by side), and the check
+ * would then miss them. Returns < 0 when a connection broke. */
+static int check_pass(struct fresh_window *w, enum side t)
 {
     struct sync_engine *e = w->e;
-    enum side t = OTHER(w->src);
     struct imap_client *c = e->client[t];
     struct fresh_route rt = {.w = w, .side = t, .check = true};
     struct imap_mailbox_state scratch;
@@ -382,6 +427,9 @@ static int check_pass(struct fresh_window *w)
         struct fresh_slot *sl = &w->slots[i];
         if (sl->fate != FATE_OPEN)
             continue;
+        /* an exchange's copy pass from t, answered */
+        imap_cmd_free(&sl->examine[t]);
+        imap_cmd_free(&sl->fetch[t]);
         sl->examine[t] = examine_send(sl->m, t);
         sl->fetch[t] = imap_client_send(c, "UID FETCH %u:* (UID FLAGS)",
                                         sl->m->known ? sl->m->db[t].uidnext : 1);
@@ -400,40 +448,64 @@ static int check_pass(struct fresh_window *w)
     return engine_broken(e) ? -EIO : rc;
 }
 
-/* Whether the target holds our copies and nothing else, each with the
- * flags it was given, and both EXAMINEs said what the state needs. */
-static bool slot_checks(struct fresh_window *w, struct fresh_slot *sl)
+/* Whether side t was checked: the target, or either side of an
+ * exchange. */
+static bool slot_checked(const struct fresh_window *w, enum side t)
 {
-    enum side s = w->src, t = OTHER(s);
-    struct mbox_ctx *m = sl->m;
-    const struct fresh_seen *src = &sl->seen[s], *dst = &sl->seen[t];
-    /* a known mailbox: its saved UIDVALIDITY, and no change reported on
-     * the source but new messages */
-    if (m->known &&
-        (src->uidvalidity != m->db[s].uidvalidity || dst->uidvalidity != m->db[t].uidvalidity ||
-         m->st[s].nchanges || m->st[s].vanished.count))
-        return false;
-    if (sl->confused || src->uidvalidity != m->status_uidvalidity[s] || src->nomodseq ||
-        !src->highestmodseq || dst->nomodseq || !dst->highestmodseq || !dst->uidvalidity ||
-        !dst->uidnext)
-        return false;
-    size_t nmade = sl->copying ? sl->cp.nmade : 0;
-    if (nmade != sl->nfound || (nmade && dst->uidvalidity != sl->cp.uidvalidity))
-        return false;
-    return !nmade || dst->uidnext > sl->cp.made[nmade - 1].tuid;
+    return w->both || t != w->src;
 }
 
-/* The saved state of a mailbox that passed, in the open transaction:
- * the source's listing UIDNEXT (every message below was fetched) and its
- * EXAMINE's HIGHESTMODSEQ; the target's EXAMINE's UIDNEXT and
- * HIGHESTMODSEQ (it held our copies and nothing else). */
+/* Whether the checked side t holds what was expected there and nothing
+ * else, each message with the flags it was given, our copies under the
+ * UIDVALIDITY their APPENDs gave and below the UIDNEXT its EXAMINE gave. */
+static bool side_checks(const struct fresh_slot *sl, enum side t)
+{
+    const struct fresh_seen *seen = &sl->seen[t];
+    const struct new_copy *in = &sl->cp[OTHER(t)];
+    size_t nin = sl->copying[OTHER(t)] ? in->nmade : 0;
+    if (!seen->uidnext || sl->nfound[t] != expected_count(sl, t))
+        return false;
+    return !nin || (seen->uidvalidity == in->uidvalidity && seen->uidnext > in->made[nin - 1].tuid);
+}
+
+/* Whether the window may save the mailbox: each checked side held what
+ * was expected, and every EXAMINE said what the state needs. */
+static bool slot_checks(const struct fresh_window *w, const struct fresh_slot *sl)
+{
+    const struct mbox_ctx *m = sl->m;
+    if (sl->confused)
+        return false;
+    for (int x = 0; x < 2; x++) {
+        enum side s = (enum side)x;
+        const struct fresh_seen *seen = &sl->seen[s];
+        /* a known mailbox: its saved UIDVALIDITY, and no change reported
+         * on a source but new messages */
+        if (m->known && (seen->uidvalidity != m->db[s].uidvalidity || m->st[s].nchanges ||
+                         m->st[s].vanished.count))
+            return false;
+        if (!seen->uidvalidity || seen->nomodseq || !seen->highestmodseq)
+            return false;
+        /* a source: the mailbox its listing described */
+        if ((w->both || s == w->src) && seen->uidvalidity != m->status_uidvalidity[s])
+            return false;
+        if (slot_checked(w, s) && !side_checks(sl, s))
+            return false;
+    }
+    return true;
+}
+
+/* The saved state of a mailbox that passed, in the open transaction: a
+ * checked side's UIDNEXT and HIGHESTMODSEQ as its check's EXAMINE gave
+ * them (it held what was expected and nothing else); the source's, when
+ * it was not checked, its listing UIDNEXT (every message below was
+ * fetched) and its EXAMINE's HIGHESTMODSEQ. */
 static int slot_save(struct fresh_window *w, struct fresh_slot *sl)
 {
     struct state_db *db = w->e->db;
     struct mbox_ctx *m = sl->m;
     uint32_t next[2];
-    next[w->src] = m->status_uidnext[w->src];
-    next[OTHER(w->src)] = sl->seen[OTHER(w->src)].uidnext;
+    for (int s = 0; s < 2; s++)
+        next[s] = slot_checked(w, (enum side)s) ? sl->seen[s].uidnext : m->status_uidnext[s];
     for (int s = 0; s < 2; s++) {
         if (!m->have_row[s] &&
             state_db_side_insert(db, m->idx, (enum side)s, sl->seen[s].uidvalidity) < 0)
@@ -500,8 +572,9 @@ static void window_fini(struct fresh_window *w)
             imap_cmd_free(&sl->examine[s]);
             imap_cmd_free(&sl->fetch[s]);
         }
-        if (sl->copying)
-            copy_fini(&sl->cp);
+        for (int s = 0; s < 2; s++)
+            if (sl->copying[s])
+                copy_fini(&sl->cp[s]);
         mbox_free(&sl->m);
     }
     free(w->slots);
@@ -511,9 +584,24 @@ static void window_fini(struct fresh_window *w)
 /* One window, set up already; < 0 when the run must stop. */
 static int window_run(struct fresh_window *w)
 {
-    int rc = copy_pass(w);
-    if (rc == 0)
-        rc = check_pass(w);
+    int rc = 0;
+    if (w->both) {
+        /* each side's new messages copied to the other, then each side
+         * checked for its own and the other's */
+        w->src = SIDE_REMOTE;
+        rc = copy_pass(w);
+        w->src = SIDE_LOCAL;
+        if (rc == 0)
+            rc = copy_pass(w);
+        if (rc == 0)
+            rc = check_pass(w, SIDE_LOCAL);
+        if (rc == 0)
+            rc = check_pass(w, SIDE_REMOTE);
+    } else {
+        rc = copy_pass(w);
+        if (rc == 0)
+            rc = check_pass(w, OTHER(w->src));
+    }
     /* what was recorded is kept even when a connection broke: it is
      * true, and the journal covers the rest */
     int c = conclude(w);
@@ -525,15 +613,16 @@ static int window_run(struct fresh_window *w)
 
 /*
  * For a mailbox synchronized before: the side to copy from when its only
- * news, by the listing's STATUS, is new messages on that side, else -1.
- * QRESYNC on both servers (the EXAMINEs report what else changed); no
- * copy journal and no pairs above the saved UIDNEXTs (what an interrupted
- * run left is for sync_one).
+ * news, by the listing's STATUS, is new messages on that side;
+ * FRESH_BOTH when both sides have new messages (whatever else changed
+ * there, the EXAMINEs will tell); else -1. QRESYNC on both servers (the
+ * EXAMINEs report what else changed); no copy journal and no pairs above
+ * the saved UIDNEXTs (what an interrupted run left is for sync_one).
  */
 static int known_source(struct mbox_ctx *m, const struct mbox_work *w)
 {
     struct sync_engine *e = m->e;
-    int src = -1;
+    bool news[2];
     if (e->tier[0] != TIER_QRESYNC || e->tier[1] != TIER_QRESYNC)
         return -1;
     for (int s = 0; s < 2; s++) {
@@ -542,16 +631,17 @@ static int known_source(struct mbox_ctx *m, const struct mbox_work *w)
         if (!it || !it->has_status || it->uidvalidity != db->uidvalidity || !db->highestmodseq ||
             db->uidnext <= 1 || it->uidnext < db->uidnext)
             return -1;
-        if (it->uidnext > db->uidnext) {
-            if (src >= 0)
-                return -1; /* new messages on both sides */
-            src = s;
-        } else if (it->highestmodseq != db->highestmodseq) {
-            return -1; /* the target changed too */
-        }
+        news[s] = it->uidnext > db->uidnext;
+        /* a target changed by other means: not for a window */
+        if (!news[s] && it->highestmodseq != db->highestmodseq)
+            return -1;
     }
-    if (src < 0 || !imap_client_has_cap(e->client[OTHER(src)], "UIDPLUS"))
+    if (!news[0] && !news[1])
         return -1;
+    int src = news[0] && news[1] ? FRESH_BOTH : news[0] ? SIDE_LOCAL : SIDE_REMOTE;
+    for (int t = 0; t < 2; t++)
+        if ((src == FRESH_BOTH || t != src) && !imap_client_has_cap(e->client[t], "UIDPLUS"))
+            return -1;
     struct state_copy *rows = NULL;
     size_t nrows = 0;
     struct uidset above[2];
@@ -598,14 +688,20 @@ static int fresh_source(struct mbox_ctx *m, const struct mbox_work *w)
     return paired || nrows ? -1 : (int)s;
 }
 
-/* Sets up the next window: the mailboxes of todo[*k...] whose source is
- * the window's, up to a window's worth. */
+/* What fresh_source gives for the mailboxes of a window. */
+static int window_kind(const struct fresh_window *w)
+{
+    return w->both ? FRESH_BOTH : (int)w->src;
+}
+
+/* Sets up the next window: the mailboxes of todo[*k...] of the window's
+ * kind, up to a window's worth. */
 static int window_fill(struct fresh_window *w, const struct mbox_work *work, const size_t *todo,
                        size_t ntodo, const signed char *take, size_t *k)
 {
     struct sync_engine *e = w->e;
     for (; *k < ntodo && w->n < FRESH_WINDOW; (*k)++) {
-        if (take[*k] != (signed char)w->src)
+        if (take[*k] != (signed char)window_kind(w))
             continue;
         struct mbox_ctx *m = mbox_new(e, &work[todo[*k]], false);
         if (!m)
@@ -651,10 +747,11 @@ bool fresh_wanted(const struct sync_engine *e, const struct mbox_work *work, con
 }
 
 /*
- * Synchronizes, window by window (the remote server's mailboxes first),
- * the mailboxes of `todo` the windows can take, and leaves in `todo` (in
- * their order) the others and those the windows left. Returns < 0 when a
- * connection broke or the database failed: the run stops.
+ * Synchronizes, window by window (the remote server's mailboxes first,
+ * then the local server's, then the exchanges), the mailboxes of `todo`
+ * the windows can take, and leaves in `todo` (in their order) the others
+ * and those the windows left. Returns < 0 when a connection broke or the
+ * database failed: the run stops.
  */
 int fresh_run(struct sync_engine *e, struct mbox_work *work, size_t *todo, size_t *ntodo)
 {
@@ -675,14 +772,17 @@ int fresh_run(struct sync_engine *e, struct mbox_work *work, size_t *todo, size_
         if (take[k] < 0)
             rest[nrest++] = todo[k];
     int rc = 0;
-    for (int d = 0; d < 2 && rc == 0; d++) {
-        struct fresh_window w = {.e = e, .src = d == 0 ? SIDE_REMOTE : SIDE_LOCAL};
+    static const struct fresh_window kinds[] = {
+        {.src = SIDE_REMOTE}, {.src = SIDE_LOCAL}, {.src = SIDE_REMOTE, .both = true}};
+    for (size_t d = 0; d < sizeof kinds / sizeof kinds[0] && rc == 0; d++) {
+        struct fresh_window w = kinds[d];
+        w.e = e;
         size_t k = 0;
         while (k < n && rc == 0) {
             if (e->stop) {
                 /* those not done go back for engine_cycle to pass over */
                 for (; k < n; k++)
-                    if (take[k] == (signed char)w.src)
+                    if (take[k] == (signed char)window_kind(&w))
                         rest[nrest++] = todo[k];
                 break;
             }
@@ -700,7 +800,8 @@ int fresh_run(struct sync_engine *e, struct mbox_work *work, size_t *todo, size_
                 work[w.slots[i].at].created[0] = work[w.slots[i].at].created[1] = false;
             }
             window_fini(&w);
-            w = (struct fresh_window){.e = e, .src = d == 0 ? SIDE_REMOTE : SIDE_LOCAL};
+            w = kinds[d];
+            w.e = e;
         }
     }
     if (rc == 0) {

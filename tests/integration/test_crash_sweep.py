@@ -235,6 +235,18 @@ def sc_arrivals(acct):
     return {"args": [], "origin": origin, "sent": [("local", WINDOW_CHECK)]}
 
 
+def sc_exchange(acct):
+    """Mailboxes synchronized before, new messages on both sides of several
+    of them: each side's copied to the other a window at a time, then
+    each side checked (known mailboxes, both directions)."""
+    origin = synced(acct, {"INBOX": 2, "X1": 3, "X2": 2, "X3/Sub": 2}, {"X4": 2})
+    for name, n in (("X1", 3), ("X2", 2), ("X3/Sub", 3), ("X4", 2)):
+        append_new(acct, "remote", name, "r" + name[:2], n, origin)
+        append_new(acct, "local", name, "l" + name[:2], n + 1, origin)
+    both = [("local", WINDOW_CHECK), ("remote", WINDOW_CHECK)]
+    return {"args": [], "origin": origin, "sent": both}
+
+
 def sc_rename(acct):
     """--rename of a mailbox with a child."""
     origin = synced(acct, {"INBOX": 4, "Proj": 6, "Proj/a": 5}, {"Proj/b": 4})
@@ -288,6 +300,7 @@ SCENARIOS = [
     ("created", sc_created),
     ("fresh", sc_fresh),
     ("arrivals", sc_arrivals),
+    ("exchange", sc_exchange),
     ("rename", sc_rename),
     ("delete", sc_delete),
     ("repair", sc_repair),

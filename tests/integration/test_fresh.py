@@ -192,10 +192,85 @@ def test_arrivals_in_known_mailboxes():
         check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
 
 
-def turnarounds(boxes, arrivals=False):
+def test_exchanges_in_known_mailboxes():
+    """Mailboxes synchronized before, with new messages on both sides: each
+    side's are copied to the other a window at a time, then each side is
+    checked for its own and the other's (no SELECT). During the local
+    side's check another client changes the flags of a local message
+    already copied in one mailbox and, on the remote side, expunges a
+    remote message already copied in another: those two are left to the
+    per-mailbox path, which settles them in the same run. A mailbox whose
+    old message changed too goes through the window's check and is left
+    to the per-mailbox path as well."""
+    boxes = {"X1": 3, "X2": 2, "X3/Sub": 2, "X4": 4, "X5": 1, "X6": 2}
+    with Env(accounts=2) as env:
+        acct = env.account()
+        acct.fill("local", spec_of("x", boxes))
+        acct.run()
+        for side, tag in (("local", "l"), ("remote", "r")):
+            conn = acct.login(side)
+            try:
+                for b, name in enumerate(sorted(boxes)):
+                    for i in range(2):
+                        mail.append(conn, name, make_message("%snew%d" % (tag, b), i),
+                                    ("\\Seen", "$K%d" % i) if i else (), idate(20 + i))
+                if side == "local":
+                    uid = uid_of(conn, "X6", msgid_of("x5", 0))
+                    check(uid is not None, "X6's first message is on the local side")
+                    mail.set_flags(conn, "X6", [uid], ["$Old"])
+            finally:
+                conn.logout()
+
+        def meddle(errors):
+            lc, rc = acct.login("local"), acct.login("remote")
+            try:
+                uid = uid_of(lc, "X1", msgid_of("lnew0", 1))
+                if uid is None or uid_of(rc, "X1", msgid_of("lnew0", 1)) is None:
+                    errors.append("X1's new local message was not copied before the check")
+                else:
+                    mail.set_flags(lc, "X1", [uid], ["$Meddled"])
+                uid = uid_of(rc, "X2", msgid_of("rnew1", 0))
+                if uid is None or uid_of(lc, "X2", msgid_of("rnew1", 0)) is None:
+                    errors.append("X2's new remote message was not copied before the check")
+                else:
+                    mail.expunge(rc, "X2", [uid])
+            finally:
+                lc.logout()
+                rc.logout()
+
+        # the local side's check comes first: its flag listing is held
+        code, text, errors = run_meddling(
+            env, acct, "local", Trap("send", k=1, verb="UID FETCH (UID FLAGS)", keep=True), meddle)
+        check_eq(errors, [], "the changes during the check were made")
+        check_eq(code, 0, "exit status:\n" + text[-3000:])
+        for side in SIDES:
+            for name in ("X3/Sub", "X4", "X5"):
+                check_eq(selected_names(text, side, "SELECT").count(name), 0,
+                         "%s: %s not selected on its own" % (side, name))
+            check(re.search(r"%s: C: \d+ EXAMINE X4 \(QRESYNC \(" % side, text),
+                  "X4 examined from its saved state on the %s side" % side)
+        check_eq(text.count("left to the per-mailbox path"), 3,
+                 "X1, X2 and X6 left the window:\n" + text[-3000:])
+        st = assert_equal_sides(acct)
+        for name in boxes:
+            check_eq(len(st[name]), boxes[name] + 4 - (name == "X2"),
+                     "%s: its messages and the new ones of both sides" % name)
+        x1 = [f for m, f in st["X1"] if m == msgid_of("lnew0", 1)]
+        check_eq(x1, [("$K1", "$Meddled", "\\Seen")], "X1: the change reached the remote side")
+        check(msgid_of("rnew1", 0) not in [m for m, _f in st["X2"]], "X2: the expunge propagated")
+        x6 = [f for m, f in st["X6"] if m == msgid_of("x5", 0)]
+        check_eq(x6, [("$Old", "\\Flagged")], "X6: the old message's change propagated")
+        r = acct.run(["--debug"])
+        check(not re.search(r"C: \d+ (SELECT|EXAMINE) (?!INBOX )", r.err),
+              "the next run selects nothing:\n" + r.err[-3000:])
+        check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
+
+
+def turnarounds(boxes, arrivals=False, both=False):
     """Turn-arounds on the remote link of a first run copying `boxes` new
     mailboxes to it, or (arrivals) of a run copying one new message in
-    each of them from it, the mailboxes known already."""
+    each of them from it, the mailboxes known already (both: and one from
+    the local side to it)."""
     with Pair() as p:
         relays = p.use_relays(("remote",))
         spec = {"M%03d" % b: [(make_message("t%d" % b, i), (), idate(i)) for i in range(2)]
@@ -203,12 +278,14 @@ def turnarounds(boxes, arrivals=False):
         mail.fill(p.local, spec)
         if arrivals:
             p.run()
-            conn = p.login("remote")
-            try:
-                for b, name in enumerate(spec):
-                    mail.append(conn, name, make_message("n%d" % b, 0), (), idate(5))
-            finally:
-                conn.logout()
+            for side in ("remote", "local") if both else ("remote",):
+                conn = p.login(side)
+                try:
+                    for b, name in enumerate(spec):
+                        mail.append(conn, name, make_message("n%s%d" % (side, b), 0), (),
+                                    idate(5))
+                finally:
+                    conn.logout()
         relays["remote"].ctl.reset()
         r = p.run("--debug")
         turns = relays["remote"].ctl.stats()["turnarounds"]
@@ -220,12 +297,15 @@ def turnarounds(boxes, arrivals=False):
 
 def test_round_trips_do_not_grow_with_the_mailboxes():
     """The remote link waits as often for 40 new mailboxes as for 4, and
-    for new mail in 40 known mailboxes as in 4: a window's commands are in
-    flight together."""
+    for new mail in 40 known mailboxes as in 4, on one side or on both: a
+    window's commands are in flight together."""
     few, many = turnarounds(4), turnarounds(40)
     check(many <= few + 1, "copying 40 new mailboxes: %d turn-arounds, 4: %d" % (many, few))
     few, many = turnarounds(4, arrivals=True), turnarounds(40, arrivals=True)
     check(many <= few + 1, "arrivals in 40 mailboxes: %d turn-arounds, 4: %d" % (many, few))
+    few, many = turnarounds(4, True, True), turnarounds(40, True, True)
+    check(many <= few + 1, "new mail on both sides of 40 mailboxes: %d turn-arounds, 4: %d"
+          % (many, few))
 
 
 def test_perl_tool_takes_over_the_database():

@@ -192,11 +192,14 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
         set_msg(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    /* read-write only: the file exists by now, and SQLite would create a
-     * missing one with the umask's mode */
+    /* never SQLITE_OPEN_CREATE: the file exists by now, and SQLite would
+     * create a missing one with the umask's mode. A read-only caller gets
+     * a read-write handle too (SQLite falls back to reading only where
+     * the file cannot be written) with query_only set: a database in
+     * write-ahead-log mode cannot be read through a read-only handle
+     * unless its log exists. */
     bool ro = flags & STATE_DB_READ_ONLY;
-    if (sqlite3_open_v2(path, &db->h, ro ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE, NULL) !=
-        SQLITE_OK) {
+    if (sqlite3_open_v2(path, &db->h, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
         set_msg(err, errlen, "cannot open database %s: %s", path,
                 db->h ? sqlite3_errmsg(db->h) : "out of memory");
         rc = ERR_DB;
@@ -208,7 +211,8 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
      * closes; an empty exclusive transaction takes the strongest lock now,
      * before any network traffic, so a second instance fails at once.
      */
-    if (sqlite3_exec(db->h, "PRAGMA locking_mode = EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK) {
+    if (sqlite3_exec(db->h, "PRAGMA locking_mode = EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK ||
+        (ro && sqlite3_exec(db->h, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK)) {
         set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
         rc = ERR_DB;
         goto fail;
@@ -224,6 +228,22 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
         goto fail;
     }
     if (r != SQLITE_OK || sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
+        rc = ERR_DB;
+        goto fail;
+    }
+    /*
+     * Once the lock is held (a second instance would wait on this), a
+     * write-ahead log: a commit costs one sync of the log instead of
+     * the rollback journal's three or four (journal, its header, the
+     * database), and runs commit often (every APPEND is journaled before
+     * its last byte), so this is most of a run's local cost when the
+     * servers answer fast. Commits stay durable (synchronous is FULL, the
+     * default). The mode is recorded in the file; the Perl tool's SQLite
+     * reads such a database as any other, and in exclusive locking mode
+     * no shared-memory file is needed.
+     */
+    if (!ro && sqlite3_exec(db->h, "PRAGMA journal_mode = WAL", NULL, NULL, NULL) != SQLITE_OK) {
         set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
         rc = ERR_DB;
         goto fail;

@@ -448,6 +448,34 @@ static int check_pass(struct fresh_window *w, enum side t)
     return engine_broken(e) ? -EIO : rc;
 }
 
+/* One side's check in an exchange, run beside the other's. */
+struct check_job {
+    struct fresh_window *w;
+    enum side t;
+    int rc;
+};
+
+static void check_main(struct coro *self, void *arg)
+{
+    (void)self;
+    struct check_job *job = arg;
+    job->rc = check_pass(job->w, job->t);
+}
+
+/* An exchange's checks, both sides at once (each holds only its own
+ * connection, and writes only its own side's findings). */
+static int check_both(struct fresh_window *w)
+{
+    struct check_job remote = {w, SIDE_REMOTE, 0};
+    struct coro *co = coro_spawn(w->e->sched, check_main, &remote, 0);
+    int rc = check_pass(w, SIDE_LOCAL);
+    if (co)
+        coro_join(coro_current(w->e->sched), co);
+    else if (rc == 0)
+        remote.rc = check_pass(w, SIDE_REMOTE);
+    return rc < 0 ? rc : remote.rc;
+}
+
 /* Whether side t was checked: the target, or either side of an
  * exchange. */
 static bool slot_checked(const struct fresh_window *w, enum side t)
@@ -594,9 +622,7 @@ static int window_run(struct fresh_window *w)
         if (rc == 0)
             rc = copy_pass(w);
         if (rc == 0)
-            rc = check_pass(w, SIDE_LOCAL);
-        if (rc == 0)
-            rc = check_pass(w, SIDE_REMOTE);
+            rc = check_both(w);
     } else {
         rc = copy_pass(w);
         if (rc == 0)

@@ -192,78 +192,94 @@ def test_arrivals_in_known_mailboxes():
         check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
 
 
+EXCHANGE_BOXES = {"X1": 3, "X2": 2, "X3/Sub": 2, "X4": 4, "X5": 1, "X6": 2}
+
+
+def exchange_setup(acct):
+    """Mailboxes synchronized, then two new messages on each side of each,
+    and an old message of X6 changed on the local side."""
+    acct.fill("local", spec_of("x", EXCHANGE_BOXES))
+    acct.run()
+    for side, tag in (("local", "l"), ("remote", "r")):
+        conn = acct.login(side)
+        try:
+            for b, name in enumerate(sorted(EXCHANGE_BOXES)):
+                for i in range(2):
+                    mail.append(conn, name, make_message("%snew%d" % (tag, b), i),
+                                ("\\Seen", "$K%d" % i) if i else (), idate(20 + i))
+            if side == "local":
+                uid = uid_of(conn, "X6", msgid_of("x5", 0))
+                check(uid is not None, "X6's first message is on the local side")
+                mail.set_flags(conn, "X6", [uid], ["$Old"])
+        finally:
+            conn.logout()
+
+
+def exchange_meddle(acct, side, errors):
+    """During `side`'s check: on the local side, the flags of a local new
+    message already copied (X1) changed; on the remote side, a remote new
+    message already copied (X2) expunged."""
+    box, msgid = ("X1", msgid_of("lnew0", 1)) if side == "local" else ("X2", msgid_of("rnew1", 0))
+    conn, other = acct.login(side), acct.login("remote" if side == "local" else "local")
+    try:
+        uid = uid_of(conn, box, msgid)
+        if uid is None or uid_of(other, box, msgid) is None:
+            errors.append("%s's new %s message was not copied before the check" % (box, side))
+        elif side == "local":
+            mail.set_flags(conn, box, [uid], ["$Meddled"])
+        else:
+            mail.expunge(conn, box, [uid])
+    finally:
+        conn.logout()
+        other.logout()
+
+
 def test_exchanges_in_known_mailboxes():
     """Mailboxes synchronized before, with new messages on both sides: each
     side's are copied to the other a window at a time, then each side is
-    checked for its own and the other's (no SELECT). During the local
-    side's check another client changes the flags of a local message
-    already copied in one mailbox and, on the remote side, expunges a
-    remote message already copied in another: those two are left to the
-    per-mailbox path, which settles them in the same run. A mailbox whose
-    old message changed too goes through the window's check and is left
-    to the per-mailbox path as well."""
-    boxes = {"X1": 3, "X2": 2, "X3/Sub": 2, "X4": 4, "X5": 1, "X6": 2}
-    with Env(accounts=2) as env:
-        acct = env.account()
-        acct.fill("local", spec_of("x", boxes))
-        acct.run()
-        for side, tag in (("local", "l"), ("remote", "r")):
-            conn = acct.login(side)
-            try:
-                for b, name in enumerate(sorted(boxes)):
-                    for i in range(2):
-                        mail.append(conn, name, make_message("%snew%d" % (tag, b), i),
-                                    ("\\Seen", "$K%d" % i) if i else (), idate(20 + i))
-                if side == "local":
-                    uid = uid_of(conn, "X6", msgid_of("x5", 0))
-                    check(uid is not None, "X6's first message is on the local side")
-                    mail.set_flags(conn, "X6", [uid], ["$Old"])
-            finally:
-                conn.logout()
-
-        def meddle(errors):
-            lc, rc = acct.login("local"), acct.login("remote")
-            try:
-                uid = uid_of(lc, "X1", msgid_of("lnew0", 1))
-                if uid is None or uid_of(rc, "X1", msgid_of("lnew0", 1)) is None:
-                    errors.append("X1's new local message was not copied before the check")
-                else:
-                    mail.set_flags(lc, "X1", [uid], ["$Meddled"])
-                uid = uid_of(rc, "X2", msgid_of("rnew1", 0))
-                if uid is None or uid_of(lc, "X2", msgid_of("rnew1", 0)) is None:
-                    errors.append("X2's new remote message was not copied before the check")
-                else:
-                    mail.expunge(rc, "X2", [uid])
-            finally:
-                lc.logout()
-                rc.logout()
-
-        # the local side's check comes first: its flag listing is held
-        code, text, errors = run_meddling(
-            env, acct, "local", Trap("send", k=1, verb="UID FETCH (UID FLAGS)", keep=True), meddle)
-        check_eq(errors, [], "the changes during the check were made")
-        check_eq(code, 0, "exit status:\n" + text[-3000:])
+    checked for its own and the other's (no SELECT). While one side's
+    check is held, another client changes, on that side, a new message
+    already copied (the flags of a local one; a remote one expunged): that
+    mailbox is left to the per-mailbox path, which settles it in the same
+    run. A mailbox whose old message changed too is left to it as well."""
+    with Env(accounts=4) as env:
         for side in SIDES:
-            for name in ("X3/Sub", "X4", "X5"):
-                check_eq(selected_names(text, side, "SELECT").count(name), 0,
-                         "%s: %s not selected on its own" % (side, name))
-            check(re.search(r"%s: C: \d+ EXAMINE X4 \(QRESYNC \(" % side, text),
-                  "X4 examined from its saved state on the %s side" % side)
-        check_eq(text.count("left to the per-mailbox path"), 3,
-                 "X1, X2 and X6 left the window:\n" + text[-3000:])
-        st = assert_equal_sides(acct)
-        for name in boxes:
-            check_eq(len(st[name]), boxes[name] + 4 - (name == "X2"),
-                     "%s: its messages and the new ones of both sides" % name)
-        x1 = [f for m, f in st["X1"] if m == msgid_of("lnew0", 1)]
-        check_eq(x1, [("$K1", "$Meddled", "\\Seen")], "X1: the change reached the remote side")
-        check(msgid_of("rnew1", 0) not in [m for m, _f in st["X2"]], "X2: the expunge propagated")
-        x6 = [f for m, f in st["X6"] if m == msgid_of("x5", 0)]
-        check_eq(x6, [("$Old", "\\Flagged")], "X6: the old message's change propagated")
-        r = acct.run(["--debug"])
-        check(not re.search(r"C: \d+ (SELECT|EXAMINE) (?!INBOX )", r.err),
-              "the next run selects nothing:\n" + r.err[-3000:])
-        check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
+            acct = env.account()
+            exchange_setup(acct)
+            code, text, errors = run_meddling(
+                env, acct, side, Trap("send", k=1, verb="UID FETCH (UID FLAGS)", keep=True),
+                lambda errors: exchange_meddle(acct, side, errors))
+            check_eq(errors, [], "the change during the %s check was made" % side)
+            check_eq(code, 0, "exit status:\n" + text[-3000:])
+            for s in SIDES:
+                for name in ("X3/Sub", "X4", "X5"):
+                    check_eq(selected_names(text, s, "SELECT").count(name), 0,
+                             "%s: %s not selected on its own" % (s, name))
+                check(re.search(r"%s: C: \d+ EXAMINE X4 \(QRESYNC \(" % s, text),
+                      "X4 examined from its saved state on the %s side" % s)
+            meddled = "X1" if side == "local" else "X2"
+            left = re.findall(r"^(?:local|remote)\((\S+)\): .*\n(?:.*\n)?left to the "
+                              r"per-mailbox path", text, re.M)
+            check_eq(text.count("left to the per-mailbox path"), 2,
+                     "%s and X6 left the window:\n%s" % (meddled, text[-3000:]))
+            check_eq(sorted(set(left)), sorted([meddled, "X6"]), "the mailboxes left")
+            st = assert_equal_sides(acct)
+            for name, n in EXCHANGE_BOXES.items():
+                check_eq(len(st[name]), n + 4 - (name == meddled == "X2"),
+                         "%s: its messages and the new ones of both sides" % name)
+            if side == "local":
+                x1 = [f for m, f in st["X1"] if m == msgid_of("lnew0", 1)]
+                check_eq(x1, [("$K1", "$Meddled", "\\Seen")],
+                         "X1: the change reached the remote side")
+            else:
+                check(msgid_of("rnew1", 0) not in [m for m, _f in st["X2"]],
+                      "X2: the expunge propagated")
+            x6 = [f for m, f in st["X6"] if m == msgid_of("x5", 0)]
+            check_eq(x6, [("$Old", "\\Flagged")], "X6: the old message's change propagated")
+            r = acct.run(["--debug"])
+            check(not re.search(r"C: \d+ (SELECT|EXAMINE) (?!INBOX )", r.err),
+                  "the next run selects nothing:\n" + r.err[-3000:])
+            check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
 
 
 def turnarounds(boxes, arrivals=False, both=False):

@@ -358,6 +358,13 @@ static void test_read_only(void)
     CHECK(state_db_open_flags(path, STATE_DB_READ_ONLY, &r, err, sizeof err) == -EBUSY);
     CHECK(r == NULL);
     state_db_close(&w);
+    /* the writer left it in write-ahead-log mode (header bytes 18 and 19
+     * say 2), its log gone at close: read-only opens must cope with that */
+    size_t hlen = 0;
+    char *head = file_bytes(path, &hlen);
+    CHECK(head && hlen > 19 && head[18] == 2 && head[19] == 2);
+    free(head);
+    CHECK(access(tmp_path("ro.db-wal"), F_OK) < 0);
 
     size_t len0 = 0, len1 = 0;
     char *before = file_bytes(path, &len0);
@@ -371,8 +378,8 @@ static void test_read_only(void)
     bool sub = false;
     CHECK(r && state_db_mailbox_find(r, "INBOX", 5, &found_idx, &sub) == 1 && found_idx == idx &&
           sub);
-    /* writes fail */
-    CHECK(r && state_db_begin(r) == 0 && state_db_mailbox_insert(r, "Other", 5, false, NULL) < 0);
+    /* writes fail: the write transaction is refused, or the write */
+    CHECK(r && (state_db_begin(r) < 0 || state_db_mailbox_insert(r, "Other", 5, false, NULL) < 0));
     if (r)
         state_db_rollback(r);
     /* and a writer cannot start while it is open */

@@ -153,6 +153,59 @@ static int create_file(const char *path, char *err, size_t errlen)
     return rc;
 }
 
+/* The settings and the lock of a database just opened (see
+ * doc/internals/state.md): exclusive locking, taken now; a write-ahead
+ * log for a read-write open, no writes at all for a read-only one. */
+static int db_settle(struct state_db *db, const char *path, bool ro, char *err, size_t errlen)
+{
+    sqlite3_busy_timeout(db->h, BUSY_TIMEOUT_MS);
+    /*
+     * Exclusive locking mode keeps every lock taken until the connection
+     * closes; an empty exclusive transaction takes the strongest lock now,
+     * before any network traffic, so a second instance fails at once.
+     */
+    if (sqlite3_exec(db->h, "PRAGMA locking_mode = EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK ||
+        (ro && sqlite3_exec(db->h, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK)) {
+        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
+        return ERR_DB;
+    }
+    /* read only: a read inside a transaction takes the shared lock, which
+     * the locking mode then keeps */
+    int r =
+        sqlite3_exec(db->h, ro ? "BEGIN; SELECT COUNT(*) FROM sqlite_master" : "BEGIN EXCLUSIVE",
+                     NULL, NULL, NULL);
+    if (r == SQLITE_BUSY || r == SQLITE_LOCKED) {
+        set_msg(err, errlen, "database %s is locked by another interimap instance", path);
+        return -EBUSY;
+    }
+    if (r != SQLITE_OK || sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
+        return ERR_DB;
+    }
+    /*
+     * Once the lock is held (a second instance would wait on this), a
+     * write-ahead log: a commit costs one sync of the log instead of
+     * the rollback journal's three or four (journal, its header, the
+     * database), and runs commit often (every APPEND is journaled before
+     * its last byte), so this is most of a run's local cost when the
+     * servers answer fast. Commits stay durable (synchronous is FULL, the
+     * default). The mode is recorded in the file; the Perl tool's SQLite
+     * reads such a database as any other, and in exclusive locking mode
+     * no shared-memory file is needed.
+     */
+    if (!ro && sqlite3_exec(db->h, "PRAGMA journal_mode = WAL", NULL, NULL, NULL) != SQLITE_OK) {
+        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
+        return ERR_DB;
+    }
+    /* a v0 -> v1 migration drops and recreates the referenced table;
+     * state_db_prepare() turns foreign keys on afterwards */
+    if (sqlite3_exec(db->h, "PRAGMA foreign_keys = OFF", NULL, NULL, NULL) != SQLITE_OK) {
+        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
+        return ERR_DB;
+    }
+    return 0;
+}
+
 int state_db_open(const char *path, struct state_db **out, char *err, size_t errlen)
 {
     return state_db_open_flags(path, 0, out, err, errlen);
@@ -205,56 +258,9 @@ int state_db_open_flags(const char *path, unsigned flags, struct state_db **out,
         rc = ERR_DB;
         goto fail;
     }
-    sqlite3_busy_timeout(db->h, BUSY_TIMEOUT_MS);
-    /*
-     * Exclusive locking mode keeps every lock taken until the connection
-     * closes; an empty exclusive transaction takes the strongest lock now,
-     * before any network traffic, so a second instance fails at once.
-     */
-    if (sqlite3_exec(db->h, "PRAGMA locking_mode = EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK ||
-        (ro && sqlite3_exec(db->h, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK)) {
-        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
-        rc = ERR_DB;
+    rc = db_settle(db, path, ro, err, errlen);
+    if (rc < 0)
         goto fail;
-    }
-    /* read only: a read inside a transaction takes the shared lock, which
-     * the locking mode then keeps */
-    int r =
-        sqlite3_exec(db->h, ro ? "BEGIN; SELECT COUNT(*) FROM sqlite_master" : "BEGIN EXCLUSIVE",
-                     NULL, NULL, NULL);
-    if (r == SQLITE_BUSY || r == SQLITE_LOCKED) {
-        set_msg(err, errlen, "database %s is locked by another interimap instance", path);
-        rc = -EBUSY;
-        goto fail;
-    }
-    if (r != SQLITE_OK || sqlite3_exec(db->h, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
-        rc = ERR_DB;
-        goto fail;
-    }
-    /*
-     * Once the lock is held (a second instance would wait on this), a
-     * write-ahead log: a commit costs one sync of the log instead of
-     * the rollback journal's three or four (journal, its header, the
-     * database), and runs commit often (every APPEND is journaled before
-     * its last byte), so this is most of a run's local cost when the
-     * servers answer fast. Commits stay durable (synchronous is FULL, the
-     * default). The mode is recorded in the file; the Perl tool's SQLite
-     * reads such a database as any other, and in exclusive locking mode
-     * no shared-memory file is needed.
-     */
-    if (!ro && sqlite3_exec(db->h, "PRAGMA journal_mode = WAL", NULL, NULL, NULL) != SQLITE_OK) {
-        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
-        rc = ERR_DB;
-        goto fail;
-    }
-    /* a v0 -> v1 migration drops and recreates the referenced table;
-     * state_db_prepare() turns foreign keys on afterwards */
-    if (sqlite3_exec(db->h, "PRAGMA foreign_keys = OFF", NULL, NULL, NULL) != SQLITE_OK) {
-        set_msg(err, errlen, "database %s: %s", path, sqlite3_errmsg(db->h));
-        rc = ERR_DB;
-        goto fail;
-    }
     db->from_version = -1;
     db->created = created;
     *out = db;

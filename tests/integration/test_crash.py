@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pair import Pair, binary  # noqa: E402
-from imapfixture import check, check_eq, main, mail  # noqa: E402
+from pair import PERL_INTERIMAP, Pair, binary  # noqa: E402
+from imapfixture import check, check_eq, main, mail, skip  # noqa: E402
 from imapfixture.mail import MessageGenerator  # noqa: E402
 
 
@@ -137,6 +137,43 @@ def test_kill_during_flag_and_expunge_propagation():
         # the sample mail has some flagged messages already; ours are added
         flagged = [m for m in b.mailboxes["INBOX"].messages if "\\Flagged" in m.flags]
         check(len(flagged) >= 10, "flags propagated: %d flagged" % len(flagged))
+
+
+def test_perl_tool_continues_after_a_kill():
+    """A killed run leaves its latest commits in the database's
+    write-ahead log, beside the file: the Perl tool opens the database
+    with them and finishes the propagation, then ours finds the servers
+    in step (the commands it had journaled settled against what the Perl
+    tool did)."""
+    if not os.access(PERL_INTERIMAP, os.X_OK):
+        skip("%s is not installed" % PERL_INTERIMAP)
+    with Pair() as p:
+        total = populate(p, seed=6)
+        p.run()
+        check(not os.path.exists(p.db + "-wal"), "a clean run leaves no log behind")
+        lc, rc = p.login("local"), p.login("remote")
+        try:
+            mail.set_flags(lc, "A", mail.uids(lc, "A")[:6], ["$Urgent"])
+            mail.expunge(rc, "R", mail.uids(rc, "R")[:4])
+        finally:
+            lc.logout()
+            rc.logout()
+        run_and_kill(p, r"\((A|R)\): .*flag update", 1)
+        wal = p.db + "-wal"
+        check(os.path.exists(wal) and os.path.getsize(wal) > 0,
+              "the killed run left its commits in %s" % wal)
+        perl = p.run_perl()
+        check("ERROR" not in perl.err and "malformed" not in perl.err,
+              "the Perl tool read the database:\n" + perl.err)
+        check(not os.path.exists(wal), "the Perl tool folded the log back in")
+        a, b = p.assert_in_step()
+        check_eq(a.total(), total - 4, "the expunges propagated")
+        urgent = [m for m in a.mailboxes["A"].messages if "$Urgent" in m.flags]
+        check_eq(len(urgent), 6, "the flags propagated")
+        r = p.run()
+        check("message(s) added" not in r.err, "ours copies nothing afterwards:\n" + r.err)
+        a2, _ = p.assert_in_step()
+        check_eq(a2.total(), total - 4, "and loses nothing")
 
 
 def kill_after(p, delay):

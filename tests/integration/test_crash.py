@@ -119,17 +119,23 @@ def test_repeated_kills_then_changes():
         check_total(p, total + 4)
 
 
+def flag_and_expunge(p, box, nflag, flag, nexpunge):
+    """On the local side, `flag` added to the first nflag messages of box;
+    on the remote side, the first nexpunge messages of R expunged."""
+    lc, rc = p.login("local"), p.login("remote")
+    try:
+        mail.set_flags(lc, box, mail.uids(lc, box)[:nflag], [flag])
+        mail.expunge(rc, "R", mail.uids(rc, "R")[:nexpunge])
+    finally:
+        lc.logout()
+        rc.logout()
+
+
 def test_kill_during_flag_and_expunge_propagation():
     with Pair() as p:
         total = populate(p, seed=5)
         p.run()
-        lc, rc = p.login("local"), p.login("remote")
-        try:
-            mail.set_flags(lc, "INBOX", mail.uids(lc, "INBOX")[:10], ["\\Flagged"])
-            mail.expunge(rc, "R", mail.uids(rc, "R")[:5])
-        finally:
-            lc.logout()
-            rc.logout()
+        flag_and_expunge(p, "INBOX", 10, "\\Flagged", 5)
         run_and_kill(p, r"S: \d+ OK .*(Store|Expunge|STORE|EXPUNGE)", 1)
         p.run()
         a, b = p.assert_in_step()
@@ -151,13 +157,7 @@ def test_perl_tool_continues_after_a_kill():
         total = populate(p, seed=6)
         p.run()
         check(not os.path.exists(p.db + "-wal"), "a clean run leaves no log behind")
-        lc, rc = p.login("local"), p.login("remote")
-        try:
-            mail.set_flags(lc, "A", mail.uids(lc, "A")[:6], ["$Urgent"])
-            mail.expunge(rc, "R", mail.uids(rc, "R")[:4])
-        finally:
-            lc.logout()
-            rc.logout()
+        flag_and_expunge(p, "A", 6, "$Urgent", 4)
         run_and_kill(p, r"\((A|R)\): .*flag update", 1)
         wal = p.db + "-wal"
         check(os.path.exists(wal) and os.path.getsize(wal) > 0,

@@ -58,6 +58,15 @@ def assert_equal_sides(acct):
     return st["local"]
 
 
+def assert_next_run_idle(acct, st):
+    """The next run selects no mailbox but INBOX and changes nothing: both
+    sides still hold `st`."""
+    r = acct.run(["--debug"])
+    check(not re.search(r"C: \d+ (SELECT|EXAMINE) (?!INBOX )", r.err),
+          "the next run selects nothing:\n" + r.err[-3000:])
+    check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
+
+
 def test_windows_copy_both_ways():
     """Mailboxes on one side only, in both directions, go through the
     windows: no SELECT of theirs on either server, EXAMINE on both; one
@@ -186,10 +195,7 @@ def test_arrivals_in_known_mailboxes():
                      "%s: its messages, the new ones (and the late one)" % name)
         k2 = [f for m, f in st["K2"] if m == msgid_of("k1", 0)]
         check_eq(k2, [("$Meddled", "\\Flagged")], "K2: the change reached the remote side")
-        r = acct.run(["--debug"])
-        check(not re.search(r"C: \d+ (SELECT|EXAMINE) (?!INBOX )", r.err),
-              "the next run selects nothing:\n" + r.err[-3000:])
-        check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
+        assert_next_run_idle(acct, st)
 
 
 EXCHANGE_BOXES = {"X1": 3, "X2": 2, "X3/Sub": 2, "X4": 4, "X5": 1, "X6": 2}
@@ -276,10 +282,7 @@ def test_exchanges_in_known_mailboxes():
                       "X2: the expunge propagated")
             x6 = [f for m, f in st["X6"] if m == msgid_of("x5", 0)]
             check_eq(x6, [("$Old", "\\Flagged")], "X6: the old message's change propagated")
-            r = acct.run(["--debug"])
-            check(not re.search(r"C: \d+ (SELECT|EXAMINE) (?!INBOX )", r.err),
-                  "the next run selects nothing:\n" + r.err[-3000:])
-            check_eq(assert_equal_sides(acct), st, "the next run changes nothing")
+            assert_next_run_idle(acct, st)
 
 
 def turnarounds(boxes, arrivals=False, both=False):

@@ -30,9 +30,9 @@
  * the link carried lately, or as writes that keep the writer waiting most
  * of the time and far longer than deflate keeps it computing. Then the
  * level goes up a step per window of input: a pile hides deflate's time
- * however busy the process is, unless it waits for a core longer than it
- * runs (the machine is busy; the servers may run on it too); waits do if
- * the process has time to spare. When deflate takes longer than the
+ * however busy the process is, if the machine has a core to spare (where
+ * it has none, deflating more takes from someone else: the servers may
+ * run on it too); waits do if the process has time to spare. When deflate takes longer than the
  * waits, nothing piles up and the process has no time to spare, the CPU
  * is the limit and the level goes down (slowly: a link that has just
  * drained has nothing piled up for a moment; more slowly to 0, and more
@@ -41,7 +41,8 @@
  * default, 6, and does not go down during its first few megabytes: until
  * the buffers on the way fill, a slow link looks like a fast one. The
  * times are the CPU time of each write's deflate calls, the wall time of
- * its writes below and what the kernel says of the process, summed over a
+ * its writes below and what the kernel says of the process and of the
+ * machine's idle cores, summed over a
  * window of input so that one short wait does not move the level. The
  * kernel's socket buffer can hold megabytes, so on a slow link the writes
  * themselves may not wait at all for a long time. With level 0, the
@@ -115,6 +116,11 @@ static const int compress_levels[] = {0, 1, 3, 6, 9};
 #ifndef COMPRESS_SCHEDSTAT
 #define COMPRESS_SCHEDSTAT "/proc/self/schedstat"
 #endif
+/* ... and how long the machine's cores were idle, in clock ticks, on its
+ * first line (Linux). */
+#ifndef COMPRESS_PROCSTAT
+#define COMPRESS_PROCSTAT "/proc/stat"
+#endif
 
 struct compress_stream {
     struct stream base;
@@ -127,13 +133,14 @@ struct compress_stream {
     unsigned cpu_windows;  /* windows in a row that the CPU limited */
     unsigned zero_windows; /* ... that it takes to go down to level 0 */
     unsigned windows;      /* windows so far, up to LEVEL_SETTLE_WINDOWS */
-    /* the scheduler's times for this process at the last window's end */
-    unsigned long long sched_run, sched_queued;
-    bool sched_known;
+    /* the scheduler's times for this process, and the machine's idle
+     * time, at the last window's end */
+    unsigned long long sched_run, sched_queued, machine_idle;
+    bool sched_known, idle_known;
     uint64_t win_start; /* wall clock at the window's start */
     /* decaying sums (see compress_cpu_room), and of the bytes the link
      * carried (see compress_pile) */
-    uint64_t busy_ns, queued_ns, wall_ns, carried;
+    uint64_t busy_ns, idle_ns, wall_ns, carried;
     size_t backlog; /* unsent bytes at the last window's end */
     size_t win_out; /* bytes written below in the current window */
     size_t win_in;  /* input of the current window */
@@ -238,35 +245,75 @@ static bool compress_schedstat(unsigned long long *run, unsigned long long *queu
     return end != p && errno == 0;
 }
 
-/* What the scheduler says of the process since the last window:
- * whether it has time to spare (lately, each window's times weighing 1/8
- * less than the next one's, it ran or waited for a core at most half of
- * the wall time) and whether it is short of a core (it waited for one
- * longer than it ran: the machine is busy; the servers may run on it
- * too). A link slower than the writer shows as long idle stretches
- * between bursts (the writer waits for the server's answers while the
- * link drains), during which the window does not move: they count in the
- * next window's time. Where the kernel does not tell the time spent
- * waiting for a core, deflate's CPU time stands for the time busy and
- * the process is never short of a core. */
-static void compress_cpu_room(struct compress_stream *cs, uint64_t wall, bool *room, bool *starved)
+/* The time the machine's cores have been idle (or waiting for a disk),
+ * in nanoseconds summed over the cores. False where it cannot be read. */
+static bool compress_machine_idle(unsigned long long *idle)
 {
-    uint64_t busy = cs->win_deflate_ns, queued = 0;
-    unsigned long long run, q;
-    if (compress_schedstat(&run, &q)) {
-        if (cs->sched_known) {
-            busy = (run - cs->sched_run) + (q - cs->sched_queued);
-            queued = q - cs->sched_queued;
-        }
+    char buf[256];
+    int fd = open(COMPRESS_PROCSTAT, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    /* "cpu  user nice system idle iowait ..." */
+    if (strncmp(buf, "cpu ", 4) != 0)
+        return false;
+    unsigned long long v[5];
+    char *p = buf + 4;
+    for (int i = 0; i < 5; i++) {
+        char *end;
+        errno = 0;
+        v[i] = strtoull(p, &end, 10);
+        if (end == p || errno != 0)
+            return false;
+        p = end;
+    }
+    long hz = sysconf(_SC_CLK_TCK);
+    if (hz <= 0)
+        return false;
+    *idle = (v[3] + v[4]) * (1000000000ull / (unsigned long long)hz);
+    return true;
+}
+
+/* What the kernel says of the process and the machine since the last
+ * window: whether the process has time to spare (lately, each window's
+ * times weighing 1/8 less than the next one's, it ran or waited for a
+ * core at most half of the wall time) and whether the machine has a core
+ * to spare (its cores were idle for at least half of the wall time in
+ * all: deflating more there takes nothing from anyone, the servers
+ * included, which may run on the same machine). A link slower than the
+ * writer shows as long idle stretches between bursts (the writer waits
+ * for the server's answers while the link drains), during which the
+ * window does not move: they count in the next window's time. Where the
+ * kernel does not tell the time spent waiting for a core, deflate's CPU
+ * time stands for the time busy; where it does not tell the machine's
+ * idle time, the machine has a core to spare. */
+static void compress_cpu_room(struct compress_stream *cs, uint64_t wall, bool *room, bool *spare)
+{
+    uint64_t busy = cs->win_deflate_ns;
+    unsigned long long run, queued;
+    if (compress_schedstat(&run, &queued)) {
+        if (cs->sched_known)
+            busy = (run - cs->sched_run) + (queued - cs->sched_queued);
         cs->sched_run = run;
-        cs->sched_queued = q;
+        cs->sched_queued = queued;
         cs->sched_known = true;
     }
+    unsigned long long idle_now;
+    uint64_t idle = wall;
+    if (compress_machine_idle(&idle_now)) {
+        idle = cs->idle_known ? idle_now - cs->machine_idle : 0;
+        cs->machine_idle = idle_now;
+        cs->idle_known = true;
+    }
     cs->busy_ns = cs->busy_ns - cs->busy_ns / 8 + busy;
-    cs->queued_ns = cs->queued_ns - cs->queued_ns / 8 + queued;
+    cs->idle_ns = cs->idle_ns - cs->idle_ns / 8 + idle;
     cs->wall_ns = cs->wall_ns - cs->wall_ns / 8 + wall;
     *room = cs->busy_ns * 2 <= cs->wall_ns;
-    *starved = cs->queued_ns * 2 > cs->busy_ns;
+    *spare = cs->idle_ns * 2 >= cs->wall_ns;
 }
 
 /* Whether the bytes written but not sent yet, `backlog` at the end of a
@@ -300,17 +347,19 @@ static unsigned compress_next_level(struct compress_stream *cs, size_t in)
     uint64_t wall = cs->win_start ? now - cs->win_start : 0;
     cs->win_start = now;
     size_t backlog = stream_backlog(cs->base.lower);
-    bool room, starved;
-    compress_cpu_room(cs, wall, &room, &starved);
+    bool room, spare;
+    compress_cpu_room(cs, wall, &room, &spare);
     /* Unsent bytes piling up say the link is behind, however busy the
      * process is: deflate's time is hidden behind the pile's, as long as
-     * a core is there for it. Without a pile, writes that kept the writer
+     * the machine has a core to spare for it (where it has none, the
+     * link may be a server on the same machine, and the time we would
+     * take is its). Without a pile, writes that kept the writer
      * waiting most of the window say the same (a tunnel has no kernel
      * buffer to pile up in; a TCP socket's may be small). */
     bool pile = compress_pile(cs, backlog);
     bool waited =
         cs->win_wait_ns > LEVEL_UP_WAIT * cs->win_deflate_ns && cs->win_wait_ns * 2 > wall;
-    bool link_bound = (pile && !starved) || (waited && room);
+    bool link_bound = (pile && spare) || (waited && room);
     /* Deflate took longer than the writes waited, nothing piled up, and
      * the process had no time to spare: the CPU is the limit. */
     bool cpu_bound = backlog < BACKLOG_LOW && cs->win_wait_ns < cs->win_deflate_ns && !room;

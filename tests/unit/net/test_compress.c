@@ -18,8 +18,9 @@
  * the tests' link layer below, whose writes take link.wait_ns each,
  * whatever the machine is doing. The step is 0 but in the tests of the
  * deflate level. What the scheduler says of the process (how long it ran
- * and waited for a core) is read from COMPRESS_SCHEDSTAT, a file the test
- * writes (see meson.build).
+ * and waited for a core) and of the machine (how long its cores were
+ * idle) is read from COMPRESS_SCHEDSTAT and COMPRESS_PROCSTAT, files the
+ * test writes (see meson.build).
  */
 #include "errors.h"
 #include "net/compress.h"
@@ -62,16 +63,26 @@ int fake_clock_gettime(clockid_t id, struct timespec *ts)
 }
 
 /* What the layer reads of the scheduler: the process ran `run_us` more
- * since the last reading, and waited `queued_us` more for a core. */
-static void sched_advance(unsigned run_us, unsigned queued_us)
+ * since the last reading and waited `queued_us` more for a core, and the
+ * machine's cores were idle `idle_us` more. */
+static void sched_advance(unsigned run_us, unsigned queued_us, unsigned idle_us)
 {
-    static unsigned long long run, queued;
+    static unsigned long long run, queued, idle;
     run += run_us * 1000ull;
     queued += queued_us * 1000ull;
+    idle += idle_us;
     FILE *f = fopen(COMPRESS_SCHEDSTAT, "w");
     if (!f)
         abort();
     fprintf(f, "%llu %llu 1\n", run, queued);
+    fclose(f);
+    /* in clock ticks */
+    unsigned long long us_per_tick = 1000000ull / (unsigned long long)sysconf(_SC_CLK_TCK);
+    f = fopen(COMPRESS_PROCSTAT, "w");
+    if (!f)
+        abort();
+    fprintf(f, "cpu  100 0 100 %llu 0 0 0 0 0 0\ncpu0 100 0 100 %llu 0 0 0 0 0 0\n",
+            idle / us_per_tick, idle / us_per_tick);
     fclose(f);
 }
 
@@ -467,11 +478,12 @@ static struct stream *start_link(struct peer *pe, struct link_stream **link)
     return s;
 }
 
-/* What the writes of one window do: the process ran `run_us` and waited
- * `queued_us` for a core per write, and spent `other_us` of the wall
- * clock on other work (reading what it writes, say) before each. */
+/* What the writes of one window do: per write, the process ran `run_us`
+ * and waited `queued_us` for a core, spent `other_us` of the wall clock
+ * on other work (reading what it writes, say) before it, and the
+ * machine's cores were idle `idle_us` in all. */
 struct window_load {
-    unsigned run_us, queued_us, other_us;
+    unsigned run_us, queued_us, other_us, idle_us;
 };
 
 /* Where the text written so far ends, and its CRC-32. */
@@ -487,7 +499,7 @@ static int write_window(struct stream *s, struct text_writer *tw, struct window_
 {
     static unsigned char buf[60000];
     for (int i = 0; i < 5; i++) {
-        sched_advance(load.run_us, load.queued_us);
+        sched_advance(load.run_us, load.queued_us, load.idle_us);
         clocks.wall += load.other_us * 1000ull;
         fill_mail_like(false, tw->off, buf, sizeof buf);
         tw->off += sizeof buf;
@@ -539,7 +551,8 @@ static void test_effort_follows_the_link(void)
     /* each write below waits 5 ms, each deflate call takes 50 us */
     link->wait_ns = 5000000;
     clocks.cpu_step = 50000;
-    struct window_load idle = {200, 0, 0};
+    /* (the machine has a core and more to spare) */
+    struct window_load idle = {200, 0, 0, 8000};
     write_until(s, &tw, idle, 9, 4, -1);
     int slow_level = compress_stream_level(s);
     CHECK_INT(slow_level, 9);
@@ -549,7 +562,7 @@ static void test_effort_follows_the_link(void)
      * all the time: down to 0, through each level, 1 the longest */
     link->wait_ns = 0;
     clocks.cpu_step = 1000000;
-    struct window_load busy = {1000, 0, 0};
+    struct window_load busy = {1000, 0, 0, 0};
     int levels[80];
     unsigned nlevels = 0;
     while (nlevels < 80 && compress_stream_level(s) != 0)
@@ -575,17 +588,18 @@ static void test_effort_follows_the_link(void)
      * little deflate takes there */
     link->wait_ns = 200000;
     clocks.cpu_step = 10000;
-    struct window_load working = {300, 0, 2000};
+    struct window_load working = {300, 0, 2000, 0};
     bool stayed = true;
     for (int i = 0; i < 8; i++)
         stayed = write_window(s, &tw, working) == 0 && stayed;
     CHECK(stayed);
 
-    /* the link slows down while the machine is short of a core (the
-     * process waits longer for one than it runs): back up */
+    /* the link slows down while the machine has no core to spare (the
+     * process waits for one longer than it runs): back up, since the
+     * writer waits most of the time */
     link->wait_ns = 5000000;
     clocks.cpu_step = 10000;
-    struct window_load starved = {200, 1000, 0};
+    struct window_load starved = {200, 1000, 0, 0};
     write_until(s, &tw, starved, 9, 40, -1);
     int slow_again = compress_stream_level(s);
     CHECK_INT(slow_again, 9);
@@ -610,7 +624,7 @@ static void test_effort_settles(void)
     struct stream *s = start_link(&pe, &link);
     struct text_writer tw = {0, crc32(0, Z_NULL, 0)};
     clocks.cpu_step = 1000000;
-    struct window_load busy = {1000, 0, 0};
+    struct window_load busy = {1000, 0, 0, 0};
     bool kept = true;
     for (int i = 0; i < 16; i++)
         kept = write_window(s, &tw, busy) == 6 && kept;
@@ -627,9 +641,9 @@ static void test_effort_follows_the_backlog(void)
 {
     /* A link slower than the writer may never make a write wait (the
      * socket buffers hold megabytes), but what was written piles up below,
-     * unsent: the level climbs, unless the machine is short of a core for
-     * us. Once the pile is gone and the CPU is the limit, it comes down to
-     * 0; there, a pile that a fast link takes at once (a burst) does not
+     * unsent: the level climbs, unless the machine has no core to spare
+     * (the link may be a server on the same machine). Once the pile is gone and the CPU is the
+     * limit, it comes down to 0; there, a pile that a fast link takes at once (a burst) does not
      * move it, a lasting one does, and the next way down to 0 takes longer
      * (so that a link about as fast as level 0 does not keep the level
      * going to 0 and back). */
@@ -641,14 +655,15 @@ static void test_effort_follows_the_backlog(void)
      * process runs all the time */
     clocks.cpu_step = 1000000;
     link->backlog = (size_t)4 << 20;
-    /* the machine is busy: the process waits 5 ms for a core per write */
-    struct window_load starved = {1000, 5000, 0};
+    /* the machine has no core to spare (and the process waits 5 ms for
+     * one per write) */
+    struct window_load starved = {1000, 5000, 0, 0};
     for (int i = 0; i < 6; i++)
         write_window(s, &tw, starved);
     int starved_level = compress_stream_level(s);
     CHECK_INT(starved_level, 6);
-    /* a core for us: up */
-    struct window_load busy = {1000, 0, 0};
+    /* it has: up */
+    struct window_load busy = {1000, 0, 0, 1500};
     /* (what the layer knows of the machine fades by 1/8 a window) */
     write_until(s, &tw, busy, 9, 16, -1);
     int piled_level = compress_stream_level(s);
@@ -687,7 +702,8 @@ static void test_effort_follows_the_backlog(void)
     if (starved_level != 6 || piled_level != 9 || drained_level != 0 || !stayed ||
         piled_again != 9 || second_at_1 <= first_at_1)
         fprintf(stderr,
-                "  levels %d starved, %d with a pile, %d without, %d again; %u then %u windows "
+                "  levels %d without a core to spare, %d with a pile, %d without, %d again; %u "
+                "then %u windows "
                 "at 1\n",
                 starved_level, piled_level, drained_level, piled_again, first_at_1, second_at_1);
     clocks.cpu_step = 0;
@@ -779,7 +795,7 @@ static void test_eof_and_lower_error(void)
 
 int main(void)
 {
-    sched_advance(0, 0);
+    sched_advance(0, 0, 0);
     /* a peer may write after the other end hung up, in failure cases */
     signal(SIGPIPE, SIG_IGN);
     test_small();

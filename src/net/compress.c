@@ -28,8 +28,10 @@
  * would otherwise carry; that shows as bytes written but not sent, piling
  * up below (stream_backlog), many and worth more than a moment of what
  * the link carried lately, or as writes that keep the writer waiting most
- * of the time and far longer than deflate keeps it computing. Then the
- * level goes up a step per window of input: a pile hides deflate's time
+ * of the time and far longer than deflate keeps it computing. When they
+ * have for two windows of input in a row (a server that stops reading for
+ * a moment is not a slow link), the level goes up a step per window: a
+ * pile hides deflate's time
  * however busy the process is, if the machine has a core to spare (where
  * it has none, deflating more takes from someone else: the servers may
  * run on it too); waits do if the process has time to spare. When deflate takes longer than the
@@ -86,8 +88,13 @@ static const int compress_levels[] = {0, 1, 3, 6, 9};
 #define LEVEL_START     3
 #define LEVEL_WINDOW    (256 * 1024)
 /* Writes that waited more than LEVEL_UP_WAIT times what deflate took, and
- * most of the window's time, say the link is the limit. */
-#define LEVEL_UP_WAIT 4
+ * most of the window's time, say the link is the limit; so does a pile
+ * (below). The level goes up once they have said so for LEVEL_UP_WINDOWS
+ * windows in a row: a server that stops reading for a moment (it commits
+ * a mailbox's messages before answering their APPEND) makes one write
+ * wait and leaves a pile, on a link that is fast. */
+#define LEVEL_UP_WAIT    4
+#define LEVEL_UP_WINDOWS 2
 /* Windows in a row that the CPU must limit before the level goes down a
  * step: a link that just drained (the writer waited for an answer) has
  * nothing piled up for a moment, and the level would drop at every such
@@ -117,10 +124,12 @@ static const int compress_levels[] = {0, 1, 3, 6, 9};
 #define COMPRESS_SCHEDSTAT "/proc/self/schedstat"
 #endif
 /* ... and how long the machine's cores were idle, in clock ticks, on its
- * first line (Linux). */
+ * first line (Linux). A tick is 10 ms, longer than a window may take: the
+ * machine is looked at once in IDLE_SAMPLE_NS at most. */
 #ifndef COMPRESS_PROCSTAT
 #define COMPRESS_PROCSTAT "/proc/stat"
 #endif
+#define IDLE_SAMPLE_NS 100000000u
 
 struct compress_stream {
     struct stream base;
@@ -131,16 +140,22 @@ struct compress_stream {
     unsigned level;        /* index in compress_levels (see the top) */
     unsigned level_next;   /* the level the next write asks for */
     unsigned cpu_windows;  /* windows in a row that the CPU limited */
+    unsigned link_windows; /* ... that the link limited */
     unsigned zero_windows; /* ... that it takes to go down to level 0 */
     unsigned windows;      /* windows so far, up to LEVEL_SETTLE_WINDOWS */
     /* the scheduler's times for this process, and the machine's idle
      * time, at the last window's end */
-    unsigned long long sched_run, sched_queued, machine_idle;
-    bool sched_known, idle_known;
+    unsigned long long sched_run, sched_queued;
+    bool sched_known;
+    /* the machine's idle time when it was last looked at, and when; and
+     * whether it had a core to spare then (see compress_cpu_room) */
+    unsigned long long machine_idle;
+    uint64_t idle_at;
+    bool idle_known, spare;
     uint64_t win_start; /* wall clock at the window's start */
     /* decaying sums (see compress_cpu_room), and of the bytes the link
-     * carried (see compress_pile) */
-    uint64_t busy_ns, idle_ns, wall_ns, carried;
+     * carried and the time it took (see compress_pile) */
+    uint64_t busy_ns, wall_ns, carried, link_ns;
     size_t backlog; /* unsent bytes at the last window's end */
     size_t win_out; /* bytes written below in the current window */
     size_t win_in;  /* input of the current window */
@@ -278,20 +293,22 @@ static bool compress_machine_idle(unsigned long long *idle)
     return true;
 }
 
-/* What the kernel says of the process and the machine since the last
- * window: whether the process has time to spare (lately, each window's
- * times weighing 1/8 less than the next one's, it ran or waited for a
- * core at most half of the wall time) and whether the machine has a core
- * to spare (its cores were idle for at least half of the wall time in
- * all: deflating more there takes nothing from anyone, the servers
- * included, which may run on the same machine). A link slower than the
- * writer shows as long idle stretches between bursts (the writer waits
- * for the server's answers while the link drains), during which the
- * window does not move: they count in the next window's time. Where the
- * kernel does not tell the time spent waiting for a core, deflate's CPU
- * time stands for the time busy; where it does not tell the machine's
- * idle time, the machine has a core to spare. */
-static void compress_cpu_room(struct compress_stream *cs, uint64_t wall, bool *room, bool *spare)
+/* What the kernel says of the process and the machine: whether the
+ * process has time to spare (lately, each window's times weighing 1/8
+ * less than the next one's, it ran or waited for a core at most half of
+ * the wall time) and whether the machine has a core to spare (its cores
+ * were idle for at least half of the wall time in all, over the last
+ * IDLE_SAMPLE_NS or more: deflating more there takes nothing from anyone,
+ * the servers included, which may run on the same machine). A link
+ * slower than the writer shows as long idle stretches between bursts (the
+ * writer waits for the server's answers while the link drains), during
+ * which the window does not move: they count in the next window's time.
+ * Where the kernel does not tell the time spent waiting for a core,
+ * deflate's CPU time stands for the time busy; where it does not tell the
+ * machine's idle time, the machine has a core to spare. Until it has been
+ * looked at for long enough, it has none. */
+static void compress_cpu_room(struct compress_stream *cs, uint64_t now, uint64_t wall, bool *room,
+                              bool *spare)
 {
     uint64_t busy = cs->win_deflate_ns;
     unsigned long long run, queued;
@@ -302,35 +319,43 @@ static void compress_cpu_room(struct compress_stream *cs, uint64_t wall, bool *r
         cs->sched_queued = queued;
         cs->sched_known = true;
     }
-    unsigned long long idle_now;
-    uint64_t idle = wall;
-    if (compress_machine_idle(&idle_now)) {
-        idle = cs->idle_known ? idle_now - cs->machine_idle : 0;
-        cs->machine_idle = idle_now;
-        cs->idle_known = true;
-    }
     cs->busy_ns = cs->busy_ns - cs->busy_ns / 8 + busy;
-    cs->idle_ns = cs->idle_ns - cs->idle_ns / 8 + idle;
     cs->wall_ns = cs->wall_ns - cs->wall_ns / 8 + wall;
     *room = cs->busy_ns * 2 <= cs->wall_ns;
-    *spare = cs->idle_ns * 2 >= cs->wall_ns;
+    unsigned long long idle;
+    if (!compress_machine_idle(&idle)) {
+        cs->spare = true;
+    } else if (!cs->idle_known) {
+        cs->idle_known = true;
+        cs->machine_idle = idle;
+        cs->idle_at = now;
+    } else if (now - cs->idle_at >= IDLE_SAMPLE_NS) {
+        cs->spare = (idle - cs->machine_idle) * 2 >= now - cs->idle_at;
+        cs->machine_idle = idle;
+        cs->idle_at = now;
+    }
+    *spare = cs->spare;
 }
 
 /* Whether the bytes written but not sent yet, `backlog` at the end of a
  * window that took `wall`, say that the link is behind: there are many,
  * and they are worth more than PILE_NS at the rate the link took the
  * bytes lately (what was unsent at the last window's end and what was
- * written since, less what is unsent now). A link that took nothing is
- * as slow as can be. Call after compress_cpu_room, which adds this
- * window's wall time to the sum. */
-static bool compress_pile(struct compress_stream *cs, size_t backlog)
+ * written since, less what is unsent now). Only windows that began with
+ * bytes unsent tell that rate: in the others the link may have been idle
+ * part of the time (the writer waiting for an answer), and it would seem
+ * slower than it is. A link that took nothing is as slow as can be. */
+static bool compress_pile(struct compress_stream *cs, size_t backlog, uint64_t wall)
 {
-    size_t before = cs->backlog + cs->win_out;
-    uint64_t carried = before > backlog ? before - backlog : 0;
-    cs->carried = cs->carried - cs->carried / 8 + carried;
+    if (cs->backlog > BACKLOG_LOW) {
+        size_t before = cs->backlog + cs->win_out;
+        uint64_t carried = before > backlog ? before - backlog : 0;
+        cs->carried = cs->carried - cs->carried / 8 + carried;
+        cs->link_ns = cs->link_ns - cs->link_ns / 8 + wall;
+    }
     cs->backlog = backlog;
-    return backlog > BACKLOG_HIGH &&
-           (double)backlog * (double)cs->wall_ns > PILE_NS * (double)cs->carried;
+    return backlog > BACKLOG_HIGH && cs->link_ns > 0 &&
+           (double)backlog * (double)cs->link_ns > PILE_NS * (double)cs->carried;
 }
 
 /* The level the window that ends asks for (see the top): up while the
@@ -348,7 +373,7 @@ static unsigned compress_next_level(struct compress_stream *cs, size_t in)
     cs->win_start = now;
     size_t backlog = stream_backlog(cs->base.lower);
     bool room, spare;
-    compress_cpu_room(cs, wall, &room, &spare);
+    compress_cpu_room(cs, now, wall, &room, &spare);
     /* Unsent bytes piling up say the link is behind, however busy the
      * process is: deflate's time is hidden behind the pile's, as long as
      * the machine has a core to spare for it (where it has none, the
@@ -356,7 +381,7 @@ static unsigned compress_next_level(struct compress_stream *cs, size_t in)
      * take is its). Without a pile, writes that kept the writer
      * waiting most of the window say the same (a tunnel has no kernel
      * buffer to pile up in; a TCP socket's may be small). */
-    bool pile = compress_pile(cs, backlog);
+    bool pile = compress_pile(cs, backlog, wall);
     bool waited =
         cs->win_wait_ns > LEVEL_UP_WAIT * cs->win_deflate_ns && cs->win_wait_ns * 2 > wall;
     bool link_bound = (pile && spare) || (waited && room);
@@ -367,7 +392,8 @@ static unsigned compress_next_level(struct compress_stream *cs, size_t in)
         cs->windows++;
     else
         cs->cpu_windows = cpu_bound ? cs->cpu_windows + 1 : 0;
-    if (link_bound) {
+    cs->link_windows = link_bound ? cs->link_windows + 1 : 0;
+    if (cs->link_windows >= LEVEL_UP_WINDOWS) {
         if (level == 0 && cs->zero_windows < LEVEL_ZERO_WINDOWS_MAX)
             cs->zero_windows *= 2;
         if (level + 1 < COMPRESS_LEVELS)

@@ -593,6 +593,14 @@ static void test_effort_follows_the_link(void)
     for (int i = 0; i < 8; i++)
         stayed = write_window(s, &tw, working) == 0 && stayed;
     CHECK(stayed);
+    /* nor does one window whose writes wait long (a server that stops
+     * reading while it commits a mailbox) */
+    link->wait_ns = 60000000;
+    stayed = write_window(s, &tw, idle) == 0 && stayed;
+    link->wait_ns = 200000;
+    for (int i = 0; i < 4; i++)
+        stayed = write_window(s, &tw, working) == 0 && stayed;
+    CHECK(stayed);
 
     /* the link slows down while the machine has no core to spare (the
      * process waits for one longer than it runs): back up, since the
@@ -642,11 +650,12 @@ static void test_effort_follows_the_backlog(void)
     /* A link slower than the writer may never make a write wait (the
      * socket buffers hold megabytes), but what was written piles up below,
      * unsent: the level climbs, unless the machine has no core to spare
-     * (the link may be a server on the same machine). Once the pile is gone and the CPU is the
-     * limit, it comes down to 0; there, a pile that a fast link takes at once (a burst) does not
-     * move it, a lasting one does, and the next way down to 0 takes longer
-     * (so that a link about as fast as level 0 does not keep the level
-     * going to 0 and back). */
+     * (the link may be a server on the same machine). Once the pile is
+     * gone and the CPU is the limit, it comes down to 0; there, a pile
+     * that a fast link takes at once (a burst) does not move it, a lasting
+     * one does, and the next way down to 0 takes longer (so that a link
+     * about as fast as level 0 does not keep the level going to 0 and
+     * back). */
     struct peer pe = {.mode = PEER_SINK};
     struct link_stream *link;
     struct stream *s = start_link(&pe, &link);
@@ -656,15 +665,15 @@ static void test_effort_follows_the_backlog(void)
     clocks.cpu_step = 1000000;
     link->backlog = (size_t)4 << 20;
     /* the machine has no core to spare (and the process waits 5 ms for
-     * one per write) */
-    struct window_load starved = {1000, 5000, 0, 0};
+     * one per write), for long enough to be looked at */
+    struct window_load starved = {5000, 5000, 4000, 0};
     for (int i = 0; i < 6; i++)
         write_window(s, &tw, starved);
     int starved_level = compress_stream_level(s);
     CHECK_INT(starved_level, 6);
-    /* it has: up */
-    struct window_load busy = {1000, 0, 0, 1500};
-    /* (what the layer knows of the machine fades by 1/8 a window) */
+    /* it has (the other core is mostly idle): up (the layer looks at the
+     * machine every 100 ms; a window takes 25 ms here) */
+    struct window_load busy = {5000, 0, 4000, 4000};
     write_until(s, &tw, busy, 9, 16, -1);
     int piled_level = compress_stream_level(s);
     CHECK_INT(piled_level, 9);

@@ -322,14 +322,18 @@ static void compress_cpu_room(struct compress_stream *cs, uint64_t now, uint64_t
     cs->busy_ns = cs->busy_ns - cs->busy_ns / 8 + busy;
     cs->wall_ns = cs->wall_ns - cs->wall_ns / 8 + wall;
     *room = cs->busy_ns * 2 <= cs->wall_ns;
+    /* (the file is not read more often than that: on a machine of many
+     * cores it is long) */
     unsigned long long idle;
-    if (!compress_machine_idle(&idle)) {
+    if (cs->idle_known && now - cs->idle_at < IDLE_SAMPLE_NS) {
+        /* the last verdict stands */
+    } else if (!compress_machine_idle(&idle)) {
         cs->spare = true;
     } else if (!cs->idle_known) {
         cs->idle_known = true;
         cs->machine_idle = idle;
         cs->idle_at = now;
-    } else if (now - cs->idle_at >= IDLE_SAMPLE_NS) {
+    } else {
         cs->spare = (idle - cs->machine_idle) * 2 >= now - cs->idle_at;
         cs->machine_idle = idle;
         cs->idle_at = now;

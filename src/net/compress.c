@@ -21,22 +21,34 @@
  * with string matching. Each write ends with a sync flush, so a switch
  * never splits pending input.
  *
- * The effort adapts to what limits the writes. When the link is slower
- * than the writer (the bytes written pile up below, unsent, or the writes
- * keep the writer waiting far longer than deflate keeps it computing), a
- * higher level costs no time and saves bytes that the link would otherwise
- * carry; when deflate takes longer than the waits and nothing piles up,
- * the CPU is the limit and the level goes back down (slowly: a link that
- * has just drained has nothing piled up for a moment). A higher level is
- * free only if a core is: while the process waits for one (the machine is
- * busy; the servers may run on it too) the level goes down instead of up.
- * Level 1 is where a stream starts: on a fast link nothing changes. The
- * times are the CPU time of each write's deflate calls and the wall time
- * of its writes below, summed over a window of input so that one short
- * wait does not move the level; the pile is the stream's backlog
- * (stream_backlog) at the window's end. The kernel's socket buffer can
- * hold megabytes, so on a slow link the writes themselves may not wait at
- * all for a long time.
+ * The effort adapts to what limits the writes, between level 0 (stored
+ * blocks: next to no CPU for us and for the server's inflate, about the
+ * input's size on the wire) and 9. When the link is slower than the
+ * writer, a higher level costs no time and saves bytes that the link
+ * would otherwise carry; that shows as bytes written but not sent, piling
+ * up below (stream_backlog), many and worth more than a moment of what
+ * the link carried lately, or as writes that keep the writer waiting most
+ * of the time and far longer than deflate keeps it computing. When they
+ * have for two windows of input in a row (a server that stops reading for
+ * a moment is not a slow link), the level goes up a step per window: a
+ * pile hides deflate's time
+ * however busy the process is, if the machine has a core to spare (where
+ * it has none, deflating more takes from someone else: the servers may
+ * run on it too); waits do if the process has time to spare. When deflate takes longer than the
+ * waits, nothing piles up and the process has no time to spare, the CPU
+ * is the limit and the level goes down (slowly: a link that has just
+ * drained has nothing piled up for a moment; more slowly to 0, and more
+ * slowly again each time a pile took the level back up from there, so
+ * that it does not go to 0 and back for ever). A stream starts at zlib's
+ * default, 6, and does not go down during its first few megabytes: until
+ * the buffers on the way fill, a slow link looks like a fast one. The
+ * times are the CPU time of each write's deflate calls, the wall time of
+ * its writes below and what the kernel says of the process and of the
+ * machine's idle cores, summed over a
+ * window of input so that one short wait does not move the level. The
+ * kernel's socket buffer can hold megabytes, so on a slow link the writes
+ * themselves may not wait at all for a long time. With level 0, the
+ * strategy does not matter: Huffman coding is for levels 1 and up.
  */
 #include "net/compress.h"
 
@@ -65,44 +77,88 @@
 #define BASE64_OTHER_MAX 50
 
 /* The deflate levels the effort moves between, and the input that makes a
- * window. A level goes up when the writes waited more than LEVEL_UP_WAIT
- * times what deflate took in a window, down when they waited less than
- * deflate took. Level 6 is zlib's default: higher levels cost much more CPU
- * for little on mail. */
-static const int compress_levels[] = {1, 3, 6};
+ * window. Level 0 (stored blocks) costs us and the server's inflate next to
+ * nothing; 9 takes a little more than 6 on mail and saves a little more,
+ * which pays only where the bytes wait for the link anyway. A stream
+ * starts at zlib's default, 6: until its buffers fill, a slow link looks
+ * like a fast one, and the first windows would otherwise go out at the
+ * cheapest level exactly where bytes cost the most. */
+static const int compress_levels[] = {0, 1, 3, 6, 9};
 #define COMPRESS_LEVELS (sizeof compress_levels / sizeof compress_levels[0])
+#define LEVEL_START     3
 #define LEVEL_WINDOW    (256 * 1024)
-#define LEVEL_UP_WAIT   4
-/* Windows in a row that the CPU must limit before the level goes down: a
- * link that just drained (the writer waited for an answer) has nothing
- * piled up for a moment, and the level would drop at every such pause. */
-#define LEVEL_DOWN_WINDOWS 4
-/* Unsent bytes below that say the link is the limit (a quarter of a
- * second at 8 Mbit/s), and below which it surely is not. */
+/* Writes that waited more than LEVEL_UP_WAIT times what deflate took, and
+ * most of the window's time, say the link is the limit; so does a pile
+ * (below). The level goes up once they have said so for LEVEL_UP_WINDOWS
+ * windows in a row: a server that stops reading for a moment (it commits
+ * a mailbox's messages before answering their APPEND) makes one write
+ * wait and leaves a pile, on a link that is fast. */
+#define LEVEL_UP_WAIT    4
+#define LEVEL_UP_WINDOWS 2
+/* Windows in a row that the CPU must limit before the level goes down a
+ * step: a link that just drained (the writer waited for an answer) has
+ * nothing piled up for a moment, and the level would drop at every such
+ * pause. The step to level 0 takes more (LEVEL_ZERO_WINDOWS), and twice
+ * as many again each time a pile made the level leave 0, up to
+ * LEVEL_ZERO_WINDOWS_MAX: a link about as fast as the writer at level 0
+ * would otherwise have it go to 0 and back for ever. */
+#define LEVEL_DOWN_WINDOWS     4
+#define LEVEL_ZERO_WINDOWS     8
+#define LEVEL_ZERO_WINDOWS_MAX 128
+/* Windows at the start during which the level does not go down: the
+ * socket's buffer, and those on the way, take megabytes before a slow
+ * link shows as a pile. */
+#define LEVEL_SETTLE_WINDOWS 16
+/* Unsent bytes above which the link may be the limit (a quarter of a
+ * second at 8 Mbit/s), and below which it surely is not. It is the limit
+ * if the pile is also worth more than PILE_NS of what the link carried
+ * lately: on a fast link, a burst of writes leaves a pile that is gone a
+ * moment later. */
 #define BACKLOG_HIGH (256 * 1024)
 #define BACKLOG_LOW  (64 * 1024)
+#define PILE_NS      50000000.0
 
 /* Where the kernel tells how long this process ran and how long it waited
  * to run, in nanoseconds (Linux; elsewhere the file does not exist). */
 #ifndef COMPRESS_SCHEDSTAT
 #define COMPRESS_SCHEDSTAT "/proc/self/schedstat"
 #endif
+/* ... and how long the machine's cores were idle, in clock ticks, on its
+ * first line (Linux). A tick is 10 ms, longer than a window may take: the
+ * machine is looked at once in IDLE_SAMPLE_NS at most. */
+#ifndef COMPRESS_PROCSTAT
+#define COMPRESS_PROCSTAT "/proc/stat"
+#endif
+#define IDLE_SAMPLE_NS 100000000u
 
 struct compress_stream {
     struct stream base;
-    z_stream in;          /* inflate: lower -> caller */
-    z_stream out;         /* deflate: caller -> lower */
-    bool in_end;          /* the peer finished its DEFLATE stream */
-    bool huffman;         /* deflating with Z_HUFFMAN_ONLY (see the top) */
-    unsigned level;       /* index in compress_levels (see the top) */
-    unsigned level_next;  /* the level the next write asks for */
-    unsigned cpu_windows; /* windows in a row that the CPU limited */
-    /* the scheduler's times for this process at the last window's end */
+    z_stream in;           /* inflate: lower -> caller */
+    z_stream out;          /* deflate: caller -> lower */
+    bool in_end;           /* the peer finished its DEFLATE stream */
+    bool huffman;          /* deflating with Z_HUFFMAN_ONLY (see the top) */
+    unsigned level;        /* index in compress_levels (see the top) */
+    unsigned level_next;   /* the level the next write asks for */
+    unsigned cpu_windows;  /* windows in a row that the CPU limited */
+    unsigned link_windows; /* ... that the link limited */
+    unsigned zero_windows; /* ... that it takes to go down to level 0 */
+    unsigned windows;      /* windows so far, up to LEVEL_SETTLE_WINDOWS */
+    /* the scheduler's times for this process, and the machine's idle
+     * time, at the last window's end */
     unsigned long long sched_run, sched_queued;
     bool sched_known;
-    uint64_t win_start;        /* wall clock at the window's start */
-    uint64_t busy_ns, wall_ns; /* decaying sums (see compress_cpu_room) */
-    size_t win_in;             /* input of the current window */
+    /* the machine's idle time when it was last looked at, and when; and
+     * whether it had a core to spare then (see compress_cpu_room) */
+    unsigned long long machine_idle;
+    uint64_t idle_at;
+    bool idle_known, spare;
+    uint64_t win_start; /* wall clock at the window's start */
+    /* decaying sums (see compress_cpu_room), and of the bytes the link
+     * carried and the time it took (see compress_pile) */
+    uint64_t busy_ns, wall_ns, carried, link_ns;
+    size_t backlog; /* unsent bytes at the last window's end */
+    size_t win_out; /* bytes written below in the current window */
+    size_t win_in;  /* input of the current window */
     uint64_t win_deflate_ns, win_wait_ns;
     int in_err;
     int out_err;
@@ -173,6 +229,7 @@ static int compress_send(struct compress_stream *cs, size_t have)
     uint64_t t0 = uv_hrtime();
     int rc = stream_write(cs->base.lower, cs->outbuf, have);
     cs->win_wait_ns += uv_hrtime() - t0;
+    cs->win_out += have;
     if (rc < 0) {
         stream_take_error(&cs->base, "COMPRESS");
         return cs->out_err = rc;
@@ -203,19 +260,56 @@ static bool compress_schedstat(unsigned long long *run, unsigned long long *queu
     return end != p && errno == 0;
 }
 
-/* Whether the process has time to spare: lately (the windows' times, each
- * window's weighing 1/8 less than the next one's), it ran or waited for a
- * core (the machine is busy; the servers may run on it too) at most half
- * of the time. A link slower than the writer shows as long idle stretches
- * between bursts (the writer waits for the server's answers while the
- * link drains), during which the window does not move: they count in the
- * next window's time. Where the kernel does not tell the time spent
- * waiting for a core, deflate's CPU time stands for the time busy. */
-static bool compress_cpu_room(struct compress_stream *cs)
+/* The time the machine's cores have been idle (or waiting for a disk),
+ * in nanoseconds summed over the cores. False where it cannot be read. */
+static bool compress_machine_idle(unsigned long long *idle)
 {
-    uint64_t now = uv_hrtime();
-    uint64_t wall = cs->win_start ? now - cs->win_start : 0;
-    cs->win_start = now;
+    char buf[256];
+    int fd = open(COMPRESS_PROCSTAT, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    /* "cpu  user nice system idle iowait ..." */
+    if (strncmp(buf, "cpu ", 4) != 0)
+        return false;
+    unsigned long long v[5];
+    char *p = buf + 4;
+    for (int i = 0; i < 5; i++) {
+        char *end;
+        errno = 0;
+        v[i] = strtoull(p, &end, 10);
+        if (end == p || errno != 0)
+            return false;
+        p = end;
+    }
+    long hz = sysconf(_SC_CLK_TCK);
+    if (hz <= 0)
+        return false;
+    *idle = (v[3] + v[4]) * (1000000000ull / (unsigned long long)hz);
+    return true;
+}
+
+/* What the kernel says of the process and the machine: whether the
+ * process has time to spare (lately, each window's times weighing 1/8
+ * less than the next one's, it ran or waited for a core at most half of
+ * the wall time) and whether the machine has a core to spare (its cores
+ * were idle for at least half of the wall time in all, over the last
+ * IDLE_SAMPLE_NS or more: deflating more there takes nothing from anyone,
+ * the servers included, which may run on the same machine). A link
+ * slower than the writer shows as long idle stretches between bursts (the
+ * writer waits for the server's answers while the link drains), during
+ * which the window does not move: they count in the next window's time.
+ * Where the kernel does not tell the time spent waiting for a core,
+ * deflate's CPU time stands for the time busy; where it does not tell the
+ * machine's idle time, the machine has a core to spare. Until it has been
+ * looked at for long enough, it has none. */
+static void compress_cpu_room(struct compress_stream *cs, uint64_t now, uint64_t wall, bool *room,
+                              bool *spare)
+{
     uint64_t busy = cs->win_deflate_ns;
     unsigned long long run, queued;
     if (compress_schedstat(&run, &queued)) {
@@ -227,31 +321,93 @@ static bool compress_cpu_room(struct compress_stream *cs)
     }
     cs->busy_ns = cs->busy_ns - cs->busy_ns / 8 + busy;
     cs->wall_ns = cs->wall_ns - cs->wall_ns / 8 + wall;
-    return cs->busy_ns * 2 <= cs->wall_ns;
+    *room = cs->busy_ns * 2 <= cs->wall_ns;
+    /* (the file is not read more often than that: on a machine of many
+     * cores it is long) */
+    unsigned long long idle;
+    if (cs->idle_known && now - cs->idle_at < IDLE_SAMPLE_NS) {
+        /* the last verdict stands */
+    } else if (!compress_machine_idle(&idle)) {
+        cs->spare = true;
+    } else if (!cs->idle_known) {
+        cs->idle_known = true;
+        cs->machine_idle = idle;
+        cs->idle_at = now;
+    } else {
+        cs->spare = (idle - cs->machine_idle) * 2 >= now - cs->idle_at;
+        cs->machine_idle = idle;
+        cs->idle_at = now;
+    }
+    *spare = cs->spare;
 }
 
-/* The level the window that ends asks for: up while the link is the
- * limit and the machine has a core for us, down while deflate is the
- * limit or the machine has none. */
+/* Whether the bytes written but not sent yet, `backlog` at the end of a
+ * window that took `wall`, say that the link is behind: there are many,
+ * and they are worth more than PILE_NS at the rate the link took the
+ * bytes lately (what was unsent at the last window's end and what was
+ * written since, less what is unsent now). Only windows that began with
+ * bytes unsent tell that rate: in the others the link may have been idle
+ * part of the time (the writer waiting for an answer), and it would seem
+ * slower than it is. A link that took nothing is as slow as can be. */
+static bool compress_pile(struct compress_stream *cs, size_t backlog, uint64_t wall)
+{
+    if (cs->backlog > BACKLOG_LOW) {
+        size_t before = cs->backlog + cs->win_out;
+        uint64_t carried = before > backlog ? before - backlog : 0;
+        cs->carried = cs->carried - cs->carried / 8 + carried;
+        cs->link_ns = cs->link_ns - cs->link_ns / 8 + wall;
+    }
+    cs->backlog = backlog;
+    return backlog > BACKLOG_HIGH && cs->link_ns > 0 &&
+           (double)backlog * (double)cs->link_ns > PILE_NS * (double)cs->carried;
+}
+
+/* The level the window that ends asks for (see the top): up while the
+ * link is the limit, down while the CPU is. */
 static unsigned compress_next_level(struct compress_stream *cs, size_t in)
 {
     unsigned level = cs->level_next;
     cs->win_in += in;
     if (cs->win_in < LEVEL_WINDOW)
         return level;
+    /* (the first window's time would count the login and the round trips
+     * before the first sizeable write: it is left out) */
+    uint64_t now = uv_hrtime();
+    uint64_t wall = cs->win_start ? now - cs->win_start : 0;
+    cs->win_start = now;
     size_t backlog = stream_backlog(cs->base.lower);
-    bool link_bound =
-        backlog > BACKLOG_HIGH || cs->win_wait_ns > LEVEL_UP_WAIT * cs->win_deflate_ns;
-    bool cpu_bound = backlog < BACKLOG_LOW && cs->win_wait_ns < cs->win_deflate_ns;
-    bool room = compress_cpu_room(cs);
-    cs->cpu_windows = cpu_bound ? cs->cpu_windows + 1 : 0;
-    if (link_bound && room && level + 1 < COMPRESS_LEVELS)
-        level++;
-    else if (level > 0 && (!room || cs->cpu_windows >= LEVEL_DOWN_WINDOWS)) {
+    bool room, spare;
+    compress_cpu_room(cs, now, wall, &room, &spare);
+    /* Unsent bytes piling up say the link is behind, however busy the
+     * process is: deflate's time is hidden behind the pile's, as long as
+     * the machine has a core to spare for it (where it has none, the
+     * link may be a server on the same machine, and the time we would
+     * take is its). Without a pile, writes that kept the writer
+     * waiting most of the window say the same (a tunnel has no kernel
+     * buffer to pile up in; a TCP socket's may be small). */
+    bool pile = compress_pile(cs, backlog, wall);
+    bool waited =
+        cs->win_wait_ns > LEVEL_UP_WAIT * cs->win_deflate_ns && cs->win_wait_ns * 2 > wall;
+    bool link_bound = (pile && spare) || (waited && room);
+    /* Deflate took longer than the writes waited, nothing piled up, and
+     * the process had no time to spare: the CPU is the limit. */
+    bool cpu_bound = backlog < BACKLOG_LOW && cs->win_wait_ns < cs->win_deflate_ns && !room;
+    if (cs->windows < LEVEL_SETTLE_WINDOWS)
+        cs->windows++;
+    else
+        cs->cpu_windows = cpu_bound ? cs->cpu_windows + 1 : 0;
+    cs->link_windows = link_bound ? cs->link_windows + 1 : 0;
+    if (cs->link_windows >= LEVEL_UP_WINDOWS) {
+        if (level == 0 && cs->zero_windows < LEVEL_ZERO_WINDOWS_MAX)
+            cs->zero_windows *= 2;
+        if (level + 1 < COMPRESS_LEVELS)
+            level++;
+    } else if (level > 0 &&
+               cs->cpu_windows >= (level == 1 ? cs->zero_windows : LEVEL_DOWN_WINDOWS)) {
         level--;
         cs->cpu_windows = 0;
     }
-    cs->win_in = 0;
+    cs->win_in = cs->win_out = 0;
     cs->win_deflate_ns = cs->win_wait_ns = 0;
     return level;
 }
@@ -365,16 +521,16 @@ int compress_stream_new(struct stream *lower, struct stream **out, char *err, si
         snprintf(err, errlen, "COMPRESS: cannot initialise inflate");
         return -ENOMEM;
     }
-    /* Level 1 to begin with: on mail (text, base64) it keeps most of the
-     * default level's ratio at a fraction of its CPU, and an initial sync
-     * pushes every message body through here. */
-    if (deflateInit2(&cs->out, compress_levels[0], Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) !=
-        Z_OK) {
+    /* zlib's default level to begin with (see the top) */
+    if (deflateInit2(&cs->out, compress_levels[LEVEL_START], Z_DEFLATED, -15, 8,
+                     Z_DEFAULT_STRATEGY) != Z_OK) {
         inflateEnd(&cs->in);
         free(cs);
         snprintf(err, errlen, "COMPRESS: cannot initialise deflate");
         return -ENOMEM;
     }
+    cs->level = cs->level_next = LEVEL_START;
+    cs->zero_windows = LEVEL_ZERO_WINDOWS;
     stream_init(&cs->base, &compress_ops, lower, lower->sched);
     *out = &cs->base;
     return 0;

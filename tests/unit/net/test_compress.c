@@ -12,13 +12,15 @@
  * here without the renaming, is not counted.
  *
  * The layer's clocks are the test's too (uv_hrtime and clock_gettime are
- * renamed the same way): each reading of the wall clock moves it on by
- * clocks.wall_step and each reading of the CPU clock by clocks.cpu_step,
- * so every write below seems to wait wall_step and every deflate call to
- * cost cpu_step, whatever the machine is doing. Both steps are 0 but in
- * the test of the deflate level. What the scheduler says of the process
- * (whether it waits for a core) is read from COMPRESS_SCHEDSTAT, a file
- * the test writes (see meson.build).
+ * renamed the same way): each reading of the CPU clock moves it on by
+ * clocks.cpu_step, and the wall clock by half as much, so every deflate
+ * call costs cpu_step of both; the wall clock moves on besides only in
+ * the tests' link layer below, whose writes take link.wait_ns each,
+ * whatever the machine is doing. The step is 0 but in the tests of the
+ * deflate level. What the scheduler says of the process (how long it ran
+ * and waited for a core) and of the machine (how long its cores were
+ * idle) is read from COMPRESS_SCHEDSTAT and COMPRESS_PROCSTAT, files the
+ * test writes (see meson.build).
  */
 #include "errors.h"
 #include "net/compress.h"
@@ -39,7 +41,7 @@
 
 static struct {
     uint64_t wall, cpu;
-    uint64_t wall_step, cpu_step;
+    uint64_t cpu_step;
 } clocks;
 
 uint64_t fake_hrtime(void);
@@ -47,29 +49,40 @@ int fake_clock_gettime(clockid_t id, struct timespec *ts);
 
 uint64_t fake_hrtime(void)
 {
-    return clocks.wall += clocks.wall_step;
+    return clocks.wall;
 }
 
 int fake_clock_gettime(clockid_t id, struct timespec *ts)
 {
     (void)id;
     clocks.cpu += clocks.cpu_step;
+    clocks.wall += clocks.cpu_step / 2;
     ts->tv_sec = (time_t)(clocks.cpu / 1000000000u);
     ts->tv_nsec = (long)(clocks.cpu % 1000000000u);
     return 0;
 }
 
-/* What the layer reads of the scheduler: the process ran 200 us more
- * since the last reading, and waited `queued_us` more for a core. */
-static void sched_advance(unsigned queued_us)
+/* What the layer reads of the scheduler: the process ran `run_us` more
+ * since the last reading and waited `queued_us` more for a core, and the
+ * machine's cores were idle `idle_us` more. */
+static void sched_advance(unsigned run_us, unsigned queued_us, unsigned idle_us)
 {
-    static unsigned long long run, queued;
-    run += 200000;
+    static unsigned long long run, queued, idle;
+    run += run_us * 1000ull;
     queued += queued_us * 1000ull;
+    idle += idle_us;
     FILE *f = fopen(COMPRESS_SCHEDSTAT, "w");
     if (!f)
         abort();
     fprintf(f, "%llu %llu 1\n", run, queued);
+    fclose(f);
+    /* in clock ticks */
+    unsigned long long us_per_tick = 1000000ull / (unsigned long long)sysconf(_SC_CLK_TCK);
+    f = fopen(COMPRESS_PROCSTAT, "w");
+    if (!f)
+        abort();
+    fprintf(f, "cpu  100 0 100 %llu 0 0 0 0 0 0\ncpu0 100 0 100 %llu 0 0 0 0 0 0\n",
+            idle / us_per_tick, idle / us_per_tick);
     fclose(f);
 }
 
@@ -408,151 +421,304 @@ static void test_adaptive(void)
     CHECK(pe.ok && pe.received == off);
 }
 
-/* Writes `total` bytes of text through s in 60 KB writes; returns the
- * plaintext's CRC-32 continued from crc. */
-static uLong write_text(struct stream *s, size_t *off, size_t total, uLong crc, unsigned queued_us)
-{
-    static unsigned char buf[60000];
-    for (size_t done = 0; done < total; done += sizeof buf) {
-        sched_advance(queued_us);
-        fill_mail_like(false, *off, buf, sizeof buf);
-        *off += sizeof buf;
-        CHECK(stream_write(s, buf, sizeof buf) == 0);
-        crc = crc32(crc, buf, sizeof buf);
-    }
-    return crc;
-}
+/* ---- the deflate level ---- */
 
-static void test_effort_follows_the_link(void)
-{
-    /* Writes that wait far longer than deflate computes (a slow link)
-     * make the level climb to zlib's default; once deflate takes longer
-     * than the waits (a fast link), it comes back down to 1. Every byte
-     * arrives intact across the level changes, and the text takes fewer
-     * bytes on the wire at the higher level. */
-    struct peer pe = {.mode = PEER_SINK};
-    struct stream *s = start(&pe);
-    CHECK(compress_stream_level(s) == 1);
-    size_t off = 0;
-    uLong crc = crc32(0, Z_NULL, 0);
-    /* each write below seems to wait 5 ms (its two readings of the wall
-     * clock), each deflate call to take 50 us of CPU */
-    clocks.wall_step = 5000000;
-    clocks.cpu_step = 50000;
-    crc = write_text(s, &off, 1200000, crc, 0);
-    int slow_level = compress_stream_level(s);
-    uint64_t in0, out0, out1;
-    compress_stream_totals(s, &in0, &out0);
-    crc = write_text(s, &off, 1200000, crc, 0);
-    compress_stream_totals(s, &in0, &out1);
-    size_t slow_wire = (size_t)(out1 - out0);
-    CHECK(slow_level == 6 && compress_stream_level(s) == 6);
-    clocks.wall_step = 0;
-    /* (down one level every four windows of 256 KiB) */
-    crc = write_text(s, &off, 3000000, crc, 0);
-    int fast_level = compress_stream_level(s);
-    compress_stream_totals(s, &in0, &out0);
-    crc = write_text(s, &off, 1200000, crc, 0);
-    compress_stream_totals(s, &in0, &out1);
-    size_t fast_wire = (size_t)(out1 - out0);
-    CHECK(fast_level == 1 && compress_stream_level(s) == 1);
-    clocks.cpu_step = 0;
-    stream_free(&s);
-    pthread_join(pe.thread, NULL);
-    CHECK(pe.ok && pe.received == off && pe.crc == crc);
-    CHECK(slow_wire < fast_wire);
-    if (slow_level != 6 || fast_level != 1 || slow_wire >= fast_wire)
-        fprintf(stderr, "  levels %d then %d; text on the wire %zu then %zu bytes\n", slow_level,
-                fast_level, slow_wire, fast_wire);
-}
-
-/* A layer that passes everything through and reports the backlog the
- * test sets. */
-struct pile_stream {
+/* A link under the layer: passes everything through to a socket, and
+ * reports the backlog the test sets; each write takes wait_ns of the wall
+ * clock (a slow link makes the writer wait). */
+struct link_stream {
     struct stream base;
     size_t backlog;
+    uint64_t wait_ns;
 };
 
-static ssize_t pile_read(struct stream *s, void *buf, size_t cap)
+static ssize_t link_read(struct stream *s, void *buf, size_t cap)
 {
     return stream_read(s->lower, buf, cap);
 }
 
-static int pile_write(struct stream *s, const void *buf, size_t len)
+static int link_write(struct stream *s, const void *buf, size_t len)
 {
+    clocks.wall += ((struct link_stream *)s)->wait_ns;
     return stream_write(s->lower, buf, len);
 }
 
-static void pile_free(struct stream *s)
+static void link_free(struct stream *s)
 {
     stream_free(&s->lower);
     free(s);
 }
 
-static size_t pile_backlog(const struct stream *s)
+static size_t link_backlog(const struct stream *s)
 {
-    return ((const struct pile_stream *)s)->backlog;
+    return ((const struct link_stream *)s)->backlog;
 }
 
-static const struct stream_ops pile_ops = {
-    .read = pile_read, .write = pile_write, .free = pile_free, .backlog = pile_backlog};
+static const struct stream_ops link_ops = {
+    .read = link_read, .write = link_write, .free = link_free, .backlog = link_backlog};
+
+/* A layer over the link over a socket to a sink peer. */
+static struct stream *start_link(struct peer *pe, struct link_stream **link)
+{
+    int fds[2];
+    test_socketpair(fds);
+    pe->fd = fds[1];
+    if (pthread_create(&pe->thread, NULL, peer_main, pe) != 0)
+        abort();
+    struct link_stream *l = calloc(1, sizeof *l);
+    if (!l)
+        abort();
+    stream_init(&l->base, &link_ops, fd_stream_new(fds[0]), NULL);
+    struct stream *s = NULL;
+    char err[128];
+    CHECK(compress_stream_new(&l->base, &s, err, sizeof err) == 0);
+    if (!s)
+        abort();
+    *link = l;
+    return s;
+}
+
+/* What the writes of one window do: per write, the process ran `run_us`
+ * and waited `queued_us` for a core, spent `other_us` of the wall clock
+ * on other work (reading what it writes, say) before it, and the
+ * machine's cores were idle `idle_us` in all. */
+struct window_load {
+    unsigned run_us, queued_us, other_us, idle_us;
+};
+
+/* Where the text written so far ends, and its CRC-32. */
+struct text_writer {
+    size_t off;
+    uLong crc;
+};
+
+/* Writes one window of text through s (five 60 KB writes: a window is 256
+ * KiB of input, and what is beyond it does not carry over); returns the
+ * level the next write gets. */
+static int write_window(struct stream *s, struct text_writer *tw, struct window_load load)
+{
+    static unsigned char buf[60000];
+    for (int i = 0; i < 5; i++) {
+        sched_advance(load.run_us, load.queued_us, load.idle_us);
+        clocks.wall += load.other_us * 1000ull;
+        fill_mail_like(false, tw->off, buf, sizeof buf);
+        tw->off += sizeof buf;
+        CHECK(stream_write(s, buf, sizeof buf) == 0);
+        tw->crc = crc32(tw->crc, buf, sizeof buf);
+    }
+    return compress_stream_level(s);
+}
+
+/* Writes windows until the level is `want` or `max` windows are written;
+ * returns how many windows the level was `at` on the way. */
+static unsigned write_until(struct stream *s, struct text_writer *tw, struct window_load load,
+                            int want, unsigned max, int at)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < max && compress_stream_level(s) != want; i++)
+        n += write_window(s, tw, load) == at;
+    return n;
+}
+
+/* Compressed bytes the layer wrote for `windows` windows of text. */
+static size_t wire_of(struct stream *s, struct text_writer *tw, struct window_load load,
+                      unsigned windows)
+{
+    uint64_t in, out0, out1;
+    compress_stream_totals(s, &in, &out0);
+    for (unsigned i = 0; i < windows; i++)
+        write_window(s, tw, load);
+    compress_stream_totals(s, &in, &out1);
+    return (size_t)(out1 - out0);
+}
+
+static void test_effort_follows_the_link(void)
+{
+    /* A stream starts at zlib's default level. Writes that keep the writer
+     * waiting (a slow link) make it climb to 9; once deflate takes longer
+     * than the writes and the process has no time to spare (a fast link,
+     * the CPU the limit), it comes down step by step to 0, stored blocks
+     * (more windows for the last step); a slow link takes it back up even
+     * while the machine is short of a core for us. Every byte arrives
+     * intact across the level changes. */
+    struct peer pe = {.mode = PEER_SINK};
+    struct link_stream *link;
+    struct stream *s = start_link(&pe, &link);
+    struct text_writer tw = {0, crc32(0, Z_NULL, 0)};
+    CHECK_INT(compress_stream_level(s), 6);
+    const size_t window_in = 300000;
+
+    /* each write below waits 5 ms, each deflate call takes 50 us */
+    link->wait_ns = 5000000;
+    clocks.cpu_step = 50000;
+    /* (the machine has a core and more to spare) */
+    struct window_load idle = {200, 0, 0, 8000};
+    write_until(s, &tw, idle, 9, 4, -1);
+    int slow_level = compress_stream_level(s);
+    CHECK_INT(slow_level, 9);
+    size_t slow_wire = wire_of(s, &tw, idle, 4);
+
+    /* writes that do not wait, deflate at 1 ms a call, the process busy
+     * all the time: down to 0, through each level, 1 the longest */
+    link->wait_ns = 0;
+    clocks.cpu_step = 1000000;
+    struct window_load busy = {1000, 0, 0, 0};
+    int levels[80];
+    unsigned nlevels = 0;
+    while (nlevels < 80 && compress_stream_level(s) != 0)
+        levels[nlevels++] = write_window(s, &tw, busy);
+    bool down = true;
+    unsigned at[10] = {0};
+    for (unsigned i = 0; i < nlevels; i++) {
+        if (i > 0 && levels[i] > levels[i - 1])
+            down = false;
+        at[levels[i]]++;
+    }
+    int fast_level = compress_stream_level(s);
+    CHECK_INT(fast_level, 0);
+    CHECK(down);
+    /* every level on the way, and at least 8 windows at level 1 */
+    CHECK(at[6] > 0 && at[3] > 0 && at[1] >= 8);
+    size_t fast_wire = wire_of(s, &tw, busy, 2);
+    /* stored blocks: the input and a little more */
+    CHECK(fast_wire >= 2 * window_in && fast_wire < 2 * window_in + 1000);
+
+    /* writes that take a little time (encryption, the system call) among
+     * more time waiting for the servers: the level stays at 0, however
+     * little deflate takes there */
+    link->wait_ns = 200000;
+    clocks.cpu_step = 10000;
+    struct window_load working = {300, 0, 2000, 0};
+    bool stayed = true;
+    for (int i = 0; i < 8; i++)
+        stayed = write_window(s, &tw, working) == 0 && stayed;
+    CHECK(stayed);
+    /* nor does one window whose writes wait long (a server that stops
+     * reading while it commits a mailbox) */
+    link->wait_ns = 60000000;
+    stayed = write_window(s, &tw, idle) == 0 && stayed;
+    link->wait_ns = 200000;
+    for (int i = 0; i < 4; i++)
+        stayed = write_window(s, &tw, working) == 0 && stayed;
+    CHECK(stayed);
+
+    /* the link slows down while the machine has no core to spare (the
+     * process waits for one longer than it runs): back up, since the
+     * writer waits most of the time */
+    link->wait_ns = 5000000;
+    clocks.cpu_step = 10000;
+    struct window_load starved = {200, 1000, 0, 0};
+    write_until(s, &tw, starved, 9, 40, -1);
+    int slow_again = compress_stream_level(s);
+    CHECK_INT(slow_again, 9);
+    size_t slow_again_wire = wire_of(s, &tw, starved, 4);
+    CHECK(slow_again_wire < 4 * window_in / 2);
+    if (slow_level != 9 || fast_level != 0 || slow_again != 9 || slow_wire >= fast_wire)
+        fprintf(stderr, "  levels %d, %d, %d; text on the wire %zu, %zu, %zu bytes\n", slow_level,
+                fast_level, slow_again, slow_wire, fast_wire, slow_again_wire);
+    clocks.cpu_step = 0;
+    stream_free(&s);
+    pthread_join(pe.thread, NULL);
+    CHECK(pe.ok && pe.received == tw.off && pe.crc == tw.crc);
+}
+
+static void test_effort_settles(void)
+{
+    /* Until the buffers on the way have filled, a slow link looks like a
+     * fast one: a new stream keeps zlib's default level for its first 16
+     * windows (4 MiB), however busy the process, and only then goes down. */
+    struct peer pe = {.mode = PEER_SINK};
+    struct link_stream *link;
+    struct stream *s = start_link(&pe, &link);
+    struct text_writer tw = {0, crc32(0, Z_NULL, 0)};
+    clocks.cpu_step = 1000000;
+    struct window_load busy = {1000, 0, 0, 0};
+    bool kept = true;
+    for (int i = 0; i < 16; i++)
+        kept = write_window(s, &tw, busy) == 6 && kept;
+    CHECK(kept);
+    write_until(s, &tw, busy, 3, 8, -1);
+    CHECK_INT(compress_stream_level(s), 3);
+    clocks.cpu_step = 0;
+    stream_free(&s);
+    pthread_join(pe.thread, NULL);
+    CHECK(pe.ok && pe.received == tw.off && pe.crc == tw.crc);
+}
 
 static void test_effort_follows_the_backlog(void)
 {
     /* A link slower than the writer may never make a write wait (the
      * socket buffers hold megabytes), but what was written piles up below,
-     * unsent: the level climbs. Once the pile is gone and deflate costs
-     * more than the (absent) waits, it comes back down. */
+     * unsent: the level climbs, unless the machine has no core to spare
+     * (the link may be a server on the same machine). Once the pile is
+     * gone and the CPU is the limit, it comes down to 0; there, a pile
+     * that a fast link takes at once (a burst) does not move it, a lasting
+     * one does, and the next way down to 0 takes longer (so that a link
+     * about as fast as level 0 does not keep the level going to 0 and
+     * back). */
     struct peer pe = {.mode = PEER_SINK};
-    int fds[2];
-    test_socketpair(fds);
-    pe.fd = fds[1];
-    if (pthread_create(&pe.thread, NULL, peer_main, &pe) != 0)
-        abort();
-    struct pile_stream *pile = calloc(1, sizeof *pile);
-    if (!pile)
-        abort();
-    stream_init(&pile->base, &pile_ops, fd_stream_new(fds[0]), NULL);
-    struct stream *s = NULL;
-    char err[128];
-    CHECK(compress_stream_new(&pile->base, &s, err, sizeof err) == 0);
-    if (!s)
-        abort();
-    size_t off = 0;
-    uLong crc = crc32(0, Z_NULL, 0);
-    /* every write below waits 1 ms, every deflate call takes 1 ms of CPU:
-     * the waits alone do not say the link is the limit */
-    clocks.wall_step = 1000000;
+    struct link_stream *link;
+    struct stream *s = start_link(&pe, &link);
+    struct text_writer tw = {0, crc32(0, Z_NULL, 0)};
+    /* writes never wait, every deflate call takes 1 ms of CPU, and the
+     * process runs all the time */
     clocks.cpu_step = 1000000;
-    pile->backlog = (size_t)1 << 20;
-    /* a busy machine: the process waits 5 ms for a core at every write */
-    crc = write_text(s, &off, 600000, crc, 5000);
-    int busy_level = compress_stream_level(s);
-    CHECK(busy_level == 1);
-    /* (what the layer knows of the machine fades by 1/8 a window) */
-    crc = write_text(s, &off, 4000000, crc, 0);
+    link->backlog = (size_t)4 << 20;
+    /* the machine has no core to spare (and the process waits 5 ms for
+     * one per write), for long enough to be looked at */
+    struct window_load starved = {5000, 5000, 4000, 0};
+    for (int i = 0; i < 6; i++)
+        write_window(s, &tw, starved);
+    int starved_level = compress_stream_level(s);
+    CHECK_INT(starved_level, 6);
+    /* it has (the other core is mostly idle): up (the layer looks at the
+     * machine every 100 ms; a window takes 25 ms here) */
+    struct window_load busy = {5000, 0, 4000, 4000};
+    write_until(s, &tw, busy, 9, 16, -1);
     int piled_level = compress_stream_level(s);
-    CHECK(piled_level == 6);
-    pile->backlog = 0;
-    clocks.cpu_step = 3000000; /* deflate now takes longer than the waits */
-    crc = write_text(s, &off, 3000000, crc, 0);
+    CHECK_INT(piled_level, 9);
+
+    /* the pile is gone, the CPU the limit: down to 0 */
+    link->backlog = 0;
+    unsigned first_at_1 = write_until(s, &tw, busy, 0, 60, 1);
     int drained_level = compress_stream_level(s);
-    CHECK(drained_level == 1);
-    /* the pile again, the machine busy again: back down */
-    pile->backlog = (size_t)1 << 20;
-    clocks.cpu_step = 1000000;
-    crc = write_text(s, &off, 1200000, crc, 0);
-    CHECK(compress_stream_level(s) == 6);
-    crc = write_text(s, &off, 3000000, crc, 5000);
-    int busy_again = compress_stream_level(s);
-    CHECK(busy_again == 1);
-    if (busy_level != 1 || piled_level != 6 || drained_level != 1 || busy_again != 1)
-        fprintf(stderr, "  levels %d busy, %d with a pile, %d without, %d busy again\n", busy_level,
-                piled_level, drained_level, busy_again);
-    clocks.cpu_step = clocks.wall_step = 0;
+    CHECK_INT(drained_level, 0);
+    CHECK(first_at_1 >= 8);
+
+    /* a fast link, which takes what level 0 gives it (a few windows for
+     * the layer to see that), then 1 MB unsent at the end of every other
+     * window, gone by the next one */
+    bool stayed = true;
+    for (int i = 0; i < 8; i++)
+        stayed = write_window(s, &tw, busy) == 0 && stayed;
+    for (int i = 0; i < 20; i++) {
+        link->backlog = i % 2 ? 0 : (size_t)1 << 20;
+        stayed = write_window(s, &tw, busy) == 0 && stayed;
+    }
+    CHECK(stayed);
+
+    /* a pile that lasts: back up */
+    link->backlog = (size_t)4 << 20;
+    write_until(s, &tw, busy, 9, 40, -1);
+    int piled_again = compress_stream_level(s);
+    CHECK_INT(piled_again, 9);
+
+    /* and down again, longer at level 1 than the first time */
+    link->backlog = 0;
+    unsigned second_at_1 = write_until(s, &tw, busy, 0, 80, 1);
+    CHECK_INT(compress_stream_level(s), 0);
+    CHECK(second_at_1 > first_at_1);
+    if (starved_level != 6 || piled_level != 9 || drained_level != 0 || !stayed ||
+        piled_again != 9 || second_at_1 <= first_at_1)
+        fprintf(stderr,
+                "  levels %d without a core to spare, %d with a pile, %d without, %d again; %u "
+                "then %u windows "
+                "at 1\n",
+                starved_level, piled_level, drained_level, piled_again, first_at_1, second_at_1);
+    clocks.cpu_step = 0;
     stream_free(&s);
     pthread_join(pe.thread, NULL);
-    CHECK(pe.ok && pe.received == off && pe.crc == crc);
+    CHECK(pe.ok && pe.received == tw.off && pe.crc == tw.crc);
 }
 
 static void test_bomb(void)
@@ -597,7 +763,7 @@ static void test_bomb(void)
     /* everything the layer holds was there after the first read: 512 MiB
      * of output later it has allocated nothing more */
     CHECK_UINT(peak, peak_first);
-    /* buffers and zlib's states (deflate at level 1, memory level 8, and
+    /* buffers and zlib's states (deflate at memory level 8, and
      * inflate with its 32 KiB window) come to about 0.5 MiB */
     if (!CHECK(peak < 1024 * 1024))
         fprintf(stderr, "  the layer held %zu bytes at its peak\n", peak);
@@ -638,12 +804,13 @@ static void test_eof_and_lower_error(void)
 
 int main(void)
 {
-    sched_advance(0);
+    sched_advance(0, 0, 0);
     /* a peer may write after the other end hung up, in failure cases */
     signal(SIGPIPE, SIG_IGN);
     test_small();
     test_large();
     test_adaptive();
+    test_effort_settles();
     test_effort_follows_the_link();
     test_effort_follows_the_backlog();
     test_bomb();

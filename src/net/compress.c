@@ -23,32 +23,31 @@
  *
  * The effort adapts to what limits the writes, between level 0 (stored
  * blocks: next to no CPU for us and for the server's inflate, about the
- * input's size on the wire) and 9. When the link is slower than the
- * writer, a higher level costs no time and saves bytes that the link
- * would otherwise carry; that shows as bytes written but not sent, piling
- * up below (stream_backlog), many and worth more than a moment of what
- * the link carried lately, or as writes that keep the writer waiting most
- * of the time and far longer than deflate keeps it computing. When they
- * have for two windows of input in a row (a server that stops reading for
- * a moment is not a slow link), the level goes up a step per window: a
- * pile hides deflate's time
- * however busy the process is, if the machine has a core to spare (where
- * it has none, deflating more takes from someone else: the servers may
- * run on it too); waits do if the process has time to spare. When deflate takes longer than the
- * waits, nothing piles up and the process has no time to spare, the CPU
- * is the limit and the level goes down (slowly: a link that has just
- * drained has nothing piled up for a moment; more slowly to 0, and more
- * slowly again each time a pile took the level back up from there, so
- * that it does not go to 0 and back for ever). A stream starts at zlib's
- * default, 6, and does not go down during its first few megabytes: until
- * the buffers on the way fill, a slow link looks like a fast one. The
- * times are the CPU time of each write's deflate calls, the wall time of
- * its writes below and what the kernel says of the process and of the
- * machine's idle cores, summed over a
- * window of input so that one short wait does not move the level. The
- * kernel's socket buffer can hold megabytes, so on a slow link the writes
- * themselves may not wait at all for a long time. With level 0, the
- * strategy does not matter: Huffman coding is for levels 1 and up.
+ * input's size on the wire) and 9. When the link is slower than the writer,
+ * a higher level costs no time and saves bytes that the link would otherwise
+ * carry; that shows as bytes written but not sent, piling up below
+ * (stream_backlog), many and worth more than a moment of what the link
+ * carried lately, or as writes that keep the writer waiting most of the time
+ * and far longer than deflate keeps it computing. When they have for two
+ * windows of input in a row (a server that stops reading for a moment is not
+ * a slow link), the level goes up a step per window: a pile hides deflate's
+ * time however busy the process is, if the machine has a core to spare
+ * (where it has none, deflating more takes from someone else: the servers
+ * may run on it too); waits do if the process has time to spare. When
+ * deflate takes longer than the waits, nothing piles up and the process has
+ * no time to spare, the CPU is the limit and the level goes down (slowly: a
+ * link that has just drained has nothing piled up for a moment; more slowly
+ * to 0, and more slowly again each time a pile took the level back up from
+ * there, so that it does not go to 0 and back for ever). A stream starts at
+ * zlib's default, 6, and does not go down during its first few megabytes:
+ * until the buffers on the way fill, a slow link looks like a fast one. The
+ * times are the CPU time of each write's deflate calls, the wall time of its
+ * writes below and what the kernel says of the process and of the machine's
+ * idle cores, summed over a window of input so that one short wait does not
+ * move the level. The kernel's socket buffer can hold megabytes, so on a
+ * slow link the writes themselves may not wait at all for a long time. With
+ * level 0, the strategy does not matter: Huffman coding is for levels 1 and
+ * up.
  */
 #include "net/compress.h"
 

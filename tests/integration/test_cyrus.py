@@ -194,5 +194,54 @@ def test_initial_sync_cyrus_remote_like_perl():
     compare_with_perl("remote")
 
 
+def test_new_mail_on_both_sides_against_cyrus():
+    """After an initial sync with Cyrus as the remote server, new messages
+    on both sides of several mailboxes go through the exchange windows
+    (EXAMINE with QRESYNC and a flag listing on each server, nothing left
+    to the per-mailbox path); both servers end equal, and the next run
+    copies nothing."""
+    need_cyrus()
+    tmp = tempfile.mkdtemp(prefix="interimap-cyrus-")
+    os.chmod(tmp, 0o755)
+    local, remote = servers(tmp, "remote")
+    try:
+        for srv in (local, remote):
+            srv.start()
+        load(local, DOVECOT_SPEC, 3)
+        load(remote, CYRUS_SPEC, 4)
+        s = Setup(local, remote)
+        r = s.run()
+        check_eq(r.code, 0, "initial sync: %r" % r)
+        boxes = ["Common", "Work", "Reçus", "Listes/Débats/Ça"]
+        g = MessageGenerator(5)
+        for srv in (local, remote):
+            conn = srv.login()
+            try:
+                for name in boxes:
+                    for data, flags, idate in g.mailbox(2):
+                        mail.append(conn, name.replace("/", srv.separator), data, flags, idate)
+            finally:
+                conn.logout()
+        before = mail.snapshot(local).total()
+        r = s.run("--debug")
+        check_eq(r.code, 0, "the run with new mail on both sides: %r" % r.err[-3000:])
+        for side in ("local", "remote"):
+            check("%s: C: " % side in r.err and
+                  any(("%s: C: " % side) in line and "(UID FLAGS)" in line and "UID FETCH" in line
+                      for line in r.err.splitlines()),
+                  "%s: a window's check listed the flags:\n%s" % (side, r.err[-3000:]))
+        check("left to the per-mailbox path" not in r.err, "no mailbox left the windows")
+        a, b = mail.snapshot(local), mail.snapshot(remote)
+        check_eq(a.total(), before + 2 * len(boxes), "the remote side's new messages copied")
+        check_eq(without_empty_parents(a), without_empty_parents(b), "both servers equal")
+        r = s.run()
+        check("message(s) added" not in r.err, "the next run copies nothing:\n" + r.err)
+        s.cleanup()
+    finally:
+        for srv in (local, remote):
+            srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     main(globals())

@@ -236,19 +236,28 @@ static int compress_send(struct compress_stream *cs, size_t have)
     return 0;
 }
 
+/* The start of a file of the kernel's, as a string in buf (size bytes).
+ * False where it cannot be read. */
+static bool compress_read_proc(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    return true;
+}
+
 /* The kernel's figures for this process: nanoseconds it ran and waited to
  * run. False where they cannot be read. */
 static bool compress_schedstat(unsigned long long *run, unsigned long long *queued)
 {
     char buf[128];
-    int fd = open(COMPRESS_SCHEDSTAT, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (!compress_read_proc(COMPRESS_SCHEDSTAT, buf, sizeof buf))
         return false;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return false;
-    buf[n] = '\0';
     char *end;
     errno = 0;
     *run = strtoull(buf, &end, 10);
@@ -264,14 +273,8 @@ static bool compress_schedstat(unsigned long long *run, unsigned long long *queu
 static bool compress_machine_idle(unsigned long long *idle)
 {
     char buf[256];
-    int fd = open(COMPRESS_PROCSTAT, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (!compress_read_proc(COMPRESS_PROCSTAT, buf, sizeof buf))
         return false;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return false;
-    buf[n] = '\0';
     /* "cpu  user nice system idle iowait ..." */
     if (strncmp(buf, "cpu ", 4) != 0)
         return false;

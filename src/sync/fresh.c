@@ -310,6 +310,10 @@ static void copy_send(struct fresh_window *w, struct fresh_slot *sl)
     struct mbox_ctx *m = sl->m;
     struct side_state *st = &m->st[s];
     sl->examine[s] = examine_send(m, s);
+    if (!sl->examine[s]) {
+        sl->fate = FATE_FAILED;
+        return;
+    }
     /* a known mailbox: the messages from the saved UIDNEXT on */
     uint32_t from = m->known ? m->db[s].uidnext : 1;
     if (m->status_uidnext[s] <= from)
@@ -319,11 +323,10 @@ static void copy_send(struct fresh_window *w, struct fresh_slot *sl)
     cp->deferred = true;
     sl->copying[s] = true;
     /* the target's own messages, new ones included (an exchange), are
-     * below the UIDNEXT its listing gave */
+     * below the UIDNEXT its listing gave (known_source: never below the
+     * saved one) */
     if (m->known)
-        cp->bound = m->status_uidnext[OTHER(s)] > m->db[OTHER(s)].uidnext
-                        ? m->status_uidnext[OTHER(s)]
-                        : m->db[OTHER(s)].uidnext;
+        cp->bound = m->status_uidnext[OTHER(s)];
     /* what the answer may hold: UIDs below the listing's UIDNEXT,
      * ascending, each once */
     st->fetch_from = from;
@@ -366,6 +369,14 @@ static int copy_end(struct fresh_window *w, struct fresh_slot *sl)
     return sl->close_rc ? sl->close_rc : side_error(m);
 }
 
+/* Whether the copy pass running took the mailbox: its EXAMINE went to the
+ * source (an exchange's second pass leaves out what the first failed, and
+ * the source's EXAMINE is sent only by its copy pass until the checks). */
+static bool in_pass(const struct fresh_window *w, const struct fresh_slot *sl)
+{
+    return sl->examine[w->src] != NULL;
+}
+
 /* Pass 1: every mailbox's messages streamed from the source into the
  * target; then the APPENDs' answers recorded. Returns < 0 when a
  * connection broke. */
@@ -375,26 +386,21 @@ static int copy_pass(struct fresh_window *w)
     enum side s = w->src, t = OTHER(s);
     struct fresh_route rt = {.w = w, .side = s};
     struct imap_mailbox_state scratch;
-    /* (an exchange's second copy pass leaves out what the first failed) */
-    bool *in = calloc(w->n, sizeof *in);
-    if (!in)
-        return -ENOMEM;
     memset(&scratch, 0, sizeof scratch);
     imap_client_select_now(e->client[s], &route_handler, &rt, &scratch);
     imap_client_hold(e->client[s]);
     /* the copies' small pieces leave in full buffers, not one write each */
     imap_client_hold(e->client[t]);
-    for (size_t i = 0; i < w->n; i++) {
-        in[i] = w->slots[i].fate == FATE_OPEN;
-        if (in[i])
+    /* (an exchange's second copy pass leaves out what the first failed) */
+    for (size_t i = 0; i < w->n; i++)
+        if (w->slots[i].fate == FATE_OPEN)
             copy_send(w, &w->slots[i]);
-    }
     int rc = imap_client_push(e->client[s]);
     for (size_t i = 0; i < w->n; i++)
-        if (in[i] && copy_wait(w, &w->slots[i]) != 0)
+        if (in_pass(w, &w->slots[i]) && copy_wait(w, &w->slots[i]) != 0)
             w->slots[i].fate = FATE_FAILED;
     for (size_t i = 0; i < w->n; i++)
-        if (in[i] && copy_end(w, &w->slots[i]) != 0)
+        if (in_pass(w, &w->slots[i]) && copy_end(w, &w->slots[i]) != 0)
             w->slots[i].fate = FATE_FAILED;
     int pr = imap_client_push(e->client[t]);
     imap_client_release(e->client[s], &rt);
@@ -402,9 +408,8 @@ static int copy_pass(struct fresh_window *w)
         rc = pr;
     /* the answers, in order (the check compares with `made`) */
     for (size_t i = 0; i < w->n; i++)
-        if (in[i] && w->slots[i].copying[s] && copy_finish(&w->slots[i].cp[s], NULL) != 0)
+        if (w->slots[i].copying[s] && copy_finish(&w->slots[i].cp[s], NULL) != 0)
             w->slots[i].fate = FATE_FAILED;
-    free(in);
     return engine_broken(e) ? -EIO : rc;
 }
 
@@ -462,8 +467,10 @@ static void check_main(struct coro *self, void *arg)
     job->rc = check_pass(job->w, job->t);
 }
 
-/* An exchange's checks, both sides at once (each holds only its own
- * connection, and writes only its own side's findings). */
+/* An exchange's checks, both sides at once: each holds only its own
+ * connection and keeps its findings per side (seen, nfound), and the
+ * coroutines take turns, so what they share (fate, confused) only ever
+ * goes one way. */
 static int check_both(struct fresh_window *w)
 {
     struct check_job remote = {w, SIDE_REMOTE, 0};

@@ -87,14 +87,16 @@ class Pair:
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def use_relays(self, sides=("local", "remote")):
+    def use_relays(self, sides=("local", "remote"), delay_ms=0):
         """Puts a relay (bench/latency_relay.py, counting commands) in front
         of each side's plain IMAP port and points the configuration at it,
         with neither STARTTLS nor COMPRESS so that the relay can read the
-        commands. Returns {side: relay}; relay.ctl controls it."""
+        commands. delay_ms delays each direction. Returns {side: relay};
+        relay.ctl controls it."""
         for side in sides:
             srv = self.local if side == "local" else self.remote
-            self.relays[side] = latency_relay.RelayProc(srv.imap_port, 0, count_commands=True,
+            self.relays[side] = latency_relay.RelayProc(srv.imap_port, delay_ms,
+                                                        count_commands=True,
                                                         target_host=srv.host)
         self.write_config()
         return self.relays

@@ -289,9 +289,16 @@ def turnarounds(boxes, arrivals=False, both=False):
     """Turn-arounds on the remote link of a first run copying `boxes` new
     mailboxes to it, or (arrivals) of a run copying one new message in
     each of them from it, the mailboxes known already (both: and one from
-    the local side to it)."""
+    the local side to it).
+
+    The relay delays each direction by 40 ms: a turn-around is a reply
+    read after a command, so at no delay a slow client (a sanitizer build)
+    whose window's commands leave over a few milliseconds would see replies
+    to the first ones land between the others and count turn-arounds that
+    are not waits. With the delay, the commands of one burst all pass
+    before the first reply can come back."""
     with Pair() as p:
-        relays = p.use_relays(("remote",))
+        relays = p.use_relays(("remote",), delay_ms=40)
         spec = {"M%03d" % b: [(make_message("t%d" % b, i), (), idate(i)) for i in range(2)]
                 for b in range(boxes)}
         mail.fill(p.local, spec)

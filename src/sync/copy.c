@@ -49,6 +49,13 @@ void copy_fini(struct new_copy *cp)
     cp->nmade = cp->capmade = 0;
     uidset_fini(&cp->open_uids);
     uidset_fini(&cp->appended);
+    for (size_t i = 0; i < cp->nheld; i++) {
+        free(cp->held[i].flags);
+        free(cp->held[i].body);
+    }
+    free(cp->held);
+    cp->held = NULL;
+    cp->nheld = cp->capheld = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -319,15 +326,18 @@ static int copy_body(struct new_copy *cp, uint64_t size, struct imap_literal *li
  * promised bytes that will never come: its connection is given up, not
  * used with a literal still open.
  */
+static int append_one(struct new_copy *cp, uint32_t uid, const char *date, char *flags,
+                      uint64_t size, struct imap_literal *lit, const char *inline_body);
+static int hold_one(struct new_copy *cp, uint32_t uid, const char *date, char *flags, uint64_t size,
+                    struct imap_literal *lit, const char *inline_body);
+
 int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_t size,
                         struct imap_literal *lit, const char *inline_body)
 {
-    struct sync_engine *e = cp->e;
-    struct imap_client *t = cp->target->c;
     if (cp->error)
         return cp->error;
     if (size == 0) {
-        log_warn(e->log, side_name[cp->src], NULL,
+        log_warn(cp->e->log, side_name[cp->src], NULL,
                  "Ignoring new 0-length message (UID %" PRIu32 ")", f->uid);
         return 0;
     }
@@ -336,6 +346,75 @@ int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_
         cp->error = -ENOMEM;
         return cp->error;
     }
+    if (cp->hold_budget)
+        return hold_one(cp, f->uid, f->date, flags, size, lit, inline_body);
+    return append_one(cp, f->uid, f->date, flags, size, lit, inline_body);
+}
+
+/* Keeps one message (flags: owned) for copy_release_held, or drops it when
+ * the budget is spent. Should the body stop short, the source's
+ * connection broke: the copy fails. */
+static int hold_one(struct new_copy *cp, uint32_t uid, const char *date, char *flags, uint64_t size,
+                    struct imap_literal *lit, const char *inline_body)
+{
+    if (cp->held_over || size > *cp->hold_budget) {
+        /* the client skips what is left of the literal */
+        cp->held_over = true;
+        free(flags);
+        return 0;
+    }
+    struct held_message *grown =
+        array_reserve(cp->held, &cp->capheld, cp->nheld + 1, sizeof *grown, 16);
+    if (grown)
+        cp->held = grown;
+    char *body = grown ? malloc((size_t)size) : NULL;
+    if (!body) {
+        free(flags);
+        return cp->error = -ENOMEM;
+    }
+    if (inline_body) {
+        memcpy(body, inline_body, (size_t)size);
+    } else {
+        for (uint64_t got = 0; got < size;) {
+            ssize_t n = imap_literal_read(lit, body + got, (size_t)(size - got));
+            if (n <= 0) {
+                free(body);
+                free(flags);
+                return cp->error = n < 0 ? (int)n : ERR_EOF;
+            }
+            got += (uint64_t)n;
+        }
+    }
+    struct held_message *h = &cp->held[cp->nheld++];
+    *h = (struct held_message){.uid = uid, .flags = flags, .body = body, .size = size};
+    snprintf(h->date, sizeof h->date, "%s", date);
+    *cp->hold_budget -= size;
+    return 0;
+}
+
+/* Appends the messages held, in the order read, and forgets them. */
+int copy_release_held(struct new_copy *cp)
+{
+    int r = 0;
+    for (size_t i = 0; i < cp->nheld; i++) {
+        struct held_message *h = &cp->held[i];
+        if (r == 0 && !cp->error)
+            r = append_one(cp, h->uid, h->date, h->flags, h->size, NULL, h->body);
+        else
+            free(h->flags);
+        free(h->body);
+    }
+    cp->nheld = 0;
+    return r ? r : cp->error;
+}
+
+/* Appends one message (flags: owned), streaming its body from the
+ * literal or writing it from memory. */
+static int append_one(struct new_copy *cp, uint32_t uid, const char *date, char *flags,
+                      uint64_t size, struct imap_literal *lit, const char *inline_body)
+{
+    struct sync_engine *e = cp->e;
+    struct imap_client *t = cp->target->c;
     bool multi = imap_client_has_cap(t, "MULTIAPPEND");
     int r = 0;
     bool literal_open = false;
@@ -356,7 +435,7 @@ int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_
     /* flags and date are encoded (and checked once more) before anything
      * of this message is written */
     if (r == 0)
-        r = imap_client_write_fmt(t, " (%F) %D ", flags, f->date);
+        r = imap_client_write_fmt(t, " (%F) %D ", flags, date);
     if (r == 0)
         r = imap_client_literal_begin(t, size);
     fp_scan_reset(&cp->scan);
@@ -365,15 +444,15 @@ int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_
         r = copy_body(cp, size, lit, inline_body);
     }
     if (r == 0 && cp->target->how == TIER_PLAIN)
-        sent_note(cp->target, f->uid, flags); /* for its flag record */
+        sent_note(cp->target, uid, flags); /* for its flag record */
     if (r == 0 && cp->deferred)
-        r = made_add(cp, f->uid, flags);
+        r = made_add(cp, uid, flags);
     /* written but not noted, the APPEND must not complete: fail */
     if (r == 0)
-        r = entry_add(cp, f->uid, size, f->date, flags);
+        r = entry_add(cp, uid, size, date, flags);
     else
         free(flags);
-    if (r == 0 && uidset_add(&cp->open_uids, f->uid) < 0)
+    if (r == 0 && uidset_add(&cp->open_uids, uid) < 0)
         r = -ENOMEM;
     if (r < 0) {
         cp->error = r;

@@ -44,6 +44,8 @@ enum {
     FRESH_WINDOW = 256,
     /* below this, the per-mailbox path costs no more round trips */
     FRESH_MIN = 2,
+    /* the most an exchange's held copy keeps in memory, per window */
+    FRESH_HOLD_BYTES = 16 << 20,
 };
 
 /* What one mailbox's EXAMINE reported. */
@@ -89,6 +91,7 @@ struct fresh_route {
     size_t cur;
     size_t shown; /* the mailbox on the progress line, + 1 */
     bool check;   /* the check pass (else the copy) */
+    bool holding; /* an exchange's held copy: nothing written, nothing shown */
 };
 
 static bool slot_answered(const struct fresh_slot *sl, enum side s)
@@ -104,11 +107,10 @@ static bool slot_answered(const struct fresh_slot *sl, enum side s)
  * there (the reader writes the APPENDs, and holds the target's write
  * lock while one is open), or at the end of the pass.
  */
-static void slot_close(struct fresh_window *w, struct fresh_slot *sl)
+static void slot_close(struct fresh_window *w, struct fresh_slot *sl, enum side s)
 {
     struct sync_engine *e = w->e;
     struct mbox_ctx *m = sl->m;
-    enum side s = w->src;
     if (sl->closed[s])
         return;
     sl->closed[s] = true;
@@ -136,14 +138,14 @@ static void slot_close(struct fresh_window *w, struct fresh_slot *sl)
 static struct fresh_slot *route_slot(struct fresh_route *rt)
 {
     while (rt->cur < rt->w->n && slot_answered(&rt->w->slots[rt->cur], rt->side)) {
-        if (!rt->check)
-            slot_close(rt->w, &rt->w->slots[rt->cur]);
+        if (!rt->check && !rt->holding)
+            slot_close(rt->w, &rt->w->slots[rt->cur], rt->side);
         rt->cur++;
     }
     if (rt->cur == rt->w->n)
         return NULL;
     struct fresh_slot *sl = &rt->w->slots[rt->cur];
-    if (!rt->check && rt->shown != rt->cur + 1) {
+    if (!rt->check && !rt->holding && rt->shown != rt->cur + 1) {
         /* the mailbox whose messages stream now */
         rt->shown = rt->cur + 1;
         progress_mailbox(rt->w->e->opts.progress, sl->m->pretty, sl->rank, rt->w->e->cycle_todo);
@@ -304,9 +306,8 @@ static struct imap_cmd *examine_send(struct mbox_ctx *m, enum side s)
 }
 
 /* Sends the copy pass's commands of one mailbox to the source. */
-static void copy_send(struct fresh_window *w, struct fresh_slot *sl)
+static void copy_send(struct fresh_slot *sl, enum side s, uint64_t *hold_budget)
 {
-    enum side s = w->src;
     struct mbox_ctx *m = sl->m;
     struct side_state *st = &m->st[s];
     sl->examine[s] = examine_send(m, s);
@@ -321,6 +322,7 @@ static void copy_send(struct fresh_window *w, struct fresh_slot *sl)
     struct new_copy *cp = &sl->cp[s];
     copy_init(cp, m, s);
     cp->deferred = true;
+    cp->hold_budget = hold_budget;
     sl->copying[s] = true;
     /* the target's own messages, new ones included (an exchange), are
      * below the UIDNEXT its listing gave (known_source: never below the
@@ -340,9 +342,8 @@ static void copy_send(struct fresh_window *w, struct fresh_slot *sl)
 }
 
 /* The answers to one mailbox's EXAMINE and FETCH on the source. */
-static int copy_wait(struct fresh_window *w, struct fresh_slot *sl)
+static int copy_wait(struct fresh_window *w, struct fresh_slot *sl, enum side s)
 {
-    enum side s = w->src;
     struct mbox_ctx *m = sl->m;
     int rc = examine_wait(sl, s);
     if (rc == 0 && sl->fetch[s]) {
@@ -355,16 +356,16 @@ static int copy_wait(struct fresh_window *w, struct fresh_slot *sl)
 }
 
 /* What became of one mailbox's copy, once every FETCH was answered. */
-static int copy_end(struct fresh_window *w, struct fresh_slot *sl)
+static int copy_end(struct fresh_window *w, struct fresh_slot *sl, enum side s)
 {
     struct mbox_ctx *m = sl->m;
-    enum side t = OTHER(w->src);
-    m->st[w->src].copy = NULL;
-    slot_close(w, sl); /* the last ones: the reader is past them */
-    if (sl->copying[w->src] && sl->cp[w->src].error) {
+    enum side t = OTHER(s);
+    m->st[s].copy = NULL;
+    slot_close(w, sl, s); /* the last ones: the reader is past them */
+    if (sl->copying[s] && sl->cp[s].error) {
         log_error(w->e->log, side_name[t], m->st[t].mailbox, "copying new messages failed: %s",
                   imap_client_reason(m->st[t].c));
-        return sl->cp[w->src].error;
+        return sl->cp[s].error;
     }
     return sl->close_rc ? sl->close_rc : side_error(m);
 }
@@ -372,18 +373,18 @@ static int copy_end(struct fresh_window *w, struct fresh_slot *sl)
 /* Whether the copy pass running took the mailbox: its EXAMINE went to the
  * source (an exchange's second pass leaves out what the first failed, and
  * the source's EXAMINE is sent only by its copy pass until the checks). */
-static bool in_pass(const struct fresh_window *w, const struct fresh_slot *sl)
+static bool in_pass(const struct fresh_slot *sl, enum side s)
 {
-    return sl->examine[w->src] != NULL;
+    return sl->examine[s] != NULL;
 }
 
 /* Pass 1: every mailbox's messages streamed from the source into the
  * target; then the APPENDs' answers recorded. Returns < 0 when a
  * connection broke. */
-static int copy_pass(struct fresh_window *w)
+static int copy_pass(struct fresh_window *w, enum side s)
 {
     struct sync_engine *e = w->e;
-    enum side s = w->src, t = OTHER(s);
+    enum side t = OTHER(s);
     struct fresh_route rt = {.w = w, .side = s};
     struct imap_mailbox_state scratch;
     memset(&scratch, 0, sizeof scratch);
@@ -394,13 +395,13 @@ static int copy_pass(struct fresh_window *w)
     /* (an exchange's second copy pass leaves out what the first failed) */
     for (size_t i = 0; i < w->n; i++)
         if (w->slots[i].fate == FATE_OPEN)
-            copy_send(w, &w->slots[i]);
+            copy_send(&w->slots[i], s, NULL);
     int rc = imap_client_push(e->client[s]);
     for (size_t i = 0; i < w->n; i++)
-        if (in_pass(w, &w->slots[i]) && copy_wait(w, &w->slots[i]) != 0)
+        if (in_pass(&w->slots[i], s) && copy_wait(w, &w->slots[i], s) != 0)
             w->slots[i].fate = FATE_FAILED;
     for (size_t i = 0; i < w->n; i++)
-        if (in_pass(w, &w->slots[i]) && copy_end(w, &w->slots[i]) != 0)
+        if (in_pass(&w->slots[i], s) && copy_end(w, &w->slots[i], s) != 0)
             w->slots[i].fate = FATE_FAILED;
     int pr = imap_client_push(e->client[t]);
     imap_client_release(e->client[s], &rt);
@@ -481,6 +482,100 @@ static int check_both(struct fresh_window *w)
     else if (rc == 0)
         remote.rc = check_pass(w, SIDE_REMOTE);
     return rc < 0 ? rc : remote.rc;
+}
+
+/*
+ * An exchange's copy from the local server, held: its EXAMINEs and FETCHes
+ * go out before the remote server's copy starts, the local server's reader
+ * keeps its messages in memory while the other copy streams, and they are
+ * appended to the remote server once read. Both servers fetch, then both
+ * store, at the same time. Both copies streaming would not do: each
+ * reader writes what it reads into the other server, so a server busy
+ * answering a FETCH (not reading its socket) would stop the reader of the
+ * other one, which would stop that one's FETCH, and so on round. A held
+ * reader never writes. Past FRESH_HOLD_BYTES its messages are dropped
+ * and their mailboxes left to the per-mailbox path.
+ */
+struct held_job {
+    struct fresh_window *w;
+    struct fresh_route rt;
+    struct imap_mailbox_state scratch;
+    uint64_t budget;
+    int rc;
+};
+
+/* Sends the held copy's commands, before anything else goes to the local
+ * server in this window. */
+static void held_send(struct held_job *job)
+{
+    struct fresh_window *w = job->w;
+    struct imap_client *c = w->e->client[SIDE_LOCAL];
+    job->rt = (struct fresh_route){.w = w, .side = SIDE_LOCAL, .holding = true};
+    memset(&job->scratch, 0, sizeof job->scratch);
+    imap_client_select_now(c, &route_handler, &job->rt, &job->scratch);
+    imap_client_hold(c);
+    for (size_t i = 0; i < w->n; i++)
+        if (w->slots[i].fate == FATE_OPEN)
+            copy_send(&w->slots[i], SIDE_LOCAL, &job->budget);
+    job->rc = imap_client_push(c);
+}
+
+/* The rest of the held copy: its answers, then its messages appended to
+ * the remote server, mailbox by mailbox, and those answers recorded. */
+static void held_main(struct coro *self, void *arg)
+{
+    (void)self;
+    struct held_job *job = arg;
+    struct fresh_window *w = job->w;
+    struct sync_engine *e = w->e;
+    const enum side s = SIDE_LOCAL;
+    for (size_t i = 0; i < w->n; i++)
+        if (in_pass(&w->slots[i], s) && copy_wait(w, &w->slots[i], s) != 0)
+            w->slots[i].fate = FATE_FAILED;
+    imap_client_release(e->client[s], &job->rt);
+    imap_client_hold(e->client[OTHER(s)]);
+    for (size_t i = 0; i < w->n; i++) {
+        struct fresh_slot *sl = &w->slots[i];
+        if (!in_pass(sl, s))
+            continue;
+        struct new_copy *cp = &sl->cp[s];
+        if (sl->copying[s]) {
+            cp->hold_budget = NULL;
+            if (cp->held_over && sl->fate == FATE_OPEN)
+                sl->fate = FATE_REDO; /* its messages were not all kept */
+            else if (sl->fate == FATE_OPEN)
+                copy_release_held(cp); /* a failure is said by copy_end */
+        }
+        if (copy_end(w, sl, s) != 0)
+            sl->fate = FATE_FAILED;
+    }
+    int pr = imap_client_push(e->client[OTHER(s)]);
+    for (size_t i = 0; i < w->n; i++)
+        if (w->slots[i].copying[s] && copy_finish(&w->slots[i].cp[s], NULL) != 0)
+            w->slots[i].fate = FATE_FAILED;
+    if (job->rc == 0)
+        job->rc = pr;
+    if (engine_broken(e))
+        job->rc = -EIO;
+}
+
+/* An exchange: the held copy from the local server beside the streamed
+ * one from the remote server, then both sides checked. */
+static int exchange_run(struct fresh_window *w)
+{
+    struct held_job job = {.w = w, .budget = FRESH_HOLD_BYTES};
+    held_send(&job);
+    struct coro *co = coro_spawn(w->e->sched, held_main, &job, 0);
+    int rc = copy_pass(w, SIDE_REMOTE);
+    if (co)
+        coro_join(coro_current(w->e->sched), co);
+    else
+        held_main(NULL, &job); /* after the other copy, then */
+    if (rc == 0)
+        rc = job.rc;
+    if (rc == 0)
+        rc = check_both(w);
+    return rc;
 }
 
 /* Whether side t was checked: the target, or either side of an
@@ -623,15 +718,9 @@ static int window_run(struct fresh_window *w)
     if (w->both) {
         /* each side's new messages copied to the other, then each side
          * checked for its own and the other's */
-        w->src = SIDE_REMOTE;
-        rc = copy_pass(w);
-        w->src = SIDE_LOCAL;
-        if (rc == 0)
-            rc = copy_pass(w);
-        if (rc == 0)
-            rc = check_both(w);
+        rc = exchange_run(w);
     } else {
-        rc = copy_pass(w);
+        rc = copy_pass(w, w->src);
         if (rc == 0)
             rc = check_pass(w, OTHER(w->src));
     }

@@ -220,6 +220,16 @@ struct copy_made {
     char *flags;
 };
 
+/* A message read from the source and kept in memory, to be appended later
+ * (a held copy, below). */
+struct held_message {
+    uint32_t uid;
+    char date[IMAP_DATE_TIME_LEN + 1];
+    char *flags; /* normalized */
+    char *body;
+    uint64_t size;
+};
+
 /*
  * Streaming of messages from side `src` into side OTHER(src). Every
  * APPEND command is journaled (state_db_copy_add) and committed before
@@ -258,6 +268,16 @@ struct new_copy {
     struct copy_made *made;
     size_t nmade, capmade;
     uint32_t uidvalidity; /* the target's, as the first APPENDUID said */
+    /* Held (fresh.c, an exchange): while hold_budget is set, messages are
+     * read into `held` instead of written to the target, each taking its
+     * size from the budget (shared by the copies of a window); one that
+     * does not fit is dropped, and so is every later one of this copy
+     * (`held_over`: the copy is incomplete, its mailbox is left to the
+     * per-mailbox path). copy_release_held appends them. */
+    uint64_t *hold_budget;
+    bool held_over;
+    struct held_message *held;
+    size_t nheld, capheld;
 };
 
 /* A STATUS report of NOTIFY, kept until the next wait tells whether it is
@@ -483,6 +503,7 @@ void drop_echoes(struct side_state *st, const struct flag_plan *plan);
 /* copy.c: copying */
 void copy_init(struct new_copy *cp, struct mbox_ctx *m, enum side src);
 void copy_fini(struct new_copy *cp);
+int copy_release_held(struct new_copy *cp);
 int copy_append_message(struct new_copy *cp, const struct imap_fetch *f, uint64_t size,
                         struct imap_literal *lit, const char *inline_body);
 int copy_close(struct new_copy *cp);

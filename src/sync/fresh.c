@@ -20,9 +20,10 @@
  *     there, with the flags we gave them, and no other change.
  *
  * A known mailbox with new messages on both sides (an exchange) has its
- * own windows: a copy pass from each side, then a check of each, which
- * must list that side's own new messages as they were copied, then our
- * copies into it.
+ * own windows: a copy from each side at the same time (the local side's
+ * held in memory, see held_send), then a check of each, which must list
+ * that side's own new messages as they were copied, then our copies into
+ * it.
  *
  * The state of the mailboxes that passed is saved in one transaction. A
  * mailbox that did not is left to the per-mailbox path, which finds

@@ -7,6 +7,7 @@ Dovecot servers behind the command relays of the crash tests (plain IMAP,
 so that the relays read the commands); the Perl interimap side by side
 on the database they leave."""
 
+import base64
 import os
 import re
 import sys
@@ -283,6 +284,76 @@ def test_exchanges_in_known_mailboxes():
             x6 = [f for m, f in st["X6"] if m == msgid_of("x5", 0)]
             check_eq(x6, [("$Old", "\\Flagged")], "X6: the old message's change propagated")
             assert_next_run_idle(acct, st)
+
+
+def large_message(tag, i, size):
+    """A message of about `size` bytes of base64 lines (random, so that
+    nothing compresses it away), with a unique Message-ID."""
+    head = make_message(tag, i, size=1).split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    raw = base64.encodebytes(os.urandom(size * 3 // 4)).replace(b"\n", b"\r\n")
+    return head + raw
+
+
+def body_of(conn, mailbox, msgid):
+    uid = uid_of(conn, mailbox, msgid)
+    if uid is None:
+        return None
+    conn.select(mail.wire_name(mailbox), readonly=True)
+    typ, data = conn.uid("FETCH", str(uid), "(BODY.PEEK[])")
+    conn.close()
+    parts = [d for d in data if isinstance(d, tuple)]
+    return parts[0][1] if typ == "OK" and parts else None
+
+
+def test_exchange_of_large_messages():
+    """New messages of 7 MB on both sides of three known mailboxes: the
+    local server's copy is held in memory while the remote server's
+    streams, both servers sending at once (neither waits on the other), up
+    to 16 MB: the third mailbox's local message does not fit, so that
+    mailbox alone is left to the per-mailbox path, which copies it in the
+    same run. Every message arrives whole."""
+    boxes = {"L1": 1, "L2": 1, "L3": 1}
+    size = 7 << 20
+    with Env(accounts=1) as env:
+        acct = env.account()
+        acct.fill("local", spec_of("big", boxes))
+        acct.run()
+        sent = {}
+        for side, tag in (("local", "lbig"), ("remote", "rbig")):
+            conn = acct.login(side)
+            try:
+                for b, name in enumerate(sorted(boxes)):
+                    msg = large_message(tag, b, size)
+                    sent[(name, msgid_of(tag, b))] = msg
+                    mail.append(conn, name, msg, ("\\Seen",), idate(30 + b))
+            finally:
+                conn.logout()
+        r = acct.run(["--debug"], timeout=300)
+        check_eq(r.code, 0, "exit status:\n" + r.err[-3000:])
+        text = r.err
+        fetch = re.search(r"^local: C: \d+ UID FETCH .*BODY\.PEEK", text, re.M)
+        append = re.search(r"^local: C: \d+ APPEND ", text, re.M)
+        check(fetch and append and fetch.start() < append.start(),
+              "the local server's FETCH went out before the APPENDs into it")
+        check(re.search(r"^remote: C: \d+ UID FETCH .*BODY\.PEEK", text, re.M),
+              "the remote server's copy ran in the window")
+        left = re.findall(r"^(?:local|remote)\((\S+)\): .*\n(?:.*\n)?left to the "
+                          r"per-mailbox path", text, re.M)
+        check_eq(len(left), 1, "one mailbox left the window:\n" + text[-3000:])
+        check(left[0] in boxes, "the one left is a mailbox of the exchange: %r" % left)
+        st = assert_equal_sides(acct)
+        for name in boxes:
+            check_eq(len(st[name]), 3, "%s: its message and a new one from each side" % name)
+        for (name, msgid), msg in sorted(sent.items()):
+            other = "remote" if msgid.startswith("<lbig") else "local"
+            conn = acct.login(other)
+            try:
+                got = body_of(conn, name, msgid)
+            finally:
+                conn.logout()
+            check(got == msg, "%s %s: the copy on the %s side is whole (%s bytes of %d)"
+                  % (name, msgid, other, got and len(got), len(msg)))
+        assert_next_run_idle(acct, st)
 
 
 def turnarounds(boxes, arrivals=False, both=False):

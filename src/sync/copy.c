@@ -35,6 +35,16 @@ static void entries_clear(struct new_copy *cp)
     cp->nentries = 0;
 }
 
+/* Forgets the messages held (what a release did not take). */
+static void held_clear(struct new_copy *cp)
+{
+    for (size_t i = 0; i < cp->nheld; i++) {
+        free(cp->held[i].flags);
+        free(cp->held[i].body);
+    }
+    cp->nheld = 0;
+}
+
 void copy_fini(struct new_copy *cp)
 {
     entries_clear(cp);
@@ -49,10 +59,7 @@ void copy_fini(struct new_copy *cp)
     cp->nmade = cp->capmade = 0;
     uidset_fini(&cp->open_uids);
     uidset_fini(&cp->appended);
-    for (size_t i = 0; i < cp->nheld; i++) {
-        free(cp->held[i].flags);
-        free(cp->held[i].body);
-    }
+    held_clear(cp);
     free(cp->held);
     cp->held = NULL;
     cp->nheld = cp->capheld = 0;
@@ -396,15 +403,12 @@ static int hold_one(struct new_copy *cp, uint32_t uid, const char *date, char *f
 int copy_release_held(struct new_copy *cp)
 {
     int r = 0;
-    for (size_t i = 0; i < cp->nheld; i++) {
+    for (size_t i = 0; i < cp->nheld && r == 0 && !cp->error; i++) {
         struct held_message *h = &cp->held[i];
-        if (r == 0 && !cp->error)
-            r = append_one(cp, h->uid, h->date, h->flags, h->size, NULL, h->body);
-        else
-            free(h->flags);
-        free(h->body);
+        r = append_one(cp, h->uid, h->date, h->flags, h->size, NULL, h->body);
+        h->flags = NULL; /* append_one took them */
     }
-    cp->nheld = 0;
+    held_clear(cp);
     return r ? r : cp->error;
 }
 
